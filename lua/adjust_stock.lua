@@ -1,0 +1,54 @@
+-- adjust_stock.lua: applies signed deltas to physical, reserved and in_transit.
+--
+-- KEYS[1..4]  the record: stock, locks, exp, ended
+-- KEYS[5]     idempotency record of this request
+-- ARGV[1]     request fingerprint
+-- ARGV[2]     idempotency retention ms
+-- ARGV[3..8]  (mantissa, scale) of the physical, reserved and in_transit deltas
+--
+-- Returns
+--   {'OK', then the record (see record_reply)}
+--   {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}
+--   {'INVALID_QUANTITY_SCALE', field, unit_scale} / {'QUANTITY_OUT_OF_RANGE', field}
+--   {'NEGATIVE_STOCK', field}   a decrease would take the field below zero
+--   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
+
+local rec = record_at(1, '')
+local idem_key = KEYS[5]
+local fingerprint, idem_retention = ARGV[1], tonumber(ARGV[2])
+local fields = { 'physical', 'reserved', 'in_transit' }
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local s = read_stock(rec)
+if not s then
+  return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE' }
+end
+
+local deltas = {}
+for i, field in ipairs(fields) do
+  local delta, err = scale_qty(tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i]), s.unit_scale)
+  if not delta then
+    return { err, field, fmt(s.unit_scale) }
+  end
+  local after = s[field] + delta
+  if after > MAX_EXACT or after < -MAX_EXACT then
+    return { 'QUANTITY_OUT_OF_RANGE', field }
+  end
+  if delta < 0 and after < 0 then
+    return { 'NEGATIVE_STOCK', field }
+  end
+  deltas[field] = delta
+end
+
+for _, field in ipairs(fields) do
+  if deltas[field] ~= 0 then
+    redis.call('HINCRBY', rec.stock, field, deltas[field])
+  end
+end
+redis.call('HINCRBY', rec.stock, 'version', 1)
+
+return idem_store(idem_key, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)

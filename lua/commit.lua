@@ -1,0 +1,73 @@
+-- commit.lua: turns a live lock into a deduction: physical and locked both
+-- drop by the committed quantity; a smaller quantity releases the rest.
+--
+-- KEYS[1]  idempotency record of this request
+-- KEYS[2]  the sweeper's due index
+-- KEYS[3..6]  the lock's record: stock, locks, exp, ended
+-- ARGV[1]  request fingerprint
+-- ARGV[2]  holder, or "" to skip the holder check
+-- ARGV[3]  quantity mantissa, or "" to commit the whole lock
+-- ARGV[4]  quantity scale
+-- ARGV[5]  idempotency retention ms
+-- ARGV[6]  tombstone retention ms
+-- ARGV[7]  record id "sku|warehouse"
+-- ARGV[8]  fencing token
+-- ARGV[9]  nonce
+--
+-- Returns
+--   {'OK', committed, released, then the record (see record_reply)}
+--   {'ALREADY_COMMITTED', then the record}   committed by an earlier call; nothing changed
+--   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
+--   {'LOCK_NOT_FOUND'} / {'LOCK_RELEASED'} / {'LOCK_EXPIRED'} / {'LOCK_HOLDER_MISMATCH'}
+--   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
+--   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
+
+local idem_key, due_key = KEYS[1], KEYS[2]
+local fingerprint, holder = ARGV[1], ARGV[2]
+local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rec = record_at(3, ARGV[7])
+local token, nonce = ARGV[8], ARGV[9]
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local now = now_ms()
+local lock, why = find_lock(rec, token, nonce, now)
+if not lock then
+  if why == 'LOCK_COMMITTED' then
+    return record_reply(rec, now, { 'ALREADY_COMMITTED' })
+  end
+  if why == 'LOCK_EXPIRED' then
+    local expired, expired_sum = find_expired(rec, now)
+    drop_expired(rec, expired, expired_sum, now, tomb_retention)
+    refresh_due(due_key, rec)
+  end
+  return { why }
+end
+if holder ~= '' and lock.holder ~= holder then
+  return { 'LOCK_HOLDER_MISMATCH' }
+end
+
+local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
+local qty = lock.qty
+if ARGV[3] ~= '' then
+  local err
+  qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
+  if not qty then
+    return { err, fmt(unit_scale) }
+  end
+  if qty > lock.qty then
+    return { 'QUANTITY_EXCEEDS_LOCK', fmt(lock.qty), fmt(unit_scale) }
+  end
+end
+
+end_lock(rec, token, 'C', now, tomb_retention)
+redis.call('HINCRBY', rec.stock, 'physical', -qty)
+redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
+redis.call('HINCRBY', rec.stock, 'version', 1)
+refresh_due(due_key, rec)
+
+local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })
+return idem_store(idem_key, fingerprint, reply, idem_retention)

@@ -1,0 +1,20 @@
+-- get_stock.lua: reads records, counting only live locks (a lock that has
+-- expired but is not swept yet no longer holds stock). Writes nothing.
+--
+-- KEYS[1 + 4k ..]  record k: stock, locks, exp, ended
+--
+-- Returns, per record: '0' when it does not exist, or '1' and the record
+-- (see record_reply).
+
+local now = now_ms()
+local reply = {}
+for k = 0, #KEYS / 4 - 1 do
+  local rec = record_at(1 + 4 * k, '')
+  if redis.call('EXISTS', rec.stock) == 1 then
+    reply[#reply + 1] = '1'
+    record_reply(rec, now, reply)
+  else
+    reply[#reply + 1] = '0'
+  end
+end
+return reply

@@ -1,0 +1,205 @@
+-- lib.lua: helpers prepended to every stocklock script (scripts cannot
+-- `require` in Redis, so the Rust side concatenates this file in front of
+-- each one at compile time).
+--
+-- A stock record is four keys that share one hash tag ({sku}):
+--   stock  hash  physical reserved in_transit locked unit_scale version
+--                source_version fence
+--   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
+--   exp    zset  fencing token -> expires_at_ms
+--   ended  zset  "token:X" -> ended_at_ms, X = E(xpired) R(eleased) C(ommitted)
+-- Quantities are integers scaled by 10^unit_scale. Lua numbers are doubles,
+-- exact below 2^53, and every figure is checked to stay below that bound.
+-- Replies are arrays of strings, so they survive a cjson round trip in the
+-- idempotency record without losing digits.
+
+local MAX_EXACT = 9007199254740991
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A record's four keys, starting at KEYS[i], and its id "sku|warehouse".
+local function record_at(i, id)
+  return { stock = KEYS[i], locks = KEYS[i + 1], exp = KEYS[i + 2], ended = KEYS[i + 3], id = id }
+end
+
+-- Scales a decimal (mantissa, scale) to the record's unit scale.
+-- Returns the scaled integer, or nil and the reason it does not fit.
+local function scale_qty(mantissa, qscale, unit_scale)
+  if qscale > unit_scale then
+    return nil, 'INVALID_QUANTITY_SCALE'
+  end
+  local v = mantissa * (10 ^ (unit_scale - qscale))
+  if v > MAX_EXACT or v < -MAX_EXACT then
+    return nil, 'QUANTITY_OUT_OF_RANGE'
+  end
+  return v
+end
+
+local function split(s, sep)
+  local out = {}
+  local from = 1
+  while true do
+    local at = string.find(s, sep, from, true)
+    if not at then
+      out[#out + 1] = string.sub(s, from)
+      return out
+    end
+    out[#out + 1] = string.sub(s, from, at - 1)
+    from = at + 1
+  end
+end
+
+local function pack_lock(l)
+  return table.concat({ fmt(l.qty), fmt(l.created), fmt(l.max_expires), fmt(l.ttl), l.holder, l.order_id, l.nonce, l.batch_id }, '|')
+end
+
+local function unpack_lock(s)
+  local f = split(s, '|')
+  return {
+    qty = tonumber(f[1]), created = tonumber(f[2]), max_expires = tonumber(f[3]), ttl = tonumber(f[4]),
+    holder = f[5], order_id = f[6], nonce = f[7], batch_id = f[8],
+  }
+end
+
+-- Reads a record's stock hash; nil when the record does not exist.
+local function read_stock(rec)
+  local v = redis.call('HMGET', rec.stock, 'physical', 'reserved', 'in_transit', 'locked', 'unit_scale', 'version', 'source_version', 'fence')
+  if not v[5] then
+    return nil
+  end
+  return {
+    physical = tonumber(v[1]), reserved = tonumber(v[2]), in_transit = tonumber(v[3]), locked = tonumber(v[4]),
+    unit_scale = tonumber(v[5]), version = tonumber(v[6]), source_version = tonumber(v[7]), fence = tonumber(v[8] or '0'),
+  }
+end
+
+-- Expired locks of a record (expires_at <= now): their tokens and summed
+-- quantity. Reads only, so a script can decide before it writes.
+local function find_expired(rec, now)
+  local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now)
+  local sum = 0
+  for _, token in ipairs(tokens) do
+    local packed = redis.call('HGET', rec.locks, token)
+    if packed then
+      sum = sum + unpack_lock(packed).qty
+    end
+  end
+  return tokens, sum
+end
+
+local function available_of(s, locked)
+  return s.physical - locked - s.reserved + s.in_transit
+end
+
+-- Keeps tombstones of ended locks for `retention` ms, so a late Renew or
+-- Release learns what happened instead of a bare "not found".
+local function end_lock(rec, token, mark, now, retention)
+  redis.call('HDEL', rec.locks, token)
+  redis.call('ZREM', rec.exp, token)
+  redis.call('ZADD', rec.ended, now, token .. ':' .. mark)
+  redis.call('ZREMRANGEBYSCORE', rec.ended, '-inf', now - retention)
+  redis.call('PEXPIRE', rec.ended, retention)
+end
+
+-- Returns expired locks' quantity to the record (the write half of find_expired).
+local function drop_expired(rec, tokens, sum, now, retention)
+  if #tokens == 0 then
+    return
+  end
+  for _, token in ipairs(tokens) do
+    end_lock(rec, token, 'E', now, retention)
+  end
+  redis.call('HINCRBY', rec.stock, 'locked', -sum)
+  redis.call('HINCRBY', rec.stock, 'version', 1)
+end
+
+-- Points the sweeper's due index at the record's earliest expiry.
+local function refresh_due(due_key, rec)
+  local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', due_key, first[2], rec.id)
+  else
+    redis.call('ZREM', due_key, rec.id)
+  end
+end
+
+-- Which way a lock that is no longer live ended: 'E', 'R', 'C' or nil.
+local function ended_mark(rec, token)
+  for _, mark in ipairs({ 'E', 'R', 'C' }) do
+    if redis.call('ZSCORE', rec.ended, token .. ':' .. mark) then
+      return mark
+    end
+  end
+  return nil
+end
+
+-- The record's figures as reply strings, counting only live locks:
+-- physical reserved in_transit locked unit_scale version source_version live_locks.
+local function record_reply(rec, now, out)
+  local s = read_stock(rec)
+  local expired, expired_sum = find_expired(rec, now)
+  local live = redis.call('HLEN', rec.locks) - #expired
+  for _, v in ipairs({ s.physical, s.reserved, s.in_transit, s.locked - expired_sum, s.unit_scale, s.version, s.source_version, live }) do
+    out[#out + 1] = fmt(v)
+  end
+  return out
+end
+
+-- Idempotency: the record is "fingerprint\n" .. cjson(reply). Returns the
+-- stored reply marked as a replay, a reuse error, or nil for a new request.
+local function idem_lookup(key, fingerprint)
+  if key == nil then
+    return nil
+  end
+  local stored = redis.call('GET', key)
+  if not stored then
+    return nil
+  end
+  local sep = string.find(stored, '\n', 1, true)
+  if string.sub(stored, 1, sep - 1) ~= fingerprint then
+    return { 'IDEMPOTENCY_KEY_REUSED' }
+  end
+  local reply = cjson.decode(string.sub(stored, sep + 1))
+  table.insert(reply, 1, 'REPLAY')
+  return reply
+end
+
+local function idem_store(key, fingerprint, reply, retention)
+  if key ~= nil then
+    redis.call('SET', key, fingerprint .. '\n' .. cjson.encode(reply), 'PX', retention)
+  end
+  return reply
+end
+
+-- A live lock by token and nonce: the lock, or nil and why not
+-- (LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_RELEASED, LOCK_COMMITTED).
+local function find_lock(rec, token, nonce, now)
+  local packed = redis.call('HGET', rec.locks, token)
+  if packed then
+    local l = unpack_lock(packed)
+    if l.nonce ~= nonce then
+      return nil, 'LOCK_NOT_FOUND'
+    end
+    l.expires = tonumber(redis.call('ZSCORE', rec.exp, token))
+    if l.expires <= now then
+      return nil, 'LOCK_EXPIRED', l
+    end
+    return l
+  end
+  local mark = ended_mark(rec, token)
+  if mark == 'E' then
+    return nil, 'LOCK_EXPIRED'
+  elseif mark == 'R' then
+    return nil, 'LOCK_RELEASED'
+  elseif mark == 'C' then
+    return nil, 'LOCK_COMMITTED'
+  end
+  return nil, 'LOCK_NOT_FOUND'
+end

@@ -1,0 +1,99 @@
+-- lock.lua: locks one line (Lock) or every line of a batch (BatchLock), all or nothing.
+--
+-- KEYS[1]          idempotency record of this request
+-- KEYS[2]          the sweeper's due index
+-- KEYS[3 + 4k ..]  line k's record: stock, locks, exp, ended
+-- KEYS[last]       the batch record, only when ARGV[6] (batch_id) is set; it holds
+--                  "holder\nnonce\nsku|warehouse|token\n..."
+-- ARGV[1]  request fingerprint
+-- ARGV[2]  ttl ms
+-- ARGV[3]  maximum total hold ms
+-- ARGV[4]  holder
+-- ARGV[5]  order_id
+-- ARGV[6]  batch_id, or "" for a single Lock
+-- ARGV[7]  idempotency retention ms
+-- ARGV[8]  tombstone retention ms
+-- ARGV[9]  nonce (random, makes lock ids unguessable and unique across data loss)
+-- ARGV[10 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+--
+-- Returns
+--   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
+--    then per line: token, qty, available, unit_scale}
+--   {'REPLAY', ...the same...}               a retry of an earlier success
+--   {'IDEMPOTENCY_KEY_REUSED'}
+--   {'SKU_NOT_AVAILABLE_IN_WAREHOUSE', line}
+--   {'INVALID_QUANTITY_SCALE', line, unit_scale} / {'QUANTITY_OUT_OF_RANGE', line}
+--   {'INSUFFICIENT_STOCK', then per short line: line, requested, available, unit_scale}
+-- Lines are numbered from 0. Nothing is written unless the answer is OK.
+
+local idem_key, due_key = KEYS[1], KEYS[2]
+local fingerprint = ARGV[1]
+local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
+local idem_retention, tomb_retention = tonumber(ARGV[7]), tonumber(ARGV[8])
+local nonce = ARGV[9]
+local line_count = (#ARGV - 9) / 3
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local now = now_ms()
+
+-- Check every line before the first write.
+local lines = {}
+local short = {}
+for k = 0, line_count - 1 do
+  local rec = record_at(3 + 4 * k, ARGV[10 + 3 * k])
+  local s = read_stock(rec)
+  if not s then
+    return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
+  end
+  local qty, err = scale_qty(tonumber(ARGV[11 + 3 * k]), tonumber(ARGV[12 + 3 * k]), s.unit_scale)
+  if not qty then
+    return { err, fmt(k), fmt(s.unit_scale) }
+  end
+  local expired, expired_sum = find_expired(rec, now)
+  local available = available_of(s, s.locked - expired_sum)
+  if qty > available then
+    for _, v in ipairs({ k, qty, math.max(available, 0), s.unit_scale }) do
+      short[#short + 1] = fmt(v)
+    end
+  end
+  lines[#lines + 1] = { rec = rec, stock = s, qty = qty, expired = expired, expired_sum = expired_sum, available = available }
+end
+if #short > 0 then
+  table.insert(short, 1, 'INSUFFICIENT_STOCK')
+  return short
+end
+
+local expires = now + ttl
+local max_expires = now + max_hold
+local reply = { 'OK', fmt(now), fmt(expires), fmt(max_expires), batch_id, nonce }
+local lock_refs = {}
+for _, line in ipairs(lines) do
+  local rec = line.rec
+  drop_expired(rec, line.expired, line.expired_sum, now, tomb_retention)
+  local token = redis.call('HINCRBY', rec.stock, 'fence', 1)
+  redis.call('HINCRBY', rec.stock, 'locked', line.qty)
+  redis.call('HINCRBY', rec.stock, 'version', 1)
+  redis.call('HSET', rec.locks, token, pack_lock({
+    qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
+    holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
+  }))
+  redis.call('ZADD', rec.exp, expires, token)
+  refresh_due(due_key, rec)
+  -- A batch may name the same record only once, so `available` is exact per line.
+  for _, v in ipairs({ token, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
+    reply[#reply + 1] = fmt(v)
+  end
+  lock_refs[#lock_refs + 1] = rec.id .. '|' .. fmt(token)
+end
+
+if batch_id ~= '' then
+  -- The batch lists its locks so Renew and Release can address them by batch_id.
+  redis.call('SET', KEYS[#KEYS], holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
+end
+
+return idem_store(idem_key, fingerprint, reply, idem_retention)

@@ -1,0 +1,76 @@
+-- renew.lua: the heartbeat. Extends each named lock to now + ttl, capped at
+-- the lock's maximum total hold time. Each lock gets its own result.
+--
+-- KEYS[1]          idempotency record of this request
+-- KEYS[2]          the sweeper's due index
+-- KEYS[3 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- ARGV[1]  request fingerprint
+-- ARGV[2]  holder
+-- ARGV[3]  ttl ms, or 0 for each lock's own ttl
+-- ARGV[4]  idempotency retention ms
+-- ARGV[5]  tombstone retention ms
+-- ARGV[6 + 3k ..]  lock k: record id "sku|warehouse", fencing token, nonce
+--
+-- Returns
+--   {'OK', then per lock: status, expires_at, capped}   status 'OK' or
+--       LOCK_NOT_FOUND / LOCK_EXPIRED / LOCK_RELEASED / LOCK_COMMITTED /
+--       LOCK_HOLDER_MISMATCH (expires_at and capped are then "0")
+--   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
+-- An expired lock is never resurrected: it is dropped (its quantity returns)
+-- and reported LOCK_EXPIRED. The reply is kept for retries only when at
+-- least one lock was renewed; a call that renewed nothing leaves no trace.
+
+local idem_key, due_key = KEYS[1], KEYS[2]
+local fingerprint, holder = ARGV[1], ARGV[2]
+local ttl_override = tonumber(ARGV[3])
+local idem_retention, tomb_retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local count = (#ARGV - 5) / 3
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local now = now_ms()
+local reply = { 'OK' }
+local renewed = 0
+for k = 0, count - 1 do
+  local rec = record_at(3 + 4 * k, ARGV[6 + 3 * k])
+  local token, nonce = ARGV[7 + 3 * k], ARGV[8 + 3 * k]
+  local lock, why = find_lock(rec, token, nonce, now)
+  if lock and lock.holder ~= holder then
+    lock, why = nil, 'LOCK_HOLDER_MISMATCH'
+  end
+  if lock then
+    local ttl = ttl_override
+    if ttl == 0 then
+      ttl = lock.ttl
+    end
+    local expires = now + ttl
+    local capped = '0'
+    if expires >= lock.max_expires then
+      expires, capped = lock.max_expires, '1'
+    end
+    redis.call('ZADD', rec.exp, expires, token)
+    refresh_due(due_key, rec)
+    renewed = renewed + 1
+    for _, v in ipairs({ 'OK', fmt(expires), capped }) do
+      reply[#reply + 1] = v
+    end
+  else
+    if why == 'LOCK_EXPIRED' then
+      -- Expired but not swept yet: return its quantity now.
+      local expired, expired_sum = find_expired(rec, now)
+      drop_expired(rec, expired, expired_sum, now, tomb_retention)
+      refresh_due(due_key, rec)
+    end
+    for _, v in ipairs({ why, '0', '0' }) do
+      reply[#reply + 1] = v
+    end
+  end
+end
+
+if renewed == 0 then
+  return reply
+end
+return idem_store(idem_key, fingerprint, reply, idem_retention)

@@ -1,0 +1,59 @@
+-- set_stock.lua: writes an absolute snapshot from the warehouse system.
+-- A snapshot not newer than the stored source_version is ignored (stale):
+-- events arrive out of order, and the newest one must win.
+--
+-- KEYS[1..4]  the record: stock, locks, exp, ended
+-- KEYS[5]     the SKU's set of warehouses
+-- KEYS[6]     the sweeper's due index
+-- KEYS[7]     idempotency record, only when the request has a request_id
+-- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
+-- ARGV[4]     unit_scale
+-- ARGV[5]     source_version
+-- ARGV[6]     warehouse id
+-- ARGV[7]     request fingerprint
+-- ARGV[8]     idempotency retention ms
+-- ARGV[9]     tombstone retention ms
+-- ARGV[10]    record id "sku|warehouse"
+--
+-- Returns
+--   {'OK', then the record (see record_reply)}
+--   {'STALE', then the stored record}
+--   {'UNIT_SCALE_IN_USE', stored unit_scale}   live locks are counted in the old scale
+--   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
+-- Lowering physical below what is locked keeps every lock: the record then
+-- reports available 0 and the shortfall as oversold.
+
+local rec = record_at(1, ARGV[10])
+local whs_key, due_key, idem_key = KEYS[5], KEYS[6], KEYS[7]
+local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
+local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
+local fingerprint = ARGV[7]
+local idem_retention, tomb_retention = tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local now = now_ms()
+local s = read_stock(rec)
+if s then
+  if source_version <= s.source_version then
+    return record_reply(rec, now, { 'STALE' })
+  end
+  local expired, expired_sum = find_expired(rec, now)
+  if unit_scale ~= s.unit_scale and s.locked - expired_sum > 0 then
+    return { 'UNIT_SCALE_IN_USE', fmt(s.unit_scale) }
+  end
+  drop_expired(rec, expired, expired_sum, now, tomb_retention)
+  refresh_due(due_key, rec)
+  redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
+    'unit_scale', unit_scale, 'source_version', source_version)
+  redis.call('HINCRBY', rec.stock, 'version', 1)
+else
+  redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
+    'unit_scale', unit_scale, 'source_version', source_version, 'locked', 0, 'fence', 0, 'version', 1)
+  redis.call('SADD', whs_key, ARGV[6])
+end
+
+return idem_store(idem_key, fingerprint, record_reply(rec, now, { 'OK' }), idem_retention)

@@ -1,0 +1,213 @@
+//! One typed configuration. Every option is a flag and a `STOCKLOCK_*`
+//! environment variable; [`ServeConfig::validate`] checks the options
+//! together at start-up so a bad combination stops the process with a clear
+//! message instead of failing later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The stocklock command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stocklock",
+    version,
+    about = "Inventory locks on Redis, over gRPC"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service.
+    Serve(Box<ServeConfig>),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Options of `stocklock serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    #[arg(long, env = "STOCKLOCK_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port/db). Without it the service starts a
+    /// private redis-server child on a free loopback port, with no
+    /// persistence: for trying it out, not for production.
+    #[arg(long, env = "STOCKLOCK_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// The redis-server binary for the embedded default.
+    #[arg(
+        long,
+        env = "STOCKLOCK_REDIS_SERVER_BIN",
+        default_value = "redis-server"
+    )]
+    pub redis_server_bin: PathBuf,
+
+    /// Prefix of every Redis key, so environments can share one Redis.
+    #[arg(long, env = "STOCKLOCK_KEY_PREFIX", default_value = "sl")]
+    pub key_prefix: String,
+
+    /// Upper bound of every Redis call. Past it a call fails with
+    /// DEADLINE_EXCEEDED / INV_LOCK_TIMEOUT instead of waiting.
+    #[arg(long, env = "STOCKLOCK_STORE_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+
+    /// TTL of a lock whose request names none.
+    #[arg(long, env = "STOCKLOCK_DEFAULT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Shortest TTL a request may ask for.
+    #[arg(long, env = "STOCKLOCK_MIN_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub min_ttl: Duration,
+
+    /// Longest TTL a request may ask for (per lock or renewal).
+    #[arg(long, env = "STOCKLOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Longest a lock may be held in total, however often it is renewed.
+    #[arg(long, env = "STOCKLOCK_MAX_HOLD", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_hold: Duration,
+
+    /// How long idempotency records (and what ended locks were) are kept.
+    #[arg(long, env = "STOCKLOCK_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Duration,
+
+    /// How often the sweeper returns expired locks' stock. An expired lock
+    /// never counts against availability; this bounds how long it stays in
+    /// the `locked` figure of a record nobody touches.
+    #[arg(long, env = "STOCKLOCK_SWEEP_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Most records the sweeper visits per round trip.
+    #[arg(long, env = "STOCKLOCK_SWEEP_BATCH", default_value_t = 500)]
+    pub sweep_batch: usize,
+
+    /// Most lines in one BatchLock.
+    #[arg(long, env = "STOCKLOCK_MAX_BATCH_LINES", default_value_t = 500)]
+    pub max_batch_lines: usize,
+
+    /// Most lock ids in one Renew, and pairs in one BatchGetAvailability.
+    #[arg(long, env = "STOCKLOCK_MAX_IDS_PER_CALL", default_value_t = 1000)]
+    pub max_ids_per_call: usize,
+
+    /// How long SIGTERM waits for in-flight calls before exiting.
+    #[arg(long, env = "STOCKLOCK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STOCKLOCK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// Checks options that only make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--store-timeout", self.store_timeout),
+            ("--min-ttl", self.min_ttl),
+            ("--sweep-interval", self.sweep_interval),
+            ("--idempotency-retention", self.idempotency_retention),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.min_ttl > self.default_ttl || self.default_ttl > self.max_ttl {
+            return Err(format!(
+                "TTLs must satisfy --min-ttl ({}) <= --default-ttl ({}) <= --max-ttl ({})",
+                humantime::format_duration(self.min_ttl),
+                humantime::format_duration(self.default_ttl),
+                humantime::format_duration(self.max_ttl),
+            ));
+        }
+        if self.max_ttl > self.max_hold {
+            return Err(format!(
+                "--max-ttl ({}) must not exceed --max-hold ({})",
+                humantime::format_duration(self.max_ttl),
+                humantime::format_duration(self.max_hold),
+            ));
+        }
+        if self.idempotency_retention < self.max_ttl {
+            return Err("--idempotency-retention must be at least --max-ttl, or a retried call could lock twice".into());
+        }
+        if self.key_prefix.is_empty()
+            || self.key_prefix.contains(['{', '}'])
+            || self.key_prefix.chars().any(char::is_whitespace)
+        {
+            return Err(format!(
+                "--key-prefix {:?} must be non-empty, without braces or whitespace",
+                self.key_prefix
+            ));
+        }
+        for (name, value) in [
+            ("--max-batch-lines", self.max_batch_lines),
+            ("--max-ids-per-call", self.max_ids_per_call),
+            ("--sweep-batch", self.sweep_batch),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits the gRPC edge validates requests against.
+    pub fn limits(&self) -> crate::grpc::Limits {
+        crate::grpc::Limits {
+            default_ttl: self.default_ttl,
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            max_batch_lines: self.max_batch_lines,
+            max_ids_per_call: self.max_ids_per_call,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeConfig {
+        let mut argv = vec!["stocklock", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(config) => *config,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_inconsistent_ttls() {
+        let err = parse(&["--default-ttl", "2h"]).validate().unwrap_err();
+        assert!(err.contains("--default-ttl"), "{err}");
+        assert!(
+            parse(&["--max-ttl", "48h"])
+                .validate()
+                .unwrap_err()
+                .contains("--max-hold")
+        );
+        assert!(parse(&["--key-prefix", "a{b"]).validate().is_err());
+        assert!(parse(&["--store-timeout", "0s"]).validate().is_err());
+    }
+}

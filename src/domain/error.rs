@@ -1,0 +1,169 @@
+//! The one error type of the domain, with the machine-readable reason each
+//! variant is reported under. The gRPC adapter maps it to a status code.
+
+use super::RecordKey;
+
+/// A line of a lock request that there is not enough stock for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortage {
+    /// Index of the line in the request (0 for a single Lock).
+    pub line: usize,
+    /// The record that is short.
+    pub record: RecordKey,
+    /// What the line asked for, as a decimal.
+    pub requested: String,
+    /// What the record had available, as a decimal.
+    pub available: String,
+}
+
+/// Everything an operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; retrying it cannot help.
+    #[error("{field} {description}")]
+    InvalidArgument {
+        /// The request field at fault, e.g. `lines[2].quantity`.
+        field: String,
+        /// What is wrong with it.
+        description: String,
+    },
+    /// One or more lines ask for more than is available; nothing was locked.
+    #[error("insufficient stock on {} line(s)", shortages.len())]
+    InsufficientStock {
+        /// Every short line, with what it asked for and what there is.
+        shortages: Vec<Shortage>,
+    },
+    /// There is no stock record for this SKU in this warehouse.
+    #[error("SKU {} is not available in warehouse {}", record.sku, record.warehouse)]
+    NotAvailable {
+        /// The missing record.
+        record: RecordKey,
+        /// The request line that named it, for BatchLock.
+        line: Option<usize>,
+    },
+    /// The lock does not exist, or was released or committed.
+    #[error("lock {lock_id} {}", ended.map_or("does not exist", |e| e.describe()))]
+    LockNotFound {
+        /// The lock id as the caller sent it.
+        lock_id: String,
+        /// How the lock ended, when that is still known.
+        ended: Option<LockEnd>,
+    },
+    /// The lock expired because it was not renewed; its stock is back.
+    #[error("lock {lock_id} has expired")]
+    LockExpired {
+        /// The lock id as the caller sent it.
+        lock_id: String,
+    },
+    /// The caller is not the lock's holder.
+    #[error("lock {lock_id} is held by another holder")]
+    HolderMismatch {
+        /// The lock id as the caller sent it.
+        lock_id: String,
+    },
+    /// Release of a lock whose stock was already deducted by Commit.
+    #[error("lock {lock_id} was committed; its stock is deducted and cannot be released")]
+    LockAlreadyCommitted {
+        /// The lock id as the caller sent it.
+        lock_id: String,
+    },
+    /// No batch with this id (never created, or ended long ago).
+    #[error("batch {batch_id} does not exist")]
+    BatchNotFound {
+        /// The batch id as the caller sent it.
+        batch_id: String,
+    },
+    /// The request_id was used before for a request with other content.
+    #[error("request_id {request_id} was already used for a different request")]
+    IdempotencyKeyReused {
+        /// The reused key.
+        request_id: String,
+    },
+    /// A snapshot changes the unit scale of a record that has live locks.
+    #[error("unit_scale cannot change from {current} while locks are live")]
+    UnitScaleInUse {
+        /// The record's current unit scale.
+        current: u32,
+    },
+    /// An adjustment would take a stock figure below zero.
+    #[error("{field} would become negative")]
+    NegativeStock {
+        /// The figure, e.g. `reserved_delta`.
+        field: String,
+    },
+    /// Commit of more than the lock holds.
+    #[error("quantity exceeds the locked quantity {locked}")]
+    QuantityExceedsLock {
+        /// What the lock holds.
+        locked: String,
+    },
+    /// Redis did not answer within the store timeout. The change may or may
+    /// not have been applied: retry with the same request_id to find out.
+    #[error("the stock store did not answer in time")]
+    StoreTimeout,
+    /// Redis cannot be reached.
+    #[error("the stock store is unavailable: {detail}")]
+    StoreUnavailable {
+        /// What the client library said.
+        detail: String,
+    },
+    /// Redis refused the write because it is out of memory; nothing changed.
+    #[error("the stock store is out of memory")]
+    StoreOutOfMemory,
+    /// A broken invariant or an unexpected reply; logged in full, reported generically.
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What went wrong, for the log.
+        detail: String,
+    },
+}
+
+/// How a lock that is no longer live ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockEnd {
+    /// Given back by Release.
+    Released,
+    /// Turned into a deduction by Commit.
+    Committed,
+}
+
+impl LockEnd {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Released => "was released",
+            Self::Committed => "was committed",
+        }
+    }
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`] for `field`.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    /// The reason clients match on, as listed in the README's error table.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
+            Self::NotAvailable { .. } => "SKU_NOT_AVAILABLE_IN_WAREHOUSE",
+            Self::LockNotFound { .. } => "LOCK_NOT_FOUND",
+            Self::LockExpired { .. } => "LOCK_EXPIRED",
+            Self::HolderMismatch { .. } => "LOCK_HOLDER_MISMATCH",
+            Self::LockAlreadyCommitted { .. } => "LOCK_ALREADY_COMMITTED",
+            Self::BatchNotFound { .. } => "BATCH_NOT_FOUND",
+            Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
+            Self::UnitScaleInUse { .. } => "UNIT_SCALE_IN_USE",
+            Self::NegativeStock { .. } => "NEGATIVE_STOCK",
+            Self::QuantityExceedsLock { .. } => "QUANTITY_EXCEEDS_LOCK",
+            Self::StoreTimeout => "INV_LOCK_TIMEOUT",
+            Self::StoreUnavailable { .. } => "STORE_UNAVAILABLE",
+            Self::StoreOutOfMemory => "STORE_OUT_OF_MEMORY",
+            Self::Internal { .. } => "INTERNAL",
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The commands each operation takes, what it returns, and the
+//! [`StockStore`] port that runs them atomically.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{
+    BatchId, Error, Holder, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock, Signed,
+    Sku, UnitScale, WarehouseId,
+};
+
+/// A stock record's figures, counting only live locks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockView {
+    /// Which record.
+    pub record: RecordKey,
+    /// Goods in the warehouse (scaled). Negative after selling in-transit stock.
+    pub physical: i64,
+    /// Held by other systems, e.g. a quality hold (scaled).
+    pub reserved: i64,
+    /// Inbound goods that may be sold (scaled).
+    pub in_transit: i64,
+    /// Sum of live locks (scaled).
+    pub locked: i64,
+    /// How many fractional digits the figures have.
+    pub unit_scale: UnitScale,
+    /// Bumped by every change to the record.
+    pub version: u64,
+    /// Newest source_version accepted from a snapshot.
+    pub source_version: u64,
+    /// Number of live locks.
+    pub live_locks: u32,
+}
+
+impl StockView {
+    /// `physical - locked - reserved + in_transit`, floored at zero (scaled).
+    pub fn available(&self) -> i64 {
+        self.balance().max(0)
+    }
+
+    /// How far live locks exceed the stock, after a snapshot lowered it (scaled).
+    pub fn oversold(&self) -> i64 {
+        (-self.balance()).max(0)
+    }
+
+    fn balance(&self) -> i64 {
+        self.physical - self.locked - self.reserved + self.in_transit
+    }
+}
+
+/// A live lock as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockView {
+    /// Its id.
+    pub lock_id: LockId,
+    /// Locked quantity (scaled by `unit_scale`).
+    pub quantity: i64,
+    /// The record's unit scale.
+    pub unit_scale: UnitScale,
+    /// Redis time in ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Redis time in ms since the Unix epoch.
+    pub expires_at_ms: i64,
+    /// Renewals cannot extend the lock past this instant.
+    pub max_expires_at_ms: i64,
+    /// The ttl each renewal extends by, unless it names another.
+    pub ttl: Duration,
+    /// The caller's order reference.
+    pub order_id: String,
+    /// Who holds it.
+    pub holder: String,
+    /// The BatchLock call that took it, if any.
+    pub batch_id: Option<String>,
+}
+
+/// One line of a lock request.
+#[derive(Clone, Debug)]
+pub struct LockLine {
+    /// Which record.
+    pub record: RecordKey,
+    /// How much of it.
+    pub quantity: Quantity,
+}
+
+/// Lock (one line) or BatchLock (one or more lines, all or nothing).
+#[derive(Clone, Debug)]
+pub struct LockCommand {
+    /// The lines; for BatchLock no two name the same record.
+    pub lines: Vec<LockLine>,
+    /// How long the locks live without a renewal.
+    pub ttl: Duration,
+    /// The caller's order reference.
+    pub order_id: OrderId,
+    /// Who will hold the locks.
+    pub holder: Holder,
+    /// Idempotency key.
+    pub request_id: RequestId,
+    /// Set for BatchLock: the id the batch is known by.
+    pub batch_id: Option<BatchId>,
+}
+
+/// One line's lock, with what stayed available on its record.
+#[derive(Clone, Debug)]
+pub struct Granted {
+    /// The lock.
+    pub lock: LockView,
+    /// Available on the record right after this lock (scaled).
+    pub available: i64,
+}
+
+/// What a Lock or BatchLock did.
+#[derive(Clone, Debug)]
+pub struct LockOutcome {
+    /// One per line, in line order.
+    pub granted: Vec<Granted>,
+    /// The batch id, for BatchLock.
+    pub batch_id: Option<BatchId>,
+    /// True when this replays an earlier call with the same request_id.
+    pub replayed: bool,
+}
+
+/// The locks an operation addresses.
+#[derive(Clone, Debug)]
+pub enum LockTarget {
+    /// These locks.
+    Locks(Vec<LockId>),
+    /// Every lock of a batch.
+    Batch(BatchId),
+}
+
+/// Renew (the heartbeat).
+#[derive(Clone, Debug)]
+pub struct RenewCommand {
+    /// Which locks.
+    pub target: LockTarget,
+    /// New ttl from now; each lock's own ttl when `None`.
+    pub ttl: Option<Duration>,
+    /// Only the holder may renew.
+    pub holder: Holder,
+    /// Idempotency key.
+    pub request_id: RequestId,
+}
+
+/// One lock's renewal.
+#[derive(Debug)]
+pub struct RenewItem {
+    /// The lock.
+    pub lock_id: LockId,
+    /// Its new expiry, or the error that kept it from being renewed.
+    pub result: Result<Renewed, Error>,
+}
+
+/// A successful renewal.
+#[derive(Clone, Copy, Debug)]
+pub struct Renewed {
+    /// The new expiry, Redis time in ms.
+    pub expires_at_ms: i64,
+    /// The lock's maximum hold time capped the expiry.
+    pub max_hold_reached: bool,
+}
+
+/// What Renew did.
+#[derive(Debug)]
+pub struct RenewOutcome {
+    /// One per lock, in request (or batch) order.
+    pub items: Vec<RenewItem>,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
+/// Release.
+#[derive(Clone, Debug)]
+pub struct ReleaseCommand {
+    /// Which locks.
+    pub target: LockTarget,
+    /// When set, every lock must be held by it.
+    pub holder: Option<Holder>,
+    /// Idempotency key.
+    pub request_id: RequestId,
+}
+
+/// What happened to one released lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseKind {
+    /// Its quantity went back to availability now.
+    Released,
+    /// It had been released before; nothing changed.
+    AlreadyReleased,
+    /// It had expired, so its quantity was back already; nothing changed.
+    AlreadyExpired,
+}
+
+/// One lock's release.
+#[derive(Clone, Debug)]
+pub struct ReleaseItem {
+    /// The lock.
+    pub lock_id: LockId,
+    /// What happened.
+    pub kind: ReleaseKind,
+    /// Quantity returned now (scaled; 0 unless `Released`).
+    pub quantity: i64,
+    /// The record's unit scale.
+    pub unit_scale: UnitScale,
+}
+
+/// What Release did.
+#[derive(Clone, Debug)]
+pub struct ReleaseOutcome {
+    /// One per lock.
+    pub items: Vec<ReleaseItem>,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
+/// Commit.
+#[derive(Clone, Debug)]
+pub struct CommitCommand {
+    /// The lock.
+    pub lock_id: LockId,
+    /// Commit this much and release the rest; the whole lock when `None`.
+    pub quantity: Option<Quantity>,
+    /// When set, the lock must be held by it.
+    pub holder: Option<Holder>,
+    /// Idempotency key.
+    pub request_id: RequestId,
+}
+
+/// What Commit did.
+#[derive(Clone, Debug)]
+pub struct CommitOutcome {
+    /// Deducted from physical (scaled; 0 when committed earlier).
+    pub committed: i64,
+    /// Returned to availability (scaled).
+    pub released: i64,
+    /// False when an earlier call had committed the lock.
+    pub committed_now: bool,
+    /// The record afterwards.
+    pub record: StockView,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
+/// SetStock: an absolute snapshot.
+#[derive(Clone, Debug)]
+pub struct SetStockCommand {
+    /// Which record.
+    pub record: RecordKey,
+    /// Physical stock, scaled to `unit_scale`.
+    pub physical: ScaledStock,
+    /// Reserved stock, scaled to `unit_scale`.
+    pub reserved: ScaledStock,
+    /// In-transit stock, scaled to `unit_scale`.
+    pub in_transit: ScaledStock,
+    /// The unit scale of the figures.
+    pub unit_scale: UnitScale,
+    /// Must be newer than the stored one to apply.
+    pub source_version: u64,
+    /// Optional idempotency key.
+    pub request_id: Option<RequestId>,
+}
+
+/// What SetStock did.
+#[derive(Clone, Debug)]
+pub struct SetStockOutcome {
+    /// False when the snapshot was stale.
+    pub applied: bool,
+    /// The record afterwards.
+    pub record: StockView,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
+/// AdjustStock: signed deltas.
+#[derive(Clone, Debug)]
+pub struct AdjustStockCommand {
+    /// Which record.
+    pub record: RecordKey,
+    /// Change of physical stock.
+    pub physical: Signed,
+    /// Change of reserved stock.
+    pub reserved: Signed,
+    /// Change of in-transit stock.
+    pub in_transit: Signed,
+    /// Idempotency key.
+    pub request_id: RequestId,
+    /// Why (kept with the idempotency record).
+    pub reason: String,
+}
+
+/// Filters of ListLocks, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct LockFilter {
+    /// Only this SKU.
+    pub sku: Option<Sku>,
+    /// Only this warehouse (with `sku`: one record).
+    pub warehouse: Option<WarehouseId>,
+    /// Only this order.
+    pub order_id: Option<OrderId>,
+    /// Only this holder.
+    pub holder: Option<Holder>,
+    /// Only locks created at least this long ago.
+    pub older_than: Option<Duration>,
+}
+
+/// A page of ListLocks.
+#[derive(Clone, Debug)]
+pub struct LockPage {
+    /// The locks.
+    pub locks: Vec<LockView>,
+    /// Where the next page starts; `None` at the end.
+    pub next_page_token: Option<String>,
+}
+
+/// The storage port: every mutation is one atomic step in the store.
+pub trait StockStore: Send + Sync + 'static {
+    /// Writes a snapshot.
+    fn set_stock(
+        &self,
+        cmd: SetStockCommand,
+    ) -> impl Future<Output = Result<SetStockOutcome, Error>> + Send;
+    /// Applies deltas.
+    fn adjust_stock(
+        &self,
+        cmd: AdjustStockCommand,
+    ) -> impl Future<Output = Result<(StockView, bool), Error>> + Send;
+    /// Reads records; `None` where a record does not exist.
+    fn get_stock(
+        &self,
+        records: &[RecordKey],
+    ) -> impl Future<Output = Result<Vec<Option<StockView>>, Error>> + Send;
+    /// Every warehouse that has a record of `sku`.
+    fn warehouses_of(
+        &self,
+        sku: &Sku,
+    ) -> impl Future<Output = Result<Vec<WarehouseId>, Error>> + Send;
+    /// Lock or BatchLock.
+    fn lock(&self, cmd: LockCommand) -> impl Future<Output = Result<LockOutcome, Error>> + Send;
+    /// Renew.
+    fn renew(&self, cmd: RenewCommand) -> impl Future<Output = Result<RenewOutcome, Error>> + Send;
+    /// Release.
+    fn release(
+        &self,
+        cmd: ReleaseCommand,
+    ) -> impl Future<Output = Result<ReleaseOutcome, Error>> + Send;
+    /// Commit.
+    fn commit(
+        &self,
+        cmd: CommitCommand,
+    ) -> impl Future<Output = Result<CommitOutcome, Error>> + Send;
+    /// One live lock.
+    fn get_lock(&self, lock_id: &LockId) -> impl Future<Output = Result<LockView, Error>> + Send;
+    /// Live locks matching `filter`, one page of at most `page_size`.
+    fn list_locks(
+        &self,
+        filter: LockFilter,
+        page_size: usize,
+        page_token: Option<String>,
+    ) -> impl Future<Output = Result<LockPage, Error>> + Send;
+    /// Returns the stock of locks that expired up to now to availability,
+    /// visiting at most `max_records` records; the number of locks expired.
+    fn sweep_expired(
+        &self,
+        max_records: usize,
+    ) -> impl Future<Output = Result<usize, Error>> + Send;
+    /// Checks that the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+}

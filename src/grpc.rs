@@ -1,0 +1,499 @@
+//! The gRPC adapter: validates each request at the edge into domain commands,
+//! runs it on the store, and converts the result (or the error, through the
+//! table in [`status`]) back to protobuf. It decides nothing the store must
+//! decide atomically.
+
+mod convert;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+pub use self::status::ERROR_DOMAIN;
+use crate::domain::{
+    AdjustStockCommand, BatchId, CommitCommand, Error, Holder, LockCommand, LockFilter, LockId,
+    LockLine, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId,
+    ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
+};
+use crate::pb;
+use crate::pb::inventory_service_server::InventoryService;
+
+/// Request limits, from the configuration.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// TTL of a lock whose request names none.
+    pub default_ttl: Duration,
+    /// Shortest TTL a request may ask for.
+    pub min_ttl: Duration,
+    /// Longest TTL a request may ask for.
+    pub max_ttl: Duration,
+    /// Most lines in one BatchLock.
+    pub max_batch_lines: usize,
+    /// Most lock ids in one Renew, and pairs in one BatchGetAvailability.
+    pub max_ids_per_call: usize,
+}
+
+/// Default and largest ListLocks page.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// `stocklock.v1.InventoryService` over any [`StockStore`].
+pub struct InventoryApi<S> {
+    store: Arc<S>,
+    limits: Limits,
+}
+
+impl<S> InventoryApi<S> {
+    /// The service over `store`, validating requests against `limits`.
+    pub fn new(store: Arc<S>, limits: Limits) -> Self {
+        Self { store, limits }
+    }
+
+    fn ttl(
+        &self,
+        ttl: Option<&prost_types::Duration>,
+        field: &str,
+    ) -> Result<Option<Duration>, Error> {
+        let Some(ttl) = ttl else { return Ok(None) };
+        let ttl = convert::std_duration(ttl, field)?;
+        let Limits {
+            min_ttl, max_ttl, ..
+        } = self.limits;
+        if ttl < min_ttl || ttl > max_ttl {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is {}; it must be between {} and {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(min_ttl),
+                    humantime::format_duration(max_ttl)
+                ),
+            ));
+        }
+        Ok(Some(ttl))
+    }
+
+    fn lock_ttl(&self, ttl: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+        Ok(self.ttl(ttl, "ttl")?.unwrap_or(self.limits.default_ttl))
+    }
+
+    /// Lock ids or a batch id, exactly one of the two.
+    fn target(
+        &self,
+        lock_ids: &[String],
+        batch_id: &str,
+        ids_field: &str,
+    ) -> Result<LockTarget, Error> {
+        match (lock_ids.is_empty(), batch_id.is_empty()) {
+            (true, true) => Err(Error::invalid(ids_field, "or batch_id is required")),
+            (false, false) => Err(Error::invalid(
+                "batch_id",
+                format!("cannot be combined with {ids_field}"),
+            )),
+            (true, false) => Ok(LockTarget::Batch(BatchId::parse(batch_id, "batch_id")?)),
+            (false, true) => {
+                if lock_ids.len() > self.limits.max_ids_per_call {
+                    return Err(Error::invalid(
+                        ids_field,
+                        format!(
+                            "has {} ids; the limit is {}",
+                            lock_ids.len(),
+                            self.limits.max_ids_per_call
+                        ),
+                    ));
+                }
+                let mut seen = HashMap::new();
+                let mut ids = Vec::with_capacity(lock_ids.len());
+                for (i, text) in lock_ids.iter().enumerate() {
+                    let field = if ids_field == "lock_id" {
+                        ids_field.to_owned()
+                    } else {
+                        format!("{ids_field}[{i}]")
+                    };
+                    let id = LockId::parse(text, &field)?;
+                    if let Some(first) = seen.insert(id.clone(), i) {
+                        return Err(Error::invalid(
+                            field,
+                            format!("repeats {ids_field}[{first}]"),
+                        ));
+                    }
+                    ids.push(id);
+                }
+                Ok(LockTarget::Locks(ids))
+            }
+        }
+    }
+}
+
+fn record_key(sku: &str, warehouse: &str, prefix: &str) -> Result<RecordKey, Error> {
+    Ok(RecordKey::new(
+        Sku::parse(sku, &format!("{prefix}sku"))?,
+        WarehouseId::parse(warehouse, &format!("{prefix}warehouse_id"))?,
+    ))
+}
+
+fn optional<T>(
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
+
+fn signed_or_zero(text: &str, field: &str) -> Result<Signed, Error> {
+    if text.is_empty() {
+        Ok(Signed::ZERO)
+    } else {
+        Signed::parse(text, field)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: StockStore> InventoryService for InventoryApi<S> {
+    async fn set_stock(
+        &self,
+        request: Request<pb::SetStockRequest>,
+    ) -> Result<Response<pb::SetStockResponse>, Status> {
+        let r = request.into_inner();
+        let unit_scale = UnitScale::new(r.unit_scale, "unit_scale")?;
+        if r.source_version > crate::domain::MAX_SCALED as u64 {
+            return Err(Error::invalid("source_version", "must be below 2^53").into());
+        }
+        let cmd = SetStockCommand {
+            record: record_key(&r.sku, &r.warehouse_id, "")?,
+            physical: ScaledStock::parse(&r.physical, unit_scale, "physical")?,
+            reserved: ScaledStock::parse(&r.reserved, unit_scale, "reserved")?,
+            in_transit: ScaledStock::parse(&r.in_transit, unit_scale, "in_transit")?,
+            unit_scale,
+            source_version: r.source_version,
+            request_id: optional(&r.request_id, |v| RequestId::parse(v, "request_id"))?,
+        };
+        let outcome = self.store.set_stock(cmd).await?;
+        Ok(Response::new(pb::SetStockResponse {
+            applied: outcome.applied,
+            stale: !outcome.applied,
+            record: Some(convert::record(&outcome.record)),
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let r = request.into_inner();
+        let cmd = AdjustStockCommand {
+            record: record_key(&r.sku, &r.warehouse_id, "")?,
+            physical: signed_or_zero(&r.physical_delta, "physical_delta")?,
+            reserved: signed_or_zero(&r.reserved_delta, "reserved_delta")?,
+            in_transit: signed_or_zero(&r.in_transit_delta, "in_transit_delta")?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            reason: r.reason,
+        };
+        if cmd.physical.is_zero() && cmd.reserved.is_zero() && cmd.in_transit.is_zero() {
+            return Err(Error::invalid(
+                "physical_delta",
+                "or reserved_delta or in_transit_delta must be non-zero",
+            )
+            .into());
+        }
+        let (view, _replayed) = self.store.adjust_stock(cmd).await?;
+        Ok(Response::new(pb::AdjustStockResponse {
+            record: Some(convert::record(&view)),
+        }))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<pb::GetAvailabilityRequest>,
+    ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        let sku = Sku::parse(&r.sku, "sku")?;
+        let records = match optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))? {
+            Some(warehouse) => vec![RecordKey::new(sku, warehouse)],
+            None => {
+                let warehouses = self.store.warehouses_of(&sku).await?;
+                warehouses
+                    .into_iter()
+                    .map(|w| RecordKey::new(sku.clone(), w))
+                    .collect()
+            }
+        };
+        let views = self.store.get_stock(&records).await?;
+        if let [None] = views.as_slice() {
+            let record = records
+                .into_iter()
+                .next()
+                .expect("one record was asked for");
+            return Err(Error::NotAvailable { record, line: None }.into());
+        }
+        let views: Vec<_> = views.into_iter().flatten().collect();
+        Ok(Response::new(pb::GetAvailabilityResponse {
+            total_available: convert::total_available(&views),
+            records: views.iter().map(convert::record).collect(),
+        }))
+    }
+
+    async fn batch_get_availability(
+        &self,
+        request: Request<pb::BatchGetAvailabilityRequest>,
+    ) -> Result<Response<pb::BatchGetAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        if r.keys.is_empty() || r.keys.len() > self.limits.max_ids_per_call {
+            return Err(Error::invalid(
+                "keys",
+                format!(
+                    "has {} pairs; it must have 1 to {}",
+                    r.keys.len(),
+                    self.limits.max_ids_per_call
+                ),
+            )
+            .into());
+        }
+        let records = r
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| record_key(&k.sku, &k.warehouse_id, &format!("keys[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let views = self.store.get_stock(&records).await?;
+        let mut response = pb::BatchGetAvailabilityResponse::default();
+        for (record, view) in records.into_iter().zip(views) {
+            match view {
+                Some(view) => response.records.push(convert::record(&view)),
+                None => response.missing.push(pb::StockKey {
+                    sku: record.sku.to_string(),
+                    warehouse_id: record.warehouse.to_string(),
+                }),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn lock(
+        &self,
+        request: Request<pb::LockRequest>,
+    ) -> Result<Response<pb::LockResponse>, Status> {
+        let r = request.into_inner();
+        let cmd = LockCommand {
+            lines: vec![LockLine {
+                record: record_key(&r.sku, &r.warehouse_id, "")?,
+                quantity: Quantity::parse(&r.quantity, "quantity")?,
+            }],
+            ttl: self.lock_ttl(r.ttl.as_ref())?,
+            order_id: OrderId::parse(&r.order_id, "order_id")?,
+            holder: Holder::parse(&r.holder, "holder")?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            batch_id: None,
+        };
+        let outcome = self.store.lock(cmd).await?;
+        let granted = &outcome.granted[0];
+        Ok(Response::new(pb::LockResponse {
+            lock: Some(convert::lock(&granted.lock)),
+            available: granted.lock.unit_scale.format(granted.available),
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn batch_lock(
+        &self,
+        request: Request<pb::BatchLockRequest>,
+    ) -> Result<Response<pb::BatchLockResponse>, Status> {
+        let r = request.into_inner();
+        if r.lines.is_empty() || r.lines.len() > self.limits.max_batch_lines {
+            return Err(Error::invalid(
+                "lines",
+                format!(
+                    "has {} lines; a batch must have 1 to {}",
+                    r.lines.len(),
+                    self.limits.max_batch_lines
+                ),
+            )
+            .into());
+        }
+        let mut seen = HashMap::new();
+        let mut lines = Vec::with_capacity(r.lines.len());
+        for (i, line) in r.lines.iter().enumerate() {
+            let record = record_key(&line.sku, &line.warehouse_id, &format!("lines[{i}]."))?;
+            if let Some(first) = seen.insert(record.clone(), i) {
+                return Err(Error::invalid(
+                    format!("lines[{i}]"),
+                    format!(
+                        "repeats the sku and warehouse_id of lines[{first}]; merge the two lines"
+                    ),
+                )
+                .into());
+            }
+            lines.push(LockLine {
+                record,
+                quantity: Quantity::parse(&line.quantity, &format!("lines[{i}].quantity"))?,
+            });
+        }
+        let cmd = LockCommand {
+            lines,
+            ttl: self.lock_ttl(r.ttl.as_ref())?,
+            order_id: OrderId::parse(&r.order_id, "order_id")?,
+            holder: Holder::parse(&r.holder, "holder")?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            batch_id: Some(BatchId::generate()),
+        };
+        let outcome = self.store.lock(cmd).await?;
+        Ok(Response::new(pb::BatchLockResponse {
+            batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+            locks: outcome
+                .granted
+                .iter()
+                .map(|g| convert::lock(&g.lock))
+                .collect(),
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let r = request.into_inner();
+        let cmd = RenewCommand {
+            target: self.target(&r.lock_ids, &r.batch_id, "lock_ids")?,
+            ttl: self.ttl(r.ttl.as_ref(), "ttl")?,
+            holder: Holder::parse(&r.holder, "holder")?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let outcome = self.store.renew(cmd).await?;
+        // Partial success is success, with per-lock reasons; when nothing
+        // could be renewed the call fails with the first lock's reason.
+        if outcome.items.iter().all(|item| item.result.is_err()) {
+            if let Some(Err(first)) = outcome.items.into_iter().next().map(|item| item.result) {
+                return Err(first.into());
+            }
+            return Err(Error::Internal {
+                detail: "renew returned no results".into(),
+            }
+            .into());
+        }
+        let results = outcome
+            .items
+            .into_iter()
+            .map(|item| {
+                let lock_id = item.lock_id.to_string();
+                match item.result {
+                    Ok(renewed) => pb::RenewResult {
+                        lock_id,
+                        renewed: true,
+                        expires_at: Some(convert::timestamp(renewed.expires_at_ms)),
+                        max_hold_reached: renewed.max_hold_reached,
+                        reason: String::new(),
+                    },
+                    Err(e) => pb::RenewResult {
+                        lock_id,
+                        reason: e.reason().to_owned(),
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::RenewResponse {
+            results,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let lock_ids: Vec<String> = (!r.lock_id.is_empty())
+            .then_some(r.lock_id)
+            .into_iter()
+            .collect();
+        let cmd = ReleaseCommand {
+            target: self.target(&lock_ids, &r.batch_id, "lock_id")?,
+            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let outcome = self.store.release(cmd).await?;
+        let results = outcome
+            .items
+            .iter()
+            .map(|item| pb::ReleaseResult {
+                lock_id: item.lock_id.to_string(),
+                outcome: convert::release_outcome(item.kind).into(),
+                quantity: item.unit_scale.format(item.quantity),
+            })
+            .collect();
+        Ok(Response::new(pb::ReleaseResponse {
+            results,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let r = request.into_inner();
+        let cmd = CommitCommand {
+            lock_id: LockId::parse(&r.lock_id, "lock_id")?,
+            quantity: optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
+            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let lock_id = cmd.lock_id.to_string();
+        let outcome = self.store.commit(cmd).await?;
+        let scale = outcome.record.unit_scale.get();
+        Ok(Response::new(pb::CommitResponse {
+            lock_id,
+            committed_quantity: convert::scaled(outcome.committed, scale),
+            released_quantity: convert::scaled(outcome.released, scale),
+            committed_now: outcome.committed_now,
+            record: Some(convert::record(&outcome.record)),
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn get_lock(
+        &self,
+        request: Request<pb::GetLockRequest>,
+    ) -> Result<Response<pb::GetLockResponse>, Status> {
+        let lock_id = LockId::parse(&request.get_ref().lock_id, "lock_id")?;
+        let view = self.store.get_lock(&lock_id).await?;
+        Ok(Response::new(pb::GetLockResponse {
+            lock: Some(convert::lock(&view)),
+        }))
+    }
+
+    async fn list_locks(
+        &self,
+        request: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        let r = request.into_inner();
+        let filter = LockFilter {
+            sku: optional(&r.sku, |v| Sku::parse(v, "sku"))?,
+            warehouse: optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))?,
+            order_id: optional(&r.order_id, |v| OrderId::parse(v, "order_id"))?,
+            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+            older_than: r
+                .older_than
+                .as_ref()
+                .map(|d| convert::std_duration(d, "older_than"))
+                .transpose()?,
+        };
+        let page_size = match r.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let page_token = (!r.page_token.is_empty()).then_some(r.page_token);
+        let page = self.store.list_locks(filter, page_size, page_token).await?;
+        Ok(Response::new(pb::ListLocksResponse {
+            locks: page.locks.iter().map(convert::lock).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+}

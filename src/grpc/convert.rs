@@ -1,0 +1,135 @@
+//! Domain values to protobuf messages, and the well-known time types.
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use crate::domain::{Error, LockView, ReleaseKind, StockView, format_scaled};
+use crate::pb;
+
+/// Redis time in ms since the epoch to a protobuf Timestamp.
+pub(super) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub(super) fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf Duration to a std one; negative or malformed is invalid.
+pub(super) fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must be a non-negative duration"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+pub(super) fn record(view: &StockView) -> pb::StockRecord {
+    let scale = view.unit_scale;
+    pb::StockRecord {
+        sku: view.record.sku.to_string(),
+        warehouse_id: view.record.warehouse.to_string(),
+        available: scale.format(view.available()),
+        physical: scale.format(view.physical),
+        reserved: scale.format(view.reserved),
+        in_transit: scale.format(view.in_transit),
+        locked: scale.format(view.locked),
+        oversold: scale.format(view.oversold()),
+        unit_scale: scale.get(),
+        version: view.version,
+        source_version: view.source_version,
+        live_locks: view.live_locks,
+    }
+}
+
+/// Sum of `available` over records that may differ in unit scale, exactly.
+pub(super) fn total_available<'a>(views: impl IntoIterator<Item = &'a StockView>) -> String {
+    views
+        .into_iter()
+        .map(|v| Decimal::new(v.available(), v.unit_scale.get()))
+        .sum::<Decimal>()
+        .normalize()
+        .to_string()
+}
+
+pub(super) fn lock(view: &LockView) -> pb::Lock {
+    pb::Lock {
+        lock_id: view.lock_id.to_string(),
+        sku: view.lock_id.record.sku.to_string(),
+        warehouse_id: view.lock_id.record.warehouse.to_string(),
+        quantity: view.unit_scale.format(view.quantity),
+        fencing_token: view.lock_id.token,
+        expires_at: Some(timestamp(view.expires_at_ms)),
+        created_at: Some(timestamp(view.created_at_ms)),
+        max_expires_at: Some(timestamp(view.max_expires_at_ms)),
+        ttl: Some(proto_duration(view.ttl)),
+        order_id: view.order_id.clone(),
+        holder: view.holder.clone(),
+        batch_id: view.batch_id.clone().unwrap_or_default(),
+        state: pb::LockState::Active.into(),
+    }
+}
+
+pub(super) fn release_outcome(kind: ReleaseKind) -> pb::ReleaseOutcome {
+    match kind {
+        ReleaseKind::Released => pb::ReleaseOutcome::Released,
+        ReleaseKind::AlreadyReleased => pb::ReleaseOutcome::AlreadyReleased,
+        ReleaseKind::AlreadyExpired => pb::ReleaseOutcome::AlreadyExpired,
+    }
+}
+
+pub(super) fn scaled(value: i64, scale: u32) -> String {
+    format_scaled(value, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_milliseconds() {
+        let ts = timestamp(1_700_000_000_123);
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+    }
+
+    #[test]
+    fn durations_must_be_non_negative() {
+        assert!(
+            std_duration(
+                &prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0
+                },
+                "ttl"
+            )
+            .is_err()
+        );
+        assert!(
+            std_duration(
+                &prost_types::Duration {
+                    seconds: 0,
+                    nanos: -5
+                },
+                "ttl"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            std_duration(
+                &prost_types::Duration {
+                    seconds: 2,
+                    nanos: 5
+                },
+                "ttl"
+            )
+            .unwrap(),
+            Duration::new(2, 5)
+        );
+    }
+}

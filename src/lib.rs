@@ -1,0 +1,38 @@
+//! stocklock: inventory locks on Redis, over gRPC.
+//!
+//! An order service locks stock for an order while it is paid, keeps the
+//! lock alive with heartbeats, and then commits it (the stock is deducted)
+//! or releases it; a lock that stops being renewed expires by itself.
+//!
+//! The modules, from the wire inwards:
+//! - [`server`]: wiring and lifecycle: Redis, health, reflection, sweeper, drain.
+//! - [`grpc`]: the tonic adapter: validates requests into domain commands and
+//!   maps every domain error to one status code and reason.
+//! - [`domain`]: identifiers, quantities, commands, results, errors, and the
+//!   [`domain::StockStore`] port. Knows neither protobuf nor Redis.
+//! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
+//!   decoding of their replies.
+//! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
+//! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
+//! - [`config`]: the one typed configuration (flags and `STOCKLOCK_*` variables).
+//! - [`pb`]: the generated protobuf types of `proto/stocklock/v1/stocklock.proto`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod domain;
+pub mod embedded_redis;
+pub mod grpc;
+pub mod server;
+pub mod store;
+pub mod sweeper;
+
+/// Generated protobuf and gRPC code of the `stocklock.v1` package.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("stocklock.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("stocklock_descriptor");
+}

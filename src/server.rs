@@ -1,0 +1,214 @@
+//! Wires the service together and runs it until shutdown: Redis (given or
+//! embedded), scripts, health, reflection, the sweeper, and graceful drain.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::ServeConfig;
+use crate::domain::{Error, StockStore};
+use crate::embedded_redis::EmbeddedRedis;
+use crate::grpc::InventoryApi;
+use crate::pb::inventory_service_server::InventoryServiceServer;
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::{pb, sweeper};
+
+/// How often health checks Redis.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A configuration error, with what to change.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The embedded redis-server did not start.
+    #[error("embedded Redis: {0}")]
+    EmbeddedRedis(#[from] std::io::Error),
+    /// Redis could not be reached or the scripts not loaded.
+    #[error("Redis at {url}: {source}")]
+    Store {
+        /// The URL that was tried (without credentials).
+        url: String,
+        /// What went wrong.
+        source: Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the service on `listener` until `shutdown` completes, then drains
+/// in-flight calls for up to the configured grace period.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    config.validate().map_err(RunError::Config)?;
+
+    // Kept alive until run returns; dropping it stops the child.
+    let mut _embedded = None;
+    let url = match &config.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let redis = EmbeddedRedis::start(&config.redis_server_bin).await?;
+            tracing::warn!(
+                url = %redis.url(),
+                "no --redis-url given: started a private redis-server without persistence; all stock is lost when stocklock stops"
+            );
+            let url = redis.url();
+            _embedded = Some(redis);
+            url
+        }
+    };
+    let settings = RedisSettings {
+        url: url.clone(),
+        timeout: config.store_timeout,
+        max_hold: config.max_hold,
+        retention: config.idempotency_retention,
+        key_prefix: config.key_prefix.clone(),
+    };
+    let store = RedisStore::connect(&settings)
+        .await
+        .map_err(|source| RunError::Store {
+            url: redact(&url),
+            source,
+        })?;
+    let store = Arc::new(store);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = [
+        tokio::spawn(sweeper::run(
+            store.clone(),
+            config.sweep_interval,
+            config.sweep_batch,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(watch_health(store.clone(), health, stop_rx.clone())),
+    ];
+
+    let api = InventoryApi::new(store, config.limits());
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, redis = %redact(&url), "stocklock serving");
+
+    let mut drain_rx = stop_rx.clone();
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InventoryServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = drain_rx.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight calls");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("calls still in flight after the grace period; exiting anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    tracing::info!("stocklock stopped");
+    Ok(result?)
+}
+
+/// Reports NOT_SERVING while Redis does not answer, and reloads the scripts
+/// before reporting SERVING again (a restarted Redis has none).
+async fn watch_health(
+    store: Arc<RedisStore>,
+    health: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let ok = match store.ping().await {
+            Ok(()) if !serving => store.load_scripts().await.is_ok(),
+            Ok(()) => true,
+            Err(_) => false,
+        };
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if ok {
+                tracing::info!("Redis answers again: SERVING");
+            } else {
+                tracing::warn!("Redis does not answer: NOT_SERVING");
+            }
+            health.set_service_status("", status).await;
+            health.set_service_status(<InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME, status).await;
+        }
+    }
+    // Tell load balancers to stop sending calls while the server drains.
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(
+            <InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME,
+            ServingStatus::NotServing,
+        )
+        .await;
+}
+
+/// The URL without a password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,74 @@
+//! The only place Redis keys are built.
+//!
+//! A record's keys share the hash tag `{sku}`, so on Redis Cluster one
+//! record (and every warehouse of one SKU) lives in one slot and each
+//! single-record script stays one atomic call on one shard. Identifiers
+//! cannot contain braces (see [`crate::domain`]), so no id can change a tag.
+
+use crate::domain::{BatchId, RecordKey, RequestId, Sku};
+
+/// Builds keys under one prefix, so several deployments can share a Redis.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The four keys of one stock record, in the order the scripts take them.
+pub type RecordKeys = [String; 4];
+
+impl Keys {
+    /// Keys under `prefix` (validated by the config: no braces).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// stock hash, locks hash, expiry zset, tombstone zset.
+    pub fn record(&self, record: &RecordKey) -> RecordKeys {
+        let base = format!("{}:{{{}}}:w:{}", self.prefix, record.sku, record.warehouse);
+        [
+            format!("{base}:stock"),
+            format!("{base}:locks"),
+            format!("{base}:exp"),
+            format!("{base}:ended"),
+        ]
+    }
+
+    /// The set of warehouses that have a record of `sku`.
+    pub fn warehouses(&self, sku: &Sku) -> String {
+        format!("{}:{{{sku}}}:warehouses", self.prefix)
+    }
+
+    /// The sweeper's index: record id -> earliest expiry of its locks.
+    pub fn due(&self) -> String {
+        format!("{}:due", self.prefix)
+    }
+
+    /// The idempotency record of one request; request ids are scoped per method.
+    pub fn idempotency(&self, method: &str, request_id: &RequestId) -> String {
+        format!("{}:idem:{method}:{request_id}", self.prefix)
+    }
+
+    /// The list of a batch's locks.
+    pub fn batch(&self, batch_id: &BatchId) -> String {
+        format!("{}:batch:{batch_id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::WarehouseId;
+
+    #[test]
+    fn record_keys_share_the_sku_hash_tag() {
+        let keys = Keys::new("sl");
+        let sku = Sku::parse("SKU-1", "sku").unwrap();
+        let record = RecordKey::new(sku.clone(), WarehouseId::parse("WH-A", "w").unwrap());
+        for key in keys.record(&record).iter().chain([&keys.warehouses(&sku)]) {
+            assert!(key.starts_with("sl:{SKU-1}:"), "{key}");
+        }
+        assert_eq!(keys.record(&record)[0], "sl:{SKU-1}:w:WH-A:stock");
+    }
+}

@@ -1,0 +1,53 @@
+//! The Lua scripts, compiled into the binary with `lua/lib.lua` in front of
+//! each. redis-rs calls them with EVALSHA and, on a NOSCRIPT error (matched by
+//! its error kind, e.g. after a Redis restart), loads the script and retries.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
+                "\n",
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
+            ))
+        })
+    };
+}
+
+/// Lock and BatchLock.
+pub(super) static LOCK: LazyLock<Script> = script!("lock.lua");
+/// Renew.
+pub(super) static RENEW: LazyLock<Script> = script!("renew.lua");
+/// Release.
+pub(super) static RELEASE: LazyLock<Script> = script!("release.lua");
+/// Commit.
+pub(super) static COMMIT: LazyLock<Script> = script!("commit.lua");
+/// SetStock.
+pub(super) static SET_STOCK: LazyLock<Script> = script!("set_stock.lua");
+/// AdjustStock.
+pub(super) static ADJUST_STOCK: LazyLock<Script> = script!("adjust_stock.lua");
+/// GetAvailability and friends.
+pub(super) static GET_STOCK: LazyLock<Script> = script!("get_stock.lua");
+/// The sweeper's step for one record.
+pub(super) static EXPIRE_LOCKS: LazyLock<Script> = script!("expire_locks.lua");
+/// The sweeper's look-up of records with expired locks.
+pub(super) static DUE_RECORDS: LazyLock<Script> = script!("due_records.lua");
+
+/// Every script, for loading at start-up.
+pub(super) fn all() -> [&'static Script; 9] {
+    [
+        &LOCK,
+        &RENEW,
+        &RELEASE,
+        &COMMIT,
+        &SET_STOCK,
+        &ADJUST_STOCK,
+        &GET_STOCK,
+        &EXPIRE_LOCKS,
+        &DUE_RECORDS,
+    ]
+}

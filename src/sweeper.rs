@@ -1,0 +1,45 @@
+//! The expiry sweeper: returns the stock of locks that stopped being renewed.
+//!
+//! Every script already ignores expired locks of the records it touches, so
+//! availability is right without the sweeper; the sweeper makes the stored
+//! `locked` figure (and the lock set) right for records nobody touches. Each
+//! step is one idempotent script per record, so any number of replicas may
+//! sweep the same Redis: a record two replicas sweep at once is swept once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::domain::StockStore;
+
+/// Most sweep rounds per tick, so a huge backlog cannot starve shutdown.
+const MAX_ROUNDS_PER_TICK: usize = 100;
+
+/// Sweeps every `interval` until `stop` turns true.
+pub async fn run<S: StockStore>(
+    store: Arc<S>,
+    interval: Duration,
+    batch: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for _ in 0..MAX_ROUNDS_PER_TICK {
+            match store.sweep_expired(batch).await {
+                Ok(0) => break,
+                Ok(expired) => tracing::debug!(expired, "returned expired locks to availability"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Test harness: every test gets its own redis-server (on a free port) and
+//! its own stocklock, started through the same `server::run` as the binary,
+//! on port 0. Dropping the [`TestService`] stops both.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Parser;
+use stocklock::config::{Cli, Command, ServeConfig};
+use stocklock::embedded_redis::EmbeddedRedis;
+use stocklock::pb;
+use stocklock::pb::inventory_service_client::InventoryServiceClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub type Client = InventoryServiceClient<Channel>;
+
+pub struct TestService {
+    pub client: Client,
+    pub redis: Option<EmbeddedRedis>,
+    pub addr: std::net::SocketAddr,
+    pub redis_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), stocklock::server::RunError>>>,
+}
+
+pub fn config(redis_url: &str, extra: &[&str]) -> ServeConfig {
+    let mut args = vec![
+        "stocklock",
+        "serve",
+        "--redis-url",
+        redis_url,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    match Cli::try_parse_from(args)
+        .expect("test config parses")
+        .command
+    {
+        Command::Serve(config) => *config,
+    }
+}
+
+/// A fresh Redis and a service on it.
+pub async fn start() -> TestService {
+    start_with(&[]).await
+}
+
+/// A fresh Redis and a service on it, with extra `serve` flags.
+pub async fn start_with(extra: &[&str]) -> TestService {
+    let redis = EmbeddedRedis::start(Path::new("redis-server"))
+        .await
+        .expect("redis-server starts (is it installed?)");
+    let mut service = serve(&redis.url(), extra).await;
+    service.redis = Some(redis);
+    service
+}
+
+/// A service on an existing Redis.
+pub async fn serve(redis_url: &str, extra: &[&str]) -> TestService {
+    let config = config(redis_url, extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(stocklock::server::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    let client = connect(addr).await;
+    TestService {
+        client,
+        redis: None,
+        addr,
+        redis_url: redis_url.to_owned(),
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> Client {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    for _ in 0..200 {
+        if let Ok(channel) = endpoint.connect().await {
+            // The listener accepts before the service is wired; wait for health.
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            if health.check(request).await.is_ok() {
+                return InventoryServiceClient::new(channel);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("stocklock did not come up on {addr}");
+}
+
+impl TestService {
+    /// Stops the service and waits for it to exit.
+    pub async fn stop(mut self) -> Result<(), stocklock::server::RunError> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap()
+    }
+
+    /// A raw Redis connection to the service's Redis, for looking behind the API.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Sets a record's stock with a fresh source_version.
+    pub async fn stock(&self, sku: &str, warehouse: &str, physical: &str) -> pb::StockRecord {
+        self.stock_scaled(sku, warehouse, physical, 0).await
+    }
+
+    pub async fn stock_scaled(
+        &self,
+        sku: &str,
+        warehouse: &str,
+        physical: &str,
+        unit_scale: u32,
+    ) -> pb::StockRecord {
+        let version = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            / 1000;
+        self.client
+            .clone()
+            .set_stock(pb::SetStockRequest {
+                sku: sku.into(),
+                warehouse_id: warehouse.into(),
+                physical: physical.into(),
+                unit_scale,
+                source_version: version,
+                ..Default::default()
+            })
+            .await
+            .expect("set_stock")
+            .into_inner()
+            .record
+            .unwrap()
+    }
+
+    pub async fn record(&self, sku: &str, warehouse: &str) -> pb::StockRecord {
+        let response = self
+            .client
+            .clone()
+            .get_availability(pb::GetAvailabilityRequest {
+                sku: sku.into(),
+                warehouse_id: warehouse.into(),
+            })
+            .await
+            .expect("get_availability")
+            .into_inner();
+        response.records.into_iter().next().unwrap()
+    }
+
+    pub async fn available(&self, sku: &str, warehouse: &str) -> String {
+        self.record(sku, warehouse).await.available
+    }
+
+    pub async fn lock(
+        &self,
+        sku: &str,
+        warehouse: &str,
+        quantity: &str,
+        request_id: &str,
+    ) -> Result<pb::LockResponse, Status> {
+        self.client
+            .clone()
+            .lock(lock_request(sku, warehouse, quantity, request_id))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn release(
+        &self,
+        lock_id: &str,
+        request_id: &str,
+    ) -> Result<pb::ReleaseResponse, Status> {
+        self.client
+            .clone()
+            .release(pb::ReleaseRequest {
+                lock_id: lock_id.into(),
+                request_id: request_id.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn lock_request(
+    sku: &str,
+    warehouse: &str,
+    quantity: &str,
+    request_id: &str,
+) -> pb::LockRequest {
+    pb::LockRequest {
+        sku: sku.into(),
+        warehouse_id: warehouse.into(),
+        quantity: quantity.into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        order_id: format!("order-{request_id}"),
+        request_id: request_id.into(),
+        holder: "order-service".into(),
+    }
+}
+
+pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+pub fn millis(ms: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+/// The ErrorInfo reason of a status; panics when there is none.
+pub fn reason(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "stocklock.v1");
+    info.reason
+}
+
+/// Asserts the code and reason of a failed call, and returns the status.
+#[track_caller]
+pub fn expect_error<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected_reason, "{status:?}");
+    status
+}
+
+/// The BadRequest field violations of a status.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
