@@ -1,6 +1,6 @@
 //! The gRPC adapter: validates each request at the edge into domain commands,
 //! runs it on the store, and converts the result (or the error, through the
-//! table in [`status`]) back to protobuf. It decides nothing the store must
+//! table in `grpc/status.rs`) back to protobuf. It decides nothing the store must
 //! decide atomically.
 
 mod convert;

@@ -42,6 +42,14 @@ pub struct RedisSettings {
     pub key_prefix: String,
 }
 
+/// One atomic read of a record's locks: packed locks, expiries, unit scale, Redis time.
+type RecordSnapshot = (
+    HashMap<String, String>,
+    Vec<(String, f64)>,
+    Option<u32>,
+    (i64, i64),
+);
+
 /// The stock store on one Redis (standalone, or the primary Sentinel names).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -152,12 +160,7 @@ impl RedisStore {
     async fn record_locks(&self, record: &RecordKey) -> Result<(Vec<LockView>, i64), Error> {
         let [stock, locks, exp, _] = self.keys.record(record);
         let mut conn = self.conn.clone();
-        let (packed, expiries, unit_scale, time): (
-            HashMap<String, String>,
-            Vec<(String, f64)>,
-            Option<u32>,
-            (i64, i64),
-        ) = self
+        let (packed, expiries, unit_scale, time): RecordSnapshot = self
             .bounded(
                 redis::pipe()
                     .atomic()
@@ -906,10 +909,10 @@ impl StockStore for RedisStore {
         loop {
             let (records, next_cursor) = self.record_batch(&filter, cursor).await?;
             for record in records {
-                if let Some(p) = &position {
-                    if record < p.record {
-                        continue;
-                    }
+                if let Some(p) = &position
+                    && record < p.record
+                {
+                    continue;
                 }
                 let after_token = position
                     .take()

@@ -8,8 +8,12 @@ use redis::Script;
 
 macro_rules! script {
     ($file:literal) => {
+        script!("", $file)
+    };
+    ($shebang:literal, $file:literal) => {
         LazyLock::new(|| {
             Script::new(concat!(
+                $shebang,
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
                 "\n",
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
@@ -30,12 +34,14 @@ pub(super) static COMMIT: LazyLock<Script> = script!("commit.lua");
 pub(super) static SET_STOCK: LazyLock<Script> = script!("set_stock.lua");
 /// AdjustStock.
 pub(super) static ADJUST_STOCK: LazyLock<Script> = script!("adjust_stock.lua");
-/// GetAvailability and friends.
-pub(super) static GET_STOCK: LazyLock<Script> = script!("get_stock.lua");
+/// GetAvailability and friends. The flag line (Redis 7) marks it read-only,
+/// so Redis runs it even while it refuses writes for lack of memory.
+pub(super) static GET_STOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "get_stock.lua");
 /// The sweeper's step for one record.
 pub(super) static EXPIRE_LOCKS: LazyLock<Script> = script!("expire_locks.lua");
 /// The sweeper's look-up of records with expired locks.
-pub(super) static DUE_RECORDS: LazyLock<Script> = script!("due_records.lua");
+pub(super) static DUE_RECORDS: LazyLock<Script> =
+    script!("#!lua flags=no-writes\n", "due_records.lua");
 
 /// Every script, for loading at start-up.
 pub(super) fn all() -> [&'static Script; 9] {
