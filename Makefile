@@ -17,7 +17,6 @@ run: deps
 ## Formatting, lints, docs, and every test against a real redis-server.
 test: deps lint
 	$(CARGO) test --all-targets
-	$(CARGO) test --doc
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -88,11 +88,16 @@ pub async fn run(
     health
         .set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
+    // v1 for current tools, v1alpha for the many that still only speak it.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| RunError::Config(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = [
@@ -106,14 +111,17 @@ pub async fn run(
     ];
 
     let api = InventoryApi::new(store, config.limits());
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, redis = %redact(&url), "stocklock serving");
+    let listen = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    tracing::info!(%listen, redis = %redact(&url), "stocklock serving");
 
     let mut drain_rx = stop_rx.clone();
     let server = Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(InventoryServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = drain_rx.wait_for(|stop| *stop).await;

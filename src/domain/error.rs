@@ -28,7 +28,7 @@ pub enum Error {
         description: String,
     },
     /// One or more lines ask for more than is available; nothing was locked.
-    #[error("insufficient stock on {} line(s)", shortages.len())]
+    #[error("insufficient stock: {}", describe_shortages(shortages))]
     InsufficientStock {
         /// Every short line, with what it asked for and what there is.
         shortages: Vec<Shortage>,
@@ -116,6 +116,19 @@ pub enum Error {
         /// What went wrong, for the log.
         detail: String,
     },
+}
+
+fn describe_shortages(shortages: &[Shortage]) -> String {
+    let lines: Vec<String> = shortages
+        .iter()
+        .map(|s| {
+            format!(
+                "lines[{}] sku {} in warehouse {} requested {}, available {}",
+                s.line, s.record.sku, s.record.warehouse, s.requested, s.available
+            )
+        })
+        .collect();
+    lines.join("; ")
 }
 
 /// How a lock that is no longer live ended.
