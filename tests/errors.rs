@@ -225,3 +225,100 @@ async fn a_lock_id_of_a_recreated_record_does_not_match() {
     );
     assert_eq!(svc.record("SKU-1", "WH-A").await.locked, "1");
 }
+
+#[tokio::test]
+async fn quantities_the_record_cannot_hold_are_refused_by_the_scripts() {
+    let svc = start().await;
+    svc.stock_scaled("S", "W", "10", 6).await;
+    let mut client = svc.client.clone();
+
+    // Fits as a decimal, overflows 2^53 once scaled to the record's 6 digits.
+    let status = expect_error(
+        svc.lock("S", "W", "9007199255", "r1").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["quantity"]);
+
+    let adjust = |delta: &str| pb::AdjustStockRequest {
+        sku: "S".into(),
+        warehouse_id: "W".into(),
+        in_transit_delta: delta.into(),
+        request_id: format!("a-{delta}"),
+        ..Default::default()
+    };
+    let status = expect_error(
+        client.adjust_stock(adjust("9007199255")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["in_transit_delta"]);
+    svc.stock("W0", "W", "10").await;
+    let whole = pb::AdjustStockRequest {
+        sku: "W0".into(),
+        ..adjust("0.5")
+    };
+    let status = expect_error(
+        client.adjust_stock(whole).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["in_transit_delta"]);
+
+    let lock = svc.lock("W0", "W", "2", "r2").await.unwrap().lock.unwrap();
+    let commit = pb::CommitRequest {
+        lock_id: lock.lock_id,
+        quantity: "1.5".into(),
+        request_id: "c".into(),
+        ..Default::default()
+    };
+    let status = expect_error(
+        client.commit(commit).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["quantity"]);
+
+    let record = svc.record("S", "W").await;
+    assert_eq!(
+        (record.in_transit.as_str(), record.locked.as_str()),
+        ("0", "0")
+    );
+    let record = svc.record("W0", "W").await;
+    assert_eq!(
+        (record.physical.as_str(), record.locked.as_str()),
+        ("10", "2")
+    );
+}
+
+#[tokio::test]
+async fn a_set_stock_request_id_reused_for_another_snapshot_is_refused() {
+    let svc = start().await;
+    let mut client = svc.client.clone();
+    let snapshot = |physical: &str, version: u64| pb::SetStockRequest {
+        sku: "S".into(),
+        warehouse_id: "W".into(),
+        physical: physical.into(),
+        source_version: version,
+        request_id: "snap-1".into(),
+        ..Default::default()
+    };
+    client.set_stock(snapshot("5", 1)).await.unwrap();
+    expect_error(
+        client.set_stock(snapshot("6", 2)).await,
+        Code::AlreadyExists,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+    assert_eq!(svc.record("S", "W").await.physical, "5");
+    let status = expect_error(
+        client
+            .set_stock(pb::SetStockRequest {
+                source_version: 1 << 53,
+                ..snapshot("5", 0)
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["source_version"]);
+}
