@@ -2,9 +2,16 @@
 --
 -- KEYS[1..4]  the record: stock, locks, exp, ended
 -- KEYS[5]     idempotency record of this request
+-- KEYS[6]     the audit stream
 -- ARGV[1]     request fingerprint
 -- ARGV[2]     idempotency retention ms
 -- ARGV[3..8]  (mantissa, scale) of the physical, reserved and in_transit deltas
+-- ARGV[9]     actor
+-- ARGV[10]    most audit events kept
+-- ARGV[11]    request_id
+-- ARGV[12]    sku
+-- ARGV[13]    warehouse id
+-- ARGV[14]    reason
 --
 -- Returns
 --   {'OK', then the record (see record_reply)}
@@ -14,7 +21,7 @@
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 
 local rec = record_at(1, '')
-local idem_key = KEYS[5]
+local idem_key, audit_key = KEYS[5], KEYS[6]
 local fingerprint, idem_retention = ARGV[1], tonumber(ARGV[2])
 local fields = { 'physical', 'reserved', 'in_transit' }
 
@@ -44,11 +51,19 @@ for i, field in ipairs(fields) do
   deltas[field] = delta
 end
 
+local event = {
+  'action', 'stock.adjust', 'actor', ARGV[9], 'sku', ARGV[12], 'warehouse_id', ARGV[13],
+  'request_id', ARGV[11], 'reason', ARGV[14],
+}
 for _, field in ipairs(fields) do
   if deltas[field] ~= 0 then
     redis.call('HINCRBY', rec.stock, field, deltas[field])
+    local change = decimal(s[field], s.unit_scale) .. ' -> ' .. decimal(s[field] + deltas[field], s.unit_scale)
+    event[#event + 1] = 'd.' .. field
+    event[#event + 1] = change
   end
 end
 redis.call('HINCRBY', rec.stock, 'version', 1)
+audit(audit_key, ARGV[10], event)
 
 return idem_store(idem_key, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)

@@ -18,7 +18,8 @@
 --   {'OK', committed, released, then the record (see record_reply)}
 --   {'ALREADY_COMMITTED', then the record}   committed by an earlier call; nothing changed
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
---   {'LOCK_NOT_FOUND'} / {'LOCK_RELEASED'} / {'LOCK_EXPIRED'} / {'LOCK_HOLDER_MISMATCH'}
+--   {'LOCK_NOT_FOUND'} / {'LOCK_RELEASED'} / {'LOCK_EXPIRED'} / {'LOCK_FORCE_RELEASED'} /
+--   {'LOCK_HOLDER_MISMATCH'}
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 

@@ -7,7 +7,7 @@
 --                source_version fence
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  fencing token -> expires_at_ms
---   ended  zset  "token:X" -> ended_at_ms, X = E(xpired) R(eleased) C(ommitted)
+--   ended  zset  "token:X" -> ended_at_ms, X = E(xpired) R(eleased) C(ommitted) F(orce-released)
 -- Quantities are integers scaled by 10^unit_scale. Lua numbers are doubles,
 -- exact below 2^53, and every figure is checked to stay below that bound.
 -- Replies are arrays of strings, so they survive a cjson round trip in the
@@ -17,6 +17,24 @@ local MAX_EXACT = 9007199254740991
 
 local function fmt(n)
   return string.format('%d', n)
+end
+
+-- A scaled integer as a decimal string without trailing zeros: 2500, 3 -> "2.5".
+local function decimal(v, scale)
+  if scale == 0 then
+    return fmt(v)
+  end
+  local sign = ''
+  if v < 0 then
+    sign, v = '-', -v
+  end
+  local digits = string.format('%0' .. (scale + 1) .. 'd', v)
+  local int, frac = string.sub(digits, 1, #digits - scale), string.sub(digits, #digits - scale + 1)
+  frac = string.gsub(frac, '0+$', '')
+  if frac == '' then
+    return sign .. int
+  end
+  return sign .. int .. '.' .. frac
 end
 
 local function now_ms()
@@ -130,9 +148,9 @@ local function refresh_due(due_key, rec)
   end
 end
 
--- Which way a lock that is no longer live ended: 'E', 'R', 'C' or nil.
+-- Which way a lock that is no longer live ended: 'E', 'R', 'C', 'F' or nil.
 local function ended_mark(rec, token)
-  for _, mark in ipairs({ 'E', 'R', 'C' }) do
+  for _, mark in ipairs({ 'E', 'R', 'C', 'F' }) do
     if redis.call('ZSCORE', rec.ended, token .. ':' .. mark) then
       return mark
     end
@@ -179,7 +197,7 @@ local function idem_store(key, fingerprint, reply, retention)
 end
 
 -- A live lock by token and nonce: the lock, or nil and why not
--- (LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_RELEASED, LOCK_COMMITTED).
+-- (LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_RELEASED, LOCK_COMMITTED, LOCK_FORCE_RELEASED).
 local function find_lock(rec, token, nonce, now)
   local packed = redis.call('HGET', rec.locks, token)
   if packed then
@@ -200,6 +218,14 @@ local function find_lock(rec, token, nonce, now)
     return nil, 'LOCK_RELEASED'
   elseif mark == 'C' then
     return nil, 'LOCK_COMMITTED'
+  elseif mark == 'F' then
+    return nil, 'LOCK_FORCE_RELEASED'
   end
   return nil, 'LOCK_NOT_FOUND'
+end
+
+-- Appends an event to the audit stream, in the same script as the change it
+-- records. `fields` is a flat list of name, value; the entry id is Redis time.
+local function audit(key, max_events, fields)
+  redis.call('XADD', key, 'MAXLEN', '~', max_events, '*', unpack(fields))
 end

@@ -13,7 +13,8 @@
 --
 -- Returns
 --   {'OK', then per lock: outcome, quantity, unit_scale}
---       outcome RELEASED, ALREADY_RELEASED or ALREADY_EXPIRED (quantity "0" unless RELEASED)
+--       outcome RELEASED, ALREADY_RELEASED, ALREADY_EXPIRED or FORCE_RELEASED
+--       (quantity "0" unless RELEASED)
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 --   {reason, k}  reason LOCK_NOT_FOUND, LOCK_COMMITTED or LOCK_HOLDER_MISMATCH for lock k
 
@@ -52,6 +53,8 @@ for _, item in ipairs(items) do
     end_lock(rec, item.token, 'R', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
+  elseif item.why == 'LOCK_FORCE_RELEASED' then
+    outcome = 'FORCE_RELEASED'
   elseif item.why == 'LOCK_EXPIRED' then
     outcome = 'ALREADY_EXPIRED'
     local expired, expired_sum = find_expired(rec, now)

@@ -14,7 +14,7 @@
 -- Returns
 --   {'OK', then per lock: status, expires_at, capped}   status 'OK' or
 --       LOCK_NOT_FOUND / LOCK_EXPIRED / LOCK_RELEASED / LOCK_COMMITTED /
---       LOCK_HOLDER_MISMATCH (expires_at and capped are then "0")
+--       LOCK_FORCE_RELEASED / LOCK_HOLDER_MISMATCH (expires_at and capped are then "0")
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 -- An expired lock is never resurrected: it is dropped (its quantity returns)
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at

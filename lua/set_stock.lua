@@ -5,7 +5,8 @@
 -- KEYS[1..4]  the record: stock, locks, exp, ended
 -- KEYS[5]     the SKU's set of warehouses
 -- KEYS[6]     the sweeper's due index
--- KEYS[7]     idempotency record, only when the request has a request_id
+-- KEYS[7]     the audit stream
+-- KEYS[8]     idempotency record, only when the request has a request_id
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
@@ -14,6 +15,10 @@
 -- ARGV[8]     idempotency retention ms
 -- ARGV[9]     tombstone retention ms
 -- ARGV[10]    record id "sku|warehouse"
+-- ARGV[11]    actor (the authenticated principal, or "anonymous")
+-- ARGV[12]    most audit events kept
+-- ARGV[13]    request_id, or ""
+-- ARGV[14]    sku
 --
 -- Returns
 --   {'OK', then the record (see record_reply)}
@@ -24,7 +29,7 @@
 -- reports available 0 and the shortfall as oversold.
 
 local rec = record_at(1, ARGV[10])
-local whs_key, due_key, idem_key = KEYS[5], KEYS[6], KEYS[7]
+local whs_key, due_key, audit_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint = ARGV[7]
@@ -37,7 +42,12 @@ end
 
 local now = now_ms()
 local s = read_stock(rec)
+local before = { physical = '', reserved = '', in_transit = '', unit_scale = '' }
 if s then
+  for _, f in ipairs({ 'physical', 'reserved', 'in_transit' }) do
+    before[f] = decimal(s[f], s.unit_scale)
+  end
+  before.unit_scale = fmt(s.unit_scale)
   if source_version <= s.source_version then
     return record_reply(rec, now, { 'STALE' })
   end
@@ -55,5 +65,14 @@ else
     'unit_scale', unit_scale, 'source_version', source_version, 'locked', 0, 'fence', 0, 'version', 1)
   redis.call('SADD', whs_key, ARGV[6])
 end
+
+audit(audit_key, ARGV[12], {
+  'action', 'stock.set', 'actor', ARGV[11], 'sku', ARGV[14], 'warehouse_id', ARGV[6], 'request_id', ARGV[13],
+  'd.physical', before.physical .. ' -> ' .. decimal(tonumber(physical), unit_scale),
+  'd.reserved', before.reserved .. ' -> ' .. decimal(tonumber(reserved), unit_scale),
+  'd.in_transit', before.in_transit .. ' -> ' .. decimal(tonumber(in_transit), unit_scale),
+  'd.unit_scale', before.unit_scale .. ' -> ' .. fmt(unit_scale),
+  'd.source_version', fmt(source_version),
+})
 
 return idem_store(idem_key, fingerprint, record_reply(rec, now, { 'OK' }), idem_retention)

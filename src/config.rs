@@ -11,11 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// The stocklock command line.
 #[derive(Debug, Parser)]
-#[command(
-    name = "stocklock",
-    version,
-    about = "Inventory locks on Redis, over gRPC"
-)]
+#[command(name = "stocklock", version, about = "Inventory locks on Redis, over gRPC")]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -52,11 +48,7 @@ pub struct ServeConfig {
     pub redis_url: Option<String>,
 
     /// The redis-server binary for the embedded default.
-    #[arg(
-        long,
-        env = "STOCKLOCK_REDIS_SERVER_BIN",
-        default_value = "redis-server"
-    )]
+    #[arg(long, env = "STOCKLOCK_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
 
     /// Prefix of every Redis key, so environments can share one Redis.
@@ -113,6 +105,50 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "STOCKLOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Token file: one `token principal role` per line (roles: service,
+    /// reader, operator, admin). Reloaded when it changes. Without it,
+    /// authentication is off: for local use only.
+    #[arg(long, env = "STOCKLOCK_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// PEM certificate chain of the server; with --tls-key turns TLS on.
+    #[arg(long, env = "STOCKLOCK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the server.
+    #[arg(long, env = "STOCKLOCK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA that client certificates must chain to (mutual TLS).
+    #[arg(long, env = "STOCKLOCK_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Availability queries each caller may make per second (0 = no limit),
+    /// so a scraper cannot slow down locking.
+    #[arg(long, env = "STOCKLOCK_QUERY_RATE_LIMIT", default_value_t = 1000)]
+    pub query_rate_limit: u32,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "STOCKLOCK_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Locks older than this are stale: listed by ListLocks(stale) and counted.
+    #[arg(long, env = "STOCKLOCK_STALE_THRESHOLD", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub stale_threshold: Duration,
+
+    /// Let a forced unlock of stale locks only run without a second
+    /// operator's approval (still audited).
+    #[arg(long, env = "STOCKLOCK_SINGLE_STEP_STALE_UNLOCK")]
+    pub single_step_stale_unlock: bool,
+
+    /// How long a forced-unlock request waits for approval before it expires.
+    #[arg(long, env = "STOCKLOCK_FORCE_UNLOCK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub force_unlock_ttl: Duration,
+
+    /// Most audit events kept; older ones are trimmed.
+    #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
+    pub audit_max_events: u64,
 }
 
 impl ServeConfig {
@@ -151,12 +187,14 @@ impl ServeConfig {
             || self.key_prefix.contains(['{', '}'])
             || self.key_prefix.chars().any(char::is_whitespace)
         {
-            return Err(format!(
-                "--key-prefix {:?} must be non-empty, without braces or whitespace",
-                self.key_prefix
-            ));
+            return Err(format!("--key-prefix {:?} must be non-empty, without braces or whitespace", self.key_prefix));
+        }
+        if self.force_unlock_ttl.is_zero() || self.stale_threshold.is_zero() {
+            return Err("--force-unlock-ttl and --stale-threshold must be greater than zero".into());
         }
         for (name, value) in [
+            ("--audit-max-events", usize::try_from(self.audit_max_events).unwrap_or(usize::MAX)),
+            ("--max-request-bytes", self.max_request_bytes),
             ("--max-batch-lines", self.max_batch_lines),
             ("--max-ids-per-call", self.max_ids_per_call),
             ("--sweep-batch", self.sweep_batch),
@@ -176,6 +214,7 @@ impl ServeConfig {
             max_ttl: self.max_ttl,
             max_batch_lines: self.max_batch_lines,
             max_ids_per_call: self.max_ids_per_call,
+            stale_threshold: self.stale_threshold,
         }
     }
 }
@@ -201,12 +240,7 @@ mod tests {
     fn rejects_inconsistent_ttls() {
         let err = parse(&["--default-ttl", "2h"]).validate().unwrap_err();
         assert!(err.contains("--default-ttl"), "{err}");
-        assert!(
-            parse(&["--max-ttl", "48h"])
-                .validate()
-                .unwrap_err()
-                .contains("--max-hold")
-        );
+        assert!(parse(&["--max-ttl", "48h"]).validate().unwrap_err().contains("--max-hold"));
         assert!(parse(&["--key-prefix", "a{b"]).validate().is_err());
         assert!(parse(&["--store-timeout", "0s"]).validate().is_err());
     }

@@ -5,17 +5,18 @@
 //! Nothing here knows about protobuf or Redis. Values are validated when they
 //! are built, so a command that exists is a command the store may run.
 
+mod admin;
 mod error;
 mod ids;
 mod quantity;
 mod store;
 
+pub use admin::{
+    AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, LockStats,
+};
 pub use error::{Error, LockEnd, Shortage};
 pub use ids::{
-    BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku,
-    WarehouseId, new_nonce,
+    BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
 };
-pub use quantity::{
-    MAX_SCALED, MAX_UNIT_SCALE, Quantity, ScaledStock, Signed, UnitScale, format_scaled,
-};
+pub use quantity::{MAX_SCALED, MAX_UNIT_SCALE, Quantity, ScaledStock, Signed, UnitScale, format_scaled};
 pub use store::*;

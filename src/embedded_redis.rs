@@ -64,18 +64,13 @@ impl EmbeddedRedis {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         loop {
             if let Some(status) = child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "redis-server on port {port} exited at start: {status}"
-                )));
+                return Err(io::Error::other(format!("redis-server on port {port} exited at start: {status}")));
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(Self { child, port });
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "redis-server did not accept connections in time",
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "redis-server did not accept connections in time"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -103,7 +98,5 @@ impl EmbeddedRedis {
 }
 
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }

@@ -3,6 +3,7 @@
 //! table in `grpc/status.rs`) back to protobuf. It decides nothing the store must
 //! decide atomically.
 
+pub mod admin;
 mod convert;
 mod status;
 
@@ -12,11 +13,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+pub use self::admin::AdminApi;
 pub use self::status::ERROR_DOMAIN;
+use crate::auth::Principal;
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, Error, Holder, LockCommand, LockFilter, LockId,
-    LockLine, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId,
-    ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
+    AdjustStockCommand, BatchId, CommitCommand, Error, Holder, LockCommand, LockFilter, LockId, LockLine, LockTarget,
+    OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SetStockCommand, Signed, Sku,
+    StockStore, UnitScale, WarehouseId,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -34,11 +37,13 @@ pub struct Limits {
     pub max_batch_lines: usize,
     /// Most lock ids in one Renew, and pairs in one BatchGetAvailability.
     pub max_ids_per_call: usize,
+    /// Locks older than this are stale.
+    pub stale_threshold: Duration,
 }
 
 /// Default and largest ListLocks page.
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 
 /// `stocklock.v1.InventoryService` over any [`StockStore`].
 pub struct InventoryApi<S> {
@@ -52,16 +57,10 @@ impl<S> InventoryApi<S> {
         Self { store, limits }
     }
 
-    fn ttl(
-        &self,
-        ttl: Option<&prost_types::Duration>,
-        field: &str,
-    ) -> Result<Option<Duration>, Error> {
+    fn ttl(&self, ttl: Option<&prost_types::Duration>, field: &str) -> Result<Option<Duration>, Error> {
         let Some(ttl) = ttl else { return Ok(None) };
         let ttl = convert::std_duration(ttl, field)?;
-        let Limits {
-            min_ttl, max_ttl, ..
-        } = self.limits;
+        let Limits { min_ttl, max_ttl, .. } = self.limits;
         if ttl < min_ttl || ttl > max_ttl {
             return Err(Error::invalid(
                 field,
@@ -81,44 +80,25 @@ impl<S> InventoryApi<S> {
     }
 
     /// Lock ids or a batch id, exactly one of the two.
-    fn target(
-        &self,
-        lock_ids: &[String],
-        batch_id: &str,
-        ids_field: &str,
-    ) -> Result<LockTarget, Error> {
+    fn target(&self, lock_ids: &[String], batch_id: &str, ids_field: &str) -> Result<LockTarget, Error> {
         match (lock_ids.is_empty(), batch_id.is_empty()) {
             (true, true) => Err(Error::invalid(ids_field, "or batch_id is required")),
-            (false, false) => Err(Error::invalid(
-                "batch_id",
-                format!("cannot be combined with {ids_field}"),
-            )),
+            (false, false) => Err(Error::invalid("batch_id", format!("cannot be combined with {ids_field}"))),
             (true, false) => Ok(LockTarget::Batch(BatchId::parse(batch_id, "batch_id")?)),
             (false, true) => {
                 if lock_ids.len() > self.limits.max_ids_per_call {
                     return Err(Error::invalid(
                         ids_field,
-                        format!(
-                            "has {} ids; the limit is {}",
-                            lock_ids.len(),
-                            self.limits.max_ids_per_call
-                        ),
+                        format!("has {} ids; the limit is {}", lock_ids.len(), self.limits.max_ids_per_call),
                     ));
                 }
                 let mut seen = HashMap::new();
                 let mut ids = Vec::with_capacity(lock_ids.len());
                 for (i, text) in lock_ids.iter().enumerate() {
-                    let field = if ids_field == "lock_id" {
-                        ids_field.to_owned()
-                    } else {
-                        format!("{ids_field}[{i}]")
-                    };
+                    let field = if ids_field == "lock_id" { ids_field.to_owned() } else { format!("{ids_field}[{i}]") };
                     let id = LockId::parse(text, &field)?;
                     if let Some(first) = seen.insert(id.clone(), i) {
-                        return Err(Error::invalid(
-                            field,
-                            format!("repeats {ids_field}[{first}]"),
-                        ));
+                        return Err(Error::invalid(field, format!("repeats {ids_field}[{first}]")));
                     }
                     ids.push(id);
                 }
@@ -128,6 +108,48 @@ impl<S> InventoryApi<S> {
     }
 }
 
+/// ListLocks' filters; `stale` raises `older_than` to the stale threshold.
+fn lock_filter(r: &pb::ListLocksRequest, stale_threshold: Duration) -> Result<LockFilter, Error> {
+    let mut older_than = r.older_than.as_ref().map(|d| convert::std_duration(d, "older_than")).transpose()?;
+    if r.stale {
+        older_than = Some(older_than.unwrap_or_default().max(stale_threshold));
+    }
+    Ok(LockFilter {
+        sku: optional(&r.sku, |v| Sku::parse(v, "sku"))?,
+        warehouse: optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))?,
+        order_id: optional(&r.order_id, |v| OrderId::parse(v, "order_id"))?,
+        holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+        older_than,
+    })
+}
+
+/// The caller's principal, when authentication is on.
+fn principal<T>(request: &Request<T>) -> Option<Principal> {
+    request.extensions().get::<Principal>().cloned()
+}
+
+/// Who holds the locks a call takes or touches: the authenticated principal,
+/// whatever the request says, or (authentication off) the request's `holder`.
+fn holder(principal: &Option<Principal>, field: &str) -> Result<Holder, Error> {
+    match principal {
+        Some(p) => Ok(p.name.clone()),
+        None => Holder::parse(field, "holder"),
+    }
+}
+
+/// Like [`holder`], where the request's `holder` is optional.
+fn optional_holder(principal: &Option<Principal>, field: &str) -> Result<Option<Holder>, Error> {
+    match principal {
+        Some(p) => Ok(Some(p.name.clone())),
+        None => optional(field, |v| Holder::parse(v, "holder")),
+    }
+}
+
+/// Who a change is attributed to in the audit trail.
+pub(crate) fn actor(principal: &Option<Principal>) -> String {
+    principal.as_ref().map_or_else(|| "anonymous".to_owned(), |p| p.name.to_string())
+}
+
 fn record_key(sku: &str, warehouse: &str, prefix: &str) -> Result<RecordKey, Error> {
     Ok(RecordKey::new(
         Sku::parse(sku, &format!("{prefix}sku"))?,
@@ -135,31 +157,18 @@ fn record_key(sku: &str, warehouse: &str, prefix: &str) -> Result<RecordKey, Err
     ))
 }
 
-fn optional<T>(
-    value: &str,
-    parse: impl FnOnce(&str) -> Result<T, Error>,
-) -> Result<Option<T>, Error> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        parse(value).map(Some)
-    }
+fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T, Error>) -> Result<Option<T>, Error> {
+    if value.is_empty() { Ok(None) } else { parse(value).map(Some) }
 }
 
 fn signed_or_zero(text: &str, field: &str) -> Result<Signed, Error> {
-    if text.is_empty() {
-        Ok(Signed::ZERO)
-    } else {
-        Signed::parse(text, field)
-    }
+    if text.is_empty() { Ok(Signed::ZERO) } else { Signed::parse(text, field) }
 }
 
 #[tonic::async_trait]
 impl<S: StockStore> InventoryService for InventoryApi<S> {
-    async fn set_stock(
-        &self,
-        request: Request<pb::SetStockRequest>,
-    ) -> Result<Response<pb::SetStockResponse>, Status> {
+    async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::SetStockResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         let unit_scale = UnitScale::new(r.unit_scale, "unit_scale")?;
         if r.source_version > crate::domain::MAX_SCALED as u64 {
@@ -173,6 +182,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             unit_scale,
             source_version: r.source_version,
             request_id: optional(&r.request_id, |v| RequestId::parse(v, "request_id"))?,
+            actor: actor(&principal),
         };
         let outcome = self.store.set_stock(cmd).await?;
         Ok(Response::new(pb::SetStockResponse {
@@ -186,6 +196,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         let cmd = AdjustStockCommand {
             record: record_key(&r.sku, &r.warehouse_id, "")?,
@@ -194,18 +205,15 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             in_transit: signed_or_zero(&r.in_transit_delta, "in_transit_delta")?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             reason: r.reason,
+            actor: actor(&principal),
         };
         if cmd.physical.is_zero() && cmd.reserved.is_zero() && cmd.in_transit.is_zero() {
-            return Err(Error::invalid(
-                "physical_delta",
-                "or reserved_delta or in_transit_delta must be non-zero",
-            )
-            .into());
+            return Err(
+                Error::invalid("physical_delta", "or reserved_delta or in_transit_delta must be non-zero").into()
+            );
         }
         let (view, _replayed) = self.store.adjust_stock(cmd).await?;
-        Ok(Response::new(pb::AdjustStockResponse {
-            record: Some(convert::record(&view)),
-        }))
+        Ok(Response::new(pb::AdjustStockResponse { record: Some(convert::record(&view)) }))
     }
 
     async fn get_availability(
@@ -218,18 +226,12 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             Some(warehouse) => vec![RecordKey::new(sku, warehouse)],
             None => {
                 let warehouses = self.store.warehouses_of(&sku).await?;
-                warehouses
-                    .into_iter()
-                    .map(|w| RecordKey::new(sku.clone(), w))
-                    .collect()
+                warehouses.into_iter().map(|w| RecordKey::new(sku.clone(), w)).collect()
             }
         };
         let views = self.store.get_stock(&records).await?;
         if let [None] = views.as_slice() {
-            let record = records
-                .into_iter()
-                .next()
-                .expect("one record was asked for");
+            let record = records.into_iter().next().expect("one record was asked for");
             return Err(Error::NotAvailable { record, line: None }.into());
         }
         let views: Vec<_> = views.into_iter().flatten().collect();
@@ -247,11 +249,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         if r.keys.is_empty() || r.keys.len() > self.limits.max_ids_per_call {
             return Err(Error::invalid(
                 "keys",
-                format!(
-                    "has {} pairs; it must have 1 to {}",
-                    r.keys.len(),
-                    self.limits.max_ids_per_call
-                ),
+                format!("has {} pairs; it must have 1 to {}", r.keys.len(), self.limits.max_ids_per_call),
             )
             .into());
         }
@@ -266,19 +264,16 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         for (record, view) in records.into_iter().zip(views) {
             match view {
                 Some(view) => response.records.push(convert::record(&view)),
-                None => response.missing.push(pb::StockKey {
-                    sku: record.sku.to_string(),
-                    warehouse_id: record.warehouse.to_string(),
-                }),
+                None => response
+                    .missing
+                    .push(pb::StockKey { sku: record.sku.to_string(), warehouse_id: record.warehouse.to_string() }),
             }
         }
         Ok(Response::new(response))
     }
 
-    async fn lock(
-        &self,
-        request: Request<pb::LockRequest>,
-    ) -> Result<Response<pb::LockResponse>, Status> {
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         let cmd = LockCommand {
             lines: vec![LockLine {
@@ -287,7 +282,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             }],
             ttl: self.lock_ttl(r.ttl.as_ref())?,
             order_id: OrderId::parse(&r.order_id, "order_id")?,
-            holder: Holder::parse(&r.holder, "holder")?,
+            holder: holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: None,
         };
@@ -304,15 +299,12 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         &self,
         request: Request<pb::BatchLockRequest>,
     ) -> Result<Response<pb::BatchLockResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         if r.lines.is_empty() || r.lines.len() > self.limits.max_batch_lines {
             return Err(Error::invalid(
                 "lines",
-                format!(
-                    "has {} lines; a batch must have 1 to {}",
-                    r.lines.len(),
-                    self.limits.max_batch_lines
-                ),
+                format!("has {} lines; a batch must have 1 to {}", r.lines.len(), self.limits.max_batch_lines),
             )
             .into());
         }
@@ -323,46 +315,36 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             if let Some(first) = seen.insert(record.clone(), i) {
                 return Err(Error::invalid(
                     format!("lines[{i}]"),
-                    format!(
-                        "repeats the sku and warehouse_id of lines[{first}]; merge the two lines"
-                    ),
+                    format!("repeats the sku and warehouse_id of lines[{first}]; merge the two lines"),
                 )
                 .into());
             }
-            lines.push(LockLine {
-                record,
-                quantity: Quantity::parse(&line.quantity, &format!("lines[{i}].quantity"))?,
-            });
+            lines
+                .push(LockLine { record, quantity: Quantity::parse(&line.quantity, &format!("lines[{i}].quantity"))? });
         }
         let cmd = LockCommand {
             lines,
             ttl: self.lock_ttl(r.ttl.as_ref())?,
             order_id: OrderId::parse(&r.order_id, "order_id")?,
-            holder: Holder::parse(&r.holder, "holder")?,
+            holder: holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: Some(BatchId::generate()),
         };
         let outcome = self.store.lock(cmd).await?;
         Ok(Response::new(pb::BatchLockResponse {
             batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
-            locks: outcome
-                .granted
-                .iter()
-                .map(|g| convert::lock(&g.lock))
-                .collect(),
+            locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
             replayed: outcome.replayed,
         }))
     }
 
-    async fn renew(
-        &self,
-        request: Request<pb::RenewRequest>,
-    ) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         let cmd = RenewCommand {
             target: self.target(&r.lock_ids, &r.batch_id, "lock_ids")?,
             ttl: self.ttl(r.ttl.as_ref(), "ttl")?,
-            holder: Holder::parse(&r.holder, "holder")?,
+            holder: holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let outcome = self.store.renew(cmd).await?;
@@ -372,10 +354,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             if let Some(Err(first)) = outcome.items.into_iter().next().map(|item| item.result) {
                 return Err(first.into());
             }
-            return Err(Error::Internal {
-                detail: "renew returned no results".into(),
-            }
-            .into());
+            return Err(Error::Internal { detail: "renew returned no results".into() }.into());
         }
         let results = outcome
             .items
@@ -390,32 +369,20 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                         max_hold_reached: renewed.max_hold_reached,
                         reason: String::new(),
                     },
-                    Err(e) => pb::RenewResult {
-                        lock_id,
-                        reason: e.reason().to_owned(),
-                        ..Default::default()
-                    },
+                    Err(e) => pb::RenewResult { lock_id, reason: e.reason().to_owned(), ..Default::default() },
                 }
             })
             .collect();
-        Ok(Response::new(pb::RenewResponse {
-            results,
-            replayed: outcome.replayed,
-        }))
+        Ok(Response::new(pb::RenewResponse { results, replayed: outcome.replayed }))
     }
 
-    async fn release(
-        &self,
-        request: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
-        let lock_ids: Vec<String> = (!r.lock_id.is_empty())
-            .then_some(r.lock_id)
-            .into_iter()
-            .collect();
+        let lock_ids: Vec<String> = (!r.lock_id.is_empty()).then_some(r.lock_id).into_iter().collect();
         let cmd = ReleaseCommand {
             target: self.target(&lock_ids, &r.batch_id, "lock_id")?,
-            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+            holder: optional_holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let outcome = self.store.release(cmd).await?;
@@ -428,21 +395,16 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                 quantity: item.unit_scale.format(item.quantity),
             })
             .collect();
-        Ok(Response::new(pb::ReleaseResponse {
-            results,
-            replayed: outcome.replayed,
-        }))
+        Ok(Response::new(pb::ReleaseResponse { results, replayed: outcome.replayed }))
     }
 
-    async fn commit(
-        &self,
-        request: Request<pb::CommitRequest>,
-    ) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        let principal = principal(&request);
         let r = request.into_inner();
         let cmd = CommitCommand {
             lock_id: LockId::parse(&r.lock_id, "lock_id")?,
             quantity: optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
-            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+            holder: optional_holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let lock_id = cmd.lock_id.to_string();
@@ -458,15 +420,10 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         }))
     }
 
-    async fn get_lock(
-        &self,
-        request: Request<pb::GetLockRequest>,
-    ) -> Result<Response<pb::GetLockResponse>, Status> {
+    async fn get_lock(&self, request: Request<pb::GetLockRequest>) -> Result<Response<pb::GetLockResponse>, Status> {
         let lock_id = LockId::parse(&request.get_ref().lock_id, "lock_id")?;
         let view = self.store.get_lock(&lock_id).await?;
-        Ok(Response::new(pb::GetLockResponse {
-            lock: Some(convert::lock(&view)),
-        }))
+        Ok(Response::new(pb::GetLockResponse { lock: Some(convert::lock(&view)) }))
     }
 
     async fn list_locks(
@@ -474,17 +431,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
         let r = request.into_inner();
-        let filter = LockFilter {
-            sku: optional(&r.sku, |v| Sku::parse(v, "sku"))?,
-            warehouse: optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))?,
-            order_id: optional(&r.order_id, |v| OrderId::parse(v, "order_id"))?,
-            holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
-            older_than: r
-                .older_than
-                .as_ref()
-                .map(|d| convert::std_duration(d, "older_than"))
-                .transpose()?,
-        };
+        let filter = lock_filter(&r, self.limits.stale_threshold)?;
         let page_size = match r.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),

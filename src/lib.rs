@@ -6,8 +6,10 @@
 //!
 //! The modules, from the wire inwards:
 //! - [`server`]: wiring and lifecycle: Redis, health, reflection, sweeper, drain.
-//! - [`grpc`]: the tonic adapter: validates requests into domain commands and
-//!   maps every domain error to one status code and reason.
+//! - [`auth`]: bearer tokens, roles, and query rate limits, as a tower layer.
+//! - [`grpc`]: the tonic adapters (InventoryService, AdminService): validate
+//!   requests into domain commands and map every domain error to one status
+//!   code and reason.
 //! - [`domain`]: identifiers, quantities, commands, results, errors, and the
 //!   [`domain::StockStore`] port. Knows neither protobuf nor Redis.
 //! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod embedded_redis;
@@ -33,6 +36,5 @@ pub mod pb {
     tonic::include_proto!("stocklock.v1");
 
     /// The encoded descriptors, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("stocklock_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("stocklock_descriptor");
 }

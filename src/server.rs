@@ -12,10 +12,13 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{Access, AccessLayer, Authenticator};
 use crate::config::ServeConfig;
 use crate::domain::{Error, StockStore};
 use crate::embedded_redis::EmbeddedRedis;
-use crate::grpc::InventoryApi;
+use crate::grpc::admin::ForceUnlockPolicy;
+use crate::grpc::{AdminApi, InventoryApi};
+use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::{pb, sweeper};
@@ -40,6 +43,9 @@ pub enum RunError {
         /// What went wrong.
         source: Error,
     },
+    /// A TLS certificate or key could not be read.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -53,6 +59,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     config.validate().map_err(RunError::Config)?;
+    let auth = match &config.auth_tokens {
+        Some(path) => Some(Authenticator::load(path).map_err(RunError::Config)?),
+        None => {
+            tracing::warn!("authentication is off (no --auth-tokens): any caller may do anything; for local use only");
+            None
+        }
+    };
+    let access = Arc::new(Access::new(auth, std::num::NonZeroU32::new(config.query_rate_limit)));
+    let tls = tls_config(&config)?;
 
     // Kept alive until run returns; dropping it stops the child.
     let mut _embedded = None;
@@ -75,54 +90,56 @@ pub async fn run(
         max_hold: config.max_hold,
         retention: config.idempotency_retention,
         key_prefix: config.key_prefix.clone(),
+        audit_max_events: config.audit_max_events,
+        force_unlock_ttl: config.force_unlock_ttl,
     };
-    let store = RedisStore::connect(&settings)
-        .await
-        .map_err(|source| RunError::Store {
-            url: redact(&url),
-            source,
-        })?;
+    let store = RedisStore::connect(&settings).await.map_err(|source| RunError::Store { url: redact(&url), source })?;
     let store = Arc::new(store);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>()
-        .await;
+    health.set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>().await;
     // v1 for current tools, v1alpha for the many that still only speak it.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_error =
-        |e: tonic_reflection::server::Error| RunError::Config(format!("reflection: {e}"));
+    let reflection_error = |e: tonic_reflection::server::Error| RunError::Config(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = [
-        tokio::spawn(sweeper::run(
-            store.clone(),
-            config.sweep_interval,
-            config.sweep_batch,
-            stop_rx.clone(),
-        )),
+        tokio::spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch, stop_rx.clone())),
         tokio::spawn(watch_health(store.clone(), health, stop_rx.clone())),
+        tokio::spawn(maintain_access(access.clone(), stop_rx.clone())),
     ];
 
-    let api = InventoryApi::new(store, config.limits());
-    let listen = listener
-        .local_addr()
-        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits()))
+        .max_decoding_message_size(config.max_request_bytes);
+    let policy = ForceUnlockPolicy {
+        stale_threshold: config.stale_threshold,
+        single_step_stale: config.single_step_stale_unlock,
+    };
+    let admin =
+        AdminServiceServer::new(AdminApi::new(store, policy)).max_decoding_message_size(config.max_request_bytes);
+    let listen = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%listen, redis = %redact(&url), "stocklock serving");
 
     let mut drain_rx = stop_rx.clone();
-    let server = Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    } else {
+        tracing::warn!("TLS is off (no --tls-cert): traffic and tokens travel in plaintext; for local use only");
+    }
+    let server = builder
+        .layer(AccessLayer::new(access))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InventoryServiceServer::new(api))
+        .add_service(api)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = drain_rx.wait_for(|stop| *stop).await;
         });
@@ -150,13 +167,40 @@ pub async fn run(
     Ok(result?)
 }
 
+/// The server's TLS settings, read from the configured PEM files.
+fn tls_config(config: &ServeConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, RunError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| RunError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// Reloads the token file when it changes and forgets idle rate-limit state.
+async fn maintain_access(access: Arc<Access>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(crate::auth::RELOAD_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(auth) = access.authenticator() {
+            auth.reload_if_changed();
+        }
+        access.retain_recent();
+    }
+}
+
 /// Reports NOT_SERVING while Redis does not answer, and reloads the scripts
 /// before reporting SERVING again (a restarted Redis has none).
-async fn watch_health(
-    store: Arc<RedisStore>,
-    health: HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_health(store: Arc<RedisStore>, health: HealthReporter, mut stop: watch::Receiver<bool>) {
     let mut serving = true;
     let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
     loop {
@@ -171,24 +215,23 @@ async fn watch_health(
         };
         if ok != serving {
             serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
             if ok {
                 tracing::info!("Redis answers again: SERVING");
             } else {
                 tracing::warn!("Redis does not answer: NOT_SERVING");
             }
             health.set_service_status("", status).await;
-            health.set_service_status(<InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME, status).await;
+            health
+                .set_service_status(
+                    <InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
         }
     }
     // Tell load balancers to stop sending calls while the server drains.
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.set_service_status("", ServingStatus::NotServing).await;
     health
         .set_service_status(
             <InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME,
@@ -213,10 +256,7 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

@@ -18,12 +18,7 @@ use crate::domain::StockStore;
 const MAX_ROUNDS_PER_TICK: usize = 100;
 
 /// Sweeps every `interval` until `stop` turns true.
-pub async fn run<S: StockStore>(
-    store: Arc<S>,
-    interval: Duration,
-    batch: usize,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {

@@ -19,11 +19,7 @@ async fn five_hundred_callers_on_a_hundred_units() {
     }
     let calls = (0..500).map(|i| {
         let mut client = clients[i % clients.len()].clone();
-        async move {
-            client
-                .lock(lock_request("HOT", "WH-A", "1", &format!("r{i}")))
-                .await
-        }
+        async move { client.lock(lock_request("HOT", "WH-A", "1", &format!("r{i}"))).await }
     });
     let results = join_all(calls).await;
     let mut lock_ids = Vec::new();
@@ -38,40 +34,19 @@ async fn five_hundred_callers_on_a_hundred_units() {
     }
     assert_eq!(lock_ids.len(), 100);
     let record = svc.record("HOT", "WH-A").await;
-    assert_eq!(
-        (
-            record.available.as_str(),
-            record.locked.as_str(),
-            record.live_locks
-        ),
-        ("0", "100", 100)
-    );
+    assert_eq!((record.available.as_str(), record.locked.as_str(), record.live_locks), ("0", "100", 100));
     assert_sum_of_locks_is_locked(&svc, "HOT", "WH-A").await;
 
     let releases = lock_ids.iter().enumerate().map(|(i, id)| {
         let mut client = clients[i % clients.len()].clone();
-        let request = pb::ReleaseRequest {
-            lock_id: id.clone(),
-            request_id: format!("rel{i}"),
-            ..Default::default()
-        };
+        let request = pb::ReleaseRequest { lock_id: id.clone(), request_id: format!("rel{i}"), ..Default::default() };
         async move { client.release(request).await }
     });
     for result in join_all(releases).await {
-        assert_eq!(
-            result.unwrap().into_inner().results[0].outcome(),
-            pb::ReleaseOutcome::Released
-        );
+        assert_eq!(result.unwrap().into_inner().results[0].outcome(), pb::ReleaseOutcome::Released);
     }
     let record = svc.record("HOT", "WH-A").await;
-    assert_eq!(
-        (
-            record.available.as_str(),
-            record.locked.as_str(),
-            record.live_locks
-        ),
-        ("100", "0", 0)
-    );
+    assert_eq!((record.available.as_str(), record.locked.as_str(), record.live_locks), ("100", "0", 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,12 +56,8 @@ async fn mixed_concurrent_operations_keep_the_books_balanced() {
     let calls = (0..200).map(|i| {
         let mut client = svc.client.clone();
         async move {
-            let lock = client
-                .lock(lock_request("MIX", "WH-A", "1", &format!("r{i}")))
-                .await?
-                .into_inner()
-                .lock
-                .unwrap();
+            let lock =
+                client.lock(lock_request("MIX", "WH-A", "1", &format!("r{i}"))).await?.into_inner().lock.unwrap();
             match i % 3 {
                 0 => {
                     client
@@ -112,11 +83,7 @@ async fn mixed_concurrent_operations_keep_the_books_balanced() {
             }
         }
     });
-    let committed: i64 = join_all(calls)
-        .await
-        .into_iter()
-        .filter_map(Result::ok)
-        .sum();
+    let committed: i64 = join_all(calls).await.into_iter().filter_map(Result::ok).sum();
     let record = svc.record("MIX", "WH-A").await;
     let physical: i64 = record.physical.parse().unwrap();
     let locked: i64 = record.locked.parse().unwrap();
@@ -130,20 +97,9 @@ async fn mixed_concurrent_operations_keep_the_books_balanced() {
 async fn assert_sum_of_locks_is_locked(svc: &TestService, sku: &str, warehouse: &str) {
     let mut conn = svc.redis_conn().await;
     let base = format!("sl:{{{sku}}}:w:{warehouse}");
-    let locks: Vec<String> = redis::cmd("HVALS")
-        .arg(format!("{base}:locks"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let sum: i64 = locks
-        .iter()
-        .map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap())
-        .sum();
-    let locked: i64 = redis::cmd("HGET")
-        .arg(format!("{base}:stock"))
-        .arg("locked")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let locks: Vec<String> = redis::cmd("HVALS").arg(format!("{base}:locks")).query_async(&mut conn).await.unwrap();
+    let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
+    let locked: i64 =
+        redis::cmd("HGET").arg(format!("{base}:stock")).arg("locked").query_async(&mut conn).await.unwrap();
     assert_eq!(sum, locked);
 }

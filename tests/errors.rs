@@ -32,48 +32,24 @@ async fn bad_lock_requests_name_the_field_and_change_nothing() {
         ("quantity", Box::new(|r| r.quantity = "1e3".into())),
         ("quantity", Box::new(|r| r.quantity = "NaN".into())),
         ("quantity", Box::new(|r| r.quantity = "0.0000001".into())),
-        (
-            "quantity",
-            Box::new(|r| r.quantity = "99999999999999999999".into()),
-        ),
+        ("quantity", Box::new(|r| r.quantity = "99999999999999999999".into())),
         ("quantity", Box::new(|r| r.quantity = "0.5".into())),
         ("ttl", Box::new(|r| r.ttl = millis(10))),
         ("ttl", Box::new(|r| r.ttl = secs(7200))),
-        (
-            "ttl",
-            Box::new(|r| {
-                r.ttl = Some(prost_types::Duration {
-                    seconds: -5,
-                    nanos: 0,
-                })
-            }),
-        ),
+        ("ttl", Box::new(|r| r.ttl = Some(prost_types::Duration { seconds: -5, nanos: 0 }))),
     ];
     for (field, mutate) in cases {
         let mut request = lock_request("SKU-1", "WH-A", "1", "r1");
         mutate(&mut request);
-        let status = expect_error(
-            svc.client.clone().lock(request.clone()).await,
-            Code::InvalidArgument,
-            "INVALID_ARGUMENT",
-        );
+        let status =
+            expect_error(svc.client.clone().lock(request.clone()).await, Code::InvalidArgument, "INVALID_ARGUMENT");
         assert_eq!(bad_fields(&status), [field], "{request:?}: {status:?}");
-        assert!(
-            status.message().starts_with(field),
-            "message names the field: {status:?}"
-        );
+        assert!(status.message().starts_with(field), "message names the field: {status:?}");
     }
     let record = svc.record("SKU-1", "WH-A").await;
-    assert_eq!(
-        (record.locked.as_str(), record.live_locks, record.version),
-        ("0", 0, 1)
-    );
+    assert_eq!((record.locked.as_str(), record.live_locks, record.version), ("0", 0, 1));
     let mut conn = svc.redis_conn().await;
-    let idem: Vec<String> = redis::cmd("KEYS")
-        .arg("sl:idem:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let idem: Vec<String> = redis::cmd("KEYS").arg("sl:idem:*").query_async(&mut conn).await.unwrap();
     assert!(idem.is_empty(), "{idem:?}");
 }
 
@@ -82,13 +58,7 @@ async fn bad_ids_in_other_calls_are_refused() {
     let svc = start().await;
     let mut client = svc.client.clone();
     let status = expect_error(
-        client
-            .renew(pb::RenewRequest {
-                holder: "h".into(),
-                request_id: "r".into(),
-                ..Default::default()
-            })
-            .await,
+        client.renew(pb::RenewRequest { holder: "h".into(), request_id: "r".into(), ..Default::default() }).await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
@@ -133,33 +103,20 @@ async fn bad_ids_in_other_calls_are_refused() {
     );
     assert_eq!(bad_fields(&status), ["batch_id"]);
     let status = expect_error(
-        client
-            .commit(pb::CommitRequest {
-                lock_id: "SKU|WH|1-ab".into(),
-                ..Default::default()
-            })
-            .await,
+        client.commit(pb::CommitRequest { lock_id: "SKU|WH|1-ab".into(), ..Default::default() }).await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
     assert_eq!(bad_fields(&status), ["request_id"]);
     let status = expect_error(
-        client
-            .get_lock(pb::GetLockRequest {
-                lock_id: "SKU|WH".into(),
-            })
-            .await,
+        client.get_lock(pb::GetLockRequest { lock_id: "SKU|WH".into() }).await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
     assert_eq!(bad_fields(&status), ["lock_id"]);
     // Well formed but never issued.
     expect_error(
-        client
-            .get_lock(pb::GetLockRequest {
-                lock_id: "SKU|WH|7-ab".into(),
-            })
-            .await,
+        client.get_lock(pb::GetLockRequest { lock_id: "SKU|WH|7-ab".into() }).await,
         Code::NotFound,
         "LOCK_NOT_FOUND",
     );
@@ -193,10 +150,7 @@ async fn bad_ids_in_other_calls_are_refused() {
     let status = expect_error(
         client
             .batch_get_availability(pb::BatchGetAvailabilityRequest {
-                keys: vec![pb::StockKey {
-                    sku: "S".into(),
-                    warehouse_id: "".into(),
-                }],
+                keys: vec![pb::StockKey { sku: "S".into(), warehouse_id: "".into() }],
             })
             .await,
         Code::InvalidArgument,
@@ -209,20 +163,11 @@ async fn bad_ids_in_other_calls_are_refused() {
 async fn a_lock_id_of_a_recreated_record_does_not_match() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
-    let lock = svc
-        .lock("SKU-1", "WH-A", "1", "r1")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
+    let lock = svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap().lock.unwrap();
     // Same record and token, another nonce: not this lock.
     let (prefix, _) = lock.lock_id.rsplit_once('-').unwrap();
     let forged = format!("{prefix}-deadbeef");
-    expect_error(
-        svc.release(&forged, "rel").await,
-        Code::NotFound,
-        "LOCK_NOT_FOUND",
-    );
+    expect_error(svc.release(&forged, "rel").await, Code::NotFound, "LOCK_NOT_FOUND");
     assert_eq!(svc.record("SKU-1", "WH-A").await.locked, "1");
 }
 
@@ -233,11 +178,7 @@ async fn quantities_the_record_cannot_hold_are_refused_by_the_scripts() {
     let mut client = svc.client.clone();
 
     // Fits as a decimal, overflows 2^53 once scaled to the record's 6 digits.
-    let status = expect_error(
-        svc.lock("S", "W", "9007199255", "r1").await,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-    );
+    let status = expect_error(svc.lock("S", "W", "9007199255", "r1").await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["quantity"]);
 
     let adjust = |delta: &str| pb::AdjustStockRequest {
@@ -247,22 +188,12 @@ async fn quantities_the_record_cannot_hold_are_refused_by_the_scripts() {
         request_id: format!("a-{delta}"),
         ..Default::default()
     };
-    let status = expect_error(
-        client.adjust_stock(adjust("9007199255")).await,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-    );
+    let status =
+        expect_error(client.adjust_stock(adjust("9007199255")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["in_transit_delta"]);
     svc.stock("W0", "W", "10").await;
-    let whole = pb::AdjustStockRequest {
-        sku: "W0".into(),
-        ..adjust("0.5")
-    };
-    let status = expect_error(
-        client.adjust_stock(whole).await,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-    );
+    let whole = pb::AdjustStockRequest { sku: "W0".into(), ..adjust("0.5") };
+    let status = expect_error(client.adjust_stock(whole).await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["in_transit_delta"]);
 
     let lock = svc.lock("W0", "W", "2", "r2").await.unwrap().lock.unwrap();
@@ -272,23 +203,13 @@ async fn quantities_the_record_cannot_hold_are_refused_by_the_scripts() {
         request_id: "c".into(),
         ..Default::default()
     };
-    let status = expect_error(
-        client.commit(commit).await,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-    );
+    let status = expect_error(client.commit(commit).await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["quantity"]);
 
     let record = svc.record("S", "W").await;
-    assert_eq!(
-        (record.in_transit.as_str(), record.locked.as_str()),
-        ("0", "0")
-    );
+    assert_eq!((record.in_transit.as_str(), record.locked.as_str()), ("0", "0"));
     let record = svc.record("W0", "W").await;
-    assert_eq!(
-        (record.physical.as_str(), record.locked.as_str()),
-        ("10", "2")
-    );
+    assert_eq!((record.physical.as_str(), record.locked.as_str()), ("10", "2"));
 }
 
 #[tokio::test]
@@ -304,19 +225,10 @@ async fn a_set_stock_request_id_reused_for_another_snapshot_is_refused() {
         ..Default::default()
     };
     client.set_stock(snapshot("5", 1)).await.unwrap();
-    expect_error(
-        client.set_stock(snapshot("6", 2)).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    expect_error(client.set_stock(snapshot("6", 2)).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
     assert_eq!(svc.record("S", "W").await.physical, "5");
     let status = expect_error(
-        client
-            .set_stock(pb::SetStockRequest {
-                source_version: 1 << 53,
-                ..snapshot("5", 0)
-            })
-            .await,
+        client.set_stock(pb::SetStockRequest { source_version: 1 << 53, ..snapshot("5", 0) }).await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );

@@ -9,12 +9,7 @@ use stocklock::pb;
 use tonic::Code;
 
 fn renew(lock_ids: Vec<String>, request_id: &str) -> pb::RenewRequest {
-    pb::RenewRequest {
-        lock_ids,
-        holder: "order-service".into(),
-        request_id: request_id.into(),
-        ..Default::default()
-    }
+    pb::RenewRequest { lock_ids, holder: "order-service".into(), request_id: request_id.into(), ..Default::default() }
 }
 
 #[tokio::test]
@@ -24,77 +19,36 @@ async fn an_unrenewed_lock_returns_its_stock_within_ttl_plus_sweep() {
     let mut request = lock_request("SKU-1", "WH-A", "4", "r1");
     request.ttl = millis(500);
     let started = Instant::now();
-    let lock = svc
-        .client
-        .clone()
-        .lock(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .lock
-        .unwrap();
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
     assert_eq!(svc.record("SKU-1", "WH-A").await.locked, "4");
 
     // The sweeper, not a read, must bring `locked` back: watch the raw hash.
     let mut conn = svc.redis_conn().await;
     let stock_key = "sl:{SKU-1}:w:WH-A:stock";
     loop {
-        let locked: i64 = redis::cmd("HGET")
-            .arg(stock_key)
-            .arg("locked")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let locked: i64 = redis::cmd("HGET").arg(stock_key).arg("locked").query_async(&mut conn).await.unwrap();
         if locked == 0 {
             break;
         }
         // The promise: back within 1 s of expiry.
-        assert!(
-            started.elapsed() < Duration::from_millis(500 + 1000),
-            "not swept after {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_millis(500 + 1000), "not swept after {:?}", started.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        started.elapsed() >= Duration::from_millis(450),
-        "swept too early: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(450), "swept too early: {:?}", started.elapsed());
     let record = svc.record("SKU-1", "WH-A").await;
     assert_eq!((record.available.as_str(), record.live_locks), ("10", 0));
 
     // Never resurrected: renew and commit say it expired, release says so and changes nothing.
     expect_error(
-        svc.client
-            .clone()
-            .renew(renew(vec![lock.lock_id.clone()], "rn"))
-            .await,
+        svc.client.clone().renew(renew(vec![lock.lock_id.clone()], "rn")).await,
         Code::FailedPrecondition,
         "LOCK_EXPIRED",
     );
-    let commit = pb::CommitRequest {
-        lock_id: lock.lock_id.clone(),
-        request_id: "c".into(),
-        ..Default::default()
-    };
-    expect_error(
-        svc.client.clone().commit(commit).await,
-        Code::FailedPrecondition,
-        "LOCK_EXPIRED",
-    );
+    let commit = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c".into(), ..Default::default() };
+    expect_error(svc.client.clone().commit(commit).await, Code::FailedPrecondition, "LOCK_EXPIRED");
     let released = svc.release(&lock.lock_id, "rel").await.unwrap();
-    assert_eq!(
-        released.results[0].outcome(),
-        pb::ReleaseOutcome::AlreadyExpired
-    );
-    let get = svc
-        .client
-        .clone()
-        .get_lock(pb::GetLockRequest {
-            lock_id: lock.lock_id,
-        })
-        .await;
+    assert_eq!(released.results[0].outcome(), pb::ReleaseOutcome::AlreadyExpired);
+    let get = svc.client.clone().get_lock(pb::GetLockRequest { lock_id: lock.lock_id }).await;
     expect_error(get, Code::FailedPrecondition, "LOCK_EXPIRED");
     assert_eq!(svc.available("SKU-1", "WH-A").await, "10");
 }
@@ -107,11 +61,7 @@ async fn an_expired_lock_never_counts_even_before_the_sweep() {
     let mut request = lock_request("SKU-1", "WH-A", "5", "r1");
     request.ttl = millis(200);
     svc.client.clone().lock(request).await.unwrap();
-    expect_error(
-        svc.lock("SKU-1", "WH-A", "1", "r2").await,
-        Code::FailedPrecondition,
-        "INSUFFICIENT_STOCK",
-    );
+    expect_error(svc.lock("SKU-1", "WH-A", "1", "r2").await, Code::FailedPrecondition, "INSUFFICIENT_STOCK");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(svc.available("SKU-1", "WH-A").await, "5");
     let lock = svc.lock("SKU-1", "WH-A", "5", "r3").await.unwrap();
@@ -126,25 +76,12 @@ async fn renewing_keeps_a_lock_alive() {
     svc.stock("SKU-1", "WH-A", "10").await;
     let mut request = lock_request("SKU-1", "WH-A", "2", "r1");
     request.ttl = millis(300);
-    let lock = svc
-        .client
-        .clone()
-        .lock(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .lock
-        .unwrap();
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
     let mut last_expiry = lock.expires_at.unwrap();
     for i in 0..6 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let response = svc
-            .client
-            .clone()
-            .renew(renew(vec![lock.lock_id.clone()], &format!("rn{i}")))
-            .await
-            .unwrap()
-            .into_inner();
+        let response =
+            svc.client.clone().renew(renew(vec![lock.lock_id.clone()], &format!("rn{i}"))).await.unwrap().into_inner();
         let result = &response.results[0];
         assert!(result.renewed, "{result:?}");
         let expiry = result.expires_at.unwrap();
@@ -157,48 +94,21 @@ async fn renewing_keeps_a_lock_alive() {
 
 #[tokio::test]
 async fn renewal_is_capped_by_the_maximum_hold() {
-    let svc = start_with(&[
-        "--min-ttl",
-        "100ms",
-        "--max-ttl",
-        "1s",
-        "--default-ttl",
-        "1s",
-        "--max-hold",
-        "1s",
-    ])
-    .await;
+    let svc = start_with(&["--min-ttl", "100ms", "--max-ttl", "1s", "--default-ttl", "1s", "--max-hold", "1s"]).await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let mut request = lock_request("SKU-1", "WH-A", "2", "r1");
     request.ttl = millis(600);
-    let lock = svc
-        .client
-        .clone()
-        .lock(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .lock
-        .unwrap();
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
     let max = lock.max_expires_at.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let result = svc
-        .client
-        .clone()
-        .renew(renew(vec![lock.lock_id.clone()], "rn1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .results[0]
-        .clone();
+    let result = svc.client.clone().renew(renew(vec![lock.lock_id.clone()], "rn1")).await.unwrap().into_inner().results
+        [0]
+    .clone();
     assert!(result.renewed && result.max_hold_reached, "{result:?}");
     assert_eq!(result.expires_at.unwrap(), max);
     tokio::time::sleep(Duration::from_millis(700)).await;
     expect_error(
-        svc.client
-            .clone()
-            .renew(renew(vec![lock.lock_id], "rn2"))
-            .await,
+        svc.client.clone().renew(renew(vec![lock.lock_id], "rn2")).await,
         Code::FailedPrecondition,
         "LOCK_EXPIRED",
     );
@@ -210,39 +120,14 @@ async fn renew_many_reports_per_lock_and_renew_can_change_the_ttl() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.stock("SKU-2", "WH-A", "10").await;
-    let a = svc
-        .lock("SKU-1", "WH-A", "1", "r1")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
-    let b = svc
-        .lock("SKU-2", "WH-A", "1", "r2")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
+    let a = svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap().lock.unwrap();
+    let b = svc.lock("SKU-2", "WH-A", "1", "r2").await.unwrap().lock.unwrap();
     svc.release(&b.lock_id, "rel").await.unwrap();
     let mut request = renew(vec![a.lock_id.clone(), b.lock_id.clone()], "rn");
     request.ttl = secs(120);
-    let response = svc
-        .client
-        .clone()
-        .renew(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let response = svc.client.clone().renew(request).await.unwrap().into_inner();
     assert!(response.results[0].renewed);
     let expiry = response.results[0].expires_at.unwrap().seconds;
-    assert!(
-        expiry - a.expires_at.unwrap().seconds >= 59,
-        "ttl 120 s should extend past the 60 s lock"
-    );
-    assert_eq!(
-        (
-            response.results[1].renewed,
-            response.results[1].reason.as_str()
-        ),
-        (false, "LOCK_NOT_FOUND")
-    );
+    assert!(expiry - a.expires_at.unwrap().seconds >= 59, "ttl 120 s should extend past the 60 s lock");
+    assert_eq!((response.results[1].renewed, response.results[1].reason.as_str()), (false, "LOCK_NOT_FOUND"));
 }

@@ -14,16 +14,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 async fn health(svc: &TestService) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", svc.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "stocklock.v1.InventoryService".into(),
-        })
-        .await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", svc.addr)).unwrap().connect().await.unwrap();
+    let response =
+        HealthClient::new(channel).check(HealthCheckRequest { service: "stocklock.v1.InventoryService".into() }).await;
     response.unwrap().into_inner().status()
 }
 
@@ -38,10 +32,7 @@ async fn wait_for_health(svc: &TestService, want: ServingStatus) {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -49,12 +40,7 @@ fn signal(pid: u32, sig: &str) {
 async fn redis_down_gives_unavailable_fast_and_a_restart_is_recovered() {
     let mut svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
-    let lock = svc
-        .lock("SKU-1", "WH-A", "2", "r1")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
+    let lock = svc.lock("SKU-1", "WH-A", "2", "r1").await.unwrap().lock.unwrap();
     let redis = svc.redis.take().unwrap();
     let port = redis.port();
     redis.stop().await.unwrap();
@@ -62,31 +48,18 @@ async fn redis_down_gives_unavailable_fast_and_a_restart_is_recovered() {
     let started = Instant::now();
     let result = svc.lock("SKU-1", "WH-A", "1", "r2").await;
     let status = result.expect_err("Redis is down");
-    assert!(
-        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
-        "{status:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "answered after {:?}",
-        started.elapsed()
-    );
+    assert!(matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
     wait_for_health(&svc, ServingStatus::NotServing).await;
 
     // A new, empty Redis on the same port: no scripts, no data.
-    let redis = EmbeddedRedis::start_on(Path::new("redis-server"), port, &[])
-        .await
-        .unwrap();
+    let redis = EmbeddedRedis::start_on(Path::new("redis-server"), port, &[]).await.unwrap();
     wait_for_health(&svc, ServingStatus::Serving).await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let again = svc.lock("SKU-1", "WH-A", "1", "r3").await.unwrap();
     assert_eq!(again.available, "9");
     // The lock from before the data loss is unknown now, not silently valid.
-    expect_error(
-        svc.release(&lock.lock_id, "rel").await,
-        Code::NotFound,
-        "LOCK_NOT_FOUND",
-    );
+    expect_error(svc.release(&lock.lock_id, "rel").await, Code::NotFound, "LOCK_NOT_FOUND");
     drop(redis);
 }
 
@@ -101,10 +74,7 @@ async fn a_paused_redis_times_out_and_the_retry_applies_once() {
     let elapsed = started.elapsed();
     signal(pid, "-CONT");
     expect_error(result, Code::DeadlineExceeded, "INV_LOCK_TIMEOUT");
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "answered after {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(2), "answered after {elapsed:?}");
 
     // The script queued behind the pause may have run; a retry with the same
     // request_id either replays it or applies it, never both.
@@ -120,14 +90,7 @@ async fn a_paused_redis_times_out_and_the_retry_applies_once() {
     }
     retry.expect("the retry succeeds once Redis is back");
     let record = svc.record("SKU-1", "WH-A").await;
-    assert_eq!(
-        (
-            record.locked.as_str(),
-            record.live_locks,
-            record.available.as_str()
-        ),
-        ("3", 1, "7")
-    );
+    assert_eq!((record.locked.as_str(), record.live_locks, record.available.as_str()), ("3", 1, "7"));
 }
 
 #[tokio::test]
@@ -135,22 +98,9 @@ async fn a_flushed_script_cache_is_reloaded_transparently() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let mut conn = svc.redis_conn().await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let lock = svc
-        .lock("SKU-1", "WH-A", "1", "r1")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let lock = svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap().lock.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
     let released = svc.release(&lock.lock_id, "rel").await.unwrap();
     assert_eq!(released.results[0].outcome(), pb::ReleaseOutcome::Released);
     assert_eq!(svc.available("SKU-1", "WH-A").await, "10");
@@ -158,48 +108,18 @@ async fn a_flushed_script_cache_is_reloaded_transparently() {
 
 #[tokio::test]
 async fn redis_out_of_memory_is_resource_exhausted_and_changes_nothing() {
-    let redis = EmbeddedRedis::start_with(
-        Path::new("redis-server"),
-        &["--maxmemory-policy", "noeviction"],
-    )
-    .await
-    .unwrap();
+    let redis =
+        EmbeddedRedis::start_with(Path::new("redis-server"), &["--maxmemory-policy", "noeviction"]).await.unwrap();
     let svc = serve(&redis.url(), &[]).await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let mut conn = svc.redis_conn().await;
-    let used: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let used: u64 = used
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used / 2)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    expect_error(
-        svc.lock("SKU-1", "WH-A", "1", "r1").await,
-        Code::ResourceExhausted,
-        "STORE_OUT_OF_MEMORY",
-    );
+    let used: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = used.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used / 2).query_async(&mut conn).await.unwrap();
+    expect_error(svc.lock("SKU-1", "WH-A", "1", "r1").await, Code::ResourceExhausted, "STORE_OUT_OF_MEMORY");
     // Reads still answer: the transfer system keeps seeing availability.
     assert_eq!(svc.available("SKU-1", "WH-A").await, "10");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await.unwrap();
     let record = svc.record("SKU-1", "WH-A").await;
     assert_eq!((record.locked.as_str(), record.live_locks), ("0", 0));
 }

@@ -26,32 +26,15 @@ async fn a_reused_request_id_with_other_content_is_refused() {
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.stock("SKU-2", "WH-A", "10").await;
     svc.lock("SKU-1", "WH-A", "3", "r1").await.unwrap();
-    expect_error(
-        svc.lock("SKU-1", "WH-A", "4", "r1").await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
-    expect_error(
-        svc.lock("SKU-2", "WH-A", "3", "r1").await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    expect_error(svc.lock("SKU-1", "WH-A", "4", "r1").await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    expect_error(svc.lock("SKU-2", "WH-A", "3", "r1").await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
     let mut other_holder = lock_request("SKU-1", "WH-A", "3", "r1");
     other_holder.holder = "someone-else".into();
-    expect_error(
-        svc.client.clone().lock(other_holder).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    expect_error(svc.client.clone().lock(other_holder).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
     assert_eq!(svc.record("SKU-1", "WH-A").await.locked, "3");
     assert_eq!(svc.record("SKU-2", "WH-A").await.locked, "0");
     // request ids are scoped per method: the same id may name a release.
-    let lock = svc
-        .lock("SKU-2", "WH-A", "1", "r2")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
+    let lock = svc.lock("SKU-2", "WH-A", "1", "r2").await.unwrap().lock.unwrap();
     svc.release(&lock.lock_id, "r2").await.unwrap();
 }
 
@@ -59,11 +42,7 @@ async fn a_reused_request_id_with_other_content_is_refused() {
 async fn a_failed_call_leaves_no_idempotency_record() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "2").await;
-    expect_error(
-        svc.lock("SKU-1", "WH-A", "3", "r1").await,
-        Code::FailedPrecondition,
-        "INSUFFICIENT_STOCK",
-    );
+    expect_error(svc.lock("SKU-1", "WH-A", "3", "r1").await, Code::FailedPrecondition, "INSUFFICIENT_STOCK");
     svc.stock("SKU-1", "WH-A", "5").await;
     let retry = svc.lock("SKU-1", "WH-A", "3", "r1").await.unwrap();
     assert!(!retry.replayed);
@@ -77,16 +56,8 @@ async fn a_retried_batch_returns_the_same_batch() {
     svc.stock("B", "W1", "5").await;
     let request = pb::BatchLockRequest {
         lines: vec![
-            pb::BatchLockLine {
-                sku: "A".into(),
-                warehouse_id: "W1".into(),
-                quantity: "1".into(),
-            },
-            pb::BatchLockLine {
-                sku: "B".into(),
-                warehouse_id: "W1".into(),
-                quantity: "2".into(),
-            },
+            pb::BatchLockLine { sku: "A".into(), warehouse_id: "W1".into(), quantity: "1".into() },
+            pb::BatchLockLine { sku: "B".into(), warehouse_id: "W1".into(), quantity: "2".into() },
         ],
         ttl: secs(60),
         order_id: "o".into(),
@@ -94,44 +65,22 @@ async fn a_retried_batch_returns_the_same_batch() {
         holder: "h".into(),
     };
     let mut client = svc.client.clone();
-    let first = client
-        .batch_lock(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    let retry = client
-        .batch_lock(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let first = client.batch_lock(request.clone()).await.unwrap().into_inner();
+    let retry = client.batch_lock(request.clone()).await.unwrap().into_inner();
     assert!(retry.replayed);
     assert_eq!((first.batch_id, first.locks), (retry.batch_id, retry.locks));
     assert_eq!(svc.record("B", "W1").await.locked, "2");
     let mut changed = request;
     changed.lines[1].quantity = "3".into();
-    expect_error(
-        client.batch_lock(changed).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    expect_error(client.batch_lock(changed).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 }
 
 #[tokio::test]
 async fn retried_renew_release_and_commit_change_nothing() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
-    let a = svc
-        .lock("SKU-1", "WH-A", "2", "r1")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
-    let b = svc
-        .lock("SKU-1", "WH-A", "3", "r2")
-        .await
-        .unwrap()
-        .lock
-        .unwrap();
+    let a = svc.lock("SKU-1", "WH-A", "2", "r1").await.unwrap().lock.unwrap();
+    let b = svc.lock("SKU-1", "WH-A", "3", "r2").await.unwrap().lock.unwrap();
     let mut client = svc.client.clone();
 
     let renew = pb::RenewRequest {
@@ -145,17 +94,10 @@ async fn retried_renew_release_and_commit_change_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let retry = client.renew(renew.clone()).await.unwrap().into_inner();
     assert!(retry.replayed);
-    assert_eq!(
-        first.results, retry.results,
-        "a retried renew does not move the expiry again"
-    );
+    assert_eq!(first.results, retry.results, "a retried renew does not move the expiry again");
     let mut other = renew;
     other.ttl = secs(40);
-    expect_error(
-        client.renew(other).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    expect_error(client.renew(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
     let commit = pb::CommitRequest {
         lock_id: a.lock_id.clone(),
@@ -168,15 +110,8 @@ async fn retried_renew_release_and_commit_change_nothing() {
     assert!(retry.replayed && retry.committed_now);
     assert_eq!(first.record, retry.record);
     assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "9");
-    let other = pb::CommitRequest {
-        quantity: "2".into(),
-        ..commit
-    };
-    expect_error(
-        client.commit(other).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    let other = pb::CommitRequest { quantity: "2".into(), ..commit };
+    expect_error(client.commit(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
     let first = svc.release(&b.lock_id, "rel").await.unwrap();
     let retry = svc.release(&b.lock_id, "rel").await.unwrap();
@@ -184,14 +119,7 @@ async fn retried_renew_release_and_commit_change_nothing() {
     assert_eq!(first.results, retry.results);
     assert_eq!(retry.results[0].outcome(), pb::ReleaseOutcome::Released);
     let record = svc.record("SKU-1", "WH-A").await;
-    assert_eq!(
-        (
-            record.physical.as_str(),
-            record.locked.as_str(),
-            record.available.as_str()
-        ),
-        ("9", "0", "9")
-    );
+    assert_eq!((record.physical.as_str(), record.locked.as_str(), record.available.as_str()), ("9", "0", "9"));
 }
 
 #[tokio::test]
@@ -207,21 +135,10 @@ async fn retried_stock_writes_apply_once() {
         ..Default::default()
     };
     client.adjust_stock(adjust.clone()).await.unwrap();
-    let retry = client
-        .adjust_stock(adjust.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let retry = client.adjust_stock(adjust.clone()).await.unwrap().into_inner();
     assert_eq!(retry.record.unwrap().physical, "15");
-    let other = pb::AdjustStockRequest {
-        physical_delta: "6".into(),
-        ..adjust
-    };
-    expect_error(
-        client.adjust_stock(other).await,
-        Code::AlreadyExists,
-        "IDEMPOTENCY_KEY_REUSED",
-    );
+    let other = pb::AdjustStockRequest { physical_delta: "6".into(), ..adjust };
+    expect_error(client.adjust_stock(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
     let set = pb::SetStockRequest {
         sku: "SKU-1".into(),
@@ -231,14 +148,7 @@ async fn retried_stock_writes_apply_once() {
         request_id: "s1".into(),
         ..Default::default()
     };
-    assert!(
-        client
-            .set_stock(set.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .applied
-    );
+    assert!(client.set_stock(set.clone()).await.unwrap().into_inner().applied);
     // The retry replays "applied" instead of reporting its own snapshot stale.
     assert!(client.set_stock(set).await.unwrap().into_inner().applied);
 }
@@ -249,14 +159,7 @@ async fn idempotency_records_expire_after_the_retention() {
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap();
     let mut conn = svc.redis_conn().await;
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("sl:idem:lock:r1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg("sl:idem:lock:r1").query_async(&mut conn).await.unwrap();
     let day = 24 * 3600 * 1000;
-    assert!(
-        ttl > day - 60_000 && ttl <= day,
-        "idempotency record kept for {ttl} ms"
-    );
+    assert!(ttl > day - 60_000 && ttl <= day, "idempotency record kept for {ttl} ms");
 }

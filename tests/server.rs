@@ -15,31 +15,21 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 #[tokio::test]
 async fn reflection_lists_the_services() {
     let svc = start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", svc.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", svc.addr)).unwrap().connect().await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
     let response = responses.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response {response:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     for expected in ["stocklock.v1.InventoryService", "grpc.health.v1.Health"] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }
 
@@ -49,10 +39,7 @@ async fn without_a_redis_url_the_service_embeds_its_own_redis() {
     let addr = listener.local_addr().unwrap();
     let clap_config = {
         use clap::Parser;
-        match stocklock::config::Cli::try_parse_from(["stocklock", "serve"])
-            .unwrap()
-            .command
-        {
+        match stocklock::config::Cli::try_parse_from(["stocklock", "serve"]).unwrap().command {
             stocklock::config::Command::Serve(config) => *config,
         }
     };
@@ -74,20 +61,14 @@ async fn without_a_redis_url_the_service_embeds_its_own_redis() {
         .unwrap();
     assert_eq!(set.into_inner().record.unwrap().available, "3");
     tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), handle).await.unwrap().unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn an_invalid_configuration_is_refused_with_a_message() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = config("redis://127.0.0.1:1/", &["--default-ttl", "2h"]);
-    let error = stocklock::server::run(config, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let error = stocklock::server::run(config, listener, std::future::pending()).await.unwrap_err();
     assert!(error.to_string().contains("--default-ttl"), "{error}");
 }
 
@@ -96,13 +77,7 @@ async fn an_unreachable_redis_fails_start_up_quickly() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = config("redis://127.0.0.1:1/", &["--store-timeout", "200ms"]);
     let started = std::time::Instant::now();
-    let error = stocklock::server::run(config, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let error = stocklock::server::run(config, listener, std::future::pending()).await.unwrap_err();
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -55,6 +55,12 @@ pub enum Error {
         /// The lock id as the caller sent it.
         lock_id: String,
     },
+    /// An operator force-released the lock; its holder is fenced out.
+    #[error("lock {lock_id} was force-released by an operator")]
+    LockForceReleased {
+        /// The lock id as the caller sent it.
+        lock_id: String,
+    },
     /// The caller is not the lock's holder.
     #[error("lock {lock_id} is held by another holder")]
     HolderMismatch {
@@ -72,6 +78,52 @@ pub enum Error {
     BatchNotFound {
         /// The batch id as the caller sent it.
         batch_id: String,
+    },
+    /// No forced-unlock request with this id (or it aged out).
+    #[error("force-unlock request {id} does not exist")]
+    ForceUnlockNotFound {
+        /// The id as the caller sent it.
+        id: String,
+    },
+    /// The forced-unlock request was already decided.
+    #[error("force-unlock request {id} is {state}, not pending")]
+    ForceUnlockNotPending {
+        /// The request.
+        id: String,
+        /// Its state, e.g. `EXECUTED`.
+        state: String,
+    },
+    /// The forced-unlock request was not decided in time.
+    #[error("force-unlock request {id} expired undecided; request it again")]
+    ForceUnlockExpired {
+        /// The request.
+        id: String,
+    },
+    /// The requester of a forced unlock tried to approve it.
+    #[error("a force-unlock request must be approved by another operator than {requester}")]
+    TwoPersonRule {
+        /// Who asked for it.
+        requester: String,
+    },
+    /// A forced-unlock selector matched no live lock.
+    #[error("no live lock matches the selector")]
+    NoLocksMatched,
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not call this method.
+    #[error("role {role} may not call {method}")]
+    RoleNotAllowed {
+        /// The caller's role.
+        role: String,
+        /// The gRPC method.
+        method: String,
+    },
+    /// The caller sent too many requests of this kind.
+    #[error("rate limit reached; retry after {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// When a call will be admitted again.
+        retry_after: std::time::Duration,
     },
     /// The request_id was used before for a request with other content.
     #[error("request_id {request_id} was already used for a different request")]
@@ -152,10 +204,7 @@ impl LockEnd {
 impl Error {
     /// An [`Error::InvalidArgument`] for `field`.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            description: description.into(),
-        }
+        Self::InvalidArgument { field: field.into(), description: description.into() }
     }
 
     /// The reason clients match on, as listed in the README's error table.
@@ -167,6 +216,15 @@ impl Error {
             Self::LockNotFound { .. } => "LOCK_NOT_FOUND",
             Self::LockExpired { .. } => "LOCK_EXPIRED",
             Self::HolderMismatch { .. } => "LOCK_HOLDER_MISMATCH",
+            Self::LockForceReleased { .. } => "LOCK_FORCE_RELEASED",
+            Self::ForceUnlockNotFound { .. } => "FORCE_UNLOCK_NOT_FOUND",
+            Self::ForceUnlockNotPending { .. } => "FORCE_UNLOCK_NOT_PENDING",
+            Self::ForceUnlockExpired { .. } => "FORCE_UNLOCK_EXPIRED",
+            Self::TwoPersonRule { .. } => "TWO_PERSON_RULE",
+            Self::NoLocksMatched => "NO_LOCKS_MATCHED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::RoleNotAllowed { .. } => "ROLE_NOT_ALLOWED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::LockAlreadyCommitted { .. } => "LOCK_ALREADY_COMMITTED",
             Self::BatchNotFound { .. } => "BATCH_NOT_FOUND",
             Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",

@@ -16,20 +16,12 @@ fn check(value: &str, field: &str) -> Result<(), Error> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long, the limit is {MAX_ID_LEN}", value.len()),
-        ));
+        return Err(Error::invalid(field, format!("is {} bytes long, the limit is {MAX_ID_LEN}", value.len())));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '{' | '}' | '|'))
-    {
+    if let Some(c) = value.chars().find(|c| c.is_control() || c.is_whitespace() || matches!(c, '{' | '}' | '|')) {
         return Err(Error::invalid(
             field,
-            format!(
-                "contains {c:?}; whitespace, control characters, braces and '|' are not allowed"
-            ),
+            format!("contains {c:?}; whitespace, control characters, braces and '|' are not allowed"),
         ));
     }
     Ok(())
@@ -112,10 +104,7 @@ impl RecordKey {
     /// Parses the `sku|warehouse` form used inside Redis.
     pub fn parse_id(id: &str) -> Option<Self> {
         let (sku, warehouse) = id.split_once('|')?;
-        Some(Self {
-            sku: Sku::parse(sku, "sku").ok()?,
-            warehouse: WarehouseId::parse(warehouse, "warehouse_id").ok()?,
-        })
+        Some(Self { sku: Sku::parse(sku, "sku").ok()?, warehouse: WarehouseId::parse(warehouse, "warehouse_id").ok()? })
     }
 }
 
@@ -154,16 +143,12 @@ impl LockId {
         if value.len() > MAX_LOCK_ID_LEN {
             return Err(Error::invalid(
                 field,
-                format!(
-                    "is {} bytes long, the limit is {MAX_LOCK_ID_LEN}",
-                    value.len()
-                ),
+                format!("is {} bytes long, the limit is {MAX_LOCK_ID_LEN}", value.len()),
             ));
         }
         let malformed = || Error::invalid(field, "is not a lock id issued by this service");
         let mut parts = value.split('|');
-        let (Some(sku), Some(warehouse), Some(tail), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(sku), Some(warehouse), Some(tail), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed());
         };
@@ -210,10 +195,7 @@ mod tests {
     #[test]
     fn lock_id_round_trips() {
         let id = LockId {
-            record: RecordKey::new(
-                Sku::parse("SKU-1", "sku").unwrap(),
-                WarehouseId::parse("WH:A", "w").unwrap(),
-            ),
+            record: RecordKey::new(Sku::parse("SKU-1", "sku").unwrap(), WarehouseId::parse("WH:A", "w").unwrap()),
             token: 42,
             nonce: "00ff00ff".into(),
         };
@@ -224,20 +206,8 @@ mod tests {
 
     #[test]
     fn lock_id_rejects_forgeries() {
-        for bad in [
-            "x",
-            "a|b",
-            "a|b|c",
-            "a|b|1",
-            "a|b|1-",
-            "a|b|x-00",
-            "a|b|1-zz",
-            "a|b|1-00|c",
-        ] {
-            assert!(
-                LockId::parse(bad, "lock_id").is_err(),
-                "{bad:?} was accepted"
-            );
+        for bad in ["x", "a|b", "a|b|c", "a|b|1", "a|b|1-", "a|b|x-00", "a|b|1-zz", "a|b|1-00|c"] {
+            assert!(LockId::parse(bad, "lock_id").is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -26,10 +26,7 @@ impl UnitScale {
     /// Validates a unit scale; `field` names it in the error.
     pub fn new(scale: u32, field: &str) -> Result<Self, Error> {
         if scale > MAX_UNIT_SCALE {
-            return Err(Error::invalid(
-                field,
-                format!("is {scale}; it must be between 0 and {MAX_UNIT_SCALE}"),
-            ));
+            return Err(Error::invalid(field, format!("is {scale}; it must be between 0 and {MAX_UNIT_SCALE}")));
         }
         Ok(Self(scale))
     }
@@ -63,10 +60,7 @@ pub struct Signed {
 
 impl Signed {
     /// Zero, for a delta that was left out.
-    pub const ZERO: Self = Self {
-        mantissa: 0,
-        scale: 0,
-    };
+    pub const ZERO: Self = Self { mantissa: 0, scale: 0 };
 
     /// Parses any decimal, negative and zero included; `field` names it in errors.
     pub fn parse(text: &str, field: &str) -> Result<Self, Error> {
@@ -75,9 +69,7 @@ impl Signed {
         if scale > MAX_UNIT_SCALE {
             return Err(Error::invalid(
                 field,
-                format!(
-                    "{text:?} has {scale} fractional digits; at most {MAX_UNIT_SCALE} are allowed"
-                ),
+                format!("{text:?} has {scale} fractional digits; at most {MAX_UNIT_SCALE} are allowed"),
             ));
         }
         let mantissa = i64::try_from(decimal.mantissa())
@@ -98,11 +90,7 @@ impl Signed {
         if self.scale > unit.get() {
             return Err(Error::invalid(
                 field,
-                format!(
-                    "has {} fractional digits; the record's unit_scale allows {}",
-                    self.scale,
-                    unit.get()
-                ),
+                format!("has {} fractional digits; the record's unit_scale allows {}", self.scale, unit.get()),
             ));
         }
         10i64
@@ -122,10 +110,7 @@ impl Quantity {
     pub fn parse(text: &str, field: &str) -> Result<Self, Error> {
         let value = Signed::parse(text, field)?;
         if value.mantissa <= 0 {
-            return Err(Error::invalid(
-                field,
-                format!("{text:?} must be greater than zero"),
-            ));
+            return Err(Error::invalid(field, format!("{text:?} must be greater than zero")));
         }
         Ok(Self(value))
     }
@@ -143,16 +128,9 @@ pub struct ScaledStock(pub i64);
 impl ScaledStock {
     /// Parses a non-negative figure (empty = 0) and scales it to `unit`.
     pub fn parse(text: &str, unit: UnitScale, field: &str) -> Result<Self, Error> {
-        let value = if text.is_empty() {
-            Signed::ZERO
-        } else {
-            Signed::parse(text, field)?
-        };
+        let value = if text.is_empty() { Signed::ZERO } else { Signed::parse(text, field)? };
         if value.mantissa < 0 {
-            return Err(Error::invalid(
-                field,
-                format!("{text:?} must not be negative"),
-            ));
+            return Err(Error::invalid(field, format!("{text:?} must not be negative")));
         }
         value.to_scaled(unit, field).map(Self)
     }
@@ -160,23 +138,11 @@ impl ScaledStock {
 
 fn parse_decimal(text: &str, field: &str) -> Result<Decimal, Error> {
     if text.is_empty() {
-        return Err(Error::invalid(
-            field,
-            "is required, as a decimal string such as \"2\" or \"2.5\"",
-        ));
+        return Err(Error::invalid(field, "is required, as a decimal string such as \"2\" or \"2.5\""));
     }
-    let plain = text
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && b == b'-'));
-    let decimal = if plain {
-        Decimal::from_str(text).ok()
-    } else {
-        None
-    };
-    decimal
-        .map(|d| d.normalize())
-        .ok_or_else(|| Error::invalid(field, format!("{text:?} is not a decimal number")))
+    let plain = text.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && b == b'-'));
+    let decimal = if plain { Decimal::from_str(text).ok() } else { None };
+    decimal.map(|d| d.normalize()).ok_or_else(|| Error::invalid(field, format!("{text:?} is not a decimal number")))
 }
 
 #[cfg(test)]
@@ -185,51 +151,15 @@ mod tests {
 
     #[test]
     fn parses_exactly() {
-        assert_eq!(
-            Signed::parse("2.50", "q").unwrap(),
-            Signed {
-                mantissa: 25,
-                scale: 1
-            }
-        );
-        assert_eq!(
-            Signed::parse("-3", "q").unwrap(),
-            Signed {
-                mantissa: -3,
-                scale: 0
-            }
-        );
-        assert_eq!(
-            Signed::parse("0.000001", "q").unwrap(),
-            Signed {
-                mantissa: 1,
-                scale: 6
-            }
-        );
-        assert_eq!(
-            Signed::parse("100", "q").unwrap(),
-            Signed {
-                mantissa: 100,
-                scale: 0
-            }
-        );
+        assert_eq!(Signed::parse("2.50", "q").unwrap(), Signed { mantissa: 25, scale: 1 });
+        assert_eq!(Signed::parse("-3", "q").unwrap(), Signed { mantissa: -3, scale: 0 });
+        assert_eq!(Signed::parse("0.000001", "q").unwrap(), Signed { mantissa: 1, scale: 6 });
+        assert_eq!(Signed::parse("100", "q").unwrap(), Signed { mantissa: 100, scale: 0 });
     }
 
     #[test]
     fn rejects_what_is_not_a_plain_decimal() {
-        for bad in [
-            "",
-            "abc",
-            "1e3",
-            "+1",
-            " 1",
-            "1,5",
-            "0x10",
-            "NaN",
-            "--1",
-            "1.2.3",
-            "0.0000001",
-        ] {
+        for bad in ["", "abc", "1e3", "+1", " 1", "1,5", "0x10", "NaN", "--1", "1.2.3", "0.0000001"] {
             assert!(Signed::parse(bad, "q").is_err(), "{bad:?} was accepted");
         }
         assert!(Signed::parse("9007199254740992", "q").is_err());
@@ -247,25 +177,9 @@ mod tests {
     #[test]
     fn scales_to_the_unit() {
         let unit = UnitScale::new(3, "s").unwrap();
-        assert_eq!(
-            Signed::parse("2.5", "q")
-                .unwrap()
-                .to_scaled(unit, "q")
-                .unwrap(),
-            2500
-        );
-        assert!(
-            Signed::parse("2.5001", "q")
-                .unwrap()
-                .to_scaled(unit, "q")
-                .is_err()
-        );
-        assert!(
-            Signed::parse("9007199254740", "q")
-                .unwrap()
-                .to_scaled(UnitScale::new(6, "s").unwrap(), "q")
-                .is_err()
-        );
+        assert_eq!(Signed::parse("2.5", "q").unwrap().to_scaled(unit, "q").unwrap(), 2500);
+        assert!(Signed::parse("2.5001", "q").unwrap().to_scaled(unit, "q").is_err());
+        assert!(Signed::parse("9007199254740", "q").unwrap().to_scaled(UnitScale::new(6, "s").unwrap(), "q").is_err());
         assert!(UnitScale::new(7, "s").is_err());
     }
 

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    BatchId, Error, Holder, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock, Signed,
-    Sku, UnitScale, WarehouseId,
+    BatchId, Error, Holder, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock, Signed, Sku, UnitScale,
+    WarehouseId,
 };
 
 /// A stock record's figures, counting only live locks.
@@ -188,6 +188,8 @@ pub enum ReleaseKind {
     AlreadyReleased,
     /// It had expired, so its quantity was back already; nothing changed.
     AlreadyExpired,
+    /// An operator force-released it; nothing changed.
+    ForceReleased,
 }
 
 /// One lock's release.
@@ -257,6 +259,8 @@ pub struct SetStockCommand {
     pub source_version: u64,
     /// Optional idempotency key.
     pub request_id: Option<RequestId>,
+    /// Who writes it, for the audit trail.
+    pub actor: String,
 }
 
 /// What SetStock did.
@@ -283,8 +287,10 @@ pub struct AdjustStockCommand {
     pub in_transit: Signed,
     /// Idempotency key.
     pub request_id: RequestId,
-    /// Why (kept with the idempotency record).
+    /// Why, for the audit trail.
     pub reason: String,
+    /// Who changes it, for the audit trail.
+    pub actor: String,
 }
 
 /// Filters of ListLocks, combined with AND.
@@ -314,39 +320,23 @@ pub struct LockPage {
 /// The storage port: every mutation is one atomic step in the store.
 pub trait StockStore: Send + Sync + 'static {
     /// Writes a snapshot.
-    fn set_stock(
-        &self,
-        cmd: SetStockCommand,
-    ) -> impl Future<Output = Result<SetStockOutcome, Error>> + Send;
+    fn set_stock(&self, cmd: SetStockCommand) -> impl Future<Output = Result<SetStockOutcome, Error>> + Send;
     /// Applies deltas.
-    fn adjust_stock(
-        &self,
-        cmd: AdjustStockCommand,
-    ) -> impl Future<Output = Result<(StockView, bool), Error>> + Send;
+    fn adjust_stock(&self, cmd: AdjustStockCommand) -> impl Future<Output = Result<(StockView, bool), Error>> + Send;
     /// Reads records; `None` where a record does not exist.
-    fn get_stock(
-        &self,
-        records: &[RecordKey],
-    ) -> impl Future<Output = Result<Vec<Option<StockView>>, Error>> + Send;
+    fn get_stock(&self, records: &[RecordKey]) -> impl Future<Output = Result<Vec<Option<StockView>>, Error>> + Send;
     /// Every warehouse that has a record of `sku`.
-    fn warehouses_of(
-        &self,
-        sku: &Sku,
-    ) -> impl Future<Output = Result<Vec<WarehouseId>, Error>> + Send;
+    fn warehouses_of(&self, sku: &Sku) -> impl Future<Output = Result<Vec<WarehouseId>, Error>> + Send;
     /// Lock or BatchLock.
     fn lock(&self, cmd: LockCommand) -> impl Future<Output = Result<LockOutcome, Error>> + Send;
     /// Renew.
     fn renew(&self, cmd: RenewCommand) -> impl Future<Output = Result<RenewOutcome, Error>> + Send;
     /// Release.
-    fn release(
-        &self,
-        cmd: ReleaseCommand,
-    ) -> impl Future<Output = Result<ReleaseOutcome, Error>> + Send;
+    fn release(&self, cmd: ReleaseCommand) -> impl Future<Output = Result<ReleaseOutcome, Error>> + Send;
     /// Commit.
-    fn commit(
-        &self,
-        cmd: CommitCommand,
-    ) -> impl Future<Output = Result<CommitOutcome, Error>> + Send;
+    fn commit(&self, cmd: CommitCommand) -> impl Future<Output = Result<CommitOutcome, Error>> + Send;
+    /// The lock ids a target names (a batch's, read from its record).
+    fn lock_ids(&self, target: &LockTarget) -> impl Future<Output = Result<Vec<LockId>, Error>> + Send;
     /// One live lock.
     fn get_lock(&self, lock_id: &LockId) -> impl Future<Output = Result<LockView, Error>> + Send;
     /// Live locks matching `filter`, one page of at most `page_size`.
@@ -358,10 +348,7 @@ pub trait StockStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LockPage, Error>> + Send;
     /// Returns the stock of locks that expired up to now to availability,
     /// visiting at most `max_records` records; the number of locks expired.
-    fn sweep_expired(
-        &self,
-        max_records: usize,
-    ) -> impl Future<Output = Result<usize, Error>> + Send;
+    fn sweep_expired(&self, max_records: usize) -> impl Future<Output = Result<usize, Error>> + Send;
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -9,17 +9,11 @@ use crate::pb;
 
 /// Redis time in ms since the epoch to a protobuf Timestamp.
 pub(super) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub(super) fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// A protobuf Duration to a std one; negative or malformed is invalid.
@@ -50,12 +44,7 @@ pub(super) fn record(view: &StockView) -> pb::StockRecord {
 
 /// Sum of `available` over records that may differ in unit scale, exactly.
 pub(super) fn total_available<'a>(views: impl IntoIterator<Item = &'a StockView>) -> String {
-    views
-        .into_iter()
-        .map(|v| Decimal::new(v.available(), v.unit_scale.get()))
-        .sum::<Decimal>()
-        .normalize()
-        .to_string()
+    views.into_iter().map(|v| Decimal::new(v.available(), v.unit_scale.get())).sum::<Decimal>().normalize().to_string()
 }
 
 pub(super) fn lock(view: &LockView) -> pb::Lock {
@@ -81,6 +70,7 @@ pub(super) fn release_outcome(kind: ReleaseKind) -> pb::ReleaseOutcome {
         ReleaseKind::Released => pb::ReleaseOutcome::Released,
         ReleaseKind::AlreadyReleased => pb::ReleaseOutcome::AlreadyReleased,
         ReleaseKind::AlreadyExpired => pb::ReleaseOutcome::AlreadyExpired,
+        ReleaseKind::ForceReleased => pb::ReleaseOutcome::ForceReleased,
     }
 }
 
@@ -100,36 +90,8 @@ mod tests {
 
     #[test]
     fn durations_must_be_non_negative() {
-        assert!(
-            std_duration(
-                &prost_types::Duration {
-                    seconds: -1,
-                    nanos: 0
-                },
-                "ttl"
-            )
-            .is_err()
-        );
-        assert!(
-            std_duration(
-                &prost_types::Duration {
-                    seconds: 0,
-                    nanos: -5
-                },
-                "ttl"
-            )
-            .is_err()
-        );
-        assert_eq!(
-            std_duration(
-                &prost_types::Duration {
-                    seconds: 2,
-                    nanos: 5
-                },
-                "ttl"
-            )
-            .unwrap(),
-            Duration::new(2, 5)
-        );
+        assert!(std_duration(&prost_types::Duration { seconds: -1, nanos: 0 }, "ttl").is_err());
+        assert!(std_duration(&prost_types::Duration { seconds: 0, nanos: -5 }, "ttl").is_err());
+        assert_eq!(std_duration(&prost_types::Duration { seconds: 2, nanos: 5 }, "ttl").unwrap(), Duration::new(2, 5));
     }
 }

@@ -18,10 +18,7 @@ pub const ERROR_DOMAIN: &str = "stocklock.v1";
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 fn info(details: &mut ErrorDetails, reason: &str, metadata: &[(&str, String)]) {
-    let metadata: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+    let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
 }
 
@@ -36,15 +33,8 @@ impl From<Error> for Status {
                 Code::InvalidArgument
             }
             Error::QuantityExceedsLock { locked } => {
-                details.add_bad_request_violation(
-                    "quantity",
-                    format!("exceeds the locked quantity {locked}"),
-                );
-                info(
-                    &mut details,
-                    reason,
-                    &[("field", "quantity".into()), ("locked", locked.clone())],
-                );
+                details.add_bad_request_violation("quantity", format!("exceeds the locked quantity {locked}"));
+                info(&mut details, reason, &[("field", "quantity".into()), ("locked", locked.clone())]);
                 Code::InvalidArgument
             }
             Error::InsufficientStock { shortages } => {
@@ -68,23 +58,14 @@ impl From<Error> for Status {
                         ("requested", first.requested.clone()),
                         ("available", first.available.clone()),
                         ("line", first.line.to_string()),
-                        (
-                            "short_lines",
-                            shortages
-                                .iter()
-                                .map(|s| s.line.to_string())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        ),
+                        ("short_lines", shortages.iter().map(|s| s.line.to_string()).collect::<Vec<_>>().join(",")),
                     ],
                 );
                 Code::FailedPrecondition
             }
             Error::NotAvailable { record, line } => {
-                let mut metadata = vec![
-                    ("sku", record.sku.to_string()),
-                    ("warehouse_id", record.warehouse.to_string()),
-                ];
+                let mut metadata =
+                    vec![("sku", record.sku.to_string()), ("warehouse_id", record.warehouse.to_string())];
                 if let Some(line) = line {
                     metadata.push(("line", line.to_string()));
                 }
@@ -102,6 +83,43 @@ impl From<Error> for Status {
             Error::LockExpired { lock_id } | Error::LockAlreadyCommitted { lock_id } => {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
                 Code::FailedPrecondition
+            }
+            Error::LockForceReleased { lock_id } => {
+                info(&mut details, reason, &[("lock_id", lock_id.clone()), ("state", "FORCE_RELEASED".into())]);
+                Code::NotFound
+            }
+            Error::ForceUnlockNotFound { id } => {
+                info(&mut details, reason, &[("id", id.clone())]);
+                Code::NotFound
+            }
+            Error::ForceUnlockNotPending { id, state } => {
+                info(&mut details, reason, &[("id", id.clone()), ("state", state.clone())]);
+                Code::FailedPrecondition
+            }
+            Error::ForceUnlockExpired { id } => {
+                info(&mut details, reason, &[("id", id.clone())]);
+                Code::FailedPrecondition
+            }
+            Error::TwoPersonRule { requester } => {
+                info(&mut details, reason, &[("requester", requester.clone())]);
+                Code::PermissionDenied
+            }
+            Error::NoLocksMatched => {
+                info(&mut details, reason, &[]);
+                Code::FailedPrecondition
+            }
+            Error::Unauthenticated(_) => {
+                info(&mut details, reason, &[]);
+                Code::Unauthenticated
+            }
+            Error::RoleNotAllowed { role, method } => {
+                info(&mut details, reason, &[("role", role.clone()), ("method", method.clone())]);
+                Code::PermissionDenied
+            }
+            Error::RateLimited { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                info(&mut details, reason, &[("retry_after_ms", retry_after.as_millis().to_string())]);
+                Code::ResourceExhausted
             }
             Error::HolderMismatch { lock_id } => {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
@@ -121,11 +139,7 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::NegativeStock { field } => {
-                details.add_precondition_failure_violation(
-                    reason,
-                    field.clone(),
-                    error.to_string(),
-                );
+                details.add_precondition_failure_violation(reason, field.clone(), error.to_string());
                 info(&mut details, reason, &[("field", field.clone())]);
                 Code::FailedPrecondition
             }

@@ -6,6 +6,7 @@
 //! [`Error::StoreTimeout`], an unreachable one [`Error::StoreUnavailable`],
 //! never a hang. Keys come from [`Keys`] only.
 
+mod admin;
 mod decode;
 mod keys;
 mod scripts;
@@ -20,11 +21,10 @@ use redis::{RedisError, ScriptInvocation};
 use self::decode::{Reply, malformed};
 pub use self::keys::{Keys, RecordKeys};
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, Granted, LockCommand,
-    LockEnd, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey,
-    ReleaseCommand, ReleaseItem, ReleaseKind, ReleaseOutcome, RenewCommand, RenewItem,
-    RenewOutcome, Renewed, SetStockCommand, SetStockOutcome, Shortage, Signed, Sku, StockStore,
-    StockView, UnitScale, WarehouseId, format_scaled, new_nonce,
+    AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, Granted, LockCommand, LockEnd, LockFilter,
+    LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem, ReleaseKind,
+    ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome, Shortage, Signed,
+    Sku, StockStore, StockView, UnitScale, WarehouseId, format_scaled, new_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -40,15 +40,14 @@ pub struct RedisSettings {
     pub retention: Duration,
     /// Prefix of every key.
     pub key_prefix: String,
+    /// Most audit events kept (the stream is trimmed to about this many).
+    pub audit_max_events: u64,
+    /// How long a forced-unlock request waits for a decision.
+    pub force_unlock_ttl: Duration,
 }
 
 /// One atomic read of a record's locks: packed locks, expiries, unit scale, Redis time.
-type RecordSnapshot = (
-    HashMap<String, String>,
-    Vec<(String, f64)>,
-    Option<u32>,
-    (i64, i64),
-);
+type RecordSnapshot = (HashMap<String, String>, Vec<(String, f64)>, Option<u32>, (i64, i64));
 
 /// The stock store on one Redis (standalone, or the primary Sentinel names).
 #[derive(Clone)]
@@ -59,29 +58,29 @@ pub struct RedisStore {
     timeout: Duration,
     max_hold_ms: u64,
     retention_ms: u64,
+    audit_max_events: u64,
+    force_unlock_ttl_ms: u64,
 }
 
 impl RedisStore {
     /// Connects and loads every script, so the first call needs no SCRIPT LOAD.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, Error> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|e| Error::invalid("redis_url", e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = bounded(
-            settings.timeout * 4,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await?;
+        let conn = bounded(settings.timeout * 4, ConnectionManager::new_with_config(client, config)).await?;
         let store = Self {
             conn,
             keys: Keys::new(&settings.key_prefix),
             timeout: settings.timeout,
             max_hold_ms: millis(settings.max_hold),
             retention_ms: millis(settings.retention),
+            audit_max_events: settings.audit_max_events,
+            force_unlock_ttl_ms: millis(settings.force_unlock_ttl),
         };
         store.load_scripts().await?;
         Ok(store)
@@ -92,16 +91,12 @@ impl RedisStore {
     pub async fn load_scripts(&self) -> Result<(), Error> {
         for script in scripts::all() {
             let mut conn = self.conn.clone();
-            self.bounded(script.prepare_invoke().load_async(&mut conn))
-                .await?;
+            self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
         }
         Ok(())
     }
 
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
         bounded(self.timeout, call).await
     }
 
@@ -124,31 +119,16 @@ impl RedisStore {
             LockTarget::Batch(batch_id) => batch_id,
         };
         let mut conn = self.conn.clone();
-        let stored: Option<String> = self
-            .bounded(
-                redis::cmd("GET")
-                    .arg(self.keys.batch(batch_id))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let stored = stored.ok_or_else(|| Error::BatchNotFound {
-            batch_id: batch_id.to_string(),
-        })?;
+        let stored: Option<String> =
+            self.bounded(redis::cmd("GET").arg(self.keys.batch(batch_id)).query_async(&mut conn)).await?;
+        let stored = stored.ok_or_else(|| Error::BatchNotFound { batch_id: batch_id.to_string() })?;
         let mut lines = stored.lines();
-        let (_holder, nonce) = (
-            lines.next(),
-            lines
-                .next()
-                .ok_or_else(|| malformed("a batch without a nonce"))?,
-        );
+        let (_holder, nonce) = (lines.next(), lines.next().ok_or_else(|| malformed("a batch without a nonce"))?);
         lines
             .map(|line| {
-                let (record, token) = line
-                    .rsplit_once('|')
-                    .ok_or_else(|| malformed("a bad batch line"))?;
+                let (record, token) = line.rsplit_once('|').ok_or_else(|| malformed("a bad batch line"))?;
                 Ok(LockId {
-                    record: RecordKey::parse_id(record)
-                        .ok_or_else(|| malformed("a bad batch record"))?,
+                    record: RecordKey::parse_id(record).ok_or_else(|| malformed("a bad batch record"))?,
                     token: token.parse().map_err(|_| malformed("a bad batch token"))?,
                     nonce: nonce.to_owned(),
                 })
@@ -172,8 +152,8 @@ impl RedisStore {
             )
             .await?;
         let now = time.0 * 1000 + time.1 / 1000;
-        let unit_scale = UnitScale::new(unit_scale.unwrap_or(0), "unit_scale")
-            .map_err(|_| malformed("a bad unit scale"))?;
+        let unit_scale =
+            UnitScale::new(unit_scale.unwrap_or(0), "unit_scale").map_err(|_| malformed("a bad unit scale"))?;
         let mut views = Vec::with_capacity(expiries.len());
         for (token, expires) in expiries {
             let expires_at_ms = expires as i64;
@@ -182,13 +162,7 @@ impl RedisStore {
             }
             if let Some(value) = packed.get(&token) {
                 let token = token.parse().map_err(|_| malformed("a bad lock token"))?;
-                views.push(unpack_lock(
-                    record,
-                    token,
-                    value,
-                    expires_at_ms,
-                    unit_scale,
-                )?);
+                views.push(unpack_lock(record, token, value, expires_at_ms, unit_scale)?);
             }
         }
         views.sort_by_key(|v| v.lock_id.token);
@@ -196,21 +170,14 @@ impl RedisStore {
     }
 
     /// One batch of records to list locks of, and the cursor of the next batch.
-    async fn record_batch(
-        &self,
-        filter: &LockFilter,
-        cursor: u64,
-    ) -> Result<(Vec<RecordKey>, u64), Error> {
+    async fn record_batch(&self, filter: &LockFilter, cursor: u64) -> Result<(Vec<RecordKey>, u64), Error> {
         let mut records = match (&filter.sku, &filter.warehouse) {
             (Some(sku), Some(warehouse)) => {
                 return Ok((vec![RecordKey::new(sku.clone(), warehouse.clone())], 0));
             }
             (Some(sku), None) => {
                 let warehouses = self.warehouses_of(sku).await?;
-                let records: Vec<RecordKey> = warehouses
-                    .into_iter()
-                    .map(|w| RecordKey::new(sku.clone(), w))
-                    .collect();
+                let records: Vec<RecordKey> = warehouses.into_iter().map(|w| RecordKey::new(sku.clone(), w)).collect();
                 (records, 0)
             }
             (None, _) => {
@@ -227,11 +194,8 @@ impl RedisStore {
                     )
                     .await?;
                 // ZSCAN answers member, score, member, score...
-                let records: Vec<RecordKey> = members
-                    .iter()
-                    .step_by(2)
-                    .filter_map(|id| RecordKey::parse_id(id))
-                    .collect();
+                let records: Vec<RecordKey> =
+                    members.iter().step_by(2).filter_map(|id| RecordKey::parse_id(id)).collect();
                 (records, next)
             }
         };
@@ -244,10 +208,7 @@ impl RedisStore {
     }
 }
 
-async fn bounded<T>(
-    limit: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Error> {
+async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(store_error(e)),
@@ -261,26 +222,16 @@ fn store_error(e: RedisError) -> Error {
         Some("OOM") => return Error::StoreOutOfMemory,
         // A long script, a loading replica, a failover in progress: transient.
         Some("BUSY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY") => {
-            return Error::StoreUnavailable {
-                detail: e.to_string(),
-            };
+            return Error::StoreUnavailable { detail: e.to_string() };
         }
         _ => {}
     }
     if e.is_timeout() {
         Error::StoreTimeout
-    } else if e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-    {
-        Error::StoreUnavailable {
-            detail: e.to_string(),
-        }
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
+        Error::StoreUnavailable { detail: e.to_string() }
     } else {
-        Error::Internal {
-            detail: e.to_string(),
-        }
+        Error::Internal { detail: e.to_string() }
     }
 }
 
@@ -291,9 +242,7 @@ fn millis(d: Duration) -> u64 {
 /// A stable digest of a request's content, stored with its idempotency record
 /// so a reused request_id with other content is told apart from a retry.
 fn fingerprint(parts: &[&str]) -> String {
-    sha1_smol::Sha1::from(parts.join("\u{1f}"))
-        .digest()
-        .to_string()
+    sha1_smol::Sha1::from(parts.join("\u{1f}")).digest().to_string()
 }
 
 fn unpack_lock(
@@ -305,26 +254,12 @@ fn unpack_lock(
 ) -> Result<LockView, Error> {
     // qty|created|max_expires|ttl|holder|order_id|nonce|batch_id, see lua/lib.lua
     let f: Vec<&str> = packed.split('|').collect();
-    let [
-        qty,
-        created,
-        max_expires,
-        ttl,
-        holder,
-        order_id,
-        nonce,
-        batch_id,
-    ] = f[..]
-    else {
+    let [qty, created, max_expires, ttl, holder, order_id, nonce, batch_id] = f[..] else {
         return Err(malformed("a bad lock record"));
     };
     let int = |s: &str| s.parse::<i64>().map_err(|_| malformed("a bad lock figure"));
     Ok(LockView {
-        lock_id: LockId {
-            record: record.clone(),
-            token,
-            nonce: nonce.to_owned(),
-        },
+        lock_id: LockId { record: record.clone(), token, nonce: nonce.to_owned() },
         quantity: int(qty)?,
         unit_scale,
         created_at_ms: int(created)?,
@@ -341,28 +276,18 @@ fn unpack_lock(
 fn lock_error(reason: &str, lock_id: &LockId) -> Result<Error, Error> {
     let lock_id = lock_id.to_string();
     Ok(match reason {
-        "LOCK_NOT_FOUND" => Error::LockNotFound {
-            lock_id,
-            ended: None,
-        },
-        "LOCK_RELEASED" => Error::LockNotFound {
-            lock_id,
-            ended: Some(LockEnd::Released),
-        },
-        "LOCK_COMMITTED" => Error::LockNotFound {
-            lock_id,
-            ended: Some(LockEnd::Committed),
-        },
+        "LOCK_NOT_FOUND" => Error::LockNotFound { lock_id, ended: None },
+        "LOCK_RELEASED" => Error::LockNotFound { lock_id, ended: Some(LockEnd::Released) },
+        "LOCK_COMMITTED" => Error::LockNotFound { lock_id, ended: Some(LockEnd::Committed) },
         "LOCK_EXPIRED" => Error::LockExpired { lock_id },
         "LOCK_HOLDER_MISMATCH" => Error::HolderMismatch { lock_id },
+        "LOCK_FORCE_RELEASED" => Error::LockForceReleased { lock_id },
         other => return Err(malformed(&format!("the lock state {other:?}"))),
     })
 }
 
 fn reused(request_id: &impl std::fmt::Display) -> Error {
-    Error::IdempotencyKeyReused {
-        request_id: request_id.to_string(),
-    }
+    Error::IdempotencyKeyReused { request_id: request_id.to_string() }
 }
 
 fn signed_args(value: Signed) -> [String; 2] {
@@ -372,24 +297,13 @@ fn signed_args(value: Signed) -> [String; 2] {
 impl StockStore for RedisStore {
     async fn set_stock(&self, cmd: SetStockCommand) -> Result<SetStockOutcome, Error> {
         let figures = [cmd.physical.0, cmd.reserved.0, cmd.in_transit.0].map(|v| v.to_string());
-        let (unit_scale, source_version) = (
-            cmd.unit_scale.get().to_string(),
-            cmd.source_version.to_string(),
-        );
+        let (unit_scale, source_version) = (cmd.unit_scale.get().to_string(), cmd.source_version.to_string());
         let record_id = cmd.record.to_string();
-        let fp = fingerprint(&[
-            &record_id,
-            &figures[0],
-            &figures[1],
-            &figures[2],
-            &unit_scale,
-            &source_version,
-        ]);
+        let fp = fingerprint(&[&record_id, &figures[0], &figures[1], &figures[2], &unit_scale, &source_version]);
 
         let mut inv = scripts::SET_STOCK.prepare_invoke();
         self.add_record(&mut inv, &cmd.record);
-        inv.key(self.keys.warehouses(&cmd.record.sku))
-            .key(self.keys.due());
+        inv.key(self.keys.warehouses(&cmd.record.sku)).key(self.keys.due()).key(self.keys.audit());
         if let Some(request_id) = &cmd.request_id {
             inv.key(self.keys.idempotency("set_stock", request_id));
         }
@@ -400,15 +314,17 @@ impl StockStore for RedisStore {
             .arg(&fp)
             .arg(self.retention_ms)
             .arg(self.retention_ms)
-            .arg(&record_id);
+            .arg(&record_id)
+            .arg(&cmd.actor)
+            .arg(self.audit_max_events)
+            .arg(cmd.request_id.as_ref().map_or("", |r| r.as_str()))
+            .arg(cmd.record.sku.as_str());
         let mut reply = self.run_script(&inv).await?;
         let applied = match reply.tag.as_str() {
             "OK" => true,
             "STALE" => false,
             "UNIT_SCALE_IN_USE" => {
-                return Err(Error::UnitScaleInUse {
-                    current: reply.unit_scale()?.get(),
-                });
+                return Err(Error::UnitScaleInUse { current: reply.unit_scale()?.get() });
             }
             "IDEMPOTENCY_KEY_REUSED" => {
                 return Err(reused(&cmd.request_id.as_ref().map_or("", |r| r.as_str())));
@@ -416,11 +332,7 @@ impl StockStore for RedisStore {
             _ => return Err(reply.unexpected()),
         };
         let record = reply.record(cmd.record)?;
-        Ok(SetStockOutcome {
-            applied,
-            record,
-            replayed: reply.replayed,
-        })
+        Ok(SetStockOutcome { applied, record, replayed: reply.replayed })
     }
 
     async fn adjust_stock(&self, cmd: AdjustStockCommand) -> Result<(StockView, bool), Error> {
@@ -439,40 +351,37 @@ impl StockStore for RedisStore {
         let mut inv = scripts::ADJUST_STOCK.prepare_invoke();
         self.add_record(&mut inv, &cmd.record);
         inv.key(self.keys.idempotency("adjust_stock", &cmd.request_id))
+            .key(self.keys.audit())
             .arg(&fp)
             .arg(self.retention_ms);
         for delta in &deltas {
             inv.arg(&delta[..]);
         }
+        inv.arg(&cmd.actor)
+            .arg(self.audit_max_events)
+            .arg(cmd.request_id.as_str())
+            .arg(cmd.record.sku.as_str())
+            .arg(cmd.record.warehouse.as_str())
+            .arg(&cmd.reason);
         let mut reply = self.run_script(&inv).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
-                return Err(Error::NotAvailable {
-                    record: cmd.record,
-                    line: None,
-                });
+                return Err(Error::NotAvailable { record: cmd.record, line: None });
             }
             "INVALID_QUANTITY_SCALE" => {
                 let field = reply.text()?;
                 let scale = reply.int()?;
                 return Err(Error::invalid(
                     format!("{field}_delta"),
-                    format!(
-                        "has more fractional digits than the record's unit_scale {scale} allows"
-                    ),
+                    format!("has more fractional digits than the record's unit_scale {scale} allows"),
                 ));
             }
             "QUANTITY_OUT_OF_RANGE" => {
-                return Err(Error::invalid(
-                    format!("{}_delta", reply.text()?),
-                    "takes the figure out of range",
-                ));
+                return Err(Error::invalid(format!("{}_delta", reply.text()?), "takes the figure out of range"));
             }
             "NEGATIVE_STOCK" => {
-                return Err(Error::NegativeStock {
-                    field: format!("{}_delta", reply.text()?),
-                });
+                return Err(Error::NegativeStock { field: format!("{}_delta", reply.text()?) });
             }
             "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
             _ => return Err(reply.unexpected()),
@@ -498,49 +407,30 @@ impl StockStore for RedisStore {
                 Some(first) => first,
                 None => reply.text()?,
             };
-            views.push(if exists == "1" {
-                Some(reply.record(record.clone())?)
-            } else {
-                None
-            });
+            views.push(if exists == "1" { Some(reply.record(record.clone())?) } else { None });
         }
         Ok(views)
     }
 
     async fn warehouses_of(&self, sku: &Sku) -> Result<Vec<WarehouseId>, Error> {
         let mut conn = self.conn.clone();
-        let members: Vec<String> = self
-            .bounded(
-                redis::cmd("SMEMBERS")
-                    .arg(self.keys.warehouses(sku))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let mut warehouses: Vec<WarehouseId> = members
-            .iter()
-            .filter_map(|w| WarehouseId::parse(w, "warehouse_id").ok())
-            .collect();
+        let members: Vec<String> =
+            self.bounded(redis::cmd("SMEMBERS").arg(self.keys.warehouses(sku)).query_async(&mut conn)).await?;
+        let mut warehouses: Vec<WarehouseId> =
+            members.iter().filter_map(|w| WarehouseId::parse(w, "warehouse_id").ok()).collect();
         warehouses.sort();
         Ok(warehouses)
     }
 
     async fn lock(&self, cmd: LockCommand) -> Result<LockOutcome, Error> {
         let ttl_ms = millis(cmd.ttl).to_string();
-        let method = if cmd.batch_id.is_some() {
-            "batch_lock"
-        } else {
-            "lock"
-        };
+        let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
         let line_args: Vec<[String; 3]> = cmd
             .lines
             .iter()
             .map(|line| {
                 let q = line.quantity.decimal();
-                [
-                    line.record.to_string(),
-                    q.mantissa.to_string(),
-                    q.scale.to_string(),
-                ]
+                [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
             })
             .collect();
         let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
@@ -550,8 +440,7 @@ impl StockStore for RedisStore {
         let nonce = new_nonce();
         let batch_id = cmd.batch_id.as_ref().map_or("", |b| b.as_str());
         let mut inv = scripts::LOCK.prepare_invoke();
-        inv.key(self.keys.idempotency(method, &cmd.request_id))
-            .key(self.keys.due());
+        inv.key(self.keys.idempotency(method, &cmd.request_id)).key(self.keys.due());
         for line in &cmd.lines {
             self.add_record(&mut inv, &line.record);
         }
@@ -582,25 +471,15 @@ impl StockStore for RedisStore {
             "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
                 let (line, record) = line_record(&mut reply)?;
                 let line = cmd.batch_id.is_some().then_some(line);
-                return Err(Error::NotAvailable {
-                    record: record.clone(),
-                    line,
-                });
+                return Err(Error::NotAvailable { record: record.clone(), line });
             }
             "INVALID_QUANTITY_SCALE" | "QUANTITY_OUT_OF_RANGE" => {
                 let (line, _) = line_record(&mut reply)?;
-                let field = if cmd.batch_id.is_some() {
-                    format!("lines[{line}].quantity")
-                } else {
-                    "quantity".into()
-                };
+                let field = if cmd.batch_id.is_some() { format!("lines[{line}].quantity") } else { "quantity".into() };
                 let description = if reply.tag == "QUANTITY_OUT_OF_RANGE" {
                     "is too large".to_owned()
                 } else {
-                    format!(
-                        "has more fractional digits than the record's unit_scale {} allows",
-                        reply.int()?
-                    )
+                    format!("has more fractional digits than the record's unit_scale {} allows", reply.int()?)
                 };
                 return Err(Error::invalid(field, description));
             }
@@ -608,8 +487,7 @@ impl StockStore for RedisStore {
                 let mut shortages = Vec::new();
                 while !reply.is_done() {
                     let (line, record) = line_record(&mut reply)?;
-                    let (requested, available, scale) =
-                        (reply.int()?, reply.int()?, reply.unit_scale()?);
+                    let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
                     shortages.push(Shortage {
                         line,
                         record: record.clone(),
@@ -635,11 +513,7 @@ impl StockStore for RedisStore {
             let unit_scale = reply.unit_scale()?;
             granted.push(Granted {
                 lock: LockView {
-                    lock_id: LockId {
-                        record: line.record.clone(),
-                        token,
-                        nonce: nonce.clone(),
-                    },
+                    lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
                     quantity,
                     unit_scale,
                     created_at_ms,
@@ -654,46 +528,27 @@ impl StockStore for RedisStore {
             });
         }
         let batch_id = match batch_id {
-            Some(id) => {
-                Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?)
-            }
+            Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
             None => None,
         };
-        Ok(LockOutcome {
-            granted,
-            batch_id,
-            replayed: reply.replayed,
-        })
+        Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
     }
 
     async fn renew(&self, cmd: RenewCommand) -> Result<RenewOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
         let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
-        let lock_args: Vec<[String; 3]> = ids
-            .iter()
-            .map(|id| {
-                [
-                    id.record.to_string(),
-                    id.token.to_string(),
-                    id.nonce.clone(),
-                ]
-            })
-            .collect();
+        let lock_args: Vec<[String; 3]> =
+            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
         let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
         parts.extend(lock_args.iter().flatten().map(String::as_str));
         let fp = fingerprint(&parts);
 
         let mut inv = scripts::RENEW.prepare_invoke();
-        inv.key(self.keys.idempotency("renew", &cmd.request_id))
-            .key(self.keys.due());
+        inv.key(self.keys.idempotency("renew", &cmd.request_id)).key(self.keys.due());
         for id in &ids {
             self.add_record(&mut inv, &id.record);
         }
-        inv.arg(&fp)
-            .arg(cmd.holder.as_str())
-            .arg(&ttl_ms)
-            .arg(self.retention_ms)
-            .arg(self.retention_ms);
+        inv.arg(&fp).arg(cmd.holder.as_str()).arg(&ttl_ms).arg(self.retention_ms).arg(self.retention_ms);
         for args in &lock_args {
             inv.arg(&args[..]);
         }
@@ -709,48 +564,30 @@ impl StockStore for RedisStore {
             let expires_at_ms = reply.int()?;
             let capped = reply.text()? == "1";
             let result = if status == "OK" {
-                Ok(Renewed {
-                    expires_at_ms,
-                    max_hold_reached: capped,
-                })
+                Ok(Renewed { expires_at_ms, max_hold_reached: capped })
             } else {
                 Err(lock_error(&status, &lock_id)?)
             };
             items.push(RenewItem { lock_id, result });
         }
-        Ok(RenewOutcome {
-            items,
-            replayed: reply.replayed,
-        })
+        Ok(RenewOutcome { items, replayed: reply.replayed })
     }
 
     async fn release(&self, cmd: ReleaseCommand) -> Result<ReleaseOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
         let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
-        let lock_args: Vec<[String; 3]> = ids
-            .iter()
-            .map(|id| {
-                [
-                    id.record.to_string(),
-                    id.token.to_string(),
-                    id.nonce.clone(),
-                ]
-            })
-            .collect();
+        let lock_args: Vec<[String; 3]> =
+            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
         let mut parts = vec![holder];
         parts.extend(lock_args.iter().flatten().map(String::as_str));
         let fp = fingerprint(&parts);
 
         let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(self.keys.idempotency("release", &cmd.request_id))
-            .key(self.keys.due());
+        inv.key(self.keys.idempotency("release", &cmd.request_id)).key(self.keys.due());
         for id in &ids {
             self.add_record(&mut inv, &id.record);
         }
-        inv.arg(&fp)
-            .arg(holder)
-            .arg(self.retention_ms)
-            .arg(self.retention_ms);
+        inv.arg(&fp).arg(holder).arg(self.retention_ms).arg(self.retention_ms);
         for args in &lock_args {
             inv.arg(&args[..]);
         }
@@ -774,36 +611,25 @@ impl StockStore for RedisStore {
                 "RELEASED" => ReleaseKind::Released,
                 "ALREADY_RELEASED" => ReleaseKind::AlreadyReleased,
                 "ALREADY_EXPIRED" => ReleaseKind::AlreadyExpired,
+                "FORCE_RELEASED" => ReleaseKind::ForceReleased,
                 other => return Err(malformed(&format!("the release outcome {other:?}"))),
             };
             let quantity = reply.int()?;
             let unit_scale = reply.unit_scale()?;
-            items.push(ReleaseItem {
-                lock_id,
-                kind,
-                quantity,
-                unit_scale,
-            });
+            items.push(ReleaseItem { lock_id, kind, quantity, unit_scale });
         }
-        Ok(ReleaseOutcome {
-            items,
-            replayed: reply.replayed,
-        })
+        Ok(ReleaseOutcome { items, replayed: reply.replayed })
     }
 
     async fn commit(&self, cmd: CommitCommand) -> Result<CommitOutcome, Error> {
         let id = &cmd.lock_id;
         let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
-        let [mantissa, scale] = cmd
-            .quantity
-            .map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
-        let (record_id, token, lock_id) =
-            (id.record.to_string(), id.token.to_string(), id.to_string());
+        let [mantissa, scale] = cmd.quantity.map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
+        let (record_id, token, lock_id) = (id.record.to_string(), id.token.to_string(), id.to_string());
         let fp = fingerprint(&[&lock_id, holder, &mantissa, &scale]);
 
         let mut inv = scripts::COMMIT.prepare_invoke();
-        inv.key(self.keys.idempotency("commit", &cmd.request_id))
-            .key(self.keys.due());
+        inv.key(self.keys.idempotency("commit", &cmd.request_id)).key(self.keys.due());
         self.add_record(&mut inv, &id.record);
         inv.arg(&fp)
             .arg(holder)
@@ -822,30 +648,23 @@ impl StockStore for RedisStore {
             "INVALID_QUANTITY_SCALE" => {
                 return Err(Error::invalid(
                     "quantity",
-                    format!(
-                        "has more fractional digits than the record's unit_scale {} allows",
-                        reply.int()?
-                    ),
+                    format!("has more fractional digits than the record's unit_scale {} allows", reply.int()?),
                 ));
             }
             "QUANTITY_OUT_OF_RANGE" => return Err(Error::invalid("quantity", "is too large")),
             "QUANTITY_EXCEEDS_LOCK" => {
                 let locked = reply.int()?;
-                return Err(Error::QuantityExceedsLock {
-                    locked: format_scaled(locked, reply.unit_scale()?.get()),
-                });
+                return Err(Error::QuantityExceedsLock { locked: format_scaled(locked, reply.unit_scale()?.get()) });
             }
             other => return Err(lock_error(other, id)?),
         };
         let replayed = reply.replayed;
         let record = reply.record(id.record.clone())?;
-        Ok(CommitOutcome {
-            committed,
-            released,
-            committed_now,
-            record,
-            replayed,
-        })
+        Ok(CommitOutcome { committed, released, committed_now, record, replayed })
+    }
+
+    async fn lock_ids(&self, target: &LockTarget) -> Result<Vec<LockId>, Error> {
+        self.resolve(target).await
     }
 
     async fn get_lock(&self, lock_id: &LockId) -> Result<LockView, Error> {
@@ -860,16 +679,17 @@ impl StockStore for RedisStore {
         // Not live: say how it ended while the tombstone is kept.
         let ended = &self.keys.record(&lock_id.record)[3];
         let mut pipe = redis::pipe();
-        for mark in ["E", "R", "C"] {
+        for mark in ["E", "R", "C", "F"] {
             pipe.zscore(ended, format!("{}:{mark}", lock_id.token));
         }
         let mut conn = self.conn.clone();
-        let marks: (Option<f64>, Option<f64>, Option<f64>) =
+        let marks: (Option<f64>, Option<f64>, Option<f64>, Option<f64>) =
             self.bounded(pipe.query_async(&mut conn)).await?;
         let reason = match marks {
-            (Some(_), _, _) => "LOCK_EXPIRED",
-            (_, Some(_), _) => "LOCK_RELEASED",
-            (_, _, Some(_)) => "LOCK_COMMITTED",
+            (Some(_), ..) => "LOCK_EXPIRED",
+            (_, Some(_), ..) => "LOCK_RELEASED",
+            (_, _, Some(_), _) => "LOCK_COMMITTED",
+            (.., Some(_)) => "LOCK_FORCE_RELEASED",
             // Still in the locks hash but past its expiry also lands here,
             // since record_locks leaves expired locks out.
             _ => {
@@ -882,11 +702,7 @@ impl StockStore for RedisStore {
                             .query_async(&mut conn),
                     )
                     .await?;
-                if expiry.is_some() {
-                    "LOCK_EXPIRED"
-                } else {
-                    "LOCK_NOT_FOUND"
-                }
+                if expiry.is_some() { "LOCK_EXPIRED" } else { "LOCK_NOT_FOUND" }
             }
         };
         Err(lock_error(reason, lock_id)?)
@@ -914,10 +730,7 @@ impl StockStore for RedisStore {
                 {
                     continue;
                 }
-                let after_token = position
-                    .take()
-                    .filter(|p| p.record == record)
-                    .map_or(0, |p| p.after_token);
+                let after_token = position.take().filter(|p| p.record == record).map_or(0, |p| p.after_token);
                 let (record_locks, now) = self.record_locks(&record).await?;
                 for lock in record_locks {
                     if lock.lock_id.token <= after_token || !matches(&filter, &lock, now) {
@@ -926,35 +739,18 @@ impl StockStore for RedisStore {
                     let token = lock.lock_id.token;
                     locks.push(lock);
                     if locks.len() == page_size {
-                        let next = PagePosition {
-                            cursor,
-                            record: record.clone(),
-                            after_token: token,
-                        };
-                        return Ok(LockPage {
-                            locks,
-                            next_page_token: Some(next.encode()),
-                        });
+                        let next = PagePosition { cursor, record: record.clone(), after_token: token };
+                        return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
                     }
                 }
                 records_left -= 1;
                 if records_left == 0 {
-                    let next = PagePosition {
-                        cursor,
-                        record: record.clone(),
-                        after_token: u64::MAX,
-                    };
-                    return Ok(LockPage {
-                        locks,
-                        next_page_token: Some(next.encode()),
-                    });
+                    let next = PagePosition { cursor, record: record.clone(), after_token: u64::MAX };
+                    return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
                 }
             }
             if next_cursor == 0 {
-                return Ok(LockPage {
-                    locks,
-                    next_page_token: None,
-                });
+                return Ok(LockPage { locks, next_page_token: None });
             }
             cursor = next_cursor;
             position = None;
@@ -970,14 +766,8 @@ impl StockStore for RedisStore {
         for id in due {
             let Some(record) = RecordKey::parse_id(&id) else {
                 tracing::warn!(record = %id, "due index holds a record id that does not parse; removing it");
-                let _: () = self
-                    .bounded(
-                        redis::cmd("ZREM")
-                            .arg(self.keys.due())
-                            .arg(&id)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
+                let _: () =
+                    self.bounded(redis::cmd("ZREM").arg(self.keys.due()).arg(&id).query_async(&mut conn)).await?;
                 continue;
             };
             let mut inv = scripts::EXPIRE_LOCKS.prepare_invoke();
@@ -992,25 +782,17 @@ impl StockStore for RedisStore {
 
     async fn ping(&self) -> Result<(), Error> {
         let mut conn = self.conn.clone();
-        let _: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
     }
 }
 
 fn matches(filter: &LockFilter, lock: &LockView, now_ms: i64) -> bool {
-    filter
-        .order_id
-        .as_ref()
-        .is_none_or(|o| o.as_str() == lock.order_id)
+    filter.order_id.as_ref().is_none_or(|o| o.as_str() == lock.order_id)
+        && filter.holder.as_ref().is_none_or(|h| h.as_str() == lock.holder)
         && filter
-            .holder
-            .as_ref()
-            .is_none_or(|h| h.as_str() == lock.holder)
-        && filter.older_than.is_none_or(|age| {
-            now_ms - lock.created_at_ms >= i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
-        })
+            .older_than
+            .is_none_or(|age| now_ms - lock.created_at_ms >= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Where a ListLocks page ends: the record batch (a ZSCAN cursor of the due
@@ -1029,8 +811,7 @@ impl PagePosition {
     fn decode(token: &str) -> Result<Self, Error> {
         let bad = || Error::invalid("page_token", "is not a token returned by ListLocks");
         let mut parts = token.splitn(3, ':');
-        let (Some(cursor), Some(after), Some(record)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(cursor), Some(after), Some(record)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
         };
         Ok(Self {

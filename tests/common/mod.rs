@@ -30,19 +30,9 @@ pub struct TestService {
 }
 
 pub fn config(redis_url: &str, extra: &[&str]) -> ServeConfig {
-    let mut args = vec![
-        "stocklock",
-        "serve",
-        "--redis-url",
-        redis_url,
-        "--listen",
-        "127.0.0.1:0",
-    ];
+    let mut args = vec!["stocklock", "serve", "--redis-url", redis_url, "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    match Cli::try_parse_from(args)
-        .expect("test config parses")
-        .command
-    {
+    match Cli::try_parse_from(args).expect("test config parses").command {
         Command::Serve(config) => *config,
     }
 }
@@ -54,9 +44,7 @@ pub async fn start() -> TestService {
 
 /// A fresh Redis and a service on it, with extra `serve` flags.
 pub async fn start_with(extra: &[&str]) -> TestService {
-    let redis = EmbeddedRedis::start(Path::new("redis-server"))
-        .await
-        .expect("redis-server starts (is it installed?)");
+    let redis = EmbeddedRedis::start(Path::new("redis-server")).await.expect("redis-server starts (is it installed?)");
     let mut service = serve(&redis.url(), extra).await;
     service.redis = Some(redis);
     service
@@ -72,27 +60,16 @@ pub async fn serve(redis_url: &str, extra: &[&str]) -> TestService {
         let _ = rx.await;
     }));
     let client = connect(addr).await;
-    TestService {
-        client,
-        redis: None,
-        addr,
-        redis_url: redis_url.to_owned(),
-        shutdown: Some(tx),
-        handle: Some(handle),
-    }
+    TestService { client, redis: None, addr, redis_url: redis_url.to_owned(), shutdown: Some(tx), handle: Some(handle) }
 }
 
 pub async fn connect(addr: std::net::SocketAddr) -> Client {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5));
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(5));
     for _ in 0..200 {
         if let Ok(channel) = endpoint.connect().await {
             // The listener accepts before the service is wired; wait for health.
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
             if health.check(request).await.is_ok() {
                 return InventoryServiceClient::new(channel);
             }
@@ -111,11 +88,7 @@ impl TestService {
 
     /// A raw Redis connection to the service's Redis, for looking behind the API.
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     /// Sets a record's stock with a fresh source_version.
@@ -123,18 +96,9 @@ impl TestService {
         self.stock_scaled(sku, warehouse, physical, 0).await
     }
 
-    pub async fn stock_scaled(
-        &self,
-        sku: &str,
-        warehouse: &str,
-        physical: &str,
-        unit_scale: u32,
-    ) -> pb::StockRecord {
-        let version = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            / 1000;
+    pub async fn stock_scaled(&self, sku: &str, warehouse: &str, physical: &str, unit_scale: u32) -> pb::StockRecord {
+        let version =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 / 1000;
         self.client
             .clone()
             .set_stock(pb::SetStockRequest {
@@ -156,10 +120,7 @@ impl TestService {
         let response = self
             .client
             .clone()
-            .get_availability(pb::GetAvailabilityRequest {
-                sku: sku.into(),
-                warehouse_id: warehouse.into(),
-            })
+            .get_availability(pb::GetAvailabilityRequest { sku: sku.into(), warehouse_id: warehouse.into() })
             .await
             .expect("get_availability")
             .into_inner();
@@ -177,18 +138,10 @@ impl TestService {
         quantity: &str,
         request_id: &str,
     ) -> Result<pb::LockResponse, Status> {
-        self.client
-            .clone()
-            .lock(lock_request(sku, warehouse, quantity, request_id))
-            .await
-            .map(|r| r.into_inner())
+        self.client.clone().lock(lock_request(sku, warehouse, quantity, request_id)).await.map(|r| r.into_inner())
     }
 
-    pub async fn release(
-        &self,
-        lock_id: &str,
-        request_id: &str,
-    ) -> Result<pb::ReleaseResponse, Status> {
+    pub async fn release(&self, lock_id: &str, request_id: &str) -> Result<pb::ReleaseResponse, Status> {
         self.client
             .clone()
             .release(pb::ReleaseRequest {
@@ -209,20 +162,12 @@ impl Drop for TestService {
     }
 }
 
-pub fn lock_request(
-    sku: &str,
-    warehouse: &str,
-    quantity: &str,
-    request_id: &str,
-) -> pb::LockRequest {
+pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str) -> pb::LockRequest {
     pb::LockRequest {
         sku: sku.into(),
         warehouse_id: warehouse.into(),
         quantity: quantity.into(),
-        ttl: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
+        ttl: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
         order_id: format!("order-{request_id}"),
         request_id: request_id.into(),
         holder: "order-service".into(),
@@ -234,28 +179,19 @@ pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
 }
 
 pub fn millis(ms: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: ms / 1000,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
+    Some(prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 })
 }
 
 /// The ErrorInfo reason of a status; panics when there is none.
 pub fn reason(status: &Status) -> String {
-    let info = status
-        .get_details_error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    let info = status.get_details_error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.domain, "stocklock.v1");
     info.reason
 }
 
 /// Asserts the code and reason of a failed call, and returns the status.
 #[track_caller]
-pub fn expect_error<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    expected_reason: &str,
-) -> Status {
+pub fn expect_error<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, expected_reason: &str) -> Status {
     let status = result.expect_err("the call should have failed");
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(reason(&status), expected_reason, "{status:?}");

@@ -21,11 +21,7 @@ impl Reply {
         if replayed {
             tag = items.next().ok_or_else(|| malformed("an empty replay"))?;
         }
-        Ok(Self {
-            items,
-            replayed,
-            tag,
-        })
+        Ok(Self { items, replayed, tag })
     }
 
     /// The next element as text.
@@ -36,8 +32,7 @@ impl Reply {
     /// The next element as an integer.
     pub(super) fn int(&mut self) -> Result<i64, Error> {
         let text = self.text()?;
-        text.parse()
-            .map_err(|_| malformed(&format!("{text:?} where a number belongs")))
+        text.parse().map_err(|_| malformed(&format!("{text:?} where a number belongs")))
     }
 
     /// The next element as a non-negative integer.
@@ -53,10 +48,7 @@ impl Reply {
 
     /// The next element as a line or lock index, checked against `len`.
     pub(super) fn index(&mut self, len: usize) -> Result<usize, Error> {
-        usize::try_from(self.int()?)
-            .ok()
-            .filter(|&i| i < len)
-            .ok_or_else(|| malformed("an index out of range"))
+        usize::try_from(self.int()?).ok().filter(|&i| i < len).ok_or_else(|| malformed("an index out of range"))
     }
 
     /// A record's figures, as `record_reply` in `lua/lib.lua` writes them.
@@ -87,7 +79,5 @@ impl Reply {
 
 /// An unexpected reply: a script and its decoder disagree, which is a bug.
 pub(super) fn malformed(what: &str) -> Error {
-    Error::Internal {
-        detail: format!("a script answered with {what}"),
-    }
+    Error::Internal { detail: format!("a script answered with {what}") }
 }

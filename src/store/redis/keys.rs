@@ -19,20 +19,13 @@ pub type RecordKeys = [String; 4];
 impl Keys {
     /// Keys under `prefix` (validated by the config: no braces).
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
+        Self { prefix: prefix.to_owned() }
     }
 
     /// stock hash, locks hash, expiry zset, tombstone zset.
     pub fn record(&self, record: &RecordKey) -> RecordKeys {
         let base = format!("{}:{{{}}}:w:{}", self.prefix, record.sku, record.warehouse);
-        [
-            format!("{base}:stock"),
-            format!("{base}:locks"),
-            format!("{base}:exp"),
-            format!("{base}:ended"),
-        ]
+        [format!("{base}:stock"), format!("{base}:locks"), format!("{base}:exp"), format!("{base}:ended")]
     }
 
     /// The set of warehouses that have a record of `sku`.
@@ -48,6 +41,21 @@ impl Keys {
     /// The idempotency record of one request; request ids are scoped per method.
     pub fn idempotency(&self, method: &str, request_id: &RequestId) -> String {
         format!("{}:idem:{method}:{request_id}", self.prefix)
+    }
+
+    /// A forced-unlock request.
+    pub fn force_unlock(&self, id: &str) -> String {
+        format!("{}:fu:{id}", self.prefix)
+    }
+
+    /// Forced-unlock requests by creation time.
+    pub fn force_unlock_index(&self) -> String {
+        format!("{}:fu:index", self.prefix)
+    }
+
+    /// The audit trail (a stream).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
     }
 
     /// The list of a batch's locks.

@@ -40,12 +40,21 @@ pub(super) static GET_STOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n
 /// The sweeper's step for one record.
 pub(super) static EXPIRE_LOCKS: LazyLock<Script> = script!("expire_locks.lua");
 /// The sweeper's look-up of records with expired locks.
-pub(super) static DUE_RECORDS: LazyLock<Script> =
-    script!("#!lua flags=no-writes\n", "due_records.lua");
+pub(super) static DUE_RECORDS: LazyLock<Script> = script!("#!lua flags=no-writes\n", "due_records.lua");
+
+/// RequestForceUnlock.
+pub(super) static REQUEST_FORCE_UNLOCK: LazyLock<Script> = script!("request_force_unlock.lua");
+/// ApproveForceUnlock and the single-step policy.
+pub(super) static FORCE_RELEASE: LazyLock<Script> = script!("force_release.lua");
+/// RejectForceUnlock.
+pub(super) static REJECT_FORCE_UNLOCK: LazyLock<Script> = script!("reject_force_unlock.lua");
 
 /// Every script, for loading at start-up.
-pub(super) fn all() -> [&'static Script; 9] {
+pub(super) fn all() -> [&'static Script; 12] {
     [
+        &REQUEST_FORCE_UNLOCK,
+        &FORCE_RELEASE,
+        &REJECT_FORCE_UNLOCK,
         &LOCK,
         &RENEW,
         &RELEASE,

@@ -1,0 +1,41 @@
+-- request_force_unlock.lua: records a pending request to force-release locks,
+-- with the locks it would release as seen now, and audits it.
+--
+-- KEYS[1]  idempotency record of this request
+-- KEYS[2]  the request's hash
+-- KEYS[3]  the index of requests (zset, created_ms -> id)
+-- KEYS[4]  the audit stream
+-- ARGV[1]  request fingerprint
+-- ARGV[2]  force-unlock request id
+-- ARGV[3]  requester
+-- ARGV[4]  reason
+-- ARGV[5]  ms a pending request waits for a decision
+-- ARGV[6]  items, one line per lock: lock_id \t quantity \t holder \t order_id \t created_ms
+-- ARGV[7]  idempotency retention ms
+-- ARGV[8]  most audit events kept
+-- ARGV[9]  request_id
+-- ARGV[10] lock ids, comma-separated (for the audit event)
+-- ARGV[11] ms decided requests are kept
+--
+-- Returns {'OK', created_ms, id}, {'REPLAY', ...} (with the first call's id) or
+-- {'IDEMPOTENCY_KEY_REUSED'}.
+
+local idem_key, request_key, index_key, audit_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local fingerprint = ARGV[1]
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+
+local now = now_ms()
+redis.call('HSET', request_key, 'state', 'PENDING', 'requester', ARGV[3], 'reason', ARGV[4],
+  'created', now, 'expires', now + tonumber(ARGV[5]), 'items', ARGV[6], 'single_step', '0')
+redis.call('PEXPIRE', request_key, tonumber(ARGV[5]) + tonumber(ARGV[11]))
+redis.call('ZADD', index_key, now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - tonumber(ARGV[5]) - tonumber(ARGV[11]))
+audit(audit_key, ARGV[8], {
+  'action', 'force_unlock.requested', 'actor', ARGV[3], 'reason', ARGV[4], 'request_id', ARGV[9],
+  'lock_ids', ARGV[10], 'd.force_unlock_id', ARGV[2],
+})
+return idem_store(idem_key, fingerprint, { 'OK', fmt(now), ARGV[2] }, tonumber(ARGV[7]))

@@ -1,0 +1,386 @@
+//! [`AdminStore`] on Redis: forced-unlock requests (a hash each, and an
+//! index by creation time), the audit stream, and lock statistics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::decode::malformed;
+use super::{RedisStore, fingerprint, millis, reused, scripts};
+use crate::domain::{
+    AdminStore, Approval, AuditEvent, AuditFilter, Error, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
+    LockFilter, LockId, LockStats, LockView, RequestId,
+};
+
+/// How many index entries or stream events one round trip reads.
+const CHUNK: usize = 200;
+
+impl RedisStore {
+    fn decision_error(&self, tag: &str, id: &str, detail: Option<String>) -> Error {
+        match tag {
+            "FORCE_UNLOCK_NOT_FOUND" => Error::ForceUnlockNotFound { id: id.to_owned() },
+            "NOT_PENDING" => Error::ForceUnlockNotPending { id: id.to_owned(), state: detail.unwrap_or_default() },
+            "REQUEST_EXPIRED" => Error::ForceUnlockExpired { id: id.to_owned() },
+            other => malformed(&format!("the decision tag {other:?}")),
+        }
+    }
+
+    async fn force_unlock_hashes(&self, ids: &[String]) -> Result<Vec<ForceUnlockView>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.force_unlock(id));
+        }
+        pipe.cmd("TIME");
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<redis::Value> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let time: (i64, i64) = redis::from_redis_value(replies.pop().ok_or_else(|| malformed("no TIME"))?)
+            .map_err(|e| malformed(&e.to_string()))?;
+        let now = time.0 * 1000 + time.1 / 1000;
+        let mut views = Vec::with_capacity(ids.len());
+        for (id, reply) in ids.iter().zip(replies) {
+            let fields: HashMap<String, String> =
+                redis::from_redis_value(reply).map_err(|e| malformed(&e.to_string()))?;
+            if !fields.is_empty() {
+                views.push(parse_force_unlock(id, &fields, now)?);
+            }
+        }
+        Ok(views)
+    }
+}
+
+fn parse_force_unlock(id: &str, f: &HashMap<String, String>, now_ms: i64) -> Result<ForceUnlockView, Error> {
+    let text = |name: &str| f.get(name).cloned().unwrap_or_default();
+    let int = |name: &str| f.get(name).and_then(|v| v.parse::<i64>().ok());
+    let list = |name: &str| -> Vec<String> {
+        f.get(name).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+    };
+    let expires_at_ms = int("expires").ok_or_else(|| malformed("a force-unlock request without expiry"))?;
+    let state = match f.get("state").map(String::as_str) {
+        Some("PENDING") if now_ms >= expires_at_ms => ForceUnlockState::Expired,
+        Some("PENDING") => ForceUnlockState::Pending,
+        Some("EXECUTED") => ForceUnlockState::Executed,
+        Some("REJECTED") => ForceUnlockState::Rejected,
+        other => return Err(malformed(&format!("the force-unlock state {other:?}"))),
+    };
+    let mut items = Vec::new();
+    for line in f.get("items").map(String::as_str).unwrap_or("").lines() {
+        let [lock_id, quantity, holder, order_id, created] = line.split('\t').collect::<Vec<_>>()[..] else {
+            return Err(malformed("a bad force-unlock item"));
+        };
+        items.push(ForceUnlockItem {
+            lock_id: LockId::parse(lock_id, "lock_id").map_err(|_| malformed("a bad force-unlock lock id"))?,
+            quantity: quantity.to_owned(),
+            holder: holder.to_owned(),
+            order_id: order_id.to_owned(),
+            created_at_ms: created.parse().map_err(|_| malformed("a bad force-unlock item time"))?,
+        });
+    }
+    Ok(ForceUnlockView {
+        id: id.to_owned(),
+        state,
+        requester: text("requester"),
+        reason: text("reason"),
+        items,
+        created_at_ms: int("created").unwrap_or_default(),
+        expires_at_ms,
+        decided_at_ms: int("decided_at"),
+        decided_by: text("decided_by"),
+        decision_reason: text("decision_reason"),
+        single_step: text("single_step") == "1",
+        released: list("released"),
+        skipped: list("skipped"),
+    })
+}
+
+fn parse_event(id: String, fields: Vec<String>) -> Result<AuditEvent, Error> {
+    let at_ms = id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).ok_or_else(|| malformed("a bad stream id"))?;
+    let mut event = AuditEvent {
+        id,
+        at_ms,
+        action: String::new(),
+        actor: String::new(),
+        sku: String::new(),
+        warehouse_id: String::new(),
+        lock_ids: Vec::new(),
+        reason: String::new(),
+        request_id: String::new(),
+        details: BTreeMap::new(),
+    };
+    let mut pairs = fields.into_iter();
+    while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+        match name.as_str() {
+            "action" => event.action = value,
+            "actor" => event.actor = value,
+            "sku" => event.sku = value,
+            "warehouse_id" => event.warehouse_id = value,
+            "lock_ids" => event.lock_ids = value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            "reason" => event.reason = value,
+            "request_id" => event.request_id = value,
+            other => {
+                let key = other.strip_prefix("d.").unwrap_or(other).to_owned();
+                event.details.insert(key, value);
+            }
+        }
+    }
+    Ok(event)
+}
+
+fn audit_matches(filter: &AuditFilter, event: &AuditEvent) -> bool {
+    filter.actor.as_ref().is_none_or(|a| *a == event.actor)
+        && filter.sku.as_ref().is_none_or(|s| *s == event.sku)
+        && filter.action.as_ref().is_none_or(|a| *a == event.action)
+}
+
+impl AdminStore for RedisStore {
+    async fn request_force_unlock(
+        &self,
+        id: &str,
+        items: &[LockView],
+        requester: &str,
+        reason: &str,
+        request_id: &RequestId,
+    ) -> Result<String, Error> {
+        let lines: Vec<String> = items
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    l.lock_id,
+                    l.unit_scale.format(l.quantity),
+                    l.holder,
+                    l.order_id,
+                    l.created_at_ms
+                )
+            })
+            .collect();
+        let lock_ids: Vec<String> = items.iter().map(|l| l.lock_id.to_string()).collect();
+        let lock_ids = lock_ids.join(",");
+        let fp = fingerprint(&[requester, reason, &lock_ids]);
+        let mut inv = scripts::REQUEST_FORCE_UNLOCK.prepare_invoke();
+        inv.key(self.keys.idempotency("request_force_unlock", request_id))
+            .key(self.keys.force_unlock(id))
+            .key(self.keys.force_unlock_index())
+            .key(self.keys.audit())
+            .arg(&fp)
+            .arg(id)
+            .arg(requester)
+            .arg(reason)
+            .arg(self.force_unlock_ttl_ms)
+            .arg(lines.join("\n"))
+            .arg(self.retention_ms)
+            .arg(self.audit_max_events)
+            .arg(request_id.as_str())
+            .arg(&lock_ids)
+            .arg(millis(Duration::from_secs(30 * 24 * 3600)));
+        let mut reply = self.run_script(&inv).await?;
+        match reply.tag.as_str() {
+            "OK" => {
+                let _created = reply.int()?;
+                reply.text()
+            }
+            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
+            _ => Err(reply.unexpected()),
+        }
+    }
+
+    async fn approve_force_unlock(
+        &self,
+        request: &ForceUnlockView,
+        approver: &str,
+        approval: Approval,
+        comment: &str,
+        request_id: &RequestId,
+    ) -> Result<(), Error> {
+        let mode = match approval {
+            Approval::Operator => "approve",
+            Approval::Policy => "policy",
+        };
+        let fp = fingerprint(&[&request.id, approver, mode, comment]);
+        let mut inv = scripts::FORCE_RELEASE.prepare_invoke();
+        inv.key(self.keys.idempotency("approve_force_unlock", request_id))
+            .key(self.keys.due())
+            .key(self.keys.force_unlock(&request.id))
+            .key(self.keys.audit());
+        for item in &request.items {
+            self.add_record(&mut inv, &item.lock_id.record);
+        }
+        inv.arg(&fp)
+            .arg(approver)
+            .arg(mode)
+            .arg(comment)
+            .arg(self.retention_ms)
+            .arg(self.retention_ms)
+            .arg(self.audit_max_events)
+            .arg(request_id.as_str())
+            .arg(&request.id);
+        for item in &request.items {
+            let id = &item.lock_id;
+            inv.arg(id.record.to_string()).arg(id.token).arg(&id.nonce);
+        }
+        let mut reply = self.run_script(&inv).await?;
+        match reply.tag.as_str() {
+            "OK" => Ok(()),
+            "TWO_PERSON_RULE" => Err(Error::TwoPersonRule { requester: request.requester.clone() }),
+            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
+            "NOT_PENDING" => {
+                let state = reply.text()?;
+                Err(self.decision_error("NOT_PENDING", &request.id, Some(state)))
+            }
+            tag => Err(self.decision_error(tag, &request.id, None)),
+        }
+    }
+
+    async fn reject_force_unlock(
+        &self,
+        id: &str,
+        actor: &str,
+        reason: &str,
+        request_id: &RequestId,
+    ) -> Result<(), Error> {
+        let fp = fingerprint(&[id, actor, reason]);
+        let mut inv = scripts::REJECT_FORCE_UNLOCK.prepare_invoke();
+        inv.key(self.keys.idempotency("reject_force_unlock", request_id))
+            .key(self.keys.force_unlock(id))
+            .key(self.keys.audit())
+            .arg(&fp)
+            .arg(actor)
+            .arg(reason)
+            .arg(self.retention_ms)
+            .arg(self.audit_max_events)
+            .arg(request_id.as_str())
+            .arg(id);
+        let mut reply = self.run_script(&inv).await?;
+        match reply.tag.as_str() {
+            "OK" => Ok(()),
+            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
+            "NOT_PENDING" => {
+                let state = reply.text()?;
+                Err(self.decision_error("NOT_PENDING", id, Some(state)))
+            }
+            tag => Err(self.decision_error(tag, id, None)),
+        }
+    }
+
+    async fn get_force_unlock(&self, id: &str) -> Result<ForceUnlockView, Error> {
+        self.force_unlock_hashes(&[id.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })
+    }
+
+    async fn list_force_unlocks(
+        &self,
+        state: Option<ForceUnlockState>,
+        page_size: usize,
+        page_token: Option<String>,
+    ) -> Result<(Vec<ForceUnlockView>, Option<String>), Error> {
+        let bad = || Error::invalid("page_token", "is not a token returned by ListForceUnlockRequests");
+        let mut offset: usize = match page_token {
+            Some(token) => token.parse().map_err(|_| bad())?,
+            None => 0,
+        };
+        let mut found = Vec::new();
+        loop {
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = self
+                .bounded(
+                    redis::cmd("ZREVRANGE")
+                        .arg(self.keys.force_unlock_index())
+                        .arg(offset)
+                        .arg(offset + CHUNK - 1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let exhausted = ids.len() < CHUNK;
+            for (i, view) in self.force_unlock_hashes(&ids).await?.into_iter().enumerate() {
+                if state.is_none_or(|s| s == view.state) {
+                    found.push(view);
+                    if found.len() == page_size {
+                        // Index positions may shift as requests age out; a
+                        // page boundary is a best effort, like any offset.
+                        return Ok((found, Some((offset + i + 1).to_string())));
+                    }
+                }
+            }
+            if exhausted {
+                return Ok((found, None));
+            }
+            offset += CHUNK;
+        }
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page_size: usize,
+        page_token: Option<String>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), Error> {
+        let valid_id =
+            |t: &str| t.split_once('-').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+        let mut start = match page_token {
+            Some(token) if valid_id(&token) => format!("({token}"),
+            Some(_) => return Err(Error::invalid("page_token", "is not a token returned by ListAuditEvents")),
+            None => filter.since_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+        };
+        let end = filter.until_ms.map_or_else(|| "+".to_owned(), |ms| ms.to_string());
+        let mut events = Vec::new();
+        // Bound the work of one call; a short page with a token is a valid page.
+        for _ in 0..50 {
+            let mut conn = self.conn.clone();
+            let entries: Vec<(String, Vec<String>)> = self
+                .bounded(
+                    redis::cmd("XRANGE")
+                        .arg(self.keys.audit())
+                        .arg(&start)
+                        .arg(&end)
+                        .arg("COUNT")
+                        .arg(CHUNK)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let exhausted = entries.len() < CHUNK;
+            for (id, fields) in entries {
+                start = format!("({id}");
+                let event = parse_event(id, fields)?;
+                if audit_matches(filter, &event) {
+                    let last = event.id.clone();
+                    events.push(event);
+                    if events.len() == page_size {
+                        return Ok((events, Some(last)));
+                    }
+                }
+            }
+            if exhausted {
+                return Ok((events, None));
+            }
+        }
+        let resume = start.trim_start_matches('(').to_owned();
+        Ok((events, (resume != "-").then_some(resume)))
+    }
+
+    async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
+        let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
+        let filter = LockFilter::default();
+        let mut cursor = 0;
+        loop {
+            let (records, next) = self.record_batch(&filter, cursor).await?;
+            for record in records {
+                let (locks, now) = self.record_locks(&record).await?;
+                for lock in locks {
+                    stats.live += 1;
+                    if now - lock.created_at_ms >= i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX) {
+                        stats.stale += 1;
+                    }
+                    stats.oldest_created_at_ms =
+                        Some(stats.oldest_created_at_ms.map_or(lock.created_at_ms, |o| o.min(lock.created_at_ms)));
+                }
+            }
+            if next == 0 {
+                return Ok(stats);
+            }
+            cursor = next;
+        }
+    }
+}
