@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC service.
     Serve(Box<ServeConfig>),
+    /// Operator commands against a running service.
+    Admin(Box<crate::cli::AdminArgs>),
 }
 
 /// Log output format.
@@ -228,6 +230,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(config) => *config,
+            Command::Admin(_) => unreachable!("parsed serve"),
         }
     }
 

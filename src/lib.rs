@@ -16,12 +16,14 @@
 //!   decoding of their replies.
 //! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
+//! - [`cli`]: `stocklock admin`, the operator's command line.
 //! - [`config`]: the one typed configuration (flags and `STOCKLOCK_*` variables).
 //! - [`pb`]: the generated protobuf types of `proto/stocklock/v1/stocklock.proto`.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded_redis;

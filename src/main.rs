@@ -10,6 +10,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(*config),
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::process::exit(runtime.block_on(stocklock::cli::run(*args)));
+        }
     }
 }
 

@@ -41,6 +41,7 @@ async fn without_a_redis_url_the_service_embeds_its_own_redis() {
         use clap::Parser;
         match stocklock::config::Cli::try_parse_from(["stocklock", "serve"]).unwrap().command {
             stocklock::config::Command::Serve(config) => *config,
+            _ => unreachable!(),
         }
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -34,6 +34,7 @@ pub fn config(redis_url: &str, extra: &[&str]) -> ServeConfig {
     args.extend_from_slice(extra);
     match Cli::try_parse_from(args).expect("test config parses").command {
         Command::Serve(config) => *config,
+        _ => unreachable!("parsed serve"),
     }
 }
 

@@ -1,0 +1,118 @@
+//! `stocklock admin` driven end to end: its output and its exit codes.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use stocklock::pb;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn admin(svc: &TestService, token: Option<&str>, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"));
+    command.arg("admin").args(args).env("STOCKLOCK_ADDR", format!("http://{}", svc.addr)).env_remove("STOCKLOCK_TOKEN");
+    if let Some(token) = token {
+        command.env("STOCKLOCK_TOKEN", token);
+    }
+    let output = command.output().await.unwrap();
+    Run {
+        code: output.status.code().unwrap(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+const ALICE: Option<&str> = Some("alice-token-0123456789");
+const BOB: Option<&str> = Some("bob-token-0123456789");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_stale_lock_and_gets_it_released_with_approval() {
+    let svc = start_authed(&["--stale-threshold", "200ms"]).await;
+    let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
+    root.set_stock(pb::SetStockRequest {
+        sku: "SKU-1".into(),
+        warehouse_id: "WH-A".into(),
+        physical: "10".into(),
+        source_version: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
+    let lock = checkout.lock(lock_request("SKU-1", "WH-A", "4", "r1")).await.unwrap().into_inner().lock.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // Find it.
+    let stats = admin(&svc, ALICE, &["lock-stats"]).await;
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    assert!(stats.stdout.starts_with("LIVE  STALE"), "{}", stats.stdout);
+    let stale = admin(&svc, ALICE, &["locks", "--stale", "--json"]).await;
+    assert_eq!(stale.code, 0, "{}", stale.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&stale.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["lock_id"], lock.lock_id.as_str());
+    assert_eq!(rows[0]["holder"], "checkout");
+    let table = admin(&svc, ALICE, &["locks", "--holder", "checkout"]).await;
+    assert!(table.stdout.lines().next().unwrap().starts_with("LOCK_ID"), "{}", table.stdout);
+    assert!(table.stdout.contains(&lock.lock_id));
+
+    // Request, try to self-approve, get a colleague's approval.
+    let requested =
+        admin(&svc, ALICE, &["unlock", "request", "--stale", "--reason", "order service crashed", "--json"]).await;
+    assert_eq!(requested.code, 0, "{}", requested.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&requested.stdout).unwrap();
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(rows[0]["state"], "pending");
+    let own = admin(&svc, ALICE, &["unlock", "approve", &id]).await;
+    assert_eq!(own.code, 1);
+    assert!(own.stderr.contains("TWO_PERSON_RULE") && own.stderr.contains("hint: a colleague"), "{}", own.stderr);
+    let approved = admin(&svc, BOB, &["unlock", "approve", &id, "--comment", "confirmed"]).await;
+    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    assert!(approved.stdout.contains("executed"), "{}", approved.stdout);
+    let again = admin(&svc, BOB, &["unlock", "approve", &id]).await;
+    assert_eq!(again.code, 1, "{}", again.stderr);
+
+    // The audit entry shows it.
+    let audit = admin(&svc, ALICE, &["audit", "--action", "force_unlock.approved", "--json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    let events: Vec<Value> = serde_json::from_str(&audit.stdout).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["actor"], "bob");
+    assert_eq!(events[0]["locks"], lock.lock_id.as_str());
+    let listed = admin(&svc, ALICE, &["unlock", "list", "--state", "executed"]).await;
+    assert!(listed.stdout.contains(&id), "{}", listed.stdout);
+    let available = admin(&svc, ALICE, &["availability", "SKU-1"]).await;
+    assert!(available.stdout.contains("total available: 10"), "{}", available.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_scripts_what_went_wrong() {
+    let svc = start_authed(&[]).await;
+    let denied = admin(&svc, Some("wrong-token-0123456789"), &["locks"]).await;
+    assert_eq!(denied.code, 4, "{}", denied.stderr);
+    assert!(denied.stderr.contains("hint: pass --token"), "{}", denied.stderr);
+    let role = admin(&svc, Some("transfer-token-0123456789"), &["locks"]).await;
+    assert_eq!(role.code, 4, "{}", role.stderr);
+    assert!(role.stderr.contains("ROLE_NOT_ALLOWED"), "{}", role.stderr);
+    let missing = admin(&svc, ALICE, &["unlock", "approve", "fu-0000000000000000"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    let usage = admin(&svc, ALICE, &["unlock", "request", "--reason", "x"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let nothing = admin(&svc, ALICE, &["unlock", "request", "--order", "none", "--reason", "x"]).await;
+    assert_eq!(nothing.code, 1, "{}", nothing.stderr);
+    assert!(nothing.stderr.contains("NO_LOCKS_MATCHED"), "{}", nothing.stderr);
+
+    let port = svc.addr.port();
+    drop(svc);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"))
+        .args(["admin", "--addr", &format!("http://127.0.0.1:{port}"), "locks"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5), "{}", String::from_utf8_lossy(&output.stderr));
+}
