@@ -42,7 +42,7 @@ end
 
 local now = now_ms()
 local s = read_stock(rec)
-local before = { physical = '', reserved = '', in_transit = '', unit_scale = '' }
+local before = { physical = 'none', reserved = 'none', in_transit = 'none', unit_scale = 'none' }
 if s then
   for _, f in ipairs({ 'physical', 'reserved', 'in_transit' }) do
     before[f] = decimal(s[f], s.unit_scale)

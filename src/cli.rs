@@ -284,7 +284,7 @@ async fn connect(args: &AdminArgs) -> Result<Channel, Failure> {
 }
 
 fn auth(args: &AdminArgs) -> Result<Auth, Failure> {
-    match &args.token {
+    match args.token.as_deref().filter(|t| !t.is_empty()) {
         None => Ok(Auth(None)),
         Some(token) => format!("Bearer {token}")
             .parse()
@@ -573,7 +573,7 @@ fn unlock_row(r: &pb::ForceUnlockRequest) -> Vec<String> {
 }
 
 fn event_row(e: &pb::AuditEvent) -> Vec<String> {
-    let mut details: Vec<_> = e.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut details: Vec<_> = e.details.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
     details.sort();
     vec![
         time(&e.at),
