@@ -573,7 +573,8 @@ fn unlock_row(r: &pb::ForceUnlockRequest) -> Vec<String> {
 }
 
 fn event_row(e: &pb::AuditEvent) -> Vec<String> {
-    let mut details: Vec<_> = e.details.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
+    let mut details: Vec<_> =
+        e.details.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
     details.sort();
     vec![
         time(&e.at),
