@@ -3,6 +3,7 @@
 -- KEYS[1..4]  the record: stock, locks, exp, ended
 -- KEYS[5]     idempotency record of this request
 -- KEYS[6]     the audit stream
+-- KEYS[7]     the lifecycle event stream
 -- ARGV[1]     request fingerprint
 -- ARGV[2]     idempotency retention ms
 -- ARGV[3..8]  (mantissa, scale) of the physical, reserved and in_transit deltas
@@ -20,8 +21,9 @@
 --   {'NEGATIVE_STOCK', field}   a decrease would take the field below zero
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 
-local rec = record_at(1, '')
+local rec = record_at(1, ARGV[12] .. '|' .. ARGV[13])
 local idem_key, audit_key = KEYS[5], KEYS[6]
+EVENTS_KEY = KEYS[7]
 local fingerprint, idem_retention = ARGV[1], tonumber(ARGV[2])
 local fields = { 'physical', 'reserved', 'in_transit' }
 
@@ -51,6 +53,7 @@ for i, field in ipairs(fields) do
   deltas[field] = delta
 end
 
+local available_before = math.max(available_of(s, s.locked), 0)
 local event = {
   'action', 'stock.adjust', 'actor', ARGV[9], 'sku', ARGV[12], 'warehouse_id', ARGV[13],
   'request_id', ARGV[11], 'reason', ARGV[14],
@@ -65,5 +68,6 @@ for _, field in ipairs(fields) do
 end
 redis.call('HINCRBY', rec.stock, 'version', 1)
 audit(audit_key, ARGV[10], event)
+emit('stock.adjust', rec, available_before, { 'reason', ARGV[14] })
 
 return idem_store(idem_key, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)

@@ -4,6 +4,7 @@
 -- KEYS[1]  idempotency record of this request
 -- KEYS[2]  the sweeper's due index
 -- KEYS[3..6]  the lock's record: stock, locks, exp, ended
+-- KEYS[7]     the lifecycle event stream
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  quantity mantissa, or "" to commit the whole lock
@@ -28,6 +29,7 @@ local fingerprint, holder = ARGV[1], ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rec = record_at(3, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
+EVENTS_KEY = KEYS[7]
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then
@@ -64,11 +66,18 @@ if ARGV[3] ~= '' then
   end
 end
 
+settle(rec, now, tomb_retention)
+local before = stored_available(rec)
 end_lock(rec, token, 'C', now, tomb_retention)
 redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)
 refresh_due(due_key, rec)
+local fields = lock_fields(rec, token, lock, unit_scale)
+for _, v in ipairs({ 'committed', decimal(qty, unit_scale), 'released', decimal(lock.qty - qty, unit_scale) }) do
+  fields[#fields + 1] = v
+end
+emit('commit', rec, before, fields)
 
 local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })
 return idem_store(idem_key, fingerprint, reply, idem_retention)

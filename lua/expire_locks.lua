@@ -4,12 +4,14 @@
 --
 -- KEYS[1]     the sweeper's due index
 -- KEYS[2..5]  the record: stock, locks, exp, ended
+-- KEYS[6]     the lifecycle event stream
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     tombstone retention ms
 --
 -- Returns the number of locks that expired.
 
 local due_key = KEYS[1]
+EVENTS_KEY = KEYS[6]
 local rec = record_at(2, ARGV[1])
 local now = now_ms()
 local expired, expired_sum = find_expired(rec, now)

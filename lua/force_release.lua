@@ -7,6 +7,7 @@
 -- KEYS[3]          the request's hash
 -- KEYS[4]          the audit stream
 -- KEYS[5 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[last]       the lifecycle event stream
 -- ARGV[1]  fingerprint
 -- ARGV[2]  approver
 -- ARGV[3]  mode: 'approve' (two-person rule) or 'policy' (stale locks, single step)
@@ -28,6 +29,7 @@ local idem_key, due_key, request_key, audit_key = KEYS[1], KEYS[2], KEYS[3], KEY
 local fingerprint, approver, mode, comment = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local count = (#ARGV - 9) / 3
+EVENTS_KEY = KEYS[#KEYS]
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then
@@ -57,10 +59,15 @@ for k = 0, count - 1 do
   local lock_id = rec.id .. '|' .. token .. '-' .. nonce
   local lock = find_lock(rec, token, nonce, now)
   if lock then
+    local before = stored_available(rec)
     end_lock(rec, token, 'F', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
     refresh_due(due_key, rec)
+    local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
+    fields[#fields + 1] = 'actor'
+    fields[#fields + 1] = approver
+    emit('force_release', rec, before, fields)
     released[#released + 1] = lock_id
     reply[#reply + 1] = '1'
   else

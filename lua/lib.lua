@@ -116,6 +116,48 @@ local function available_of(s, locked)
   return s.physical - locked - s.reserved + s.in_transit
 end
 
+-- The lifecycle event stream (an outbox). A writing script sets EVENTS_KEY
+-- from its KEYS; every change it makes then appends one event, in the same
+-- atomic step, so an event exists if and only if its change happened.
+local EVENTS_KEY = nil
+
+-- Available by the stored figures (floored at zero), for events.
+local function stored_available(rec)
+  local s = read_stock(rec)
+  return math.max(available_of(s, s.locked), 0)
+end
+
+-- Appends an event about `rec`: the action, the record's figures after the
+-- change, `available_before`, and `fields` (a flat name, value list).
+local function emit(action, rec, available_before, fields)
+  if not EVENTS_KEY then
+    return
+  end
+  local at = string.find(rec.id, '|', 1, true)
+  local s = read_stock(rec)
+  local scale = s.unit_scale
+  local event = {
+    'action', action, 'sku', string.sub(rec.id, 1, at - 1), 'warehouse_id', string.sub(rec.id, at + 1),
+    'available_before', decimal(available_before, scale),
+    'available', decimal(math.max(available_of(s, s.locked), 0), scale),
+    'locked', decimal(s.locked, scale), 'physical', decimal(s.physical, scale),
+    'reserved', decimal(s.reserved, scale), 'in_transit', decimal(s.in_transit, scale),
+    'version', fmt(s.version),
+  }
+  for _, v in ipairs(fields) do
+    event[#event + 1] = v
+  end
+  redis.call('XADD', EVENTS_KEY, '*', unpack(event))
+end
+
+-- The event fields that describe one lock.
+local function lock_fields(rec, token, l, unit_scale)
+  return {
+    'lock_id', rec.id .. '|' .. token .. '-' .. l.nonce, 'fencing_token', tostring(token),
+    'quantity', decimal(l.qty, unit_scale), 'holder', l.holder, 'order_id', l.order_id,
+  }
+end
+
 -- Keeps tombstones of ended locks for `retention` ms, so a late Renew or
 -- Release learns what happened instead of a bare "not found".
 local function end_lock(rec, token, mark, now, retention)
@@ -126,16 +168,26 @@ local function end_lock(rec, token, mark, now, retention)
   redis.call('PEXPIRE', rec.ended, retention)
 end
 
--- Returns expired locks' quantity to the record (the write half of find_expired).
+-- Returns expired locks' quantity to the record (the write half of
+-- find_expired), with one `expire` event per lock.
 local function drop_expired(rec, tokens, sum, now, retention)
-  if #tokens == 0 then
-    return
-  end
   for _, token in ipairs(tokens) do
+    local packed = redis.call('HGET', rec.locks, token)
+    local before = stored_available(rec)
     end_lock(rec, token, 'E', now, retention)
+    if packed then
+      local l = unpack_lock(packed)
+      redis.call('HINCRBY', rec.stock, 'locked', -l.qty)
+      redis.call('HINCRBY', rec.stock, 'version', 1)
+      emit('expire', rec, before, lock_fields(rec, token, l, read_stock(rec).unit_scale))
+    end
   end
-  redis.call('HINCRBY', rec.stock, 'locked', -sum)
-  redis.call('HINCRBY', rec.stock, 'version', 1)
+end
+
+-- Drops the record's expired locks now: every write starts from live figures.
+local function settle(rec, now, retention)
+  local expired, expired_sum = find_expired(rec, now)
+  drop_expired(rec, expired, expired_sum, now, retention)
 end
 
 -- Points the sweeper's due index at the record's earliest expiry.

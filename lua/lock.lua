@@ -3,8 +3,9 @@
 -- KEYS[1]          idempotency record of this request
 -- KEYS[2]          the sweeper's due index
 -- KEYS[3 + 4k ..]  line k's record: stock, locks, exp, ended
--- KEYS[last]       the batch record, only when ARGV[6] (batch_id) is set; it holds
+-- KEYS[last - 1]   the batch record, only when ARGV[6] (batch_id) is set; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
+-- KEYS[last]       the lifecycle event stream
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -33,6 +34,7 @@ local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
 local idem_retention, tomb_retention = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nonce = ARGV[9]
 local line_count = (#ARGV - 9) / 3
+EVENTS_KEY = KEYS[#KEYS]
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then
@@ -84,6 +86,11 @@ for _, line in ipairs(lines) do
   }))
   redis.call('ZADD', rec.exp, expires, token)
   refresh_due(due_key, rec)
+  local fields = lock_fields(rec, token, { qty = line.qty, nonce = nonce, holder = holder, order_id = order_id }, line.stock.unit_scale)
+  for _, v in ipairs({ 'expires_at', fmt(expires), 'batch_id', batch_id }) do
+    fields[#fields + 1] = v
+  end
+  emit('lock', rec, math.max(line.available, 0), fields)
   -- A batch may name the same record only once, so `available` is exact per line.
   for _, v in ipairs({ token, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)
@@ -93,7 +100,7 @@ end
 
 if batch_id ~= '' then
   -- The batch lists its locks so Renew and Release can address them by batch_id.
-  redis.call('SET', KEYS[#KEYS], holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
+  redis.call('SET', KEYS[#KEYS - 1], holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
 end
 
 return idem_store(idem_key, fingerprint, reply, idem_retention)

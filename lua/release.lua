@@ -5,6 +5,7 @@
 -- KEYS[1]          idempotency record of this request
 -- KEYS[2]          the sweeper's due index
 -- KEYS[3 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[last]       the lifecycle event stream
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  idempotency retention ms
@@ -22,6 +23,7 @@ local idem_key, due_key = KEYS[1], KEYS[2]
 local fingerprint, holder = ARGV[1], ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = (#ARGV - 4) / 3
+EVENTS_KEY = KEYS[#KEYS]
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then
@@ -50,9 +52,12 @@ for _, item in ipairs(items) do
   local outcome, qty = 'ALREADY_RELEASED', 0
   if item.lock then
     outcome, qty = 'RELEASED', item.lock.qty
+    settle(rec, now, tomb_retention)
+    local before = stored_available(rec)
     end_lock(rec, item.token, 'R', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
+    emit('release', rec, before, lock_fields(rec, item.token, item.lock, tonumber(unit_scale)))
   elseif item.why == 'LOCK_FORCE_RELEASED' then
     outcome = 'FORCE_RELEASED'
   elseif item.why == 'LOCK_EXPIRED' then

@@ -4,6 +4,7 @@
 -- KEYS[1]          idempotency record of this request
 -- KEYS[2]          the sweeper's due index
 -- KEYS[3 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[last]       the lifecycle event stream
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder
 -- ARGV[3]  ttl ms, or 0 for each lock's own ttl
@@ -25,6 +26,7 @@ local fingerprint, holder = ARGV[1], ARGV[2]
 local ttl_override = tonumber(ARGV[3])
 local idem_retention, tomb_retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 local count = (#ARGV - 5) / 3
+EVENTS_KEY = KEYS[#KEYS]
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then
@@ -53,6 +55,10 @@ for k = 0, count - 1 do
     end
     redis.call('ZADD', rec.exp, expires, token)
     refresh_due(due_key, rec)
+    local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
+    fields[#fields + 1] = 'expires_at'
+    fields[#fields + 1] = fmt(expires)
+    emit('renew', rec, stored_available(rec), fields)
     renewed = renewed + 1
     for _, v in ipairs({ 'OK', fmt(expires), capped }) do
       reply[#reply + 1] = v

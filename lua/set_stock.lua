@@ -6,7 +6,8 @@
 -- KEYS[5]     the SKU's set of warehouses
 -- KEYS[6]     the sweeper's due index
 -- KEYS[7]     the audit stream
--- KEYS[8]     idempotency record, only when the request has a request_id
+-- KEYS[8]     the lifecycle event stream
+-- KEYS[9]     idempotency record, only when the request has a request_id
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
@@ -29,7 +30,8 @@
 -- reports available 0 and the shortfall as oversold.
 
 local rec = record_at(1, ARGV[10])
-local whs_key, due_key, audit_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local whs_key, due_key, audit_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[9]
+EVENTS_KEY = KEYS[8]
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint = ARGV[7]
@@ -42,6 +44,10 @@ end
 
 local now = now_ms()
 local s = read_stock(rec)
+local available_before = 0
+if s then
+  available_before = math.max(available_of(s, s.locked), 0)
+end
 local before = { physical = 'none', reserved = 'none', in_transit = 'none', unit_scale = 'none' }
 if s then
   for _, f in ipairs({ 'physical', 'reserved', 'in_transit' }) do
@@ -66,6 +72,7 @@ else
   redis.call('SADD', whs_key, ARGV[6])
 end
 
+emit('stock.set', rec, available_before, { 'source_version', fmt(source_version) })
 audit(audit_key, ARGV[12], {
   'action', 'stock.set', 'actor', ARGV[11], 'sku', ARGV[14], 'warehouse_id', ARGV[6], 'request_id', ARGV[13],
   'd.physical', before.physical .. ' -> ' .. decimal(tonumber(physical), unit_scale),

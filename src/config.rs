@@ -148,6 +148,10 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_FORCE_UNLOCK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub force_unlock_ttl: Duration,
 
+    /// Most lifecycle events kept in the event stream; older ones are trimmed.
+    #[arg(long, env = "STOCKLOCK_EVENTS_MAX_LEN", default_value_t = 1_000_000)]
+    pub events_max_len: u64,
+
     /// Most audit events kept; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
     pub audit_max_events: u64,

@@ -7,6 +7,7 @@
 
 mod admin;
 mod error;
+mod events;
 mod ids;
 mod quantity;
 mod store;
@@ -15,6 +16,7 @@ pub use admin::{
     AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, LockStats,
 };
 pub use error::{Error, LockEnd, Shortage};
+pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition};
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
 };

@@ -17,9 +17,9 @@ pub use self::admin::AdminApi;
 pub use self::status::ERROR_DOMAIN;
 use crate::auth::Principal;
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, Error, Holder, LockCommand, LockFilter, LockId, LockLine, LockTarget,
-    OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SetStockCommand, Signed, Sku,
-    StockStore, UnitScale, WarehouseId,
+    AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, EventId, Holder, LifecycleEvent, LockCommand,
+    LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId,
+    ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -49,12 +49,14 @@ pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 pub struct InventoryApi<S> {
     store: Arc<S>,
     limits: Limits,
+    events: EventHub,
 }
 
 impl<S> InventoryApi<S> {
-    /// The service over `store`, validating requests against `limits`.
-    pub fn new(store: Arc<S>, limits: Limits) -> Self {
-        Self { store, limits }
+    /// The service over `store`, validating requests against `limits`;
+    /// watchers follow `events`.
+    pub fn new(store: Arc<S>, limits: Limits, events: EventHub) -> Self {
+        Self { store, limits, events }
     }
 
     fn ttl(&self, ttl: Option<&prost_types::Duration>, field: &str) -> Result<Option<Duration>, Error> {
@@ -165,8 +167,153 @@ fn signed_or_zero(text: &str, field: &str) -> Result<Signed, Error> {
     if text.is_empty() { Ok(Signed::ZERO) } else { Signed::parse(text, field) }
 }
 
+/// How many events a watcher may fall behind before it is told to catch up.
+const WATCH_BUFFER: usize = 256;
+
+/// An event as a watcher sees it.
+fn availability_event(event: &LifecycleEvent) -> pb::AvailabilityEvent {
+    pb::AvailabilityEvent {
+        event_id: event.id.to_string(),
+        at: Some(convert::timestamp(event.id.ms as i64)),
+        action: event.field("action").to_owned(),
+        sku: event.field("sku").to_owned(),
+        warehouse_id: event.field("warehouse_id").to_owned(),
+        available: event.field("available").to_owned(),
+        available_before: event.field("available_before").to_owned(),
+        locked: event.field("locked").to_owned(),
+        physical: event.field("physical").to_owned(),
+        reserved: event.field("reserved").to_owned(),
+        in_transit: event.field("in_transit").to_owned(),
+        version: event.field("version").parse().unwrap_or_default(),
+        lock_id: event.field("lock_id").to_owned(),
+        fencing_token: event.field("fencing_token").parse().unwrap_or_default(),
+        quantity: event.field("quantity").to_owned(),
+        holder: event.field("holder").to_owned(),
+        order_id: event.field("order_id").to_owned(),
+    }
+}
+
+/// Follows the event stream for `records` from `from` into `tx`: reads what
+/// it missed from Redis, then takes new events from the hub, going back to
+/// Redis whenever it falls behind. Returns when the watcher disconnects.
+async fn follow<S: StockStore>(
+    store: Arc<S>,
+    mut hub: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
+    records: std::collections::HashSet<(String, String)>,
+    mut from: EventId,
+    tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let wanted =
+        |e: &LifecycleEvent| records.contains(&(e.field("sku").to_owned(), e.field("warehouse_id").to_owned()));
+    loop {
+        // Catch up from Redis.
+        loop {
+            let batch = match store.events_after(from, 500).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let done = batch.len() < 500;
+            for event in batch {
+                from = event.id;
+                if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        // Then live, until the hub says we fell behind.
+        loop {
+            match hub.recv().await {
+                Ok(event) if event.id <= from => {}
+                Ok(event) => {
+                    from = event.id;
+                    if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => {
+                    let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume elsewhere"))).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<S: StockStore> InventoryService for InventoryApi<S> {
+    type WatchAvailabilityStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AvailabilityEvent, Status>>;
+
+    async fn watch_availability(
+        &self,
+        request: Request<pb::WatchAvailabilityRequest>,
+    ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
+        let r = request.into_inner();
+        if r.keys.is_empty() || r.keys.len() > self.limits.max_ids_per_call {
+            let message = format!("has {} pairs; it must have 1 to {}", r.keys.len(), self.limits.max_ids_per_call);
+            return Err(Error::invalid("keys", message).into());
+        }
+        let records = r
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| record_key(&k.sku, &k.warehouse_id, &format!("keys[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Subscribe before reading anything, so nothing falls between.
+        let hub = self.events.subscribe();
+        let position = self.store.event_position().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER + records.len());
+        let from = if r.after_event_id.is_empty() {
+            // A snapshot of each record, stamped with the newest event id.
+            let views = self.store.get_stock(&records).await?;
+            for view in views.iter().flatten() {
+                let record = convert::record(view);
+                let event = pb::AvailabilityEvent {
+                    event_id: position.last.to_string(),
+                    action: "snapshot".into(),
+                    sku: record.sku,
+                    warehouse_id: record.warehouse_id,
+                    available: record.available.clone(),
+                    available_before: record.available,
+                    locked: record.locked,
+                    physical: record.physical,
+                    reserved: record.reserved,
+                    in_transit: record.in_transit,
+                    version: record.version,
+                    ..Default::default()
+                };
+                // The channel has room for every snapshot: this cannot wait.
+                let _ = tx.send(Ok(event)).await;
+            }
+            position.last
+        } else {
+            let after = EventId::parse(&r.after_event_id).ok_or_else(|| {
+                Error::invalid("after_event_id", "is not an event id received from WatchAvailability")
+            })?;
+            if after < position.trimmed_through {
+                return Err(Error::invalid(
+                    "after_event_id",
+                    format!(
+                        "is older than the retained events (trimmed through {}); start again without it",
+                        position.trimmed_through
+                    ),
+                )
+                .into());
+            }
+            after
+        };
+        let wanted = records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
+        tokio::spawn(follow(self.store.clone(), hub, wanted, from, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::SetStockResponse>, Status> {
         let principal = principal(&request);
         let r = request.into_inner();

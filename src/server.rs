@@ -14,7 +14,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth::{Access, AccessLayer, Authenticator};
 use crate::config::ServeConfig;
-use crate::domain::{Error, StockStore};
+use crate::domain::{Error, EventHub, StockStore};
 use crate::embedded_redis::EmbeddedRedis;
 use crate::grpc::admin::ForceUnlockPolicy;
 use crate::grpc::{AdminApi, InventoryApi};
@@ -115,7 +115,13 @@ pub async fn run(
         tokio::spawn(maintain_access(access.clone(), stop_rx.clone())),
     ];
 
-    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits()))
+    let events = EventHub::new(4096);
+    let tailer = {
+        let (store, events, stop) = (store.clone(), events.clone(), stop_rx.clone());
+        let max_len = config.events_max_len;
+        tokio::spawn(async move { store.tail_events(events, max_len, stop).await })
+    };
+    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events))
         .max_decoding_message_size(config.max_request_bytes);
     let policy = ForceUnlockPolicy {
         stale_threshold: config.stale_threshold,
@@ -160,7 +166,7 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
-    for task in tasks {
+    for task in tasks.into_iter().chain([tailer]) {
         let _ = task.await;
     }
     tracing::info!("stocklock stopped");

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    BatchId, Error, Holder, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock, Signed, Sku, UnitScale,
-    WarehouseId,
+    BatchId, Error, EventId, Holder, LifecycleEvent, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock,
+    Signed, Sku, StreamPosition, UnitScale, WarehouseId,
 };
 
 /// A stock record's figures, counting only live locks.
@@ -349,6 +349,14 @@ pub trait StockStore: Send + Sync + 'static {
     /// Returns the stock of locks that expired up to now to availability,
     /// visiting at most `max_records` records; the number of locks expired.
     fn sweep_expired(&self, max_records: usize) -> impl Future<Output = Result<usize, Error>> + Send;
+    /// Events after `after`, oldest first, at most `count`.
+    fn events_after(
+        &self,
+        after: EventId,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<LifecycleEvent>, Error>> + Send;
+    /// Where the lifecycle event stream stands.
+    fn event_position(&self) -> impl Future<Output = Result<StreamPosition, Error>> + Send;
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -8,6 +8,8 @@
 
 mod admin;
 mod decode;
+mod events;
+mod ingest;
 mod keys;
 mod scripts;
 
@@ -21,10 +23,10 @@ use redis::{RedisError, ScriptInvocation};
 use self::decode::{Reply, malformed};
 pub use self::keys::{Keys, RecordKeys};
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, Granted, LockCommand, LockEnd, LockFilter,
-    LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem, ReleaseKind,
-    ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome, Shortage, Signed,
-    Sku, StockStore, StockView, UnitScale, WarehouseId, format_scaled, new_nonce,
+    AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, EventId, Granted, LifecycleEvent, LockCommand,
+    LockEnd, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem,
+    ReleaseKind, ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome,
+    Shortage, Signed, Sku, StockStore, StockView, StreamPosition, UnitScale, WarehouseId, format_scaled, new_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -54,6 +56,8 @@ type RecordSnapshot = (HashMap<String, String>, Vec<(String, f64)>, Option<u32>,
 pub struct RedisStore {
     /// Multiplexed: one connection carries every concurrent call, pipelined.
     conn: ConnectionManager,
+    /// For the dedicated connections of blocking reads.
+    client: redis::Client,
     keys: Keys,
     timeout: Duration,
     max_hold_ms: u64,
@@ -72,9 +76,10 @@ impl RedisStore {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = bounded(settings.timeout * 4, ConnectionManager::new_with_config(client, config)).await?;
+        let conn = bounded(settings.timeout * 4, ConnectionManager::new_with_config(client.clone(), config)).await?;
         let store = Self {
             conn,
+            client,
             keys: Keys::new(&settings.key_prefix),
             timeout: settings.timeout,
             max_hold_ms: millis(settings.max_hold),
@@ -94,6 +99,15 @@ impl RedisStore {
             self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
         }
         Ok(())
+    }
+
+    /// A connection of its own for blocking reads of up to `block`.
+    async fn blocking_connection(&self, block: Duration) -> Result<ConnectionManager, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(block + self.timeout))
+            .set_number_of_retries(2);
+        bounded(self.timeout * 4, ConnectionManager::new_with_config(self.client.clone(), config)).await
     }
 
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
@@ -303,7 +317,10 @@ impl StockStore for RedisStore {
 
         let mut inv = scripts::SET_STOCK.prepare_invoke();
         self.add_record(&mut inv, &cmd.record);
-        inv.key(self.keys.warehouses(&cmd.record.sku)).key(self.keys.due()).key(self.keys.audit());
+        inv.key(self.keys.warehouses(&cmd.record.sku))
+            .key(self.keys.due())
+            .key(self.keys.audit())
+            .key(self.keys.events());
         if let Some(request_id) = &cmd.request_id {
             inv.key(self.keys.idempotency("set_stock", request_id));
         }
@@ -352,6 +369,7 @@ impl StockStore for RedisStore {
         self.add_record(&mut inv, &cmd.record);
         inv.key(self.keys.idempotency("adjust_stock", &cmd.request_id))
             .key(self.keys.audit())
+            .key(self.keys.events())
             .arg(&fp)
             .arg(self.retention_ms);
         for delta in &deltas {
@@ -447,6 +465,7 @@ impl StockStore for RedisStore {
         if let Some(batch) = &cmd.batch_id {
             inv.key(self.keys.batch(batch));
         }
+        inv.key(self.keys.events());
         inv.arg(&fp)
             .arg(&ttl_ms)
             .arg(self.max_hold_ms)
@@ -548,6 +567,7 @@ impl StockStore for RedisStore {
         for id in &ids {
             self.add_record(&mut inv, &id.record);
         }
+        inv.key(self.keys.events());
         inv.arg(&fp).arg(cmd.holder.as_str()).arg(&ttl_ms).arg(self.retention_ms).arg(self.retention_ms);
         for args in &lock_args {
             inv.arg(&args[..]);
@@ -587,6 +607,7 @@ impl StockStore for RedisStore {
         for id in &ids {
             self.add_record(&mut inv, &id.record);
         }
+        inv.key(self.keys.events());
         inv.arg(&fp).arg(holder).arg(self.retention_ms).arg(self.retention_ms);
         for args in &lock_args {
             inv.arg(&args[..]);
@@ -631,6 +652,7 @@ impl StockStore for RedisStore {
         let mut inv = scripts::COMMIT.prepare_invoke();
         inv.key(self.keys.idempotency("commit", &cmd.request_id)).key(self.keys.due());
         self.add_record(&mut inv, &id.record);
+        inv.key(self.keys.events());
         inv.arg(&fp)
             .arg(holder)
             .arg(&mantissa)
@@ -773,11 +795,19 @@ impl StockStore for RedisStore {
             let mut inv = scripts::EXPIRE_LOCKS.prepare_invoke();
             inv.key(self.keys.due());
             self.add_record(&mut inv, &record);
-            inv.arg(&id).arg(self.retention_ms);
+            inv.key(self.keys.events()).arg(&id).arg(self.retention_ms);
             let count: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
             expired += count;
         }
         Ok(expired)
+    }
+
+    async fn events_after(&self, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
+        self.read_events_after(after, count).await
+    }
+
+    async fn event_position(&self) -> Result<StreamPosition, Error> {
+        self.read_event_position().await
     }
 
     async fn ping(&self) -> Result<(), Error> {

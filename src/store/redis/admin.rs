@@ -206,6 +206,7 @@ impl AdminStore for RedisStore {
         for item in &request.items {
             self.add_record(&mut inv, &item.lock_id.record);
         }
+        inv.key(self.keys.events());
         inv.arg(&fp)
             .arg(approver)
             .arg(mode)

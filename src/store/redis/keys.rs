@@ -58,6 +58,11 @@ impl Keys {
         format!("{}:audit", self.prefix)
     }
 
+    /// The lifecycle event stream: one event per change, written by the change.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     /// The list of a batch's locks.
     pub fn batch(&self, batch_id: &BatchId) -> String {
         format!("{}:batch:{batch_id}", self.prefix)

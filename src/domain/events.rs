@@ -1,0 +1,93 @@
+//! The lifecycle event stream as the service reads it: events, their
+//! positions, and the hub that fans newly appended events out to watchers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// One entry of the lifecycle event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// The stream entry id, `<ms>-<seq>`.
+    pub id: EventId,
+    /// Its fields: action, sku, warehouse_id, available, ... (see lua/lib.lua `emit`).
+    pub fields: BTreeMap<String, String>,
+}
+
+impl LifecycleEvent {
+    /// A field, or "" when absent.
+    pub fn field(&self, name: &str) -> &str {
+        self.fields.get(name).map_or("", String::as_str)
+    }
+}
+
+/// A stream entry id, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    /// Redis time in ms.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// Parses `<ms>-<seq>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Where the stream stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The newest id ever appended (0-0 for a new stream).
+    pub last: EventId,
+    /// Events up to this id were trimmed away; resuming before it would miss some.
+    pub trimmed_through: EventId,
+}
+
+/// Fans newly appended events out to every watcher of this process.
+#[derive(Clone)]
+pub struct EventHub {
+    sender: broadcast::Sender<Arc<LifecycleEvent>>,
+}
+
+impl EventHub {
+    /// A hub that buffers `capacity` events per slow watcher before it lags.
+    pub fn new(capacity: usize) -> Self {
+        Self { sender: broadcast::channel(capacity).0 }
+    }
+
+    /// Delivers an event to the current watchers.
+    pub fn publish(&self, event: LifecycleEvent) {
+        // No watcher is not an error.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    /// A new watcher's receiver: it sees events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LifecycleEvent>> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_order_like_redis() {
+        let a = EventId::parse("1700000000000-9").unwrap();
+        let b = EventId::parse("1700000000001-0").unwrap();
+        assert!(a < b);
+        assert_eq!(a.to_string(), "1700000000000-9");
+        assert!(EventId::parse("17-x").is_none());
+    }
+}

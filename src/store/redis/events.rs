@@ -1,0 +1,168 @@
+//! The lifecycle event stream on Redis: reading it, tailing it into the
+//! [`EventHub`], and trimming it to its configured length.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+
+use super::decode::malformed;
+use super::{RedisStore, bounded};
+use crate::domain::{Error, EventHub, EventId, LifecycleEvent, StreamPosition};
+
+/// How long one blocking read of the tailer waits for new events.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Most events one read returns.
+const BATCH: usize = 1000;
+
+pub(super) fn parse_entries(entries: Vec<(String, Vec<String>)>) -> Result<Vec<LifecycleEvent>, Error> {
+    entries
+        .into_iter()
+        .map(|(id, flat)| {
+            let id = EventId::parse(&id).ok_or_else(|| malformed("a bad event id"))?;
+            let mut fields = BTreeMap::new();
+            let mut pairs = flat.into_iter();
+            while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+                fields.insert(name, value);
+            }
+            Ok(LifecycleEvent { id, fields })
+        })
+        .collect()
+}
+
+impl RedisStore {
+    pub(super) async fn read_events_after(&self, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, Vec<String>)> = self
+            .bounded(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.events())
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        parse_entries(entries)
+    }
+
+    pub(super) async fn read_event_position(&self) -> Result<StreamPosition, Error> {
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::Value, Error> =
+            self.bounded(redis::cmd("XINFO").arg("STREAM").arg(self.keys.events()).query_async(&mut conn)).await;
+        let info = match reply {
+            Ok(info) => info,
+            // No stream yet: nothing was ever appended or trimmed.
+            Err(Error::Internal { detail }) if detail.contains("no such key") => {
+                return Ok(StreamPosition { last: EventId::default(), trimmed_through: EventId::default() });
+            }
+            Err(e) => return Err(e),
+        };
+        let pairs: Vec<(String, redis::Value)> = match info {
+            redis::Value::Map(map) => {
+                map.into_iter().filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v))).collect()
+            }
+            redis::Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|kv| redis::from_redis_value::<String>(kv[0].clone()).ok().map(|k| (k, kv[1].clone())))
+                .collect(),
+            _ => return Err(malformed("an XINFO reply that is not a map")),
+        };
+        let id = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+                .and_then(|s| EventId::parse(&s))
+                .unwrap_or_default()
+        };
+        let number = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<u64>(v.clone()).ok())
+                .unwrap_or(0)
+        };
+        // Trimming (unlike XDEL) leaves max-deleted-entry-id alone: when
+        // entries were removed, everything before the first kept one is gone.
+        let removed = number("entries-added") > number("length");
+        let first = id("recorded-first-entry-id");
+        let trimmed_through = match (removed, first) {
+            (false, _) => EventId::default(),
+            (true, EventId { ms, seq: 0 }) => EventId { ms: ms.saturating_sub(1), seq: u64::MAX },
+            (true, EventId { ms, seq }) => EventId { ms, seq: seq - 1 },
+        };
+        let trimmed_through = trimmed_through.max(id("max-deleted-entry-id"));
+        Ok(StreamPosition { last: id("last-generated-id"), trimmed_through })
+    }
+
+    /// Tails the event stream into `hub` until `stop`, on its own connection
+    /// (a blocking read would stall every call sharing the main one), and
+    /// trims the stream to about `max_len` events.
+    pub async fn tail_events(&self, hub: EventHub, max_len: u64, mut stop: watch::Receiver<bool>) {
+        let mut conn: Option<ConnectionManager> = None;
+        let mut last = None;
+        let mut trimmed_at = tokio::time::Instant::now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let result = async {
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => conn.insert(self.blocking_connection(BLOCK).await?),
+                };
+                let from = match last {
+                    Some(id) => id,
+                    None => *last.insert(self.read_event_position().await?.last),
+                };
+                let reply: Option<Vec<(String, Vec<(String, Vec<String>)>)>> = bounded(
+                    BLOCK + self.timeout,
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .arg("BLOCK")
+                        .arg(BLOCK.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(self.keys.events())
+                        .arg(from.to_string())
+                        .query_async(conn),
+                )
+                .await?;
+                for (_, entries) in reply.unwrap_or_default() {
+                    for event in parse_entries(entries)? {
+                        last = Some(event.id);
+                        hub.publish(event);
+                    }
+                }
+                if trimmed_at.elapsed() > Duration::from_secs(1) {
+                    trimmed_at = tokio::time::Instant::now();
+                    let mut main = self.conn.clone();
+                    let _: i64 = self
+                        .bounded(
+                            redis::cmd("XTRIM")
+                                .arg(self.keys.events())
+                                .arg("MAXLEN")
+                                .arg("~")
+                                .arg(max_len)
+                                .query_async(&mut main),
+                        )
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "event stream tailer: retrying");
+                conn = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}

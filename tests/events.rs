@@ -1,0 +1,214 @@
+//! The lifecycle event stream: one event per change, written by the change,
+//! and watchers that resume without gaps.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use stocklock::pb;
+
+/// Every event in the stream, oldest first, as (id, fields).
+async fn events(svc: &TestService) -> Vec<(String, HashMap<String, String>)> {
+    let mut conn = svc.redis_conn().await;
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    entries
+        .into_iter()
+        .map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()))
+        .collect()
+}
+
+fn actions(events: &[(String, HashMap<String, String>)]) -> Vec<String> {
+    events.iter().map(|(_, f)| f["action"].clone()).collect()
+}
+
+#[tokio::test]
+async fn every_change_appends_exactly_one_event_with_its_figures() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "50ms"]).await;
+    svc.stock("S", "W", "10").await;
+    let mut client = svc.client.clone();
+    let a = svc.lock("S", "W", "3", "r1").await.unwrap().lock.unwrap();
+    client
+        .renew(pb::RenewRequest {
+            lock_ids: vec![a.lock_id.clone()],
+            holder: "order-service".into(),
+            request_id: "rn".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .commit(pb::CommitRequest {
+            lock_id: a.lock_id.clone(),
+            quantity: "2".into(),
+            request_id: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let b = svc.lock("S", "W", "4", "r2").await.unwrap().lock.unwrap();
+    svc.release(&b.lock_id, "rel").await.unwrap();
+    let mut short = lock_request("S", "W", "1", "r3");
+    short.ttl = millis(100);
+    let c = client.lock(short).await.unwrap().into_inner().lock.unwrap();
+    client
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "S".into(),
+            warehouse_id: "W".into(),
+            reserved_delta: "1".into(),
+            request_id: "adj".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Failed and replayed calls add nothing.
+    svc.lock("S", "W", "100", "r4").await.unwrap_err();
+    svc.lock("S", "W", "3", "r1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let all = events(&svc).await;
+    assert_eq!(
+        actions(&all),
+        ["stock.set", "lock", "renew", "commit", "lock", "release", "lock", "stock.adjust", "expire"],
+        "{all:#?}"
+    );
+    let field = |i: usize, name: &str| all[i].1[name].clone();
+    assert_eq!(
+        (field(1, "lock_id"), field(1, "available_before"), field(1, "available")),
+        (a.lock_id.clone(), "10".into(), "7".into())
+    );
+    assert_eq!(
+        (field(1, "holder"), field(1, "order_id"), field(1, "quantity")),
+        ("order-service".into(), "order-r1".into(), "3".into())
+    );
+    assert_eq!(field(1, "fencing_token"), a.fencing_token.to_string());
+    assert_eq!(
+        (field(3, "committed"), field(3, "released"), field(3, "physical"), field(3, "available")),
+        ("2".into(), "1".into(), "8".into(), "8".into())
+    );
+    assert_eq!((field(5, "lock_id"), field(5, "available")), (b.lock_id.clone(), "8".into()));
+    assert_eq!((field(7, "reserved"), field(7, "available")), ("1".into(), "6".into()));
+    assert_eq!(
+        (field(8, "lock_id"), field(8, "available_before"), field(8, "available")),
+        (c.lock_id, "6".into(), "7".into())
+    );
+    // Versions of one record increase along the stream with every change of
+    // its figures (a renewal moves an expiry, not a figure).
+    let versions: Vec<(String, u64)> =
+        all.iter().map(|(_, f)| (f["action"].clone(), f["version"].parse().unwrap())).collect();
+    for w in versions.windows(2) {
+        if w[1].0 == "renew" {
+            assert_eq!(w[0].1, w[1].1, "{versions:?}");
+        } else {
+            assert!(w[0].1 < w[1].1, "{versions:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
+    let svc = start().await;
+    svc.stock("A", "W", "5").await;
+    svc.stock("B", "W", "5").await;
+    let batch = pb::BatchLockRequest {
+        lines: vec![
+            pb::BatchLockLine { sku: "A".into(), warehouse_id: "W".into(), quantity: "1".into() },
+            pb::BatchLockLine { sku: "B".into(), warehouse_id: "W".into(), quantity: "2".into() },
+        ],
+        ttl: secs(60),
+        order_id: "o".into(),
+        request_id: "b".into(),
+        holder: "h".into(),
+    };
+    let locks = svc.client.clone().batch_lock(batch).await.unwrap().into_inner();
+    let mut admin = svc.admin().await;
+    let selector = pb::LockSelector { target: Some(pb::lock_selector::Target::BatchId(locks.batch_id.clone())) };
+    let request = pb::RequestForceUnlockRequest {
+        selector: Some(selector),
+        reason: "test".into(),
+        request_id: "fu".into(),
+        operator: "alice".into(),
+    };
+    let pending = admin.request_force_unlock(request).await.unwrap().into_inner().request.unwrap();
+    let approve = pb::ApproveForceUnlockRequest {
+        id: pending.id,
+        comment: String::new(),
+        request_id: "ap".into(),
+        operator: "bob".into(),
+    };
+    admin.approve_force_unlock(approve).await.unwrap();
+    let all = events(&svc).await;
+    assert_eq!(actions(&all), ["stock.set", "stock.set", "lock", "lock", "force_release", "force_release"]);
+    assert_eq!(all[2].1["batch_id"], locks.batch_id);
+    assert_eq!(all[5].1["actor"], "bob");
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_after_a_disconnect_without_missing_a_change() {
+    let svc = start().await;
+    svc.stock("S", "W", "10").await;
+    svc.stock("OTHER", "W", "10").await;
+    let keys = vec![pb::StockKey { sku: "S".into(), warehouse_id: "W".into() }];
+    let mut stream = svc
+        .client
+        .clone()
+        .watch_availability(pb::WatchAvailabilityRequest { keys: keys.clone(), after_event_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = stream.next().await.unwrap().unwrap();
+    assert_eq!((snapshot.action.as_str(), snapshot.available.as_str()), ("snapshot", "10"));
+
+    svc.lock("OTHER", "W", "1", "x").await.unwrap();
+    let lock = svc.lock("S", "W", "3", "r1").await.unwrap().lock.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        (event.action.as_str(), event.lock_id.as_str(), event.available.as_str()),
+        ("lock", lock.lock_id.as_str(), "7")
+    );
+    drop(stream);
+
+    // Changes while disconnected.
+    svc.release(&lock.lock_id, "rel").await.unwrap();
+    svc.lock("S", "W", "5", "r2").await.unwrap();
+    let mut resumed = svc
+        .client
+        .clone()
+        .watch_availability(pb::WatchAvailabilityRequest { keys, after_event_id: event.event_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.unwrap().unwrap().unwrap();
+        seen.push((e.action, e.available));
+    }
+    assert_eq!(seen, [("release".to_owned(), "10".to_owned()), ("lock".to_owned(), "5".to_owned())]);
+    // And then live again.
+    svc.stock("S", "W", "20").await;
+    let e = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((e.action.as_str(), e.available.as_str()), ("stock.set", "15"));
+}
+
+#[tokio::test]
+async fn a_resume_point_that_was_trimmed_is_refused() {
+    let svc = start_with(&["--events-max-len", "1"]).await;
+    svc.stock("S", "W", "10").await;
+    let mut conn = svc.redis_conn().await;
+    let first: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let first_id = first[0].0.clone();
+    for i in 0..3 {
+        let lock = svc.lock("S", "W", "1", &format!("q{i}")).await.unwrap().lock.unwrap();
+        svc.release(&lock.lock_id, &format!("rel{i}")).await.unwrap();
+    }
+    let _: i64 = redis::cmd("XTRIM").arg("sl:events").arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
+    let keys = vec![pb::StockKey { sku: "S".into(), warehouse_id: "W".into() }];
+    let result =
+        svc.client.clone().watch_availability(pb::WatchAvailabilityRequest { keys, after_event_id: first_id }).await;
+    let status = expect_error(result, tonic::Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(bad_fields(&status), ["after_event_id"]);
+}
