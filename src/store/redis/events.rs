@@ -17,7 +17,10 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Most events one read returns.
 const BATCH: usize = 1000;
 
-pub(super) fn parse_entries(entries: Vec<(String, Vec<String>)>) -> Result<Vec<LifecycleEvent>, Error> {
+/// A stream entry as Redis sends it: id, then field, value, field, value...
+pub(super) type StreamEntry = (String, Vec<String>);
+
+pub(super) fn parse_entries(entries: Vec<StreamEntry>) -> Result<Vec<LifecycleEvent>, Error> {
     entries
         .into_iter()
         .map(|(id, flat)| {
@@ -119,7 +122,7 @@ impl RedisStore {
                     Some(id) => id,
                     None => *last.insert(self.read_event_position().await?.last),
                 };
-                let reply: Option<Vec<(String, Vec<(String, Vec<String>)>)>> = bounded(
+                let reply: Option<Vec<(String, Vec<StreamEntry>)>> = bounded(
                     BLOCK + self.timeout,
                     redis::cmd("XREAD")
                         .arg("COUNT")
