@@ -101,6 +101,7 @@ fn is_public(path: &str) -> bool {
 }
 
 fn is_query(path: &str) -> bool {
+    // BatchGetAvailability is also the permission of the HTTP availability query.
     matches!(
         path,
         "/stocklock.v1.InventoryService/GetAvailability" | "/stocklock.v1.InventoryService/BatchGetAvailability"
@@ -241,17 +242,26 @@ impl Access {
         self.auth.as_ref()
     }
 
-    /// Decides on one call: the principal it runs as (None with auth off), or
-    /// the error it is refused with.
     fn admit<B>(&self, request: &http::Request<B>) -> Result<Option<Principal>, Error> {
-        let path = request.uri().path();
+        self.admit_call(request.uri().path(), request.headers(), remote_ip(request))
+    }
+
+    /// Decides on one call to the gRPC method `path` (the HTTP API names the
+    /// method whose permission it needs): the principal it runs as (None with
+    /// authentication off), or the error it is refused with.
+    pub fn admit_call(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        remote: Option<IpAddr>,
+    ) -> Result<Option<Principal>, Error> {
         if is_public(path) {
             return Ok(None);
         }
         let principal = match &self.auth {
             None => None,
             Some(auth) => {
-                let principal = auth.authenticate(request.headers())?;
+                let principal = auth.authenticate(headers)?;
                 if !allowed(principal.role, path) {
                     return Err(Error::RoleNotAllowed { role: principal.role.to_string(), method: path.to_owned() });
                 }
@@ -263,7 +273,7 @@ impl Access {
         {
             let key = match &principal {
                 Some(p) => CallerKey::Principal(p.name.to_string()),
-                None => remote_ip(request).map_or(CallerKey::Unknown, CallerKey::Address),
+                None => remote.map_or(CallerKey::Unknown, CallerKey::Address),
             };
             if let Err(not_until) = limiter.check_key(&key) {
                 let retry_after = not_until.wait_time_from(DefaultClock::default().now());

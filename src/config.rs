@@ -43,6 +43,10 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// HTTP listen address: availability in JSON, probes, OpenAPI.
+    #[arg(long, env = "STOCKLOCK_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
     /// Redis URL (redis://host:port/db). Without it the service starts a
     /// private redis-server child on a free loopback port, with no
     /// persistence: for trying it out, not for production.
@@ -151,6 +155,18 @@ pub struct ServeConfig {
     /// Most lifecycle events kept in the event stream; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_EVENTS_MAX_LEN", default_value_t = 1_000_000)]
     pub events_max_len: u64,
+
+    /// Do not consume the stock-change stream on this replica.
+    #[arg(long, env = "STOCKLOCK_NO_INGEST")]
+    pub no_ingest: bool,
+
+    /// Consumer group of the stock-change stream, shared by every replica.
+    #[arg(long, env = "STOCKLOCK_INGEST_GROUP", default_value = "stocklock")]
+    pub ingest_group: String,
+
+    /// Entries another consumer left unacknowledged this long are taken over.
+    #[arg(long, env = "STOCKLOCK_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ingest_claim_idle: Duration,
 
     /// Most audit events kept; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]

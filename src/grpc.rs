@@ -4,7 +4,7 @@
 //! decide atomically.
 
 pub mod admin;
-mod convert;
+pub(crate) mod convert;
 mod status;
 
 use std::collections::HashMap;

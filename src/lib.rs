@@ -14,6 +14,7 @@
 //!   [`domain::StockStore`] port. Knows neither protobuf nor Redis.
 //! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
 //!   decoding of their replies.
+//! - [`http`]: availability in JSON for the transfer system, probes, OpenAPI.
 //! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
 //! - [`cli`]: `stocklock admin`, the operator's command line.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod embedded_redis;
 pub mod grpc;
+pub mod http;
 pub mod server;
 pub mod store;
 pub mod sweeper;

@@ -25,10 +25,8 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        stocklock::server::run(config, listener, shutdown_signal()).await?;
+        let listeners = stocklock::server::Listeners::bind(&config).await.context("binding the listeners")?;
+        stocklock::server::run(config, listeners, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,9 +19,10 @@ use crate::domain::{Error, EventHub, StockStore};
 use crate::embedded_redis::EmbeddedRedis;
 use crate::grpc::admin::ForceUnlockPolicy;
 use crate::grpc::{AdminApi, InventoryApi};
+use crate::http::HttpState;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::redis::{IngestSettings, RedisSettings, RedisStore};
 use crate::{pb, sweeper};
 
 /// How often health checks Redis.
@@ -51,13 +53,34 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Runs the service on `listener` until `shutdown` completes, then drains
+/// The sockets the service serves on.
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// HTTP: availability in JSON, probes, OpenAPI.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &ServeConfig) -> std::io::Result<Self> {
+        let bind = |addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        Ok(Self { grpc: bind(config.listen).await?, http: bind(config.http_listen).await? })
+    }
+}
+
+/// Runs the service on `listeners` until `shutdown` completes, then drains
 /// in-flight calls for up to the configured grace period.
 pub async fn run(
     config: ServeConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let Listeners { grpc: listener, http: http_listener } = listeners;
     config.validate().map_err(RunError::Config)?;
     let auth = match &config.auth_tokens {
         Some(path) => Some(Authenticator::load(path).map_err(RunError::Config)?),
@@ -96,6 +119,7 @@ pub async fn run(
     let store = RedisStore::connect(&settings).await.map_err(|source| RunError::Store { url: redact(&url), source })?;
     let store = Arc::new(store);
 
+    let ready = Arc::new(AtomicBool::new(true));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>().await;
     // v1 for current tools, v1alpha for the many that still only speak it.
@@ -109,18 +133,48 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks = [
+    let mut background = vec![
         tokio::spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch, stop_rx.clone())),
-        tokio::spawn(watch_health(store.clone(), health, stop_rx.clone())),
+        tokio::spawn(watch_health(store.clone(), health, ready.clone(), stop_rx.clone())),
         tokio::spawn(maintain_access(access.clone(), stop_rx.clone())),
     ];
 
+    if !config.no_ingest {
+        let settings = IngestSettings {
+            group: config.ingest_group.clone(),
+            consumer: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            claim_idle: config.ingest_claim_idle,
+        };
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        background.push(tokio::spawn(async move { store.consume_ingest(settings, stop).await }));
+    }
+    let http_state = HttpState {
+        store: store.clone(),
+        access: access.clone(),
+        ready: ready.clone(),
+        max_skus: config.max_ids_per_call,
+        ingest_group: config.ingest_group.clone(),
+    };
+    let http_addr = http_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+    let mut http_stop = stop_rx.clone();
+    background.push(tokio::spawn(async move {
+        let app = crate::http::router(http_state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    }));
     let events = EventHub::new(4096);
     let tailer = {
         let (store, events, stop) = (store.clone(), events.clone(), stop_rx.clone());
         let max_len = config.events_max_len;
         tokio::spawn(async move { store.tail_events(events, max_len, stop).await })
     };
+    background.push(tailer);
     let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events))
         .max_decoding_message_size(config.max_request_bytes);
     let policy = ForceUnlockPolicy {
@@ -130,7 +184,7 @@ pub async fn run(
     let admin =
         AdminServiceServer::new(AdminApi::new(store, policy)).max_decoding_message_size(config.max_request_bytes);
     let listen = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-    tracing::info!(%listen, redis = %redact(&url), "stocklock serving");
+    tracing::info!(%listen, http = %http_addr, redis = %redact(&url), "stocklock serving");
 
     let mut drain_rx = stop_rx.clone();
     let mut builder = Server::builder().tcp_nodelay(true);
@@ -166,7 +220,7 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
-    for task in tasks.into_iter().chain([tailer]) {
+    for task in background {
         let _ = task.await;
     }
     tracing::info!("stocklock stopped");
@@ -206,7 +260,12 @@ async fn maintain_access(access: Arc<Access>, mut stop: watch::Receiver<bool>) {
 
 /// Reports NOT_SERVING while Redis does not answer, and reloads the scripts
 /// before reporting SERVING again (a restarted Redis has none).
-async fn watch_health(store: Arc<RedisStore>, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+async fn watch_health(
+    store: Arc<RedisStore>,
+    health: HealthReporter,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut serving = true;
     let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
     loop {
@@ -221,6 +280,7 @@ async fn watch_health(store: Arc<RedisStore>, health: HealthReporter, mut stop: 
         };
         if ok != serving {
             serving = ok;
+            ready.store(ok, Ordering::Relaxed);
             let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
             if ok {
                 tracing::info!("Redis answers again: SERVING");
@@ -237,6 +297,7 @@ async fn watch_health(store: Arc<RedisStore>, health: HealthReporter, mut stop: 
         }
     }
     // Tell load balancers to stop sending calls while the server drains.
+    ready.store(false, Ordering::Relaxed);
     health.set_service_status("", ServingStatus::NotServing).await;
     health
         .set_service_status(

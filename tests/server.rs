@@ -45,7 +45,7 @@ async fn without_a_redis_url_the_service_embeds_its_own_redis() {
         }
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(stocklock::server::run(clap_config, listener, async {
+    let handle = tokio::spawn(stocklock::server::run(clap_config, listeners(listener).await, async {
         let _ = rx.await;
     }));
     let client: InventoryServiceClient<_> = connect(addr).await;
@@ -69,7 +69,7 @@ async fn without_a_redis_url_the_service_embeds_its_own_redis() {
 async fn an_invalid_configuration_is_refused_with_a_message() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = config("redis://127.0.0.1:1/", &["--default-ttl", "2h"]);
-    let error = stocklock::server::run(config, listener, std::future::pending()).await.unwrap_err();
+    let error = stocklock::server::run(config, listeners(listener).await, std::future::pending()).await.unwrap_err();
     assert!(error.to_string().contains("--default-ttl"), "{error}");
 }
 
@@ -78,7 +78,7 @@ async fn an_unreachable_redis_fails_start_up_quickly() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = config("redis://127.0.0.1:1/", &["--store-timeout", "200ms"]);
     let started = std::time::Instant::now();
-    let error = stocklock::server::run(config, listener, std::future::pending()).await.unwrap_err();
+    let error = stocklock::server::run(config, listeners(listener).await, std::future::pending()).await.unwrap_err();
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }

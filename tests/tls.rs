@@ -79,7 +79,7 @@ async fn mutual_tls_admits_only_clients_of_the_trusted_ca() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stocklock::server::run(config, listener, async {
+    let server = tokio::spawn(stocklock::server::run(config, listeners(listener).await, async {
         let _ = rx.await;
     }));
 

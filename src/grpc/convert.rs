@@ -24,7 +24,7 @@ pub(super) fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Dur
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-pub(super) fn record(view: &StockView) -> pb::StockRecord {
+pub(crate) fn record(view: &StockView) -> pb::StockRecord {
     let scale = view.unit_scale;
     pb::StockRecord {
         sku: view.record.sku.to_string(),
@@ -43,7 +43,7 @@ pub(super) fn record(view: &StockView) -> pb::StockRecord {
 }
 
 /// Sum of `available` over records that may differ in unit scale, exactly.
-pub(super) fn total_available<'a>(views: impl IntoIterator<Item = &'a StockView>) -> String {
+pub(crate) fn total_available<'a>(views: impl IntoIterator<Item = &'a StockView>) -> String {
     views.into_iter().map(|v| Decimal::new(v.available(), v.unit_scale.get())).sum::<Decimal>().normalize().to_string()
 }
 

@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, ScriptInvocation};
 
 use self::decode::{Reply, malformed};
+pub use self::ingest::{IngestSettings, IngestStats};
 pub use self::keys::{Keys, RecordKeys};
 use crate::domain::{
     AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, EventId, Granted, LifecycleEvent, LockCommand,

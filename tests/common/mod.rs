@@ -24,6 +24,7 @@ pub struct TestService {
     pub client: Client,
     pub redis: Option<EmbeddedRedis>,
     pub addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
     pub redis_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), stocklock::server::RunError>>>,
@@ -56,12 +57,28 @@ pub async fn serve(redis_url: &str, extra: &[&str]) -> TestService {
     let config = config(redis_url, extra);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let listeners = listeners(listener).await;
+    let http_addr = listeners.http.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::spawn(stocklock::server::run(config, listener, async {
+    let handle = tokio::spawn(stocklock::server::run(config, listeners, async {
         let _ = rx.await;
     }));
     let client = connect(addr).await;
-    TestService { client, redis: None, addr, redis_url: redis_url.to_owned(), shutdown: Some(tx), handle: Some(handle) }
+    TestService {
+        client,
+        redis: None,
+        addr,
+        http_addr,
+        redis_url: redis_url.to_owned(),
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// The gRPC listener given, and an HTTP one on a free port.
+pub async fn listeners(grpc: tokio::net::TcpListener) -> stocklock::server::Listeners {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    stocklock::server::Listeners { grpc, http }
 }
 
 pub async fn connect(addr: std::net::SocketAddr) -> Client {

@@ -63,6 +63,16 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    /// The stream warehouse systems append stock changes to.
+    pub fn ingest(&self) -> String {
+        format!("{}:ingest", self.prefix)
+    }
+
+    /// Where malformed ingestion entries go, with the reason.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:ingest:dead", self.prefix)
+    }
+
     /// The list of a batch's locks.
     pub fn batch(&self, batch_id: &BatchId) -> String {
         format!("{}:batch:{batch_id}", self.prefix)
