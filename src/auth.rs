@@ -276,6 +276,7 @@ impl Access {
                 None => remote.map_or(CallerKey::Unknown, CallerKey::Address),
             };
             if let Err(not_until) = limiter.check_key(&key) {
+                crate::metrics::METRICS.rate_limited.inc();
                 let retry_after = not_until.wait_time_from(DefaultClock::default().now());
                 return Err(Error::RateLimited { retry_after: retry_after.max(Duration::from_millis(1)) });
             }

@@ -168,6 +168,24 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ingest_claim_idle: Duration,
 
+    /// How long hourly lock-health counters are kept.
+    #[arg(long, env = "STOCKLOCK_LOCK_HEALTH_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub lock_health_retention: Duration,
+
+    /// A warehouse whose lock success rate stays under this for two
+    /// consecutive hours is reported unhealthy (metric and warning).
+    #[arg(long, env = "STOCKLOCK_HEALTH_THRESHOLD", default_value_t = 0.999)]
+    pub health_threshold: f64,
+
+    /// Hours with fewer attempts than this do not count for the health rule.
+    #[arg(long, env = "STOCKLOCK_HEALTH_MIN_ATTEMPTS", default_value_t = 10)]
+    pub health_min_attempts: u64,
+
+    /// How often the health rule and the gauges (live locks, ingestion
+    /// backlog, sweeper lag) are refreshed.
+    #[arg(long, env = "STOCKLOCK_METRICS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub metrics_refresh: Duration,
+
     /// Most audit events kept; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
     pub audit_max_events: u64,
@@ -210,6 +228,12 @@ impl ServeConfig {
             || self.key_prefix.chars().any(char::is_whitespace)
         {
             return Err(format!("--key-prefix {:?} must be non-empty, without braces or whitespace", self.key_prefix));
+        }
+        if !(0.0..=1.0).contains(&self.health_threshold) {
+            return Err(format!("--health-threshold {} must be between 0 and 1", self.health_threshold));
+        }
+        if self.metrics_refresh.is_zero() {
+            return Err("--metrics-refresh must be greater than zero".into());
         }
         if self.force_unlock_ttl.is_zero() || self.stale_threshold.is_zero() {
             return Err("--force-unlock-ttl and --stale-threshold must be greater than zero".into());

@@ -8,6 +8,7 @@
 mod admin;
 mod error;
 mod events;
+mod health;
 mod ids;
 mod quantity;
 mod store;
@@ -17,6 +18,7 @@ pub use admin::{
 };
 pub use error::{Error, LockEnd, Shortage};
 pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition};
+pub use health::{LockHealthCell, SERVICE_FAILURES, SUCCESS_TARGET, breaking_rule};
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
 };

@@ -18,8 +18,8 @@ pub use self::status::ERROR_DOMAIN;
 use crate::auth::Principal;
 use crate::domain::{
     AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, EventId, Holder, LifecycleEvent, LockCommand,
-    LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId,
-    ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
+    LockFilter, LockId, LockLine, LockOutcome, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand,
+    RequestId, ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -79,6 +79,21 @@ impl<S> InventoryApi<S> {
 
     fn lock_ttl(&self, ttl: Option<&prost_types::Duration>) -> Result<Duration, Error> {
         Ok(self.ttl(ttl, "ttl")?.unwrap_or(self.limits.default_ttl))
+    }
+
+    /// Counts each line's outcome (metrics and hourly lock health).
+    fn locked(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error>
+    where
+        S: StockStore,
+    {
+        let reason = result.as_ref().map_or_else(Error::reason, |_| "OK");
+        let outcomes: Vec<(&str, &'static str)> =
+            cmd.lines.iter().map(|l| (l.record.warehouse.as_str(), reason)).collect();
+        for (warehouse, reason) in &outcomes {
+            crate::metrics::METRICS.lock_outcome(warehouse, reason);
+        }
+        self.store.record_lock_outcomes(&outcomes);
+        result
     }
 
     /// Lock ids or a batch id, exactly one of the two.
@@ -433,7 +448,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: None,
         };
-        let outcome = self.store.lock(cmd).await?;
+        crate::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
+        let outcome = self.locked(&cmd, self.store.lock(&cmd).await)?;
         let granted = &outcome.granted[0];
         Ok(Response::new(pb::LockResponse {
             lock: Some(convert::lock(&granted.lock)),
@@ -477,7 +493,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: Some(BatchId::generate()),
         };
-        let outcome = self.store.lock(cmd).await?;
+        crate::telemetry::record_request("", "", &r.request_id);
+        let outcome = self.locked(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
             batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
             locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),

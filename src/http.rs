@@ -53,6 +53,10 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/stock/available", get(available))
         .route("/ingest/stats", get(ingest_stats))
+        .route(
+            "/metrics",
+            get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.encode()) }),
+        )
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))

@@ -15,6 +15,8 @@
 //! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
 //!   decoding of their replies.
 //! - [`http`]: availability in JSON for the transfer system, probes, OpenAPI.
+//! - [`telemetry`]: logs, OpenTelemetry traces, and RPC metrics as a tower layer.
+//! - [`metrics`]: the Prometheus metrics, served at `/metrics`.
 //! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
 //! - [`cli`]: `stocklock admin`, the operator's command line.
@@ -30,9 +32,11 @@ pub mod domain;
 pub mod embedded_redis;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod telemetry;
 
 /// Generated protobuf and gRPC code of the `stocklock.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -3,8 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use stocklock::config::{Cli, Command, LogFormat, ServeConfig};
-use tracing_subscriber::EnvFilter;
+use stocklock::config::{Cli, Command, ServeConfig};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -22,24 +21,13 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         eprintln!("stocklock: invalid configuration: {message}");
         std::process::exit(2);
     }
-    init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        let _telemetry = stocklock::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         let listeners = stocklock::server::Listeners::bind(&config).await.context("binding the listeners")?;
         stocklock::server::run(config, listeners, shutdown_signal()).await?;
         Ok(())
     })
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -139,6 +139,17 @@ pub async fn run(
         tokio::spawn(maintain_access(access.clone(), stop_rx.clone())),
     ];
 
+    {
+        let (flusher, stop, retention) = (store.clone(), stop_rx.clone(), config.lock_health_retention);
+        background.push(tokio::spawn(async move { flusher.flush_lock_health(retention, stop).await }));
+        let rule = HealthRule { threshold: config.health_threshold, min_attempts: config.health_min_attempts };
+        let refresh = Refresh {
+            every: config.metrics_refresh,
+            stale_threshold: config.stale_threshold,
+            ingest_group: config.ingest_group.clone(),
+        };
+        background.push(tokio::spawn(refresh_gauges(store.clone(), refresh, rule, stop_rx.clone())));
+    }
     if !config.no_ingest {
         let settings = IngestSettings {
             group: config.ingest_group.clone(),
@@ -194,6 +205,7 @@ pub async fn run(
         tracing::warn!("TLS is off (no --tls-cert): traffic and tokens travel in plaintext; for local use only");
     }
     let server = builder
+        .layer(crate::telemetry::ObserveLayer)
         .layer(AccessLayer::new(access))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -225,6 +237,69 @@ pub async fn run(
     }
     tracing::info!("stocklock stopped");
     Ok(result?)
+}
+
+/// The lock-health rule's settings.
+struct HealthRule {
+    threshold: f64,
+    min_attempts: u64,
+}
+
+/// What the gauge refresher reads, and how often.
+struct Refresh {
+    every: Duration,
+    stale_threshold: Duration,
+    ingest_group: String,
+}
+
+/// Keeps the gauges that need a look at Redis current, and applies the
+/// lock-health rule to the last two complete hours.
+async fn refresh_gauges(store: Arc<RedisStore>, refresh: Refresh, rule: HealthRule, mut stop: watch::Receiver<bool>) {
+    use crate::domain::{AdminStore, breaking_rule};
+    use crate::metrics::{METRICS, WarehouseLabels};
+    const HOUR_MS: i64 = 3_600_000;
+    let mut unhealthy = std::collections::BTreeSet::new();
+    let mut ticker = tokio::time::interval(refresh.every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Ok(stats) = store.lock_stats(refresh.stale_threshold).await {
+            METRICS.live_locks.set(stats.live as i64);
+            METRICS.stale_locks.set(stats.stale as i64);
+        }
+        if let Ok(stats) = store.ingest_stats(&refresh.ingest_group).await {
+            METRICS.ingest_lag.set(stats.lag.unwrap_or(0) as i64);
+            METRICS.ingest_pending.set(stats.pending as i64);
+            METRICS.ingest_dead_letters.set(stats.dead_letters as i64);
+        }
+        if let Ok(lag) = store.sweeper_lag_ms().await {
+            METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let current = now - now.rem_euclid(HOUR_MS);
+        let (earlier, later) = (current - 2 * HOUR_MS, current - HOUR_MS);
+        let cells = match (store.lock_health(earlier, earlier, None).await, store.lock_health(later, later, None).await)
+        {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => continue,
+        };
+        let breaking = breaking_rule(&cells.0, &cells.1, rule.threshold, rule.min_attempts);
+        for warehouse in breaking.difference(&unhealthy) {
+            tracing::warn!(
+                %warehouse,
+                threshold = rule.threshold,
+                "lock success rate under the health threshold for two consecutive hours"
+            );
+        }
+        for warehouse in unhealthy.union(&breaking) {
+            let value = i64::from(breaking.contains(warehouse));
+            METRICS.warehouse_unhealthy.get_or_create(&WarehouseLabels { warehouse: warehouse.clone() }).set(value);
+        }
+        unhealthy = breaking;
+    }
 }
 
 /// The server's TLS settings, read from the configured PEM files.

@@ -29,7 +29,10 @@ pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize,
         for _ in 0..MAX_ROUNDS_PER_TICK {
             match store.sweep_expired(batch).await {
                 Ok(0) => break,
-                Ok(expired) => tracing::debug!(expired, "returned expired locks to availability"),
+                Ok(expired) => {
+                    crate::metrics::METRICS.expired_locks.inc_by(expired as u64);
+                    tracing::debug!(expired, "returned expired locks to availability");
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
                     break;

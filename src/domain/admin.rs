@@ -183,6 +183,13 @@ pub trait AdminStore: StockStore {
         page_size: usize,
         page_token: Option<String>,
     ) -> impl Future<Output = Result<(Vec<AuditEvent>, Option<String>), Error>> + Send;
+    /// Hourly lock health per warehouse, for hours starting in [from_ms, to_ms].
+    fn lock_health(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        warehouse: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<crate::domain::LockHealthCell>, Error>> + Send;
     /// Counts live locks, and those older than `stale_after`.
     fn lock_stats(&self, stale_after: Duration) -> impl Future<Output = Result<LockStats, Error>> + Send;
 }

@@ -328,7 +328,7 @@ pub trait StockStore: Send + Sync + 'static {
     /// Every warehouse that has a record of `sku`.
     fn warehouses_of(&self, sku: &Sku) -> impl Future<Output = Result<Vec<WarehouseId>, Error>> + Send;
     /// Lock or BatchLock.
-    fn lock(&self, cmd: LockCommand) -> impl Future<Output = Result<LockOutcome, Error>> + Send;
+    fn lock(&self, cmd: &LockCommand) -> impl Future<Output = Result<LockOutcome, Error>> + Send;
     /// Renew.
     fn renew(&self, cmd: RenewCommand) -> impl Future<Output = Result<RenewOutcome, Error>> + Send;
     /// Release.
@@ -357,6 +357,11 @@ pub trait StockStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LifecycleEvent>, Error>> + Send;
     /// Where the lifecycle event stream stands.
     fn event_position(&self) -> impl Future<Output = Result<StreamPosition, Error>> + Send;
+    /// How long the most overdue expired lock has waited for the sweeper (ms).
+    fn sweeper_lag_ms(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    /// Counts lock attempts (warehouse, outcome reason) for the hourly health
+    /// figures; cheap and non-blocking, flushed in the background.
+    fn record_lock_outcomes(&self, outcomes: &[(&str, &'static str)]);
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

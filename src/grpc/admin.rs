@@ -15,8 +15,9 @@ use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, actor, convert, lock_filter, optio
 use crate::auth::Principal;
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, BatchId, Error, ForceUnlockState, ForceUnlockView, Holder, LockId,
-    LockTarget, LockView, RequestId,
+    LockTarget, LockView, RequestId, SUCCESS_TARGET,
 };
+use crate::metrics::ForceUnlockLabels;
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 
@@ -214,6 +215,7 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
                     &policy_request,
                 )
                 .await?;
+            crate::metrics::METRICS.force_unlocks.get_or_create(&ForceUnlockLabels { mode: "policy".into() }).inc();
             view = self.store.get_force_unlock(&id).await?;
         }
         Ok(Response::new(pb::RequestForceUnlockResponse { request: Some(request_to_proto(view)) }))
@@ -231,6 +233,7 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
         let id = Holder::parse(&r.id, "id")?.to_string();
         let view = self.store.get_force_unlock(&id).await?;
         self.store.approve_force_unlock(&view, &approver, Approval::Operator, &comment, &request_id).await?;
+        crate::metrics::METRICS.force_unlocks.get_or_create(&ForceUnlockLabels { mode: "approved".into() }).inc();
         let view = self.store.get_force_unlock(&id).await?;
         Ok(Response::new(pb::ApproveForceUnlockResponse { request: Some(request_to_proto(view)) }))
     }
@@ -289,6 +292,39 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
             events: events.into_iter().map(event_to_proto).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
+    }
+
+    async fn lock_health(
+        &self,
+        request: Request<pb::LockHealthRequest>,
+    ) -> Result<Response<pb::LockHealthResponse>, Status> {
+        let r = request.into_inner();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let until = r.until.as_ref().map_or(now, millis_of);
+        let since = r.since.as_ref().map_or(until - 24 * 3_600_000, millis_of);
+        if since > until {
+            return Err(Error::invalid("since", "is after until").into());
+        }
+        if until - since > 366 * 24 * 3_600_000 {
+            return Err(Error::invalid("since", "is more than a year before until").into());
+        }
+        let warehouse = optional(&r.warehouse_id, |v| crate::domain::WarehouseId::parse(v, "warehouse_id"))?;
+        let cells = self.store.lock_health(since, until, warehouse.as_ref().map(|w| w.as_str())).await?;
+        let cells = cells
+            .into_iter()
+            .map(|cell| pb::LockHealthCell {
+                warehouse_id: cell.warehouse.clone(),
+                hour: Some(convert::timestamp(cell.hour_start_ms)),
+                attempts: cell.attempts(),
+                locked: cell.locked(),
+                failures: cell.failures(),
+                success_rate: cell.success_rate(),
+                below_target: cell.success_rate() < SUCCESS_TARGET,
+                by_reason: cell.by_reason.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::LockHealthResponse { cells, target: SUCCESS_TARGET }))
     }
 
     async fn get_lock_stats(

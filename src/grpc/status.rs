@@ -25,6 +25,7 @@ fn info(details: &mut ErrorDetails, reason: &str, metadata: &[(&str, String)]) {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let reason = error.reason();
+        tracing::Span::current().record("reason", reason);
         let mut details = ErrorDetails::new();
         let code = match &error {
             Error::InvalidArgument { field, description } => {

@@ -9,16 +9,19 @@
 mod admin;
 mod decode;
 mod events;
+mod health;
 mod ingest;
 mod keys;
 mod scripts;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, ScriptInvocation};
+use tracing::Instrument;
 
 use self::decode::{Reply, malformed};
 pub use self::ingest::{IngestSettings, IngestStats};
@@ -59,6 +62,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// For the dedicated connections of blocking reads.
     client: redis::Client,
+    /// Lock-health counts waiting to be written.
+    health: Arc<health::Pending>,
     keys: Keys,
     timeout: Duration,
     max_hold_ms: u64,
@@ -81,6 +86,7 @@ impl RedisStore {
         let store = Self {
             conn,
             client,
+            health: Arc::default(),
             keys: Keys::new(&settings.key_prefix),
             timeout: settings.timeout,
             max_hold_ms: millis(settings.max_hold),
@@ -115,10 +121,23 @@ impl RedisStore {
         bounded(self.timeout, call).await
     }
 
-    async fn run_script(&self, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
+    /// One EVALSHA (SCRIPT LOAD and a retry on NOSCRIPT), timed as `op`
+    /// in a child span and in the Redis metrics.
+    async fn run_script(&self, op: &'static str, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
         let mut conn = self.conn.clone();
-        let items: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
-        Reply::new(items)
+        let started = std::time::Instant::now();
+        let result: Result<Vec<String>, Error> = self
+            .bounded(invocation.invoke_async(&mut conn))
+            .instrument(tracing::debug_span!("redis", otel.name = op, db.system = "redis", db.operation = op))
+            .await;
+        let kind = result.as_ref().err().map(|e| match e {
+            Error::StoreTimeout => "timeout",
+            Error::StoreUnavailable { .. } => "unavailable",
+            Error::StoreOutOfMemory => "out_of_memory",
+            _ => "other",
+        });
+        crate::metrics::METRICS.redis(op, started.elapsed(), kind);
+        Reply::new(result?)
     }
 
     fn add_record(&self, invocation: &mut ScriptInvocation<'_>, record: &RecordKey) {
@@ -337,7 +356,7 @@ impl StockStore for RedisStore {
             .arg(self.audit_max_events)
             .arg(cmd.request_id.as_ref().map_or("", |r| r.as_str()))
             .arg(cmd.record.sku.as_str());
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("set_stock", &inv).await?;
         let applied = match reply.tag.as_str() {
             "OK" => true,
             "STALE" => false,
@@ -382,7 +401,7 @@ impl StockStore for RedisStore {
             .arg(cmd.record.sku.as_str())
             .arg(cmd.record.warehouse.as_str())
             .arg(&cmd.reason);
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("adjust_stock", &inv).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
@@ -417,7 +436,7 @@ impl StockStore for RedisStore {
         for record in records {
             self.add_record(&mut inv, record);
         }
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("get_stock", &inv).await?;
         // get_stock.lua has no tag: its first element is the first record's flag.
         let mut flag = Some(std::mem::take(&mut reply.tag));
         let mut views = Vec::with_capacity(records.len());
@@ -441,7 +460,7 @@ impl StockStore for RedisStore {
         Ok(warehouses)
     }
 
-    async fn lock(&self, cmd: LockCommand) -> Result<LockOutcome, Error> {
+    async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
         let ttl_ms = millis(cmd.ttl).to_string();
         let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
         let line_args: Vec<[String; 3]> = cmd
@@ -480,7 +499,7 @@ impl StockStore for RedisStore {
             inv.arg(&args[..]);
         }
 
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("lock", &inv).await?;
         let line_record = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
             let line = reply.index(cmd.lines.len())?;
             Ok((line, &cmd.lines[line].record))
@@ -573,7 +592,7 @@ impl StockStore for RedisStore {
         for args in &lock_args {
             inv.arg(&args[..]);
         }
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("renew", &inv).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
@@ -613,7 +632,7 @@ impl StockStore for RedisStore {
         for args in &lock_args {
             inv.arg(&args[..]);
         }
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("release", &inv).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
@@ -663,7 +682,7 @@ impl StockStore for RedisStore {
             .arg(&record_id)
             .arg(&token)
             .arg(&id.nonce);
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("commit", &inv).await?;
         let (committed, released, committed_now) = match reply.tag.as_str() {
             "OK" => (reply.int()?, reply.int()?, true),
             "ALREADY_COMMITTED" => (0, 0, false),
@@ -809,6 +828,19 @@ impl StockStore for RedisStore {
 
     async fn event_position(&self) -> Result<StreamPosition, Error> {
         self.read_event_position().await
+    }
+
+    async fn sweeper_lag_ms(&self) -> Result<i64, Error> {
+        let mut conn = self.conn.clone();
+        let (first, time): (Vec<(String, f64)>, (i64, i64)) = self
+            .bounded(redis::pipe().zrange_withscores(self.keys.due(), 0, 0).cmd("TIME").query_async(&mut conn))
+            .await?;
+        let now = time.0 * 1000 + time.1 / 1000;
+        Ok(first.first().map_or(0, |(_, due)| (now - *due as i64).max(0)))
+    }
+
+    fn record_lock_outcomes(&self, outcomes: &[(&str, &'static str)]) {
+        self.health.add(outcomes);
     }
 
     async fn ping(&self) -> Result<(), Error> {

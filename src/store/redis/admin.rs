@@ -174,7 +174,7 @@ impl AdminStore for RedisStore {
             .arg(request_id.as_str())
             .arg(&lock_ids)
             .arg(millis(Duration::from_secs(30 * 24 * 3600)));
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("request_force_unlock", &inv).await?;
         match reply.tag.as_str() {
             "OK" => {
                 let _created = reply.int()?;
@@ -220,7 +220,7 @@ impl AdminStore for RedisStore {
             let id = &item.lock_id;
             inv.arg(id.record.to_string()).arg(id.token).arg(&id.nonce);
         }
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("force_release", &inv).await?;
         match reply.tag.as_str() {
             "OK" => Ok(()),
             "TWO_PERSON_RULE" => Err(Error::TwoPersonRule { requester: request.requester.clone() }),
@@ -252,7 +252,7 @@ impl AdminStore for RedisStore {
             .arg(self.audit_max_events)
             .arg(request_id.as_str())
             .arg(id);
-        let mut reply = self.run_script(&inv).await?;
+        let mut reply = self.run_script("reject_force_unlock", &inv).await?;
         match reply.tag.as_str() {
             "OK" => Ok(()),
             "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
@@ -359,6 +359,15 @@ impl AdminStore for RedisStore {
         }
         let resume = start.trim_start_matches('(').to_owned();
         Ok((events, (resume != "-").then_some(resume)))
+    }
+
+    async fn lock_health(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        warehouse: Option<&str>,
+    ) -> Result<Vec<crate::domain::LockHealthCell>, Error> {
+        self.read_lock_health(from_ms, to_ms, warehouse).await
     }
 
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {

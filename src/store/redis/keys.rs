@@ -73,6 +73,11 @@ impl Keys {
         format!("{}:ingest:dead", self.prefix)
     }
 
+    /// Lock-health counters of the hour starting at `hour_start_ms`.
+    pub fn lock_health(&self, hour_start_ms: i64) -> String {
+        format!("{}:lockhealth:{hour_start_ms}", self.prefix)
+    }
+
     /// The list of a batch's locks.
     pub fn batch(&self, batch_id: &BatchId) -> String {
         format!("{}:batch:{batch_id}", self.prefix)
