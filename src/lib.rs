@@ -19,6 +19,7 @@
 //! - [`metrics`]: the Prometheus metrics, served at `/metrics`.
 //! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
+//! - [`heatmap`]: the lock-health heatmap, for a terminal and as SVG.
 //! - [`cli`]: `stocklock admin`, the operator's command line.
 //! - [`config`]: the one typed configuration (flags and `STOCKLOCK_*` variables).
 //! - [`pb`]: the generated protobuf types of `proto/stocklock/v1/stocklock.proto`.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod domain;
 pub mod embedded_redis;
 pub mod grpc;
+pub mod heatmap;
 pub mod http;
 pub mod metrics;
 pub mod server;

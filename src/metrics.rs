@@ -210,7 +210,17 @@ mod tests {
     #[test]
     fn encodes_with_the_prefix() {
         METRICS.lock_outcome("WH-A", "OK");
+        METRICS
+            .rpc_duration
+            .get_or_create(&RpcLabels { method: "InventoryService/Lock".into(), code: "Ok".into() })
+            .observe(0.00042);
         let text = METRICS.encode();
+        assert!(
+            text.contains(
+                "stocklock_rpc_duration_seconds_bucket{le=\"0.0005\",method=\"InventoryService/Lock\",code=\"Ok\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("stocklock_lock_outcomes_total{warehouse=\"WH-A\",reason=\"OK\"}"), "{text}");
         assert!(text.contains("# TYPE stocklock_rpc_duration_seconds histogram"), "{text}");
     }
