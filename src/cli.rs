@@ -81,6 +81,25 @@ pub enum AdminCommand {
     Unlock(UnlockCommand),
     /// The audit trail.
     Audit(AuditArgs),
+    /// Lock success rate per warehouse and hour, as a heatmap.
+    LockHealth(HealthArgs),
+}
+
+/// Options of the lock-health heatmap.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// From this time: an RFC 3339 instant, or an age such as 24h.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// Up to this time: an RFC 3339 instant, or an age.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this warehouse.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// Also write the heatmap as an SVG file.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// Filters that select locks.
@@ -343,6 +362,31 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
         }
         AdminCommand::Unlock(command) => unlock(&mut admin, command, operator, &out).await?,
         AdminCommand::Audit(audit) => audit_events(&mut admin, audit, &out).await?,
+        AdminCommand::LockHealth(args) => {
+            let request = pb::LockHealthRequest {
+                since: Some(instant(&args.since, "--since")?),
+                until: args.until.as_deref().map(|s| instant(s, "--until")).transpose()?,
+                warehouse_id: args.warehouse.unwrap_or_default(),
+            };
+            let response = admin.lock_health(request).await?.into_inner();
+            let map = crate::heatmap::Heatmap::new(&response.cells, response.target);
+            if let Some(path) = &args.svg {
+                std::fs::write(path, map.svg()).map_err(|e| Failure {
+                    code: exit::REFUSED,
+                    message: format!("cannot write {}: {e}", path.display()),
+                    hint: None,
+                })?;
+            }
+            if out.json {
+                let rows = response.cells.iter().map(health_row).collect();
+                out.table(
+                    &["warehouse", "hour", "attempts", "locked", "failures", "success_rate", "below_target"],
+                    rows,
+                );
+            } else {
+                print!("{}", map.terminal(std::io::IsTerminal::is_terminal(&std::io::stdout())));
+            }
+        }
     }
     Ok(())
 }
@@ -569,6 +613,18 @@ fn unlock_row(r: &pb::ForceUnlockRequest) -> Vec<String> {
         r.decided_by.clone(),
         r.released_lock_ids.len().to_string(),
         r.created_at.as_ref().map(age).unwrap_or_default(),
+    ]
+}
+
+fn health_row(c: &pb::LockHealthCell) -> Vec<String> {
+    vec![
+        c.warehouse_id.clone(),
+        time(&c.hour),
+        c.attempts.to_string(),
+        c.locked.to_string(),
+        c.failures.to_string(),
+        format!("{:.5}", c.success_rate),
+        c.below_target.to_string(),
     ]
 }
 

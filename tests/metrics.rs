@@ -1,0 +1,55 @@
+//! Metrics after a scripted mix of calls. Metrics are process-wide, so this
+//! file holds one test: no other test's calls can move the counters it reads.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Scrapes /metrics into `name{labels}` -> value.
+async fn scrape(svc: &TestService) -> HashMap<String, f64> {
+    let (status, body, _) = http_get(svc.http_addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text").to_owned();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(f64::NAN))))
+        .collect()
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_and_histograms_move_with_the_calls() {
+    let svc = start_with(&["--metrics-refresh", "100ms"]).await;
+    svc.stock("S", "WH-MIX", "3").await;
+    let before = scrape(&svc).await;
+    for i in 0..3 {
+        svc.lock("S", "WH-MIX", "1", &format!("r{i}")).await.unwrap();
+    }
+    svc.lock("S", "WH-MIX", "1", "short").await.unwrap_err();
+    svc.lock("S", "WH-MIX", "-1", "bad").await.unwrap_err();
+    let after = scrape(&svc).await;
+
+    let outcome = |reason: &str| format!("stocklock_lock_outcomes_total{{warehouse=\"WH-MIX\",reason=\"{reason}\"}}");
+    assert_eq!(delta(&before, &after, &outcome("OK")), 3.0);
+    assert_eq!(delta(&before, &after, &outcome("INSUFFICIENT_STOCK")), 1.0);
+    let rpc = |code: &str| {
+        format!("stocklock_rpc_duration_seconds_count{{method=\"InventoryService/Lock\",code=\"{code}\"}}")
+    };
+    assert_eq!(delta(&before, &after, &rpc("Ok")), 3.0);
+    assert_eq!(delta(&before, &after, &rpc("FailedPrecondition")), 1.0);
+    assert_eq!(delta(&before, &after, &rpc("InvalidArgument")), 1.0);
+    // Sub-millisecond buckets exist and are cumulative.
+    let fine = "stocklock_rpc_duration_seconds_bucket{le=\"0.0005\",method=\"InventoryService/Lock\",code=\"Ok\"}";
+    assert!(after.contains_key(fine), "no 500 us bucket");
+    assert!(delta(&before, &after, "stocklock_redis_duration_seconds_count{op=\"lock\"}") >= 4.0);
+    assert!(
+        eventually(Duration::from_secs(3), || async { scrape(&svc).await.get("stocklock_live_locks") == Some(&3.0) })
+            .await
+    );
+}
