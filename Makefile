@@ -4,24 +4,31 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps run test lint build
+.PHONY: deps test-deps run test lint monitoring build
 
 deps:
-	./scripts/install-deps.sh
+	./scripts/install-deps.sh run
 
-## Run the service on 127.0.0.1:50051 (with its own private Redis unless
-## STOCKLOCK_REDIS_URL or ARGS="--redis-url ..." names one).
+test-deps:
+	./scripts/install-deps.sh test
+
+## Run the service: gRPC on 127.0.0.1:50051, HTTP on 127.0.0.1:8080 (with its
+## own private Redis unless STOCKLOCK_REDIS_URL or ARGS="--redis-url ..." names one).
 run: deps
 	$(CARGO) run --release -- serve $(ARGS)
 
-## Formatting, lints, docs, and every test against a real redis-server.
-test: deps lint
+## Formatting, lints, docs, the alert rules, and every test against a real redis-server.
+test: test-deps lint monitoring
 	$(CARGO) test --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps
+
+monitoring:
+	promtool check rules monitoring/alerts.yaml
+	promtool test rules monitoring/alerts.test.yaml
 
 build: deps
 	$(CARGO) build --release

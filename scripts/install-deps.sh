@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building and testing stocklock needs on Debian/Ubuntu and is
-# missing: redis-server (the tests start their own) and protoc (for the gRPC
-# contract). Rust itself comes from rustup. Safe to run again.
+# Installs what stocklock needs on Debian/Ubuntu and is missing:
+#   run:  redis-server (the embedded default and the tests start their own) and protoc
+#   test: the same, and promtool (Debian's prometheus package) for the alert rules
+# Rust itself comes from rustup. Safe to run again.
 set -euo pipefail
 
+purpose="${1:-run}"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ "$purpose" = test ]; then
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
