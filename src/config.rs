@@ -108,6 +108,11 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Runtime threads: 1 runs everything on one thread (often fastest when
+    /// Redis shares a small machine), N > 1 uses N worker threads, 0 one per core.
+    #[arg(long, env = "STOCKLOCK_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Log format.
     #[arg(long, env = "STOCKLOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

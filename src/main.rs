@@ -21,7 +21,11 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         eprintln!("stocklock: invalid configuration: {message}");
         std::process::exit(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
     runtime.block_on(async {
         let _telemetry = stocklock::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         let listeners = stocklock::server::Listeners::bind(&config).await.context("binding the listeners")?;

@@ -250,6 +250,76 @@ async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResu
     }
 }
 
+/// The KEYS and ARGV of lock.lua for `cmd` (see the script's header).
+fn lock_call(
+    keys: &Keys,
+    cmd: &LockCommand,
+    max_hold_ms: u64,
+    retention_ms: u64,
+    nonce: &str,
+) -> (Vec<String>, Vec<String>) {
+    let ttl_ms = millis(cmd.ttl).to_string();
+    let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
+    let line_args: Vec<String> = cmd
+        .lines
+        .iter()
+        .flat_map(|line| {
+            let q = line.quantity.decimal();
+            [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
+        })
+        .collect();
+    let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
+    parts.extend(line_args.iter().map(String::as_str));
+    let fp = fingerprint(&parts);
+
+    let mut key_list = vec![keys.idempotency(method, &cmd.request_id), keys.due()];
+    for line in &cmd.lines {
+        key_list.extend(keys.record(&line.record));
+    }
+    if let Some(batch) = &cmd.batch_id {
+        key_list.push(keys.batch(batch));
+    }
+    key_list.push(keys.events());
+    let mut args = vec![
+        fp,
+        ttl_ms,
+        max_hold_ms.to_string(),
+        cmd.holder.to_string(),
+        cmd.order_id.to_string(),
+        cmd.batch_id.as_ref().map_or_else(String::new, |b| b.to_string()),
+        retention_ms.to_string(),
+        retention_ms.to_string(),
+        nonce.to_owned(),
+    ];
+    args.extend(line_args);
+    (key_list, args)
+}
+
+/// The command line of one Lock of a unit of `record` through the service's
+/// own lock script, for `redis-benchmark`: the physical limit of a Lock on
+/// this Redis. `__rand_int__` (redis-benchmark's placeholder, with `-r`)
+/// gives each call its own idempotency key, so every call does the full work
+/// instead of replaying the first one. The script must be loaded (a running
+/// service loads it).
+pub fn lock_benchmark_command(key_prefix: &str, record: &RecordKey) -> Vec<String> {
+    let cmd = LockCommand {
+        lines: vec![crate::domain::LockLine {
+            record: record.clone(),
+            quantity: crate::domain::Quantity::parse("1", "quantity").expect("1 is a quantity"),
+        }],
+        ttl: Duration::from_secs(60),
+        order_id: crate::domain::OrderId::parse("bench", "order_id").expect("a valid id"),
+        holder: crate::domain::Holder::parse("redis-benchmark", "holder").expect("a valid id"),
+        request_id: crate::domain::RequestId::parse("bench-__rand_int__", "request_id").expect("a valid id"),
+        batch_id: None,
+    };
+    let (keys, args) = lock_call(&Keys::new(key_prefix), &cmd, 24 * 3_600_000, 600_000, "0badc0de");
+    let mut line = vec!["EVALSHA".to_owned(), scripts::LOCK.get_hash().to_owned(), keys.len().to_string()];
+    line.extend(keys);
+    line.extend(args);
+    line
+}
+
 /// Maps a client error to what the caller can do about it.
 fn store_error(e: RedisError) -> Error {
     match e.code() {
@@ -461,44 +531,14 @@ impl StockStore for RedisStore {
     }
 
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
-        let ttl_ms = millis(cmd.ttl).to_string();
-        let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
-        let line_args: Vec<[String; 3]> = cmd
-            .lines
-            .iter()
-            .map(|line| {
-                let q = line.quantity.decimal();
-                [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
-            })
-            .collect();
-        let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
-        parts.extend(line_args.iter().flatten().map(String::as_str));
-        let fp = fingerprint(&parts);
-
-        let nonce = new_nonce();
-        let batch_id = cmd.batch_id.as_ref().map_or("", |b| b.as_str());
+        let (keys, args) = lock_call(&self.keys, cmd, self.max_hold_ms, self.retention_ms, &new_nonce());
         let mut inv = scripts::LOCK.prepare_invoke();
-        inv.key(self.keys.idempotency(method, &cmd.request_id)).key(self.keys.due());
-        for line in &cmd.lines {
-            self.add_record(&mut inv, &line.record);
+        for key in keys {
+            inv.key(key);
         }
-        if let Some(batch) = &cmd.batch_id {
-            inv.key(self.keys.batch(batch));
+        for arg in args {
+            inv.arg(arg);
         }
-        inv.key(self.keys.events());
-        inv.arg(&fp)
-            .arg(&ttl_ms)
-            .arg(self.max_hold_ms)
-            .arg(cmd.holder.as_str())
-            .arg(cmd.order_id.as_str())
-            .arg(batch_id)
-            .arg(self.retention_ms)
-            .arg(self.retention_ms)
-            .arg(&nonce);
-        for args in &line_args {
-            inv.arg(&args[..]);
-        }
-
         let mut reply = self.run_script("lock", &inv).await?;
         let line_record = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
             let line = reply.index(cmd.lines.len())?;

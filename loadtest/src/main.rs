@@ -1,0 +1,641 @@
+//! `loadtest`: drives a stocklock service with realistic traffic and reports
+//! latency percentiles beside the physical limit of the machine.
+//!
+//! Open loop (`--rate`): a dedicated pacing thread schedules calls at fixed
+//! instants, finer than Tokio's 1 ms timer (it wakes every 100 us at most),
+//! and latency counts from the scheduled instant, so queueing and dispatch
+//! delay are never hidden (no coordinated omission).
+//! Closed loop (`--concurrency`): N calls in flight. Warm-up is excluded.
+
+mod report;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use rand::Rng;
+use rand_distr::{Distribution, Zipf};
+use report::{Recorder, Report};
+use stocklock::embedded_redis::EmbeddedRedis;
+use stocklock::pb;
+use stocklock::pb::inventory_service_client::InventoryServiceClient;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// The ErrorInfo reason of a failed call, or its code.
+fn reason_of(status: &tonic::Status) -> String {
+    status.get_details_error_info().map_or_else(|| format!("{:?}", status.code()), |info| info.reason)
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", about = "Load generator for stocklock")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario and report.
+    Run(Box<RunArgs>),
+    /// Compare two JSON reports.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Lock only, with a 2 s TTL: the locks expire and the sweeper returns them.
+    Lock,
+    /// Lock -> renew -> commit or release, over spread SKUs.
+    Order,
+    /// The order mix over SKUs of Zipf popularity.
+    Zipf,
+    /// The order mix, every caller on one record.
+    Hot,
+    /// BatchLock of --batch-lines lines, then release.
+    Batch,
+    /// GetAvailability only.
+    Query,
+    /// The gRPC health Check: the transport's own ceiling.
+    Check,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// What to send.
+    #[arg(long, value_enum, default_value = "order")]
+    scenario: Scenario,
+    /// Open loop: scheduled units per second.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: units in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Open loop at each of these rates in turn, to find where p99 crosses 1 ms.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rate", "concurrency"])]
+    sweep: Vec<f64>,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time first.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// The service; without it, --spawn starts one.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Start a stocklock service (and its Redis) for the run.
+    #[arg(long)]
+    spawn: bool,
+    /// The stocklock binary for --spawn (default: next to this one).
+    #[arg(long)]
+    stocklock_bin: Option<PathBuf>,
+    /// Extra `stocklock serve` flags for --spawn, e.g. "--worker-threads 1".
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    serve_args: String,
+    /// Redis of the service (for redis-benchmark and the memory figure) when not spawned.
+    #[arg(long)]
+    redis_port: Option<u16>,
+    /// SKUs in play.
+    #[arg(long, default_value_t = 1000)]
+    skus: usize,
+    /// Warehouses per SKU.
+    #[arg(long, default_value_t = 4)]
+    warehouses: usize,
+    /// Lines per BatchLock.
+    #[arg(long, default_value_t = 20)]
+    batch_lines: usize,
+    /// Renewals per order.
+    #[arg(long, default_value_t = 1)]
+    renews: usize,
+    /// Share of orders that commit (the rest release).
+    #[arg(long, default_value_t = 0.7)]
+    commit_ratio: f64,
+    /// Share of units that are availability queries instead of orders.
+    #[arg(long, default_value_t = 0.0)]
+    query_ratio: f64,
+    /// Zipf exponent of SKU popularity.
+    #[arg(long, default_value_t = 1.1)]
+    zipf_s: f64,
+    /// Run redis-benchmark with the service's own lock script as the physical limit.
+    #[arg(long)]
+    redis_benchmark: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HDR percentile distribution (.hgrm) here.
+    #[arg(long)]
+    hdr: Option<PathBuf>,
+    /// Write the latency-percentile plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// What every unit of work shares.
+struct Shared {
+    clients: Vec<InventoryServiceClient<Channel>>,
+    health: Vec<tonic_health::pb::health_client::HealthClient<Channel>>,
+    args: Arc<RunArgs>,
+    recorder: Mutex<Recorder>,
+    /// Units whose scheduled start is before this are not recorded.
+    measure_from: Instant,
+    next: AtomicU64,
+    /// Committed units per record (index), for the end-of-run check.
+    committed: Vec<AtomicU64>,
+    zipf: Zipf<f64>,
+}
+
+impl Shared {
+    fn client(&self) -> InventoryServiceClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        self.clients[i % self.clients.len()].clone()
+    }
+
+    fn record(&self, scheduled: Instant, op: &'static str, started: Instant, result: Result<(), String>) {
+        if scheduled < self.measure_from {
+            return;
+        }
+        let mut recorder = self.recorder.lock().expect("lock poisoned");
+        match result {
+            Ok(()) => recorder.record(op, started.elapsed()),
+            Err(reason) => recorder.error(op, &reason),
+        }
+    }
+
+    /// A record index for this unit, by the scenario's popularity.
+    fn pick(&self) -> usize {
+        let records = self.args.skus * self.args.warehouses;
+        match self.args.scenario {
+            Scenario::Hot => 0,
+            Scenario::Zipf => (self.zipf.sample(&mut rand::rng()) as usize - 1).min(records - 1),
+            _ => rand::rng().random_range(0..records),
+        }
+    }
+}
+
+fn sku(index: usize, args: &RunArgs) -> (String, String) {
+    (format!("LT-{:06}", index / args.warehouses), format!("WH-{}", index % args.warehouses))
+}
+
+const PHYSICAL: u64 = 1_000_000_000;
+
+/// TTL of the locks of the lock-only scenario.
+const LOCK_ONLY_TTL_S: i64 = 2;
+
+/// One unit of the scenario; `scheduled` is when it was due (open loop).
+async fn unit(shared: Arc<Shared>, scheduled: Instant) {
+    let args = &shared.args;
+    let mut client = shared.client();
+    let id = shared.next.fetch_add(1, Ordering::Relaxed);
+    let err = |s: tonic::Status| reason_of(&s);
+    if args.scenario == Scenario::Check
+        || (args.scenario != Scenario::Query
+            && args.query_ratio > 0.0
+            && rand::rng().random_bool(args.query_ratio.min(1.0)))
+        || args.scenario == Scenario::Query
+    {
+        if args.scenario == Scenario::Check {
+            let mut health = shared.health[id as usize % shared.health.len()].clone();
+            let result = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+            shared.record(scheduled, "check", scheduled, result.map(drop).map_err(err));
+            return;
+        }
+        let (s, w) = sku(shared.pick(), args);
+        let result = client.get_availability(pb::GetAvailabilityRequest { sku: s, warehouse_id: w }).await;
+        shared.record(scheduled, "query", scheduled, result.map(drop).map_err(err));
+        return;
+    }
+    let request_id = format!("lt-{}-{id}", std::process::id());
+    if args.scenario == Scenario::Batch {
+        let mut lines = Vec::with_capacity(args.batch_lines);
+        let mut seen = std::collections::HashSet::new();
+        while lines.len() < args.batch_lines.min(args.skus * args.warehouses) {
+            let index = shared.pick();
+            if seen.insert(index) {
+                let (s, w) = sku(index, args);
+                lines.push(pb::BatchLockLine { sku: s, warehouse_id: w, quantity: "1".into() });
+            }
+        }
+        let request = pb::BatchLockRequest {
+            lines,
+            ttl: None,
+            order_id: request_id.clone(),
+            request_id: request_id.clone(),
+            holder: "loadtest".into(),
+        };
+        let batch = match client.batch_lock(request).await {
+            Ok(r) => {
+                shared.record(scheduled, "batch_lock", scheduled, Ok(()));
+                r.into_inner()
+            }
+            Err(s) => return shared.record(scheduled, "batch_lock", scheduled, Err(err(s))),
+        };
+        let started = Instant::now();
+        let request = pb::ReleaseRequest {
+            batch_id: batch.batch_id,
+            request_id: format!("{request_id}-r"),
+            ..Default::default()
+        };
+        let result = client.release(request).await;
+        shared.record(scheduled, "release", started, result.map(drop).map_err(err));
+        return;
+    }
+    // The order mix (or a bare Lock that is left to expire).
+    let index = shared.pick();
+    let (s, w) = sku(index, args);
+    let request = pb::LockRequest {
+        sku: s,
+        warehouse_id: w,
+        quantity: "1".into(),
+        ttl: Some(prost_types::Duration {
+            seconds: if args.scenario == Scenario::Lock { LOCK_ONLY_TTL_S } else { 60 },
+            nanos: 0,
+        }),
+        order_id: request_id.clone(),
+        request_id: request_id.clone(),
+        holder: "loadtest".into(),
+    };
+    let lock = match client.lock(request).await {
+        Ok(r) => {
+            shared.record(scheduled, "lock", scheduled, Ok(()));
+            r.into_inner().lock.unwrap_or_default()
+        }
+        Err(s) => return shared.record(scheduled, "lock", scheduled, Err(err(s))),
+    };
+    if args.scenario == Scenario::Lock {
+        return;
+    }
+    for r in 0..args.renews {
+        let started = Instant::now();
+        let request = pb::RenewRequest {
+            lock_ids: vec![lock.lock_id.clone()],
+            holder: "loadtest".into(),
+            request_id: format!("{request_id}-n{r}"),
+            ..Default::default()
+        };
+        let result = client.renew(request).await;
+        shared.record(scheduled, "renew", started, result.map(drop).map_err(err));
+    }
+    let started = Instant::now();
+    if rand::rng().random_bool(args.commit_ratio.clamp(0.0, 1.0)) {
+        let request = pb::CommitRequest {
+            lock_id: lock.lock_id,
+            holder: "loadtest".into(),
+            request_id: format!("{request_id}-c"),
+            ..Default::default()
+        };
+        let result = client.commit(request).await;
+        if result.is_ok() {
+            shared.committed[index].fetch_add(1, Ordering::Relaxed);
+        }
+        shared.record(scheduled, "commit", started, result.map(drop).map_err(err));
+    } else {
+        let request = pb::ReleaseRequest {
+            lock_id: lock.lock_id,
+            holder: "loadtest".into(),
+            request_id: format!("{request_id}-r"),
+            ..Default::default()
+        };
+        let result = client.release(request).await;
+        shared.record(scheduled, "release", started, result.map(drop).map_err(err));
+    }
+}
+
+/// CPU time of a process (utime + stime) from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), service, Redis and load generator on the same machine")
+}
+
+/// A spawned service and its Redis.
+struct Spawned {
+    child: tokio::process::Child,
+    redis: EmbeddedRedis,
+    target: String,
+}
+
+async fn spawn_service(args: &RunArgs) -> anyhow::Result<Spawned> {
+    let redis = EmbeddedRedis::start(std::path::Path::new("redis-server")).await.context("starting redis-server")?;
+    let bin = match &args.stocklock_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("stocklock"),
+    };
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+    let (grpc, http) = (free()?, free()?);
+    let mut command = tokio::process::Command::new(&bin);
+    command
+        .args([
+            "serve",
+            "--redis-url",
+            &redis.url(),
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .args(args.serve_args.split_whitespace())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Spawned { child, redis, target: format!("http://127.0.0.1:{grpc}") })
+}
+
+async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..n.max(1) {
+        let endpoint = Channel::from_shared(target.to_owned())?.tcp_nodelay(true).timeout(Duration::from_secs(10));
+        let mut last = None;
+        for _ in 0..200 {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+                    if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
+                        last = Some(channel);
+                        break;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        channels.push(last.with_context(|| format!("no stocklock answering at {target}"))?);
+    }
+    Ok(channels)
+}
+
+async fn setup_stock(client: &mut InventoryServiceClient<Channel>, args: &RunArgs) -> anyhow::Result<()> {
+    let version = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+    for index in 0..args.skus * args.warehouses {
+        let (s, w) = sku(index, args);
+        let request = pb::SetStockRequest {
+            sku: s,
+            warehouse_id: w,
+            physical: PHYSICAL.to_string(),
+            source_version: version,
+            ..Default::default()
+        };
+        client.set_stock(request).await.context("setting up stock")?;
+    }
+    Ok(())
+}
+
+/// Checks that stock adds up: nothing is still locked, and every record's
+/// physical stock dropped by exactly what was committed.
+async fn check_stock(client: &mut InventoryServiceClient<Channel>, shared: &Shared) -> anyhow::Result<String> {
+    let args = &shared.args;
+    let records = args.skus * args.warehouses;
+    let mut problems = Vec::new();
+    for chunk in (0..records).collect::<Vec<_>>().chunks(500) {
+        let keys = chunk.iter().map(|i| {
+            let (s, w) = sku(*i, args);
+            pb::StockKey { sku: s, warehouse_id: w }
+        });
+        let response =
+            client.batch_get_availability(pb::BatchGetAvailabilityRequest { keys: keys.collect() }).await?.into_inner();
+        for (i, record) in chunk.iter().zip(&response.records) {
+            let committed = shared.committed[*i].load(Ordering::Relaxed);
+            let physical: u64 = record.physical.parse().unwrap_or(0);
+            if record.locked != "0" || physical + committed != PHYSICAL || record.available != record.physical {
+                problems.push(format!(
+                    "{}|{}: physical {} locked {} available {} after {committed} commits",
+                    record.sku, record.warehouse_id, record.physical, record.locked, record.available
+                ));
+            }
+        }
+    }
+    let committed: u64 = shared.committed.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    Ok(if problems.is_empty() {
+        format!("ok: {records} records, {committed} committed, nothing left locked, no oversell")
+    } else {
+        format!("FAILED on {} records, e.g. {}", problems.len(), problems[0])
+    })
+}
+
+/// `redis-benchmark` of the lock script on the service's Redis: locks per second.
+async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Channel>) -> anyhow::Result<f64> {
+    let request = pb::SetStockRequest {
+        sku: "BENCH".into(),
+        warehouse_id: "WH".into(),
+        physical: "9000000000000000".into(),
+        source_version: 1,
+        ..Default::default()
+    };
+    client.set_stock(request).await?;
+    let record = stocklock::domain::RecordKey::parse_id("BENCH|WH").context("bench record")?;
+    let command = stocklock::store::redis::lock_benchmark_command("sl", &record);
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &redis_port.to_string(), "-c", "50", "-n", "200000", "-r", "1000000000", "-q"])
+        .args(&command)
+        .output()
+        .await
+        .context("running redis-benchmark (apt-get install redis-tools)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1] == "requests")
+        .and_then(|w| w[0].parse::<f64>().ok())
+        .with_context(|| format!("unexpected redis-benchmark output: {text}"))?;
+    Ok(rate)
+}
+
+/// Runs one measured phase, open or closed loop.
+async fn phase(shared: Arc<Shared>, rate: Option<f64>, concurrency: Option<usize>, total: Duration, quiet: bool) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let bar = (!quiet).then(|| {
+        let bar = indicatif::ProgressBar::new(total.as_secs());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} s {msg}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let ticker = {
+        let (bar, stop) = (bar.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Some(bar) = &bar {
+                    bar.set_position(started.elapsed().as_secs());
+                }
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    match (rate, concurrency) {
+        (Some(rate), _) => {
+            // The pacing thread: wakes at least every 100 us and releases every
+            // unit whose instant has come, stamped with that instant. It never
+            // spins: on a 2-core box a busy pacer would steal a core from
+            // Redis and the service. Dispatch delay counts in the latency.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            std::thread::spawn(move || {
+                let mut due = Instant::now();
+                let end = due + total;
+                while due < end {
+                    let now = Instant::now();
+                    while due <= now && due < end {
+                        if tx.send(due).is_err() {
+                            return;
+                        }
+                        due += interval;
+                    }
+                    std::thread::sleep((due.saturating_duration_since(Instant::now())).min(Duration::from_micros(100)));
+                }
+            });
+            while let Some(due) = rx.recv().await {
+                tasks.push(tokio::spawn(unit(shared.clone(), due)));
+            }
+        }
+        (None, Some(n)) => {
+            let end = started + total;
+            for _ in 0..n {
+                let shared = shared.clone();
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        unit(shared.clone(), Instant::now()).await;
+                    }
+                }));
+            }
+        }
+        (None, None) => unreachable!("checked by the caller"),
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = ticker.await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.rate.is_none() && args.concurrency.is_none() && args.sweep.is_empty() {
+        bail!("say how to load: --rate N (open loop), --concurrency N (closed loop) or --sweep R1,R2,...");
+    }
+    let args = Arc::new(args);
+    let spawned = if args.spawn { Some(spawn_service(&args).await?) } else { None };
+    let target = spawned.as_ref().map_or(args.target.clone(), |s| s.target.clone());
+    let channels = connect(&target, args.connections).await?;
+    let mut admin = InventoryServiceClient::new(channels[0].clone());
+    setup_stock(&mut admin, &args).await?;
+    let redis_port = spawned.as_ref().map(|s| s.redis.port()).or(args.redis_port);
+    let service_pid = spawned.as_ref().and_then(|s| s.child.id());
+
+    let rates: Vec<Option<f64>> =
+        if args.sweep.is_empty() { vec![args.rate] } else { args.sweep.iter().copied().map(Some).collect() };
+    let mut reports = Vec::new();
+    for rate in rates {
+        let records = args.skus * args.warehouses;
+        let shared = Arc::new(Shared {
+            clients: channels.iter().cloned().map(InventoryServiceClient::new).collect(),
+            health: channels.iter().cloned().map(tonic_health::pb::health_client::HealthClient::new).collect(),
+            args: args.clone(),
+            recorder: Mutex::new(Recorder::default()),
+            measure_from: Instant::now() + args.warmup,
+            next: AtomicU64::new(0),
+            committed: (0..records).map(|_| AtomicU64::new(0)).collect(),
+            zipf: Zipf::new(records as f64, args.zipf_s).context("zipf")?,
+        });
+        let (cpu0, service0) = (cpu_seconds(std::process::id()), service_pid.and_then(cpu_seconds));
+        let wall = Instant::now();
+        phase(shared.clone(), rate, args.concurrency, args.warmup + args.duration, args.quiet).await;
+        let elapsed = wall.elapsed().as_secs_f64();
+        let cores = |before: Option<f64>, pid: Option<u32>| Some((pid.and_then(cpu_seconds)? - before?) / elapsed);
+        let recorder = shared.recorder.lock().expect("lock poisoned").clone();
+        if args.scenario == Scenario::Lock {
+            // Let every lock expire and be swept before the stock check.
+            tokio::time::sleep(Duration::from_secs(LOCK_ONLY_TTL_S as u64 + 2)).await;
+        }
+        let mut report = Report {
+            scenario: format!("{:?}", args.scenario).to_lowercase(),
+            mode: if rate.is_some() { "open loop".into() } else { "closed loop".into() },
+            offered_rate: rate,
+            concurrency: if rate.is_some() { None } else { args.concurrency },
+            duration_s: args.duration.as_secs_f64(),
+            ops: Report::summarize(&recorder, args.duration),
+            errors: recorder.errors.clone(),
+            loadgen_cpu_cores: cores(cpu0, Some(std::process::id())).unwrap_or(0.0),
+            service_cpu_cores: cores(service0, service_pid),
+            service_rss_mib: service_pid.and_then(rss_mib),
+            physical_limit_per_second: None,
+            stock_check: check_stock(&mut admin, &shared).await?,
+            machine: machine(),
+        };
+        if args.redis_benchmark {
+            let port = redis_port.context("--redis-benchmark needs --spawn or --redis-port")?;
+            report.physical_limit_per_second = Some(physical_limit(port, &mut admin).await?);
+        }
+        print!("{}", report.table());
+        if let Some(path) = &args.hdr {
+            std::fs::write(path, report::hgrm(&recorder))?;
+        }
+        if let Some(path) = &args.plot {
+            let title = format!("stocklock {} ({}), latency by percentile", report.scenario, report.mode);
+            std::fs::write(path, report::plot(&recorder, &title))?;
+        }
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        println!("\nsweep: p99 of lock by offered rate");
+        for r in &reports {
+            let p99 = r.ops.iter().find(|o| o.op == "lock" || o.op == "batch_lock").map_or(0, |o| o.p99_us);
+            let mark = if p99 > 1000 { "  <- over 1 ms" } else { "" };
+            println!("  {:>8.0}/s  p99 {p99:>6} us{mark}", r.offered_rate.unwrap_or(0.0));
+        }
+    }
+    if let Some(path) = &args.json {
+        let value =
+            if reports.len() == 1 { serde_json::to_value(&reports[0])? } else { serde_json::to_value(&reports)? };
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
+    }
+    if reports.iter().any(|r| r.stock_check.starts_with("FAILED")) {
+        bail!("the stock check failed");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(*args).await,
+        Command::Compare { a, b } => {
+            let read =
+                |p: &PathBuf| -> anyhow::Result<Report> { Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?) };
+            print!("{}", report::compare(&read(&a)?, &read(&b)?));
+            Ok(())
+        }
+    }
+}
