@@ -128,13 +128,14 @@ local function stored_available(rec)
 end
 
 -- Appends an event about `rec`: the action, the record's figures after the
--- change, `available_before`, and `fields` (a flat name, value list).
-local function emit(action, rec, available_before, fields)
+-- change (`after`, or read when nil), `available_before`, and `fields` (a
+-- flat name, value list).
+local function emit(action, rec, available_before, fields, after)
   if not EVENTS_KEY then
     return
   end
   local at = string.find(rec.id, '|', 1, true)
-  local s = read_stock(rec)
+  local s = after or read_stock(rec)
   local scale = s.unit_scale
   local event = {
     'action', action, 'sku', string.sub(rec.id, 1, at - 1), 'warehouse_id', string.sub(rec.id, at + 1),

@@ -76,21 +76,32 @@ local reply = { 'OK', fmt(now), fmt(expires), fmt(max_expires), batch_id, nonce 
 local lock_refs = {}
 for _, line in ipairs(lines) do
   local rec = line.rec
-  drop_expired(rec, line.expired, line.expired_sum, now, tomb_retention)
-  local token = redis.call('HINCRBY', rec.stock, 'fence', 1)
-  redis.call('HINCRBY', rec.stock, 'locked', line.qty)
-  redis.call('HINCRBY', rec.stock, 'version', 1)
+  local s = line.stock
+  if #line.expired > 0 then
+    drop_expired(rec, line.expired, line.expired_sum, now, tomb_retention)
+    s = read_stock(rec)
+  end
+  -- One write for the three counters; the figures are known, so the event
+  -- needs no read either (the profile of this script is its Redis calls).
+  local token = s.fence + 1
+  s.fence, s.locked, s.version = token, s.locked + line.qty, s.version + 1
+  redis.call('HSET', rec.stock, 'fence', fmt(token), 'locked', fmt(s.locked), 'version', fmt(s.version))
   redis.call('HSET', rec.locks, token, pack_lock({
     qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
   }))
   redis.call('ZADD', rec.exp, expires, token)
-  refresh_due(due_key, rec)
-  local fields = lock_fields(rec, token, { qty = line.qty, nonce = nonce, holder = holder, order_id = order_id }, line.stock.unit_scale)
+  if #line.expired > 0 then
+    refresh_due(due_key, rec)
+  else
+    -- A new lock can only bring the record's earliest expiry forward.
+    redis.call('ZADD', due_key, 'LT', expires, rec.id)
+  end
+  local fields = lock_fields(rec, token, { qty = line.qty, nonce = nonce, holder = holder, order_id = order_id }, s.unit_scale)
   for _, v in ipairs({ 'expires_at', fmt(expires), 'batch_id', batch_id }) do
     fields[#fields + 1] = v
   end
-  emit('lock', rec, math.max(line.available, 0), fields)
+  emit('lock', rec, math.max(line.available, 0), fields, s)
   -- A batch may name the same record only once, so `available` is exact per line.
   for _, v in ipairs({ token, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)
