@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps test-deps run test lint monitoring build
+.PHONY: deps test-deps run test lint monitoring build bench loadtest
 
 deps:
 	./scripts/install-deps.sh run
@@ -19,11 +19,11 @@ run: deps
 
 ## Formatting, lints, docs, the alert rules, and every test against a real redis-server.
 test: test-deps lint monitoring
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps
 
 monitoring:
@@ -32,3 +32,12 @@ monitoring:
 
 build: deps
 	$(CARGO) build --release
+
+## The criterion benchmarks of the hot paths (needs redis-server).
+bench: deps
+	$(CARGO) bench --bench hot_paths
+
+## The load-test tool; see the README's performance section for the runs.
+loadtest: deps
+	$(CARGO) build --release --workspace
+	./target/release/loadtest run --spawn --scenario order --rate 2000 --duration 10s --redis-benchmark --json target/loadtest.json --hdr target/loadtest.hgrm --plot target/loadtest.svg

@@ -47,7 +47,7 @@ enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// Lock only, with a 2 s TTL: the locks expire and the sweeper returns them.
+    /// Lock only, with --lock-ttl: the locks expire and the sweeper returns them.
     Lock,
     /// Lock -> renew -> commit or release, over spread SKUs.
     Order,
@@ -107,6 +107,9 @@ struct RunArgs {
     /// Warehouses per SKU.
     #[arg(long, default_value_t = 4)]
     warehouses: usize,
+    /// TTL of the lock-only scenario's locks (they are left to expire).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lock_ttl: Duration,
     /// Lines per BatchLock.
     #[arg(long, default_value_t = 20)]
     batch_lines: usize,
@@ -186,9 +189,6 @@ fn sku(index: usize, args: &RunArgs) -> (String, String) {
 }
 
 const PHYSICAL: u64 = 1_000_000_000;
-
-/// TTL of the locks of the lock-only scenario.
-const LOCK_ONLY_TTL_S: i64 = 2;
 
 /// One unit of the scenario; `scheduled` is when it was due (open loop).
 async fn unit(shared: Arc<Shared>, scheduled: Instant) {
@@ -577,7 +577,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let recorder = shared.recorder.lock().expect("lock poisoned").clone();
         if args.scenario == Scenario::Lock {
             // Let every lock expire and be swept before the stock check.
-            tokio::time::sleep(Duration::from_secs(LOCK_ONLY_TTL_S as u64 + 2)).await;
+            tokio::time::sleep(args.lock_ttl + Duration::from_secs(2)).await;
         }
         let mut report = Report {
             scenario: format!("{:?}", args.scenario).to_lowercase(),

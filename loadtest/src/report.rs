@@ -10,16 +10,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Latencies (µs) and errors of every operation, for one run.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Recorder {
     pub ops: BTreeMap<&'static str, Histogram<u64>>,
     pub errors: BTreeMap<String, u64>,
-}
-
-impl Default for Recorder {
-    fn default() -> Self {
-        Self { ops: BTreeMap::new(), errors: BTreeMap::new() }
-    }
 }
 
 impl Recorder {
