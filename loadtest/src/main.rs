@@ -256,7 +256,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         warehouse_id: w,
         quantity: "1".into(),
         ttl: Some(prost_types::Duration {
-            seconds: if args.scenario == Scenario::Lock { LOCK_ONLY_TTL_S } else { 60 },
+            seconds: if args.scenario == Scenario::Lock { args.lock_ttl.as_secs() as i64 } else { 60 },
             nanos: 0,
         }),
         order_id: request_id.clone(),
