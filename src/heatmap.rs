@@ -103,7 +103,8 @@ impl Heatmap {
     /// The SVG view, with a tooltip per cell.
     pub fn svg(&self) -> String {
         let (cell, left, top) = (22, 140, 40);
-        let width = left + cell * self.hours.len().max(1) + 20;
+        // Wide enough for the title even with a single hour.
+        let width = (left + cell * self.hours.len().max(1) + 20).max(520);
         let height = top + cell * self.warehouses.len().max(1) + 60;
         let mut svg = String::new();
         let _ = writeln!(
