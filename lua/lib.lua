@@ -277,6 +277,22 @@ local function find_lock(rec, token, nonce, now)
   return nil, 'LOCK_NOT_FOUND'
 end
 
+-- A forced-unlock request that can still be decided: its fields
+-- {state, requester, expires}, or nil and the refusal to return.
+local function pending_request(request_key, now)
+  local request = redis.call('HMGET', request_key, 'state', 'requester', 'expires')
+  if not request[1] then
+    return nil, { 'FORCE_UNLOCK_NOT_FOUND' }
+  end
+  if request[1] ~= 'PENDING' then
+    return nil, { 'NOT_PENDING', request[1] }
+  end
+  if now >= tonumber(request[3]) then
+    return nil, { 'REQUEST_EXPIRED' }
+  end
+  return request
+end
+
 -- Appends an event to the audit stream, in the same script as the change it
 -- records. `fields` is a flat list of name, value; the entry id is Redis time.
 local function audit(key, max_events, fields)

@@ -24,15 +24,9 @@ if replay then
 end
 
 local now = now_ms()
-local request = redis.call('HMGET', request_key, 'state', 'requester', 'expires')
-if not request[1] then
-  return { 'FORCE_UNLOCK_NOT_FOUND' }
-end
-if request[1] ~= 'PENDING' then
-  return { 'NOT_PENDING', request[1] }
-end
-if now >= tonumber(request[3]) then
-  return { 'REQUEST_EXPIRED' }
+local request, refusal = pending_request(request_key, now)
+if not request then
+  return refusal
 end
 
 redis.call('HSET', request_key, 'state', 'REJECTED', 'decided_at', now, 'decided_by', actor, 'decision_reason', reason)

@@ -140,6 +140,14 @@ fn lock_filter(r: &pb::ListLocksRequest, stale_threshold: Duration) -> Result<Lo
     })
 }
 
+/// A requested page size: the default for 0, at most the maximum.
+pub(crate) fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
 /// The caller's principal, when authentication is on.
 fn principal<T>(request: &Request<T>) -> Option<Principal> {
     request.extensions().get::<Principal>().cloned()
@@ -369,11 +377,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             reason: r.reason,
             actor: actor(&principal),
         };
-        if cmd.physical.is_zero() && cmd.reserved.is_zero() && cmd.in_transit.is_zero() {
-            return Err(
-                Error::invalid("physical_delta", "or reserved_delta or in_transit_delta must be non-zero").into()
-            );
-        }
+        cmd.check_not_empty()?;
         let (view, _replayed) = self.store.adjust_stock(cmd).await?;
         Ok(Response::new(pb::AdjustStockResponse { record: Some(convert::record(&view)) }))
     }
@@ -596,12 +600,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
         let r = request.into_inner();
         let filter = lock_filter(&r, self.limits.stale_threshold)?;
-        let page_size = match r.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
         let page_token = (!r.page_token.is_empty()).then_some(r.page_token);
-        let page = self.store.list_locks(filter, page_size, page_token).await?;
+        let page = self.store.list_locks(filter, page_size(r.page_size), page_token).await?;
         Ok(Response::new(pb::ListLocksResponse {
             locks: page.locks.iter().map(convert::lock).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

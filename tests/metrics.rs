@@ -3,23 +3,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 
-/// Scrapes /metrics into `name{labels}` -> value.
-async fn scrape(svc: &TestService) -> HashMap<String, f64> {
-    let (status, body, _) = http_get(svc.http_addr, "/metrics", None).await;
-    assert_eq!(status, 200);
-    let text = body.as_str().expect("metrics are text").to_owned();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(f64::NAN))))
-        .collect()
-}
-
-fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+fn delta(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    key: &str,
+) -> f64 {
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use stocklock::pb;
@@ -28,11 +28,6 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         i = end;
     }
     names
-}
-
-fn hour_start(hours_ago: i64) -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
-    now - now.rem_euclid(3_600_000) - hours_ago * 3_600_000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

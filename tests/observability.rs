@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use stocklock::pb;
-
-/// Scrapes /metrics into `name{labels}` -> value.
-async fn scrape(svc: &TestService) -> HashMap<String, f64> {
-    let (status, body, _) = http_get(svc.http_addr, "/metrics", None).await;
-    assert_eq!(status, 200);
-    let text = body.as_str().expect("metrics are text").to_owned();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(f64::NAN))))
-        .collect()
-}
-
-fn hour_start(hours_ago: i64) -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
-    now - now.rem_euclid(3_600_000) - hours_ago * 3_600_000
-}
 
 async fn seed(svc: &TestService, hours_ago: i64, warehouse: &str, ok: u64, failed: u64) {
     let mut conn = svc.redis_conn().await;

@@ -278,3 +278,61 @@ pub fn compare(a: &Report, b: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder() -> Recorder {
+        let mut r = Recorder::default();
+        for us in 1..=1000u64 {
+            r.record("lock", Duration::from_micros(us));
+        }
+        r.error("lock", "INV_LOCK_TIMEOUT");
+        r
+    }
+
+    #[test]
+    fn summarizes_percentiles_and_rate() {
+        let ops = Report::summarize(&recorder(), Duration::from_secs(2));
+        let lock = &ops[0];
+        assert_eq!((lock.op.as_str(), lock.count), ("lock", 1000));
+        assert!((lock.per_second - 500.0).abs() < 1e-9);
+        assert!((499..=501).contains(&lock.p50_us), "{lock:?}");
+        assert!((989..=991).contains(&lock.p99_us), "{lock:?}");
+        assert_eq!(lock.max_us, 1000);
+    }
+
+    #[test]
+    fn writes_hgrm_and_a_plot() {
+        let r = recorder();
+        let text = hgrm(&r);
+        assert!(text.starts_with("# op lock") && text.contains("Total count = 1000"), "{text}");
+        let svg = plot(&r, "t");
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("1 ms"));
+    }
+
+    #[test]
+    fn compares_two_reports() {
+        let ops = Report::summarize(&recorder(), Duration::from_secs(1));
+        let report = |ops: Vec<OpSummary>| Report {
+            scenario: "lock".into(),
+            mode: "closed loop".into(),
+            offered_rate: None,
+            concurrency: Some(1),
+            duration_s: 1.0,
+            ops,
+            errors: BTreeMap::new(),
+            loadgen_cpu_cores: 0.0,
+            service_cpu_cores: None,
+            service_rss_mib: None,
+            physical_limit_per_second: None,
+            stock_check: "ok".into(),
+            machine: "test".into(),
+        };
+        let mut faster = ops.clone();
+        faster[0].per_second *= 2.0;
+        let text = compare(&report(ops), &report(faster));
+        assert!(text.contains("+100%"), "{text}");
+    }
+}

@@ -293,6 +293,16 @@ pub struct AdjustStockCommand {
     pub actor: String,
 }
 
+impl AdjustStockCommand {
+    /// An adjustment must change something.
+    pub fn check_not_empty(&self) -> Result<(), Error> {
+        if self.physical.is_zero() && self.reserved.is_zero() && self.in_transit.is_zero() {
+            return Err(Error::invalid("physical_delta", "or reserved_delta or in_transit_delta must be non-zero"));
+        }
+        Ok(())
+    }
+}
+
 /// Filters of ListLocks, combined with AND.
 #[derive(Clone, Debug, Default)]
 pub struct LockFilter {

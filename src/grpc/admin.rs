@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, actor, convert, lock_filter, optional, principal};
+use super::{MAX_PAGE_SIZE, actor, convert, lock_filter, optional, page_size, principal};
 use crate::auth::Principal;
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, BatchId, Error, ForceUnlockState, ForceUnlockView, Holder, LockId,
@@ -69,13 +69,6 @@ fn reason(text: &str, field: &str, required: bool) -> Result<String, Error> {
         return Err(Error::invalid(field, format!("is longer than {MAX_REASON_LEN} bytes")));
     }
     Ok(text.to_owned())
-}
-
-fn page_size(requested: u32) -> usize {
-    match requested as usize {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
-    }
 }
 
 fn millis_of(ts: &prost_types::Timestamp) -> i64 {

@@ -112,9 +112,7 @@ fn parse(fields: &HashMap<String, String>) -> Result<Change, Error> {
                 reason: optional(fields, "reason").to_owned(),
                 actor: ACTOR.into(),
             };
-            if cmd.physical.is_zero() && cmd.reserved.is_zero() && cmd.in_transit.is_zero() {
-                return Err(Error::invalid("physical_delta", "or reserved_delta or in_transit_delta must be non-zero"));
-            }
+            cmd.check_not_empty()?;
             Ok(Change::Delta(cmd))
         }
         other => Err(Error::invalid("type", format!("{other:?} is not snapshot or delta"))),
