@@ -193,6 +193,9 @@ fn signed_or_zero(text: &str, field: &str) -> Result<Signed, Error> {
 /// How many events a watcher may fall behind before it is told to catch up.
 const WATCH_BUFFER: usize = 256;
 
+/// A watcher that hears nothing from the hub this long reads Redis itself.
+const WATCH_QUIET: Duration = Duration::from_millis(250);
+
 /// An event as a watcher sees it.
 fn availability_event(event: &LifecycleEvent) -> pb::AvailabilityEvent {
     pb::AvailabilityEvent {
@@ -250,10 +253,37 @@ async fn follow<S: StockStore>(
                 break;
             }
         }
-        // Then live, until the hub says we fell behind.
+        // Then live, until the hub says we fell behind or stays quiet. The
+        // tailer runs only while someone watches, so it may have started after
+        // our catch-up read: the first live event fills any gap between the
+        // two from Redis, and a quiet hub sends us back to Redis to look.
+        let mut gap_checked = false;
         loop {
-            match hub.recv().await {
+            let Ok(received) = tokio::time::timeout(WATCH_QUIET, hub.recv()).await else { break };
+            match received {
                 Ok(event) if event.id <= from => {}
+                Ok(event) if !gap_checked => {
+                    gap_checked = true;
+                    loop {
+                        let batch = match store.events_after(from, 500).await {
+                            Ok(batch) => batch,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        };
+                        let done = batch.len() < 500;
+                        for missed in batch.into_iter().take_while(|e| e.id <= event.id) {
+                            from = missed.id;
+                            if wanted(&missed) && tx.send(Ok(availability_event(&missed))).await.is_err() {
+                                return;
+                            }
+                        }
+                        if done || from >= event.id {
+                            break;
+                        }
+                    }
+                }
                 Ok(event) => {
                     from = event.id;
                     if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {

@@ -72,6 +72,11 @@ impl EventHub {
         let _ = self.sender.send(Arc::new(event));
     }
 
+    /// Whether anyone is watching: with no watcher there is nothing to fan out.
+    pub fn has_watchers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     /// A new watcher's receiver: it sees events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LifecycleEvent>> {
         self.sender.subscribe()
