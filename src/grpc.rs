@@ -363,7 +363,15 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             after
         };
         let wanted = records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
-        tokio::spawn(follow(self.store.clone(), hub, wanted, from, tx));
+        let (closed, store) = (self.events.closed(), self.store.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follow(store, hub, wanted, from, tx.clone()) => {}
+                () = closed => {
+                    let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
+                }
+            }
+        });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 

@@ -186,6 +186,7 @@ pub async fn run(
         tokio::spawn(async move { store.tail_events(events, max_len, stop).await })
     };
     background.push(tailer);
+    let events_for_shutdown = events.clone();
     let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events))
         .max_decoding_message_size(config.max_request_bytes);
     let policy = ForceUnlockPolicy {
@@ -221,6 +222,7 @@ pub async fn run(
         result = &mut server => result,
         () = shutdown => {
             tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight calls");
+            events_for_shutdown.close();
             let _ = stop_tx.send(true);
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(result) => result,

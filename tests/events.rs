@@ -212,3 +212,23 @@ async fn a_resume_point_that_was_trimmed_is_refused() {
     let status = expect_error(result, tonic::Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["after_event_id"]);
 }
+
+#[tokio::test]
+async fn shutdown_ends_watch_streams_instead_of_waiting_for_them() {
+    let svc = start().await;
+    svc.stock("S", "W", "10").await;
+    let keys = vec![pb::StockKey { sku: "S".into(), warehouse_id: "W".into() }];
+    let mut stream = svc
+        .client
+        .clone()
+        .watch_availability(pb::WatchAvailabilityRequest { keys, after_event_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    svc.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?} for the watcher", started.elapsed());
+    let end = stream.next().await;
+    assert!(matches!(end, Some(Err(ref s)) if s.code() == tonic::Code::Unavailable) || end.is_none(), "{end:?}");
+}

@@ -58,12 +58,28 @@ pub struct StreamPosition {
 #[derive(Clone)]
 pub struct EventHub {
     sender: broadcast::Sender<Arc<LifecycleEvent>>,
+    /// Turns true when the service shuts down, so watchers end their streams
+    /// instead of holding the drain open.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl EventHub {
     /// A hub that buffers `capacity` events per slow watcher before it lags.
     pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0 }
+        Self { sender: broadcast::channel(capacity).0, closing: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Tells every watcher the service is shutting down.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`EventHub::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
     }
 
     /// Delivers an event to the current watchers.
