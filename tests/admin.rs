@@ -34,15 +34,7 @@ fn approve(id: &str, request_id: &str) -> pb::ApproveForceUnlockRequest {
 async fn a_forced_unlock_needs_a_second_operator_and_fences_the_holder() {
     let svc = start_authed(&[]).await;
     let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
-    root.set_stock(pb::SetStockRequest {
-        sku: "S".into(),
-        warehouse_id: "W".into(),
-        physical: "10".into(),
-        source_version: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stock_as_root(&mut root, "S", "W", "10").await;
     let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
     let lock = checkout.lock(lock_request("S", "W", "4", "r1")).await.unwrap().into_inner().lock.unwrap();
     assert_eq!(lock.holder, "checkout", "the holder is the authenticated principal");

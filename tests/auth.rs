@@ -101,15 +101,7 @@ async fn every_role_against_every_rpc() {
 async fn missing_malformed_and_unknown_tokens_are_unauthenticated_and_change_nothing() {
     let svc = start_authed(&[]).await;
     let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
-    root.set_stock(pb::SetStockRequest {
-        sku: "S".into(),
-        warehouse_id: "W".into(),
-        physical: "5".into(),
-        source_version: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stock_as_root(&mut root, "S", "W", "5").await;
     for method in INVENTORY.into_iter().chain(ADMIN) {
         let status = call(&svc, None, method).await.expect_err("no token");
         assert_eq!((status.code(), reason(&status).as_str()), (Code::Unauthenticated, "UNAUTHENTICATED"), "{method}");
@@ -139,15 +131,7 @@ async fn missing_malformed_and_unknown_tokens_are_unauthenticated_and_change_not
 async fn the_holder_is_the_principal_whatever_the_request_says() {
     let svc = start_authed(&[]).await;
     let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
-    root.set_stock(pb::SetStockRequest {
-        sku: "S".into(),
-        warehouse_id: "W".into(),
-        physical: "5".into(),
-        source_version: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stock_as_root(&mut root, "S", "W", "5").await;
     let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
     let mut other = svc.inventory_as(Some("other-token-0123456789")).await;
     let mut request = lock_request("S", "W", "2", "r1");
@@ -212,15 +196,7 @@ async fn a_changed_token_file_is_reloaded() {
 async fn a_query_scraper_is_rate_limited_while_locks_keep_succeeding() {
     let svc = start_authed(&["--query-rate-limit", "20"]).await;
     let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
-    root.set_stock(pb::SetStockRequest {
-        sku: "S".into(),
-        warehouse_id: "W".into(),
-        physical: "1000".into(),
-        source_version: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stock_as_root(&mut root, "S", "W", "1000").await;
     let mut scraper = svc.inventory_as(Some("transfer-token-0123456789")).await;
     let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
     let (mut ok, mut limited) = (0, 0);

@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use stocklock::pb;
 
 struct Run {
     code: i32,
@@ -33,15 +32,7 @@ const BOB: Option<&str> = Some("bob-token-0123456789");
 async fn an_operator_finds_a_stale_lock_and_gets_it_released_with_approval() {
     let svc = start_authed(&["--stale-threshold", "200ms"]).await;
     let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
-    root.set_stock(pb::SetStockRequest {
-        sku: "SKU-1".into(),
-        warehouse_id: "WH-A".into(),
-        physical: "10".into(),
-        source_version: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stock_as_root(&mut root, "SKU-1", "WH-A", "10").await;
     let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
     let lock = checkout.lock(lock_request("SKU-1", "WH-A", "4", "r1")).await.unwrap().into_inner().lock.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -124,22 +124,7 @@ async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
         holder: "h".into(),
     };
     let locks = svc.client.clone().batch_lock(batch).await.unwrap().into_inner();
-    let mut admin = svc.admin().await;
-    let selector = pb::LockSelector { target: Some(pb::lock_selector::Target::BatchId(locks.batch_id.clone())) };
-    let request = pb::RequestForceUnlockRequest {
-        selector: Some(selector),
-        reason: "test".into(),
-        request_id: "fu".into(),
-        operator: "alice".into(),
-    };
-    let pending = admin.request_force_unlock(request).await.unwrap().into_inner().request.unwrap();
-    let approve = pb::ApproveForceUnlockRequest {
-        id: pending.id,
-        comment: String::new(),
-        request_id: "ap".into(),
-        operator: "bob".into(),
-    };
-    admin.approve_force_unlock(approve).await.unwrap();
+    force_unlock(&svc, pb::lock_selector::Target::BatchId(locks.batch_id.clone())).await;
     let all = events(&svc).await;
     assert_eq!(actions(&all), ["stock.set", "stock.set", "lock", "lock", "force_release", "force_release"]);
     assert_eq!(all[2].1["batch_id"], locks.batch_id);

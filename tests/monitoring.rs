@@ -35,22 +35,7 @@ async fn dashboards_and_alerts_use_only_exported_metrics() {
     let svc = start_with(&["--metrics-refresh", "100ms", "--store-timeout", "100ms", "--query-rate-limit", "1"]).await;
     svc.stock("S", "W", "10").await;
     let lock = svc.lock("S", "W", "1", "r1").await.unwrap().lock.unwrap();
-    let mut admin = svc.admin().await;
-    let selector = pb::LockSelector { target: Some(pb::lock_selector::Target::LockId(lock.lock_id)) };
-    let request = pb::RequestForceUnlockRequest {
-        selector: Some(selector),
-        reason: "test".into(),
-        request_id: "fu".into(),
-        operator: "alice".into(),
-    };
-    let pending = admin.request_force_unlock(request).await.unwrap().into_inner().request.unwrap();
-    let approve = pb::ApproveForceUnlockRequest {
-        id: pending.id,
-        comment: String::new(),
-        request_id: "ap".into(),
-        operator: "bob".into(),
-    };
-    admin.approve_force_unlock(approve).await.unwrap();
+    force_unlock(&svc, pb::lock_selector::Target::LockId(lock.lock_id)).await;
     for _ in 0..3 {
         let _ = http_get(svc.http_addr, "/stock/available?sku=S", None).await;
     }
