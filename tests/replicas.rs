@@ -1,0 +1,158 @@
+//! Several `stocklock serve` processes on one Redis: a lock taken through one
+//! replica is renewed and ended through another, callers spread over both
+//! never over-lock, and both sweepers return expired stock exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::future::join_all;
+use stocklock::pb;
+use tonic::Code;
+
+/// Two services on one fresh Redis.
+async fn two_replicas(extra: &[&str]) -> (TestService, TestService) {
+    let first = start_with(extra).await;
+    let second = serve(&first.redis_url, extra).await;
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_on_one_replica_is_renewed_and_committed_on_the_other() {
+    let (a, b) = two_replicas(&[]).await;
+    a.stock("SKU-R", "WH-A", "10").await;
+    let lock = a.lock("SKU-R", "WH-A", "3", "lock-1").await.unwrap().lock.unwrap();
+
+    let renewed = b
+        .client
+        .clone()
+        .renew(pb::RenewRequest {
+            lock_ids: vec![lock.lock_id.clone()],
+            ttl: secs(120),
+            holder: "order-service".into(),
+            request_id: "renew-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(renewed.results[0].renewed, "{renewed:?}");
+
+    // A retry of the same Lock through the other replica is a replay, not a second lock.
+    let replay = b.lock("SKU-R", "WH-A", "3", "lock-1").await.unwrap().lock.unwrap();
+    assert_eq!(replay.lock_id, lock.lock_id);
+
+    let commit = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c-1".into(), ..Default::default() };
+    b.client.clone().commit(commit).await.unwrap();
+    let record = a.record("SKU-R", "WH-A").await;
+    assert_eq!((record.physical.as_str(), record.locked.as_str(), record.available.as_str()), ("7", "0", "7"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_spread_over_two_replicas_never_over_lock_and_the_books_balance() {
+    let (a, b) = two_replicas(&[]).await;
+    a.stock("SPREAD", "WH-A", "60").await;
+    let clients = [a.client.clone(), b.client.clone()];
+    // 300 orders over both replicas: lock one unit; a third commit, a third release,
+    // a third keep their lock. Each step goes to the replica the lock did not come from.
+    let calls = (0..300).map(|i| {
+        let mut first = clients[i % 2].clone();
+        let mut other = clients[(i + 1) % 2].clone();
+        async move {
+            let lock = match first.lock(lock_request("SPREAD", "WH-A", "1", &format!("r{i}"))).await {
+                Ok(response) => response.into_inner().lock.unwrap(),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    return (0, 0);
+                }
+            };
+            match i % 3 {
+                0 => {
+                    let request =
+                        pb::CommitRequest { lock_id: lock.lock_id, request_id: format!("c{i}"), ..Default::default() };
+                    other.commit(request).await.unwrap();
+                    (1, 0)
+                }
+                1 => {
+                    let request =
+                        pb::ReleaseRequest { lock_id: lock.lock_id, request_id: format!("x{i}"), ..Default::default() };
+                    other.release(request).await.unwrap();
+                    (0, 0)
+                }
+                _ => (0, 1),
+            }
+        }
+    });
+    let (committed, held) = join_all(calls).await.into_iter().fold((0i64, 0i64), |(c, h), (dc, dh)| (c + dc, h + dh));
+    assert!(committed > 0 && held > 0);
+
+    let record = b.record("SPREAD", "WH-A").await;
+    let physical: i64 = record.physical.parse().unwrap();
+    let locked: i64 = record.locked.parse().unwrap();
+    let available: i64 = record.available.parse().unwrap();
+    assert_eq!(physical, 60 - committed, "{record:?}");
+    assert_eq!(locked, held, "{record:?}");
+    assert_eq!(available + locked, physical, "{record:?}");
+    assert!(available >= 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sweepers_return_expired_stock_exactly_once() {
+    let (a, b) = two_replicas(&["--min-ttl", "100ms", "--sweep-interval", "20ms"]).await;
+    for sku in ["EXP-1", "EXP-2", "EXP-3"] {
+        a.stock(sku, "WH-A", "20").await;
+    }
+    let locks = (0..45).map(|i| {
+        let svc = if i % 2 == 0 { &a } else { &b };
+        let sku = ["EXP-1", "EXP-2", "EXP-3"][i % 3];
+        let mut request = lock_request(sku, "WH-A", "1", &format!("e{i}"));
+        request.ttl = millis(300);
+        let mut client = svc.client.clone();
+        async move { client.lock(request).await.unwrap() }
+    });
+    join_all(locks).await;
+
+    // Both sweepers run over the same due index; every lock must come back once.
+    let mut events = a.redis_conn().await;
+    let settled = eventually(Duration::from_secs(5), || async {
+        let mut all = true;
+        for sku in ["EXP-1", "EXP-2", "EXP-3"] {
+            let record = a.record(sku, "WH-A").await;
+            all &= record.available == "20" && record.locked == "0" && record.live_locks == 0;
+        }
+        all
+    })
+    .await;
+    assert!(settled, "expired stock did not come back");
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut events).await.unwrap();
+    let expire_events = entries.iter().filter(|(_, fields)| fields[..2] == ["action", "expire"]).count();
+    assert_eq!(expire_events, 45, "each lock expires exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_ingestion_stream_without_double_work() {
+    let (a, b) = two_replicas(&[]).await;
+    a.stock("IN", "W", "0").await;
+    for i in 0..100 {
+        let event_id = format!("ev-{i}");
+        let fields = [
+            ("type", "delta"),
+            ("sku", "IN"),
+            ("warehouse_id", "W"),
+            ("event_id", event_id.as_str()),
+            ("physical_delta", "1"),
+            ("reason", "inbound"),
+        ];
+        xadd(&a, "sl:ingest", &fields).await;
+    }
+    let done = eventually(Duration::from_secs(5), || async { b.record("IN", "W").await.physical == "100" }).await;
+    assert!(done, "every delta applied: {:?}", b.record("IN", "W").await);
+    let mut conn = a.redis_conn().await;
+    let consumers: Vec<Vec<redis::Value>> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg("sl:ingest").arg("stocklock").query_async(&mut conn).await.unwrap();
+    assert_eq!(consumers.len(), 2, "both replicas joined the consumer group");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.record("IN", "W").await.physical, "100", "nothing applied twice");
+}
