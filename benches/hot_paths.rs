@@ -65,7 +65,8 @@ fn lock_round_trip(c: &mut Criterion) {
     let (redis, store) = runtime.block_on(async {
         let redis = EmbeddedRedis::start(Path::new("redis-server")).await.expect("redis-server");
         let settings = RedisSettings {
-            url: redis.url(),
+            topology: stocklock::store::redis::Topology::Standalone { url: redis.url() },
+            durability: None,
             timeout: Duration::from_secs(1),
             max_hold: Duration::from_secs(3600),
             retention: Duration::from_secs(600),

@@ -15,7 +15,9 @@
 -- ARGV[7]  idempotency retention ms
 -- ARGV[8]  tombstone retention ms
 -- ARGV[9]  nonce (random, makes lock ids unguessable and unique across data loss)
--- ARGV[10 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+-- ARGV[10] token floor: the fencing epoch << 32; tokens are never below it, so
+--          tokens issued after a failover are above every one issued before
+-- ARGV[11 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
 --
 -- Returns
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
@@ -33,7 +35,8 @@ local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
 local idem_retention, tomb_retention = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nonce = ARGV[9]
-local line_count = (#ARGV - 9) / 3
+local token_floor = tonumber(ARGV[10])
+local line_count = (#ARGV - 10) / 3
 EVENTS_KEY = KEYS[#KEYS]
 
 local replay = idem_lookup(idem_key, fingerprint)
@@ -47,12 +50,12 @@ local now = now_ms()
 local lines = {}
 local short = {}
 for k = 0, line_count - 1 do
-  local rec = record_at(3 + 4 * k, ARGV[10 + 3 * k])
+  local rec = record_at(3 + 4 * k, ARGV[11 + 3 * k])
   local s = read_stock(rec)
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
   end
-  local qty, err = scale_qty(tonumber(ARGV[11 + 3 * k]), tonumber(ARGV[12 + 3 * k]), s.unit_scale)
+  local qty, err = scale_qty(tonumber(ARGV[12 + 3 * k]), tonumber(ARGV[13 + 3 * k]), s.unit_scale)
   if not qty then
     return { err, fmt(k), fmt(s.unit_scale) }
   end
@@ -83,9 +86,10 @@ for _, line in ipairs(lines) do
   end
   -- One write for the three counters; the figures are known, so the event
   -- needs no read either (the profile of this script is its Redis calls).
-  local token = s.fence + 1
-  s.fence, s.locked, s.version = token, s.locked + line.qty, s.version + 1
-  redis.call('HSET', rec.stock, 'fence', fmt(token), 'locked', fmt(s.locked), 'version', fmt(s.version))
+  -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
+  local token = fmt(math.max(s.fence + 1, token_floor))
+  s.fence, s.locked, s.version = tonumber(token), s.locked + line.qty, s.version + 1
+  redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version))
   redis.call('HSET', rec.locks, token, pack_lock({
     qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
@@ -103,10 +107,10 @@ for _, line in ipairs(lines) do
   end
   emit('lock', rec, math.max(line.available, 0), fields, s)
   -- A batch may name the same record only once, so `available` is exact per line.
-  for _, v in ipairs({ token, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
+  for _, v in ipairs({ s.fence, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)
   end
-  lock_refs[#lock_refs + 1] = rec.id .. '|' .. fmt(token)
+  lock_refs[#lock_refs + 1] = rec.id .. '|' .. token
 end
 
 if batch_id ~= '' then

@@ -36,6 +36,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the service reaches Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisMode {
+    /// One Redis server (or a proxy in front of one primary).
+    Standalone,
+    /// The primary named by Redis Sentinel, followed across failovers.
+    Sentinel,
+}
+
 /// Options of `stocklock serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
@@ -47,11 +56,41 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
 
-    /// Redis URL (redis://host:port/db). Without it the service starts a
+    /// A plaintext listener that serves only the gRPC health service, for
+    /// probes that cannot speak TLS (the kubelet's native gRPC probe).
+    #[arg(long, env = "STOCKLOCK_PROBE_LISTEN")]
+    pub probe_listen: Option<SocketAddr>,
+
+    /// Redis URL (redis://host:port/db); with `--redis-mode sentinel`, the
+    /// sentinels' URLs, comma-separated. Without it the service starts a
     /// private redis-server child on a free loopback port, with no
     /// persistence: for trying it out, not for production.
-    #[arg(long, env = "STOCKLOCK_REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "STOCKLOCK_REDIS_URL", value_delimiter = ',')]
+    pub redis_url: Vec<String>,
+
+    /// How to reach Redis: one server, or the primary that Sentinel names
+    /// (followed across failovers).
+    #[arg(long, env = "STOCKLOCK_REDIS_MODE", value_enum, default_value = "standalone")]
+    pub redis_mode: RedisMode,
+
+    /// The name the sentinels monitor the primary under (`--redis-mode sentinel`).
+    #[arg(long, env = "STOCKLOCK_REDIS_MASTER_NAME", default_value = "mymaster")]
+    pub redis_master_name: String,
+
+    /// How often the sentinels are asked for the primary even when no call
+    /// failed. A failed call asks at once.
+    #[arg(long, env = "STOCKLOCK_REDIS_FAILOVER_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_failover_poll: Duration,
+
+    /// Replicas that must acknowledge each change (Redis WAIT) before the
+    /// response calls it durable; 0 turns the wait off. Responses carry the
+    /// outcome; a change is never undone for lack of acknowledgements.
+    #[arg(long, env = "STOCKLOCK_DURABILITY_REPLICAS", default_value_t = 0)]
+    pub durability_replicas: u32,
+
+    /// Longest wait for the replica acknowledgements.
+    #[arg(long, env = "STOCKLOCK_DURABILITY_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub durability_timeout: Duration,
 
     /// The redis-server binary for the embedded default.
     #[arg(long, env = "STOCKLOCK_REDIS_SERVER_BIN", default_value = "redis-server")]
@@ -234,6 +273,20 @@ impl ServeConfig {
         {
             return Err(format!("--key-prefix {:?} must be non-empty, without braces or whitespace", self.key_prefix));
         }
+        match (self.redis_mode, self.redis_url.len()) {
+            (RedisMode::Standalone, 0 | 1) => {}
+            (RedisMode::Standalone, _) => return Err("--redis-url takes one URL unless --redis-mode sentinel".into()),
+            (RedisMode::Sentinel, 0) => {
+                return Err("--redis-mode sentinel needs the sentinels' URLs in --redis-url".into());
+            }
+            (RedisMode::Sentinel, _) => {}
+        }
+        if self.redis_failover_poll.is_zero() {
+            return Err("--redis-failover-poll must be greater than zero".into());
+        }
+        if self.durability_replicas > 0 && self.durability_timeout.is_zero() {
+            return Err("--durability-timeout must be greater than zero when --durability-replicas is set".into());
+        }
         if !(0.0..=1.0).contains(&self.health_threshold) {
             return Err(format!("--health-threshold {} must be between 0 and 1", self.health_threshold));
         }
@@ -295,5 +348,18 @@ mod tests {
         assert!(parse(&["--max-ttl", "48h"]).validate().unwrap_err().contains("--max-hold"));
         assert!(parse(&["--key-prefix", "a{b"]).validate().is_err());
         assert!(parse(&["--store-timeout", "0s"]).validate().is_err());
+    }
+
+    #[test]
+    fn redis_modes_take_the_urls_they_need() {
+        let sentinels = parse(&["--redis-mode", "sentinel", "--redis-url", "redis://a:26379,redis://b:26379"]);
+        sentinels.validate().unwrap();
+        assert_eq!(sentinels.redis_url.len(), 2);
+        let err = parse(&["--redis-mode", "sentinel"]).validate().unwrap_err();
+        assert!(err.contains("sentinels"), "{err}");
+        let err = parse(&["--redis-url", "redis://a,redis://b"]).validate().unwrap_err();
+        assert!(err.contains("one URL"), "{err}");
+        let err = parse(&["--durability-replicas", "1", "--durability-timeout", "0s"]).validate().unwrap_err();
+        assert!(err.contains("--durability-timeout"), "{err}");
     }
 }

@@ -45,6 +45,9 @@ impl EmbeddedRedis {
         let port_arg = port.to_string();
         let mut child = Command::new(bin)
             .args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // Replication still writes an RDB file: keep it out of the working directory.
+            .arg("--dir")
+            .arg(std::env::temp_dir())
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

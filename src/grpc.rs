@@ -300,6 +300,17 @@ async fn follow<S: StockStore>(
     }
 }
 
+impl<S: StockStore> InventoryApi<S> {
+    /// Replica acknowledgements of this call's change, when configured.
+    async fn durability(&self) -> Option<pb::Durability> {
+        self.store.durability().await.map(|d| pb::Durability {
+            replicas_acknowledged: d.acknowledged,
+            replicas_required: d.required,
+            durable: d.durable(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl<S: StockStore> InventoryService for InventoryApi<S> {
     type WatchAvailabilityStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AvailabilityEvent, Status>>;
@@ -397,6 +408,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             applied: outcome.applied,
             stale: !outcome.applied,
             record: Some(convert::record(&outcome.record)),
+            durability: self.durability().await,
         }))
     }
 
@@ -417,7 +429,10 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         };
         cmd.check_not_empty()?;
         let (view, _replayed) = self.store.adjust_stock(cmd).await?;
-        Ok(Response::new(pb::AdjustStockResponse { record: Some(convert::record(&view)) }))
+        Ok(Response::new(pb::AdjustStockResponse {
+            record: Some(convert::record(&view)),
+            durability: self.durability().await,
+        }))
     }
 
     async fn get_availability(
@@ -497,6 +512,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             lock: Some(convert::lock(&granted.lock)),
             available: granted.lock.unit_scale.format(granted.available),
             replayed: outcome.replayed,
+            durability: self.durability().await,
         }))
     }
 
@@ -541,6 +557,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
             locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
             replayed: outcome.replayed,
+            durability: self.durability().await,
         }))
     }
 
@@ -579,7 +596,11 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                 }
             })
             .collect();
-        Ok(Response::new(pb::RenewResponse { results, replayed: outcome.replayed }))
+        Ok(Response::new(pb::RenewResponse {
+            results,
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
@@ -601,7 +622,11 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                 quantity: item.unit_scale.format(item.quantity),
             })
             .collect();
-        Ok(Response::new(pb::ReleaseResponse { results, replayed: outcome.replayed }))
+        Ok(Response::new(pb::ReleaseResponse {
+            results,
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
     }
 
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
@@ -623,6 +648,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             committed_now: outcome.committed_now,
             record: Some(convert::record(&outcome.record)),
             replayed: outcome.replayed,
+            durability: self.durability().await,
         }))
     }
 

@@ -63,6 +63,13 @@ pub struct ForceUnlockLabels {
     pub mode: String,
 }
 
+/// Labels of the durability waits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurabilityLabels {
+    /// `durable` (enough replicas acknowledged in time) or `not_durable`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -94,6 +101,10 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// 1 while a warehouse breaks the lock-health rule.
     pub warehouse_unhealthy: Family<WarehouseLabels, Gauge>,
+    /// Primary changes followed through Sentinel.
+    pub failovers: Counter,
+    /// Mutations that waited for replica acknowledgements, by outcome.
+    pub durability: Family<DurabilityLabels, Counter>,
 }
 
 /// Latency buckets: 100 µs steps below 1 ms, then coarser up to 10 s.
@@ -125,6 +136,8 @@ impl Metrics {
             ingest_dead_letters: Gauge::default(),
             rate_limited: Counter::default(),
             warehouse_unhealthy: Family::default(),
+            failovers: Counter::default(),
+            durability: Family::default(),
         };
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(
@@ -163,6 +176,16 @@ impl Metrics {
             "warehouse_unhealthy",
             "1 while a warehouse's lock success rate breaks the health rule",
             metrics.warehouse_unhealthy.clone(),
+        );
+        registry.register(
+            "redis_failovers",
+            "Redis primary changes followed through Sentinel (each bumps the fencing epoch)",
+            metrics.failovers.clone(),
+        );
+        registry.register(
+            "durability_waits",
+            "Mutations that waited for replica acknowledgements (WAIT), by outcome",
+            metrics.durability.clone(),
         );
         Self { registry, ..metrics }
     }

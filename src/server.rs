@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{Access, AccessLayer, Authenticator};
-use crate::config::ServeConfig;
+use crate::config::{RedisMode, ServeConfig};
 use crate::domain::{Error, EventHub, StockStore};
 use crate::embedded_redis::EmbeddedRedis;
 use crate::grpc::admin::ForceUnlockPolicy;
@@ -22,7 +22,7 @@ use crate::grpc::{AdminApi, InventoryApi};
 use crate::http::HttpState;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
-use crate::store::redis::{IngestSettings, RedisSettings, RedisStore};
+use crate::store::redis::{DurabilitySettings, IngestSettings, RedisSettings, RedisStore, Topology};
 use crate::{pb, sweeper};
 
 /// How often health checks Redis.
@@ -94,9 +94,8 @@ pub async fn run(
 
     // Kept alive until run returns; dropping it stops the child.
     let mut _embedded = None;
-    let url = match &config.redis_url {
-        Some(url) => url.clone(),
-        None => {
+    let urls = match config.redis_url.as_slice() {
+        [] => {
             let redis = EmbeddedRedis::start(&config.redis_server_bin).await?;
             tracing::warn!(
                 url = %redis.url(),
@@ -104,19 +103,31 @@ pub async fn run(
             );
             let url = redis.url();
             _embedded = Some(redis);
-            url
+            vec![url]
         }
+        urls => urls.to_vec(),
     };
+    let topology = match config.redis_mode {
+        RedisMode::Standalone => Topology::Standalone { url: urls[0].clone() },
+        RedisMode::Sentinel => Topology::Sentinel {
+            sentinels: urls.clone(),
+            master_name: config.redis_master_name.clone(),
+            poll: config.redis_failover_poll,
+        },
+    };
+    let url = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
     let settings = RedisSettings {
-        url: url.clone(),
+        topology,
         timeout: config.store_timeout,
         max_hold: config.max_hold,
         retention: config.idempotency_retention,
         key_prefix: config.key_prefix.clone(),
         audit_max_events: config.audit_max_events,
         force_unlock_ttl: config.force_unlock_ttl,
+        durability: (config.durability_replicas > 0)
+            .then_some(DurabilitySettings { replicas: config.durability_replicas, timeout: config.durability_timeout }),
     };
-    let store = RedisStore::connect(&settings).await.map_err(|source| RunError::Store { url: redact(&url), source })?;
+    let store = RedisStore::connect(&settings).await.map_err(|source| RunError::Store { url: url.clone(), source })?;
     let store = Arc::new(store);
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -196,7 +207,25 @@ pub async fn run(
     let admin =
         AdminServiceServer::new(AdminApi::new(store, policy)).max_decoding_message_size(config.max_request_bytes);
     let listen = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-    tracing::info!(%listen, http = %http_addr, redis = %redact(&url), "stocklock serving");
+    tracing::info!(%listen, http = %http_addr, redis = %url, "stocklock serving");
+
+    if let Some(probe_addr) = config.probe_listen {
+        let probe_listener = tokio::net::TcpListener::bind(probe_addr)
+            .await
+            .map_err(|e| RunError::Config(format!("--probe-listen {probe_addr}: {e}")))?;
+        let (probes, mut probe_stop) = (health_service.clone(), stop_rx.clone());
+        background.push(tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(probes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(probe_listener), async move {
+                    let _ = probe_stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "probe listener failed");
+            }
+        }));
+    }
 
     let mut drain_rx = stop_rx.clone();
     let mut builder = Server::builder().tcp_nodelay(true);

@@ -65,6 +65,8 @@ async fn mutual_tls_admits_only_clients_of_the_trusted_ca() {
     let key = write("key", &server_key);
     let ca = write("ca", &pki.ca_pem);
     let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let probe_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let probe = probe_addr.to_string();
     let config = config(
         &redis.url(),
         &[
@@ -74,6 +76,8 @@ async fn mutual_tls_admits_only_clients_of_the_trusted_ca() {
             key.to_str().unwrap(),
             "--tls-client-ca",
             ca.to_str().unwrap(),
+            "--probe-listen",
+            &probe,
         ],
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,6 +121,13 @@ async fn mutual_tls_admits_only_clients_of_the_trusted_ca() {
     if let Ok(channel) = plain {
         assert!(get(channel).await.is_err());
     }
+
+    // Probes that cannot speak TLS (the kubelet's) get health, and only health, in plaintext.
+    let channel = Channel::from_shared(format!("http://{probe_addr}")).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let request = tonic_health::pb::HealthCheckRequest { service: "stocklock.v1.InventoryService".into() };
+    assert_eq!(health.check(request).await.unwrap().into_inner().status(), tonic_health::ServingStatus::Serving.into());
+    assert_eq!(get(channel).await.unwrap_err().code(), tonic::Code::Unimplemented);
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

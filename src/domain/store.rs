@@ -327,6 +327,22 @@ pub struct LockPage {
     pub next_page_token: Option<String>,
 }
 
+/// How many replicas acknowledged the changes made so far by a caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas that acknowledged in time.
+    pub acknowledged: u32,
+    /// Replicas required.
+    pub required: u32,
+}
+
+impl Durability {
+    /// Enough replicas hold the change.
+    pub fn durable(&self) -> bool {
+        self.acknowledged >= self.required
+    }
+}
+
 /// The storage port: every mutation is one atomic step in the store.
 pub trait StockStore: Send + Sync + 'static {
     /// Writes a snapshot.
@@ -374,4 +390,8 @@ pub trait StockStore: Send + Sync + 'static {
     fn record_lock_outcomes(&self, outcomes: &[(&str, &'static str)]);
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Waits until the configured number of replicas hold every change this
+    /// process completed so far, or the durability timeout passes; `None`
+    /// when no durability is configured.
+    fn durability(&self) -> impl Future<Output = Option<Durability>> + Send;
 }

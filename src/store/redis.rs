@@ -1,17 +1,20 @@
 //! The Redis implementation of [`StockStore`].
 //!
 //! Every mutation is one EVALSHA of a script in `lua/` over one multiplexed
-//! connection ([`ConnectionManager`], which reconnects by itself). Every call
+//! connection to the primary ([`ConnectionManager`], which reconnects by
+//! itself; with Sentinel the [`link`] follows failovers). Every call
 //! is bounded by the store timeout: a slow or stopped Redis gives
 //! [`Error::StoreTimeout`], an unreachable one [`Error::StoreUnavailable`],
 //! never a hang. Keys come from [`Keys`] only.
 
 mod admin;
 mod decode;
+mod durability;
 mod events;
 mod health;
 mod ingest;
 mod keys;
+mod link;
 mod scripts;
 
 use std::collections::HashMap;
@@ -24,8 +27,11 @@ use redis::{RedisError, ScriptInvocation};
 use tracing::Instrument;
 
 use self::decode::{Reply, malformed};
+pub use self::durability::DurabilitySettings;
 pub use self::ingest::{IngestSettings, IngestStats};
 pub use self::keys::{Keys, RecordKeys};
+use self::link::Link;
+pub use self::link::Topology;
 use crate::domain::{
     AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, EventId, Granted, LifecycleEvent, LockCommand,
     LockEnd, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem,
@@ -36,8 +42,8 @@ use crate::domain::{
 /// How the store reaches Redis and how long it keeps what.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (or `rediss://` for TLS).
-    pub url: String,
+    /// Where the primary is.
+    pub topology: Topology,
     /// Upper bound of every Redis call, connection included.
     pub timeout: Duration,
     /// Longest a lock may be held in total, however often it is renewed.
@@ -50,6 +56,8 @@ pub struct RedisSettings {
     pub audit_max_events: u64,
     /// How long a forced-unlock request waits for a decision.
     pub force_unlock_ttl: Duration,
+    /// Replica acknowledgements to wait for after each change, if any.
+    pub durability: Option<DurabilitySettings>,
 }
 
 /// One atomic read of a record's locks: packed locks, expiries, unit scale, Redis time.
@@ -58,10 +66,11 @@ type RecordSnapshot = (HashMap<String, String>, Vec<(String, f64)>, Option<u32>,
 /// The stock store on one Redis (standalone, or the primary Sentinel names).
 #[derive(Clone)]
 pub struct RedisStore {
-    /// Multiplexed: one connection carries every concurrent call, pipelined.
-    conn: ConnectionManager,
-    /// For the dedicated connections of blocking reads.
-    client: redis::Client,
+    /// The primary's multiplexed connection: one connection carries every
+    /// concurrent call, pipelined.
+    link: Arc<Link>,
+    /// Waits for replica acknowledgements, when configured.
+    durability: Option<Arc<durability::Waiter>>,
     /// Lock-health counts waiting to be written.
     health: Arc<health::Pending>,
     keys: Keys,
@@ -75,34 +84,29 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects and loads every script, so the first call needs no SCRIPT LOAD.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, Error> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| Error::invalid("redis_url", e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = bounded(settings.timeout * 4, ConnectionManager::new_with_config(client.clone(), config)).await?;
-        let store = Self {
-            conn,
-            client,
+        let keys = Keys::new(&settings.key_prefix);
+        let link = Link::connect(&settings.topology, settings.timeout, keys.epoch()).await?;
+        let durability = settings
+            .durability
+            .map(|d| Arc::new(durability::Waiter::start(d, &link, keys.durability_marker(), settings.timeout)));
+        Ok(Self {
+            link,
+            durability,
             health: Arc::default(),
-            keys: Keys::new(&settings.key_prefix),
+            keys,
             timeout: settings.timeout,
             max_hold_ms: millis(settings.max_hold),
             retention_ms: millis(settings.retention),
             audit_max_events: settings.audit_max_events,
             force_unlock_ttl_ms: millis(settings.force_unlock_ttl),
-        };
-        store.load_scripts().await?;
-        Ok(store)
+        })
     }
 
     /// Loads every script (SCRIPT LOAD). Calls recover from a flushed script
     /// cache by themselves; this only saves the first call a round trip.
     pub async fn load_scripts(&self) -> Result<(), Error> {
         for script in scripts::all() {
-            let mut conn = self.conn.clone();
+            let mut conn = self.link.conn();
             self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
         }
         Ok(())
@@ -114,17 +118,26 @@ impl RedisStore {
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(block + self.timeout))
             .set_number_of_retries(2);
-        bounded(self.timeout * 4, ConnectionManager::new_with_config(self.client.clone(), config)).await
+        bounded(self.timeout * 4, ConnectionManager::new_with_config(self.link.client(), config)).await
     }
 
+    /// `call` within the store timeout; an error that looks like a failover
+    /// makes the link look for a new primary.
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
-        bounded(self.timeout, call).await
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.link.observe(&e);
+                Err(store_error(e))
+            }
+            Err(_) => Err(Error::StoreTimeout),
+        }
     }
 
     /// One EVALSHA (SCRIPT LOAD and a retry on NOSCRIPT), timed as `op`
     /// in a child span and in the Redis metrics.
     async fn run_script(&self, op: &'static str, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let started = std::time::Instant::now();
         let result: Result<Vec<String>, Error> = self
             .bounded(invocation.invoke_async(&mut conn))
@@ -152,7 +165,7 @@ impl RedisStore {
             LockTarget::Locks(ids) => return Ok(ids.clone()),
             LockTarget::Batch(batch_id) => batch_id,
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let stored: Option<String> =
             self.bounded(redis::cmd("GET").arg(self.keys.batch(batch_id)).query_async(&mut conn)).await?;
         let stored = stored.ok_or_else(|| Error::BatchNotFound { batch_id: batch_id.to_string() })?;
@@ -173,7 +186,7 @@ impl RedisStore {
     /// A record's live locks as of Redis time, in token order.
     async fn record_locks(&self, record: &RecordKey) -> Result<(Vec<LockView>, i64), Error> {
         let [stock, locks, exp, _] = self.keys.record(record);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let (packed, expiries, unit_scale, time): RecordSnapshot = self
             .bounded(
                 redis::pipe()
@@ -216,7 +229,7 @@ impl RedisStore {
             }
             (None, _) => {
                 // Only records with live locks are in the due index.
-                let mut conn = self.conn.clone();
+                let mut conn = self.link.conn();
                 let (next, members): (u64, Vec<String>) = self
                     .bounded(
                         redis::cmd("ZSCAN")
@@ -257,6 +270,7 @@ fn lock_call(
     max_hold_ms: u64,
     retention_ms: u64,
     nonce: &str,
+    token_floor: u64,
 ) -> (Vec<String>, Vec<String>) {
     let ttl_ms = millis(cmd.ttl).to_string();
     let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
@@ -290,6 +304,7 @@ fn lock_call(
         retention_ms.to_string(),
         retention_ms.to_string(),
         nonce.to_owned(),
+        token_floor.to_string(),
     ];
     args.extend(line_args);
     (key_list, args)
@@ -313,7 +328,7 @@ pub fn lock_benchmark_command(key_prefix: &str, record: &RecordKey) -> Vec<Strin
         request_id: crate::domain::RequestId::parse("bench-__rand_int__", "request_id").expect("a valid id"),
         batch_id: None,
     };
-    let (keys, args) = lock_call(&Keys::new(key_prefix), &cmd, 24 * 3_600_000, 600_000, "0badc0de");
+    let (keys, args) = lock_call(&Keys::new(key_prefix), &cmd, 24 * 3_600_000, 600_000, "0badc0de", 0);
     let mut line = vec!["EVALSHA".to_owned(), scripts::LOCK.get_hash().to_owned(), keys.len().to_string()];
     line.extend(keys);
     line.extend(args);
@@ -521,7 +536,7 @@ impl StockStore for RedisStore {
     }
 
     async fn warehouses_of(&self, sku: &Sku) -> Result<Vec<WarehouseId>, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let members: Vec<String> =
             self.bounded(redis::cmd("SMEMBERS").arg(self.keys.warehouses(sku)).query_async(&mut conn)).await?;
         let mut warehouses: Vec<WarehouseId> =
@@ -531,7 +546,8 @@ impl StockStore for RedisStore {
     }
 
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
-        let (keys, args) = lock_call(&self.keys, cmd, self.max_hold_ms, self.retention_ms, &new_nonce());
+        let (keys, args) =
+            lock_call(&self.keys, cmd, self.max_hold_ms, self.retention_ms, &new_nonce(), self.link.token_floor());
         let mut inv = scripts::LOCK.prepare_invoke();
         for key in keys {
             inv.key(key);
@@ -764,7 +780,7 @@ impl StockStore for RedisStore {
         for mark in ["E", "R", "C", "F"] {
             pipe.zscore(ended, format!("{}:{mark}", lock_id.token));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let marks: (Option<f64>, Option<f64>, Option<f64>, Option<f64>) =
             self.bounded(pipe.query_async(&mut conn)).await?;
         let reason = match marks {
@@ -775,7 +791,7 @@ impl StockStore for RedisStore {
             // Still in the locks hash but past its expiry also lands here,
             // since record_locks leaves expired locks out.
             _ => {
-                let mut conn = self.conn.clone();
+                let mut conn = self.link.conn();
                 let expiry: Option<f64> = self
                     .bounded(
                         redis::cmd("ZSCORE")
@@ -842,7 +858,7 @@ impl StockStore for RedisStore {
     async fn sweep_expired(&self, max_records: usize) -> Result<usize, Error> {
         let mut inv = scripts::DUE_RECORDS.prepare_invoke();
         inv.key(self.keys.due()).arg(max_records);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let due: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         let mut expired = 0;
         for id in due {
@@ -871,7 +887,7 @@ impl StockStore for RedisStore {
     }
 
     async fn sweeper_lag_ms(&self) -> Result<i64, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let (first, time): (Vec<(String, f64)>, (i64, i64)) = self
             .bounded(redis::pipe().zrange_withscores(self.keys.due(), 0, 0).cmd("TIME").query_async(&mut conn))
             .await?;
@@ -884,9 +900,16 @@ impl StockStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
+    }
+
+    async fn durability(&self) -> Option<crate::domain::Durability> {
+        match &self.durability {
+            Some(waiter) => Some(waiter.wait().await),
+            None => None,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ impl RedisStore {
             pipe.hgetall(self.keys.force_unlock(id));
         }
         pipe.cmd("TIME");
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let mut replies: Vec<redis::Value> = self.bounded(pipe.query_async(&mut conn)).await?;
         let time: (i64, i64) = redis::from_redis_value(replies.pop().ok_or_else(|| malformed("no TIME"))?)
             .map_err(|e| malformed(&e.to_string()))?;
@@ -284,7 +284,7 @@ impl AdminStore for RedisStore {
         };
         let mut found = Vec::new();
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.link.conn();
             let ids: Vec<String> = self
                 .bounded(
                     redis::cmd("ZREVRANGE")
@@ -329,7 +329,7 @@ impl AdminStore for RedisStore {
         let mut events = Vec::new();
         // Bound the work of one call; a short page with a token is a valid page.
         for _ in 0..50 {
-            let mut conn = self.conn.clone();
+            let mut conn = self.link.conn();
             let entries: Vec<(String, Vec<String>)> = self
                 .bounded(
                     redis::cmd("XRANGE")

@@ -40,7 +40,7 @@ pub(super) fn parse_entries(entries: Vec<StreamEntry>) -> Result<Vec<LifecycleEv
 
 impl RedisStore {
     pub(super) async fn read_events_after(&self, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let entries: Vec<(String, Vec<String>)> = self
             .bounded(
                 redis::cmd("XRANGE")
@@ -56,7 +56,7 @@ impl RedisStore {
     }
 
     pub(super) async fn read_event_position(&self) -> Result<StreamPosition, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let reply: Result<redis::Value, Error> =
             self.bounded(redis::cmd("XINFO").arg("STREAM").arg(self.keys.events()).query_async(&mut conn)).await;
         let info = match reply {
@@ -128,7 +128,7 @@ impl RedisStore {
                 }
                 if trimmed_at.elapsed() > Duration::from_secs(1) {
                     trimmed_at = tokio::time::Instant::now();
-                    let mut main = self.conn.clone();
+                    let mut main = self.link.conn();
                     let trimmed: Result<i64, Error> = self
                         .bounded(
                             redis::cmd("XTRIM")
@@ -175,7 +175,7 @@ impl RedisStore {
                 }
                 if trimmed_at.elapsed() > Duration::from_secs(1) {
                     trimmed_at = tokio::time::Instant::now();
-                    let mut main = self.conn.clone();
+                    let mut main = self.link.conn();
                     let _: i64 = self
                         .bounded(
                             redis::cmd("XTRIM")

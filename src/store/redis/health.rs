@@ -64,7 +64,7 @@ impl RedisStore {
                     pipe.hincr(&key, format!("{warehouse}|{reason}"), *count).ignore();
                     pipe.pexpire(&key, retention.as_millis() as i64 + HOUR_MS).ignore();
                 }
-                let mut conn = self.conn.clone();
+                let mut conn = self.link.conn();
                 let written: Result<(), Error> = self.bounded(pipe.query_async(&mut conn)).await;
                 if let Err(e) = written {
                     tracing::warn!(error = %e, "lock health counts not written; keeping them for the next flush");
@@ -92,7 +92,7 @@ impl RedisStore {
         for hour in &hours {
             pipe.hgetall(self.keys.lock_health(*hour));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let hashes: Vec<HashMap<String, u64>> = self.bounded(pipe.query_async(&mut conn)).await?;
         let mut cells = Vec::new();
         for (hour, hash) in hours.iter().zip(hashes) {

@@ -261,7 +261,7 @@ impl RedisStore {
                 }
             }
             pipe.cmd("XACK").arg(self.keys.ingest()).arg(group).arg(&id).ignore();
-            let mut main = self.conn.clone();
+            let mut main = self.link.conn();
             let () = self.bounded(pipe.query_async(&mut main)).await?;
         }
         Ok(())
@@ -269,7 +269,7 @@ impl RedisStore {
 
     /// Ingestion's backlog.
     pub async fn ingest_stats(&self, group: &str) -> Result<IngestStats, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let groups: Result<Vec<HashMap<String, redis::Value>>, Error> =
             self.bounded(redis::cmd("XINFO").arg("GROUPS").arg(self.keys.ingest()).query_async(&mut conn)).await;
         let groups = match groups {

@@ -78,6 +78,16 @@ impl Keys {
         format!("{}:lockhealth:{hour_start_ms}", self.prefix)
     }
 
+    /// The fencing epoch: bumped on every failover the service follows.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// Written before each durability WAIT (see the durability module).
+    pub fn durability_marker(&self) -> String {
+        format!("{}:durability", self.prefix)
+    }
+
     /// The list of a batch's locks.
     pub fn batch(&self, batch_id: &BatchId) -> String {
         format!("{}:batch:{batch_id}", self.prefix)

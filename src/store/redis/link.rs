@@ -1,0 +1,205 @@
+//! Where the store's commands go: one primary, named by URL or found
+//! through Sentinel, and followed across failovers.
+//!
+//! Every call takes the current primary's multiplexed connection (a cheap
+//! clone). With Sentinel, a background task asks the sentinels for the
+//! primary every `poll`, and at once when a call saw a sign of failover (a
+//! refused connection, `READONLY` from a demoted primary). On a new primary it
+//! first bumps the fencing epoch there, then loads the scripts, then switches:
+//! no write reaches the new primary before its epoch is higher than any the
+//! old one had issued tokens under.
+//!
+//! The epoch (`<prefix>:epoch`) is the high part of every fencing token
+//! (see lock.lua): tokens issued after a failover are above every token
+//! issued before it, even when asynchronous replication lost the last
+//! writes of the old primary and with them the per-record counters.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use tokio::sync::{Mutex, Notify};
+
+use super::{bounded, scripts};
+use crate::domain::Error;
+
+/// Tokens of one epoch occupy the low 32 bits; epochs the 21 above (2^53 in all,
+/// what a Lua number holds exactly).
+pub(super) const EPOCH_SHIFT: u32 = 32;
+
+/// How the store finds its primary.
+#[derive(Clone, Debug)]
+pub enum Topology {
+    /// One Redis at `url`.
+    Standalone {
+        /// `redis://host:port/db` or `rediss://...`.
+        url: String,
+    },
+    /// The primary that the sentinels name `master_name`.
+    Sentinel {
+        /// `redis://host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master_name: String,
+        /// How often the sentinels are asked even without a sign of failover.
+        poll: Duration,
+    },
+}
+
+/// The primary in use.
+#[derive(Clone)]
+struct Primary {
+    conn: ConnectionManager,
+    client: redis::Client,
+    addr: String,
+    /// `epoch << EPOCH_SHIFT`: the lowest token the scripts may issue.
+    token_floor: u64,
+}
+
+/// The store's way to its primary.
+pub(super) struct Link {
+    primary: RwLock<Primary>,
+    sentinel: Option<Mutex<SentinelClient>>,
+    suspect: Arc<Notify>,
+    timeout: Duration,
+    epoch_key: String,
+}
+
+impl Link {
+    /// Finds and connects to the primary; with Sentinel, starts following it.
+    pub(super) async fn connect(topology: &Topology, timeout: Duration, epoch_key: String) -> Result<Arc<Self>, Error> {
+        let (client, sentinel, poll) = match topology {
+            Topology::Standalone { url } => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+                (client, None, None)
+            }
+            Topology::Sentinel { sentinels, master_name, poll } => {
+                let mut sentinel =
+                    SentinelClient::build(sentinels.clone(), master_name.clone(), None, SentinelServerType::Master)
+                        .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+                let client = bounded(timeout * 4, sentinel.async_get_client()).await?;
+                (client, Some(Mutex::new(sentinel)), Some(*poll))
+            }
+        };
+        let following = sentinel.is_some();
+        let primary = open(client, timeout, &epoch_key, following).await?;
+        tracing::info!(primary = %primary.addr, epoch = primary.token_floor >> EPOCH_SHIFT, "connected to Redis");
+        let suspect = Arc::new(Notify::new());
+        let link = Arc::new(Self {
+            primary: RwLock::new(primary),
+            sentinel,
+            suspect: Arc::clone(&suspect),
+            timeout,
+            epoch_key,
+        });
+        if let Some(poll) = poll {
+            tokio::spawn(follow(Arc::downgrade(&link), suspect, poll));
+        }
+        Ok(link)
+    }
+
+    /// The current primary's multiplexed connection.
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.primary.read().expect("link lock poisoned").conn.clone()
+    }
+
+    /// The current primary's client, for dedicated connections.
+    pub(super) fn client(&self) -> redis::Client {
+        self.primary.read().expect("link lock poisoned").client.clone()
+    }
+
+    /// The address of the primary in use.
+    pub(super) fn primary_addr(&self) -> String {
+        self.primary.read().expect("link lock poisoned").addr.clone()
+    }
+
+    /// The lowest fencing token the primary in use may issue.
+    pub(super) fn token_floor(&self) -> u64 {
+        self.primary.read().expect("link lock poisoned").token_floor
+    }
+
+    /// A call failed with `error`: if it looks like a failover, look for the
+    /// new primary now instead of at the next poll.
+    pub(super) fn observe(&self, error: &redis::RedisError) {
+        let failover_sign = matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || error.is_io_error();
+        if self.sentinel.is_some() && failover_sign {
+            self.suspect.notify_one();
+        }
+    }
+
+    /// Asks the sentinels for the primary and switches to it if it moved.
+    async fn refresh(&self) -> Result<(), Error> {
+        let Some(sentinel) = &self.sentinel else { return Ok(()) };
+        let client = {
+            let mut sentinel = sentinel.lock().await;
+            bounded(self.timeout * 4, sentinel.async_get_client()).await?
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        if addr == self.primary.read().expect("link lock poisoned").addr {
+            return Ok(());
+        }
+        let primary = open(client, self.timeout, &self.epoch_key, true).await?;
+        tracing::warn!(
+            primary = %primary.addr,
+            epoch = primary.token_floor >> EPOCH_SHIFT,
+            "Redis primary changed (failover): following it with a new fencing epoch"
+        );
+        crate::metrics::METRICS.failovers.inc();
+        *self.primary.write().expect("link lock poisoned") = primary;
+        Ok(())
+    }
+}
+
+/// Connects to `client`'s server, loads the scripts and reads (or, when
+/// following failovers, bumps) the fencing epoch there.
+async fn open(client: redis::Client, timeout: Duration, epoch_key: &str, bump_epoch: bool) -> Result<Primary, Error> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let mut conn = bounded(timeout * 4, ConnectionManager::new_with_config(client.clone(), config)).await?;
+    let epoch: u64 = if bump_epoch {
+        // Wait for a replica to hold the new epoch, so the next failover cannot
+        // lose it; with none in time the epoch still rises, and we say so.
+        // The wait stays well inside the connection's response timeout.
+        let wait_ms = (timeout.as_millis() / 2).max(1) as u64;
+        let mut bump = redis::pipe();
+        bump.cmd("INCR").arg(epoch_key).cmd("WAIT").arg(1).arg(wait_ms);
+        let (epoch, acks): (u64, u64) = bounded(timeout * 4, bump.query_async(&mut conn)).await?;
+        if acks == 0 {
+            tracing::warn!(epoch, "no replica acknowledged the new fencing epoch in time");
+        }
+        epoch
+    } else {
+        let epoch: Option<u64> = bounded(timeout, redis::cmd("GET").arg(epoch_key).query_async(&mut conn)).await?;
+        epoch.unwrap_or(0)
+    };
+    for script in scripts::all() {
+        bounded(timeout, script.prepare_invoke().load_async(&mut conn)).await?;
+    }
+    let addr = client.get_connection_info().addr().to_string();
+    Ok(Primary { conn, client, addr, token_floor: epoch << EPOCH_SHIFT })
+}
+
+/// Follows the primary until the link is dropped.
+async fn follow(link: Weak<Link>, suspect: Arc<Notify>, poll: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = suspect.notified() => {}
+        }
+        let Some(link) = link.upgrade() else { return };
+        if let Err(e) = link.refresh().await {
+            tracing::warn!(error = %e, "cannot ask the sentinels for the Redis primary");
+            // Sentinels that are electing a new primary answer with the old
+            // one or not at all: try again soon, not in a tight loop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
