@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps test-deps run test lint monitoring build bench loadtest
+.PHONY: deps test-deps run test lint monitoring k8s build bench loadtest
 
 deps:
 	./scripts/install-deps.sh run
@@ -17,8 +17,9 @@ test-deps:
 run: deps
 	$(CARGO) run --release -- serve $(ARGS)
 
-## Formatting, lints, docs, the alert rules, and every test against a real redis-server.
-test: test-deps lint monitoring
+## Formatting, lints, docs, the alert rules, the Kubernetes manifests, and
+## every test against real redis-servers.
+test: test-deps lint monitoring k8s
 	$(CARGO) test --workspace --all-targets
 
 lint:
@@ -29,6 +30,10 @@ lint:
 monitoring:
 	promtool check rules monitoring/alerts.yaml
 	promtool test rules monitoring/alerts.test.yaml
+
+## Every manifest in k8s/ against the Kubernetes schemas.
+k8s:
+	./scripts/validate-k8s.sh
 
 build: deps
 	$(CARGO) build --release

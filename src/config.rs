@@ -77,6 +77,16 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_REDIS_MASTER_NAME", default_value = "mymaster")]
     pub redis_master_name: String,
 
+    /// ACL user of the primary found through Sentinel (in standalone mode
+    /// the URL carries it).
+    #[arg(long, env = "STOCKLOCK_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Password of the primary found through Sentinel; prefer the
+    /// environment variable (from a Secret) to the flag.
+    #[arg(long, env = "STOCKLOCK_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
     /// How often the sentinels are asked for the primary even when no call
     /// failed. A failed call asks at once.
     #[arg(long, env = "STOCKLOCK_REDIS_FAILOVER_POLL", default_value = "1s", value_parser = humantime::parse_duration)]

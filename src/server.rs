@@ -113,6 +113,8 @@ pub async fn run(
             sentinels: urls.clone(),
             master_name: config.redis_master_name.clone(),
             poll: config.redis_failover_poll,
+            username: config.redis_username.clone(),
+            password: config.redis_password.clone(),
         },
     };
     let url = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");

@@ -17,8 +17,9 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use redis::RedisConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use tokio::sync::{Mutex, Notify};
 
 use super::{bounded, scripts};
@@ -44,6 +45,10 @@ pub enum Topology {
         master_name: String,
         /// How often the sentinels are asked even without a sign of failover.
         poll: Duration,
+        /// ACL user and password of the primary (the sentinels' own come with their URLs).
+        username: Option<String>,
+        /// See `username`.
+        password: Option<String>,
     },
 }
 
@@ -75,10 +80,22 @@ impl Link {
                     redis::Client::open(url.as_str()).map_err(|e| Error::invalid("redis_url", e.to_string()))?;
                 (client, None, None)
             }
-            Topology::Sentinel { sentinels, master_name, poll } => {
-                let mut sentinel =
-                    SentinelClient::build(sentinels.clone(), master_name.clone(), None, SentinelServerType::Master)
-                        .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+            Topology::Sentinel { sentinels, master_name, poll, username, password } => {
+                let mut primary = RedisConnectionInfo::default();
+                if let Some(username) = username {
+                    primary = primary.set_username(username);
+                }
+                if let Some(password) = password {
+                    primary = primary.set_password(password);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(primary);
+                let mut sentinel = SentinelClient::build(
+                    sentinels.clone(),
+                    master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
                 let client = bounded(timeout * 4, sentinel.async_get_client()).await?;
                 (client, Some(Mutex::new(sentinel)), Some(*poll))
             }
