@@ -130,3 +130,191 @@ async fn graceful_shutdown_stops_the_service() {
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.stop().await.expect("a clean exit");
 }
+
+/// A record's invariants read behind the API: `locked` is the sum of the
+/// live locks, and available + locked = physical (no reserved or in transit here).
+async fn assert_books_balance(svc: &TestService, sku: &str, warehouse: &str) -> pb::StockRecord {
+    let record = svc.record(sku, warehouse).await;
+    let mut conn = svc.redis_conn().await;
+    let locks: Vec<String> =
+        redis::cmd("HVALS").arg(format!("sl:{{{sku}}}:w:{warehouse}:locks")).query_async(&mut conn).await.unwrap();
+    let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
+    let [physical, locked, available]: [i64; 3] =
+        [&record.physical, &record.locked, &record.available].map(|v| v.parse().unwrap());
+    assert_eq!(sum, locked, "locked is the sum of the live locks: {record:?}");
+    assert_eq!(available + locked, physical, "{record:?}");
+    assert!(available >= 0, "{record:?}");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_and_restarted_from_its_aof_loses_nothing_acknowledged() {
+    let dir = std::env::temp_dir().join(format!("stocklock-aof-{}-{}", std::process::id(), rand_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let aof = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir_arg.as_str()];
+    let redis = EmbeddedRedis::start_with(Path::new("redis-server"), &aof).await.unwrap();
+    let port = redis.port();
+    let svc = serve(&redis.url(), &["--store-timeout", "200ms"]).await;
+    svc.stock("SKU-K", "WH-A", "100000").await;
+
+    // Four callers lock and commit one unit at a time; each counts the
+    // commits acknowledged to it and the calls whose outcome it cannot know.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let callers: Vec<_> = (0..4)
+        .map(|c| {
+            let mut client = svc.client.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let (mut acked, mut unknown, mut slowest) = (0i64, 0i64, Duration::ZERO);
+                let mut i = 0;
+                while !*stop.borrow() {
+                    i += 1;
+                    let started = Instant::now();
+                    let lock = client.lock(lock_request("SKU-K", "WH-A", "1", &format!("k{c}-{i}"))).await;
+                    let outcome = match lock {
+                        Ok(lock) => {
+                            let lock_id = lock.into_inner().lock.unwrap().lock_id;
+                            let commit =
+                                pb::CommitRequest { lock_id, request_id: format!("c{c}-{i}"), ..Default::default() };
+                            client.commit(commit).await.map(drop)
+                        }
+                        Err(status) => Err(status),
+                    };
+                    slowest = slowest.max(started.elapsed());
+                    match outcome {
+                        Ok(()) => acked += 1,
+                        Err(status) => {
+                            assert!(matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded), "{status:?}");
+                            unknown += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (acked, unknown, slowest)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(redis.pid().unwrap(), "-KILL");
+    wait_for_health(&svc, ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same data directory, so the AOF is replayed; the script cache is empty.
+    let restarted = EmbeddedRedis::start_on(Path::new("redis-server"), port, &aof).await.unwrap();
+    wait_for_health(&svc, ServingStatus::Serving).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop_tx.send(true).unwrap();
+
+    let (mut acked, mut unknown, mut slowest) = (0, 0, Duration::ZERO);
+    for caller in callers {
+        let (a, u, s) = caller.await.unwrap();
+        (acked, unknown, slowest) = (acked + a, unknown + u, slowest.max(s));
+    }
+    assert!(acked > 0 && unknown > 0, "traffic ran across the kill: {acked} acked, {unknown} unknown");
+    // Two calls per order, each bounded by the store timeout (plus a reconnect).
+    assert!(slowest < Duration::from_secs(2), "a call took {slowest:?}");
+    let record = assert_books_balance(&svc, "SKU-K", "WH-A").await;
+    let committed = 100_000 - record.physical.parse::<i64>().unwrap();
+    // Every acknowledged commit survived; an unanswered one may or may not have applied.
+    assert!(
+        committed >= acked && committed <= acked + unknown,
+        "{committed} committed, {acked} acked, {unknown} unknown"
+    );
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_client_paused_past_its_ttl_cannot_renew_or_commit_and_the_next_holder_is_unaffected() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "50ms"]).await;
+    svc.stock("SKU-P", "WH-A", "1").await;
+    let mut request = lock_request("SKU-P", "WH-A", "1", "paused");
+    request.ttl = millis(300);
+    let paused = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
+    // The holder stalls (a GC pause, a stuck payment call) past its TTL...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and the unit goes to someone else meanwhile.
+    let next = svc.lock("SKU-P", "WH-A", "1", "next").await.unwrap().lock.unwrap();
+    assert!(next.fencing_token > paused.fencing_token);
+
+    let renew = pb::RenewRequest {
+        lock_ids: vec![paused.lock_id.clone()],
+        holder: "order-service".into(),
+        request_id: "late-renew".into(),
+        ..Default::default()
+    };
+    let renew = svc.client.clone().renew(renew).await;
+    expect_error(renew, Code::FailedPrecondition, "LOCK_EXPIRED");
+    let commit =
+        pb::CommitRequest { lock_id: paused.lock_id.clone(), request_id: "late-commit".into(), ..Default::default() };
+    expect_error(svc.client.clone().commit(commit).await, Code::FailedPrecondition, "LOCK_EXPIRED");
+
+    let commit = pb::CommitRequest { lock_id: next.lock_id, request_id: "next-commit".into(), ..Default::default() };
+    let committed = svc.client.clone().commit(commit).await.unwrap().into_inner();
+    assert_eq!(committed.committed_quantity, "1");
+    let record = assert_books_balance(&svc, "SKU-P", "WH-A").await;
+    assert_eq!((record.physical.as_str(), record.locked.as_str()), ("0", "0"));
+}
+
+#[tokio::test]
+async fn a_busy_redis_gives_unavailable_within_the_deadline() {
+    let redis = EmbeddedRedis::start_with(Path::new("redis-server"), &["--busy-reply-threshold", "50"]).await.unwrap();
+    let svc = serve(&redis.url(), &["--store-timeout", "300ms"]).await;
+    svc.stock("SKU-B", "WH-A", "10").await;
+    // Another client's runaway read-only script holds Redis for up to 5 s.
+    let busy_url = redis.url();
+    let busy = tokio::spawn(async move {
+        let mut conn = redis::Client::open(busy_url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let script = "local t = redis.call('TIME')[1] + 5 while tonumber(redis.call('TIME')[1]) < t do end return 1";
+        let _: redis::RedisResult<i64> = redis::cmd("EVAL").arg(script).arg(0).query_async(&mut conn).await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = svc.lock("SKU-B", "WH-A", "1", "b1").await.expect_err("Redis is busy");
+    assert!(matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
+
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("KILL").query_async(&mut admin).await.unwrap();
+    busy.await.unwrap();
+    // The retry of the same request locks exactly once.
+    let lock = svc.lock("SKU-B", "WH-A", "1", "b1").await.unwrap();
+    assert_eq!(lock.available, "9");
+    assert_books_balance(&svc, "SKU-B", "WH-A").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flushes_during_traffic_fail_no_call() {
+    let svc = start().await;
+    svc.stock("SKU-S", "WH-A", "1000").await;
+    let mut conn = svc.redis_conn().await;
+    let flusher = tokio::spawn(async move {
+        for _ in 0..50 {
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let calls = (0..300).map(|i| {
+        let mut client = svc.client.clone();
+        async move {
+            let lock = client.lock(lock_request("SKU-S", "WH-A", "1", &format!("s{i}"))).await?.into_inner();
+            let request = pb::ReleaseRequest {
+                lock_id: lock.lock.unwrap().lock_id,
+                request_id: format!("x{i}"),
+                ..Default::default()
+            };
+            client.release(request).await.map(drop)
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("no call fails because the script cache was flushed");
+    }
+    flusher.await.unwrap();
+    let record = assert_books_balance(&svc, "SKU-S", "WH-A").await;
+    assert_eq!(record.available, "1000");
+}
+
+fn rand_id() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}

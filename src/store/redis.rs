@@ -139,8 +139,20 @@ impl RedisStore {
     async fn run_script(&self, op: &'static str, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
         let mut conn = self.link.conn();
         let started = std::time::Instant::now();
+        // invoke_async loads the script on NOSCRIPT and retries once; a
+        // SCRIPT FLUSH (or a failover) between the load and the retry gives
+        // NOSCRIPT again, so a few more rounds, all within the one timeout.
+        let call = async {
+            let mut rounds = 0;
+            loop {
+                match invocation.invoke_async(&mut conn).await {
+                    Err(e) if e.code() == Some("NOSCRIPT") && rounds < 3 => rounds += 1,
+                    result => return result,
+                }
+            }
+        };
         let result: Result<Vec<String>, Error> = self
-            .bounded(invocation.invoke_async(&mut conn))
+            .bounded(call)
             .instrument(tracing::debug_span!("redis", otel.name = op, db.system = "redis", db.operation = op))
             .await;
         let kind = result.as_ref().err().map(|e| match e {
