@@ -184,6 +184,19 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Calls running at once; more wait in a short queue (overload protection).
+    #[arg(long, env = "STOCKLOCK_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Calls waiting for a slot; past this, calls are shed at once with
+    /// RESOURCE_EXHAUSTED / OVERLOADED.
+    #[arg(long, env = "STOCKLOCK_MAX_QUEUED", default_value_t = 1024)]
+    pub max_queued: usize,
+
+    /// Longest wait for a slot before a call is shed (or its own deadline, if sooner).
+    #[arg(long, env = "STOCKLOCK_MAX_QUEUE_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub max_queue_wait: Duration,
+
     /// Availability queries each caller may make per second (0 = no limit),
     /// so a scraper cannot slow down locking.
     #[arg(long, env = "STOCKLOCK_QUERY_RATE_LIMIT", default_value_t = 1000)]
@@ -290,6 +303,9 @@ impl ServeConfig {
                 return Err("--redis-mode sentinel needs the sentinels' URLs in --redis-url".into());
             }
             (RedisMode::Sentinel, _) => {}
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
         }
         if self.redis_failover_poll.is_zero() {
             return Err("--redis-failover-poll must be greater than zero".into());

@@ -70,6 +70,13 @@ pub struct DurabilityLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of shed calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// `queue_full`, `queue_wait` or `deadline`.
+    pub reason: &'static str,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -105,6 +112,8 @@ pub struct Metrics {
     pub failovers: Counter,
     /// Mutations that waited for replica acknowledgements, by outcome.
     pub durability: Family<DurabilityLabels, Counter>,
+    /// Calls refused by overload protection before they started.
+    pub shed: Family<ShedLabels, Counter>,
 }
 
 /// Latency buckets: 100 µs steps below 1 ms, then coarser up to 10 s.
@@ -138,6 +147,7 @@ impl Metrics {
             warehouse_unhealthy: Family::default(),
             failovers: Counter::default(),
             durability: Family::default(),
+            shed: Family::default(),
         };
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(
@@ -186,6 +196,11 @@ impl Metrics {
             "durability_waits",
             "Mutations that waited for replica acknowledgements (WAIT), by outcome",
             metrics.durability.clone(),
+        );
+        registry.register(
+            "shed_calls",
+            "Calls refused before they started: concurrency limit and queue full, queue wait over, deadline passed",
+            metrics.shed.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -13,6 +13,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admission::{Admission, AdmissionLayer};
 use crate::auth::{Access, AccessLayer, Authenticator};
 use crate::config::{RedisMode, ServeConfig};
 use crate::domain::{Error, EventHub, StockStore};
@@ -239,6 +240,11 @@ pub async fn run(
     let server = builder
         .layer(crate::telemetry::ObserveLayer)
         .layer(AccessLayer::new(access))
+        .layer(AdmissionLayer::new(Admission::new(crate::admission::Limits {
+            max_in_flight: config.max_in_flight,
+            max_queued: config.max_queued,
+            max_wait: config.max_queue_wait,
+        })))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

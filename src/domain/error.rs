@@ -125,6 +125,16 @@ pub enum Error {
         /// When a call will be admitted again.
         retry_after: std::time::Duration,
     },
+    /// The service is at its concurrency limit and its queue is full (or the
+    /// wait for a slot ran out); the call was not started.
+    #[error("the service is overloaded; the call was not started, retry after {} ms", retry_after.as_millis())]
+    Overloaded {
+        /// A hint for when to retry.
+        retry_after: std::time::Duration,
+    },
+    /// The caller's deadline would pass before the call could start; it was not started.
+    #[error("the call's deadline would pass before it could start; it was not started")]
+    DeadlinePassed,
     /// The request_id was used before for a request with other content.
     #[error("request_id {request_id} was already used for a different request")]
     IdempotencyKeyReused {
@@ -225,6 +235,8 @@ impl Error {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RoleNotAllowed { .. } => "ROLE_NOT_ALLOWED",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::DeadlinePassed => "DEADLINE_PASSED",
             Self::LockAlreadyCommitted { .. } => "LOCK_ALREADY_COMMITTED",
             Self::BatchNotFound { .. } => "BATCH_NOT_FOUND",
             Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",

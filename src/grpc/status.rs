@@ -122,6 +122,15 @@ impl From<Error> for Status {
                 info(&mut details, reason, &[("retry_after_ms", retry_after.as_millis().to_string())]);
                 Code::ResourceExhausted
             }
+            Error::Overloaded { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                info(&mut details, reason, &[("retry_after_ms", retry_after.as_millis().to_string())]);
+                Code::ResourceExhausted
+            }
+            Error::DeadlinePassed => {
+                info(&mut details, reason, &[]);
+                Code::DeadlineExceeded
+            }
             Error::HolderMismatch { lock_id } => {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
                 Code::PermissionDenied
