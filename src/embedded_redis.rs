@@ -45,9 +45,12 @@ impl EmbeddedRedis {
         let port_arg = port.to_string();
         let mut child = Command::new(bin)
             .args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            // Replication still writes an RDB file: keep it out of the working directory.
+            // Replication still writes an RDB file: keep it out of the working
+            // directory, under a name no other server would load at start.
             .arg("--dir")
             .arg(std::env::temp_dir())
+            .arg("--dbfilename")
+            .arg(format!("stocklock-{port}-{}.rdb", std::process::id()))
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -70,7 +73,15 @@ impl EmbeddedRedis {
                 return Err(io::Error::other(format!("redis-server on port {port} exited at start: {status}")));
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(Self { child, port });
+                // Another process may have taken the port first: then the
+                // child fails to bind, and whoever answers is not ours.
+                return match server_pid(port).await {
+                    Some(pid) if Some(pid) == child.id() => Ok(Self { child, port }),
+                    _ => {
+                        let _ = child.kill().await;
+                        Err(io::Error::new(io::ErrorKind::AddrInUse, format!("port {port} is taken by another server")))
+                    }
+                };
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "redis-server did not accept connections in time"));
@@ -98,6 +109,17 @@ impl EmbeddedRedis {
     pub async fn stop(mut self) -> io::Result<()> {
         self.child.kill().await
     }
+}
+
+/// The process id of the Redis answering on `port`.
+async fn server_pid(port: u16) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let info = async {
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await.ok()
+    };
+    let info = tokio::time::timeout(Duration::from_secs(2), info).await.ok()??;
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse().ok())
 }
 
 fn free_port() -> io::Result<u16> {
