@@ -184,8 +184,18 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// How often the invariant auditor checks every stock record (one
+    /// replica per interval); 0 turns it off.
+    #[arg(long, env = "STOCKLOCK_INVARIANT_CHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub invariant_check_interval: Duration,
+
+    /// How long past its expiry a lock may stay unswept before the auditor
+    /// reports it (`late_expiry`).
+    #[arg(long, env = "STOCKLOCK_INVARIANT_SWEEP_BOUND", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub invariant_sweep_bound: Duration,
+
     /// Calls running at once; more wait in a short queue (overload protection).
-    #[arg(long, env = "STOCKLOCK_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "STOCKLOCK_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
     /// Calls waiting for a slot; past this, calls are shed at once with
@@ -194,7 +204,7 @@ pub struct ServeConfig {
     pub max_queued: usize,
 
     /// Longest wait for a slot before a call is shed (or its own deadline, if sooner).
-    #[arg(long, env = "STOCKLOCK_MAX_QUEUE_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "STOCKLOCK_MAX_QUEUE_WAIT", default_value = "25ms", value_parser = humantime::parse_duration)]
     pub max_queue_wait: Duration,
 
     /// Availability queries each caller may make per second (0 = no limit),

@@ -10,7 +10,9 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_callers_on_a_hundred_units() {
-    let svc = start().await;
+    // Every call queues for a slot instead of being shed: this is about
+    // oversell under contention, not overload (see tests/overload.rs).
+    let svc = start_with(&["--max-queue-wait", "10s"]).await;
     svc.stock("HOT", "WH-A", "100").await;
     // Eight HTTP/2 connections, 500 calls in flight at once.
     let mut clients = Vec::new();
@@ -51,7 +53,7 @@ async fn five_hundred_callers_on_a_hundred_units() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_concurrent_operations_keep_the_books_balanced() {
-    let svc = start().await;
+    let svc = start_with(&["--max-queue-wait", "10s"]).await;
     svc.stock("MIX", "WH-A", "50").await;
     let calls = (0..200).map(|i| {
         let mut client = svc.client.clone();

@@ -286,7 +286,8 @@ async fn a_busy_redis_gives_unavailable_within_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flushes_during_traffic_fail_no_call() {
-    let svc = start().await;
+    // 300 calls at once queue rather than being shed: this is about the flushes.
+    let svc = start_with(&["--max-queue-wait", "10s"]).await;
     svc.stock("SKU-S", "WH-A", "1000").await;
     let mut conn = svc.redis_conn().await;
     let flusher = tokio::spawn(async move {
