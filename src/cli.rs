@@ -83,6 +83,19 @@ pub enum AdminCommand {
     Audit(AuditArgs),
     /// Lock success rate per warehouse and hour, as a heatmap.
     LockHealth(HealthArgs),
+    /// Mend a record the invariant auditor reports: `locked` from its live
+    /// locks, and its expiry index (audited as record.repair).
+    Repair {
+        /// The SKU.
+        #[arg(long)]
+        sku: String,
+        /// The warehouse.
+        #[arg(long)]
+        warehouse: String,
+        /// Why: kept in the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// Options of the lock-health heatmap.
@@ -361,6 +374,32 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
             );
         }
         AdminCommand::Unlock(command) => unlock(&mut admin, command, operator, &out).await?,
+        AdminCommand::Repair { sku, warehouse, reason } => {
+            let request =
+                pb::RepairRecordRequest { sku, warehouse_id: warehouse, reason, request_id: request_id(), operator };
+            let repair = admin.repair_record(request).await?.into_inner();
+            let record = repair.record.unwrap_or_default();
+            out.table(
+                &[
+                    "sku",
+                    "warehouse",
+                    "locked_before",
+                    "locked_after",
+                    "fixed_expiries",
+                    "dropped_expiries",
+                    "available",
+                ],
+                vec![vec![
+                    record.sku,
+                    record.warehouse_id,
+                    repair.locked_before,
+                    repair.locked_after,
+                    repair.fixed_expiries.to_string(),
+                    repair.dropped_expiries.to_string(),
+                    record.available,
+                ]],
+            );
+        }
         AdminCommand::Audit(audit) => audit_events(&mut admin, audit, &out).await?,
         AdminCommand::LockHealth(args) => {
             let request = pb::LockHealthRequest {

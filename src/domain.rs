@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod health;
 mod ids;
+mod invariants;
 mod quantity;
 mod store;
 
@@ -22,5 +23,6 @@ pub use health::{LockHealthCell, SERVICE_FAILURES, SUCCESS_TARGET, breaking_rule
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
 };
+pub use invariants::{RecordCheck, Repair, Violation};
 pub use quantity::{MAX_SCALED, MAX_UNIT_SCALE, Quantity, ScaledStock, Signed, UnitScale, format_scaled};
 pub use store::*;

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod auditor;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -77,6 +77,13 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the invariant auditor's findings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    /// `locked_drift`, `broken_expiry_index`, `late_expiry` or `oversold`.
+    pub kind: &'static str,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -114,6 +121,12 @@ pub struct Metrics {
     pub durability: Family<DurabilityLabels, Counter>,
     /// Calls refused by overload protection before they started.
     pub shed: Family<ShedLabels, Counter>,
+    /// Records breaking each invariant in the auditor's last pass.
+    pub invariant_violations: Family<ViolationLabels, Gauge>,
+    /// Records the auditor's last pass checked.
+    pub invariant_records: Gauge,
+    /// Completed auditor passes.
+    pub invariant_passes: Counter,
 }
 
 /// Latency buckets: 100 µs steps below 1 ms, then coarser up to 10 s.
@@ -148,6 +161,9 @@ impl Metrics {
             failovers: Counter::default(),
             durability: Family::default(),
             shed: Family::default(),
+            invariant_violations: Family::default(),
+            invariant_records: Gauge::default(),
+            invariant_passes: Counter::default(),
         };
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(
@@ -202,6 +218,28 @@ impl Metrics {
             "Calls refused before they started: concurrency limit and queue full, queue wait over, deadline passed",
             metrics.shed.clone(),
         );
+        registry.register(
+            "invariant_violations",
+            "Stock records breaking each invariant in the auditor's last pass",
+            metrics.invariant_violations.clone(),
+        );
+        registry.register(
+            "invariant_records",
+            "Stock records the auditor's last pass checked",
+            metrics.invariant_records.clone(),
+        );
+        registry.register("invariant_passes", "Completed invariant auditor passes", metrics.invariant_passes.clone());
+        // Every label value exists from the start: dashboards and alerts see
+        // zeros, not missing series.
+        for outcome in ["durable", "not_durable"] {
+            let _ = metrics.durability.get_or_create(&DurabilityLabels { outcome });
+        }
+        for reason in ["queue_full", "queue_wait", "deadline"] {
+            let _ = metrics.shed.get_or_create(&ShedLabels { reason });
+        }
+        for kind in crate::domain::Violation::ALL {
+            let _ = metrics.invariant_violations.get_or_create(&ViolationLabels { kind: kind.as_str() });
+        }
         Self { registry, ..metrics }
     }
 

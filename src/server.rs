@@ -164,6 +164,13 @@ pub async fn run(
         };
         background.push(tokio::spawn(refresh_gauges(store.clone(), refresh, rule, stop_rx.clone())));
     }
+    if !config.invariant_check_interval.is_zero() {
+        let settings = crate::auditor::Settings {
+            interval: config.invariant_check_interval,
+            sweep_bound: config.invariant_sweep_bound,
+        };
+        background.push(tokio::spawn(crate::auditor::run(store.clone(), settings, stop_rx.clone())));
+    }
     if !config.no_ingest {
         let settings = IngestSettings {
             group: config.ingest_group.clone(),

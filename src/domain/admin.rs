@@ -190,6 +190,24 @@ pub trait AdminStore: StockStore {
         to_ms: i64,
         warehouse: Option<&str>,
     ) -> impl Future<Output = Result<Vec<crate::domain::LockHealthCell>, Error>> + Send;
+    /// Checks up to about `count` records, from a scan cursor (0 to start);
+    /// returns them and the next cursor (0 at the end).
+    fn check_records(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> impl Future<Output = Result<(Vec<super::RecordCheck>, u64), Error>> + Send;
+    /// Repairs a record from its lock set, atomically and audited.
+    fn repair_record(
+        &self,
+        record: &super::RecordKey,
+        actor: &str,
+        reason: &str,
+        request_id: &RequestId,
+    ) -> impl Future<Output = Result<super::Repair, Error>> + Send;
+    /// Takes the lease `name` for `ttl` unless another replica holds it:
+    /// spreads periodic work over replicas, one at a time.
+    fn try_lease(&self, name: &str, ttl: Duration) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Counts live locks, and those older than `stale_after`.
     fn lock_stats(&self, stale_after: Duration) -> impl Future<Output = Result<LockStats, Error>> + Send;
 }

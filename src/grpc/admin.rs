@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{MAX_PAGE_SIZE, actor, convert, lock_filter, optional, page_size, principal};
+use super::{MAX_PAGE_SIZE, actor, convert, lock_filter, optional, page_size, principal, record_key};
 use crate::auth::Principal;
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, BatchId, Error, ForceUnlockState, ForceUnlockView, Holder, LockId,
@@ -229,6 +229,28 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
         crate::metrics::METRICS.force_unlocks.get_or_create(&ForceUnlockLabels { mode: "approved".into() }).inc();
         let view = self.store.get_force_unlock(&id).await?;
         Ok(Response::new(pb::ApproveForceUnlockResponse { request: Some(request_to_proto(view)) }))
+    }
+
+    async fn repair_record(
+        &self,
+        request: Request<pb::RepairRecordRequest>,
+    ) -> Result<Response<pb::RepairRecordResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let actor = operator(&principal, &r.operator)?;
+        let why = reason(&r.reason, "reason", true)?;
+        let request_id = RequestId::parse(&r.request_id, "request_id")?;
+        let record = record_key(&r.sku, &r.warehouse_id, "")?;
+        let repair = self.store.repair_record(&record, &actor, &why, &request_id).await?;
+        let scale = repair.record.unit_scale;
+        Ok(Response::new(pb::RepairRecordResponse {
+            locked_before: scale.format(repair.locked_before),
+            locked_after: scale.format(repair.locked_after),
+            fixed_expiries: u32::try_from(repair.fixed_expiries).unwrap_or(u32::MAX),
+            dropped_expiries: u32::try_from(repair.dropped_expiries).unwrap_or(u32::MAX),
+            replayed: repair.replayed,
+            record: Some(convert::record(&repair.record)),
+        }))
     }
 
     async fn reject_force_unlock(

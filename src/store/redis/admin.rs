@@ -8,7 +8,7 @@ use super::decode::malformed;
 use super::{RedisStore, fingerprint, millis, reused, scripts};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    LockFilter, LockId, LockStats, LockView, RequestId,
+    LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -368,6 +368,100 @@ impl AdminStore for RedisStore {
         warehouse: Option<&str>,
     ) -> Result<Vec<crate::domain::LockHealthCell>, Error> {
         self.read_lock_health(from_ms, to_ms, warehouse).await
+    }
+
+    async fn check_records(&self, cursor: u64, count: usize) -> Result<(Vec<RecordCheck>, u64), Error> {
+        let mut conn = self.link.conn();
+        let (next, keys): (u64, Vec<String>) = self
+            .bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.keys.stock_pattern())
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut checks = Vec::with_capacity(keys.len());
+        for record in keys.iter().filter_map(|k| self.keys.record_of_stock_key(k)) {
+            let mut inv = scripts::CHECK_RECORD.prepare_invoke();
+            self.add_record(&mut inv, &record);
+            let mut reply = self.run_script("check_record", &inv).await?;
+            match reply.tag.as_str() {
+                "OK" => {}
+                // Deleted between the scan and the check.
+                "MISSING" => continue,
+                _ => return Err(reply.unexpected()),
+            }
+            checks.push(RecordCheck {
+                record,
+                locked: reply.int()?,
+                sum_of_locks: reply.int()?,
+                locks_without_expiry: reply.uint()?,
+                expiries_without_lock: reply.uint()?,
+                overdue_ms: reply.int()?,
+                available: reply.int()?,
+                unit_scale: reply.unit_scale()?,
+            });
+        }
+        Ok((checks, next))
+    }
+
+    async fn repair_record(
+        &self,
+        record: &RecordKey,
+        actor: &str,
+        reason: &str,
+        request_id: &RequestId,
+    ) -> Result<Repair, Error> {
+        let record_id = record.to_string();
+        let fp = fingerprint(&[&record_id, actor, reason]);
+        let mut inv = scripts::REPAIR_RECORD.prepare_invoke();
+        self.add_record(&mut inv, record);
+        inv.key(self.keys.due())
+            .key(self.keys.idempotency("repair_record", request_id))
+            .key(self.keys.audit())
+            .key(self.keys.events())
+            .arg(&record_id)
+            .arg(&fp)
+            .arg(self.retention_ms)
+            .arg(actor)
+            .arg(reason)
+            .arg(request_id.as_str())
+            .arg(self.audit_max_events);
+        let mut reply = self.run_script("repair_record", &inv).await?;
+        match reply.tag.as_str() {
+            "OK" => {}
+            "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => return Err(Error::NotAvailable { record: record.clone(), line: None }),
+            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(request_id)),
+            _ => return Err(reply.unexpected()),
+        }
+        let replayed = reply.replayed;
+        Ok(Repair {
+            locked_before: reply.int()?,
+            locked_after: reply.int()?,
+            fixed_expiries: reply.uint()?,
+            dropped_expiries: reply.uint()?,
+            record: reply.record(record.clone())?,
+            replayed,
+        })
+    }
+
+    async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, Error> {
+        let mut conn = self.link.conn();
+        let taken: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.keys.lease(name))
+                    .arg(std::process::id())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl).max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(taken.is_some())
     }
 
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {

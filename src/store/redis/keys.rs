@@ -88,6 +88,27 @@ impl Keys {
         format!("{}:durability", self.prefix)
     }
 
+    /// The pattern every record's stock key matches, for SCAN.
+    pub fn stock_pattern(&self) -> String {
+        format!("{}:{{*}}:w:*:stock", self.prefix)
+    }
+
+    /// The record whose stock key `key` is; `None` for any other key.
+    pub fn record_of_stock_key(&self, key: &str) -> Option<RecordKey> {
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let (sku, rest) = rest.split_once("}:w:")?;
+        let warehouse = rest.strip_suffix(":stock")?;
+        Some(RecordKey::new(
+            Sku::parse(sku, "sku").ok()?,
+            crate::domain::WarehouseId::parse(warehouse, "warehouse_id").ok()?,
+        ))
+    }
+
+    /// A lease that lets one replica at a time do `name`'s periodic work.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
+    }
+
     /// The list of a batch's locks.
     pub fn batch(&self, batch_id: &BatchId) -> String {
         format!("{}:batch:{batch_id}", self.prefix)
@@ -108,5 +129,8 @@ mod tests {
             assert!(key.starts_with("sl:{SKU-1}:"), "{key}");
         }
         assert_eq!(keys.record(&record)[0], "sl:{SKU-1}:w:WH-A:stock");
+        assert_eq!(keys.record_of_stock_key("sl:{SKU-1}:w:WH-A:stock"), Some(record));
+        assert_eq!(keys.record_of_stock_key("sl:{SKU-1}:w:WH-A:locks"), None);
+        assert_eq!(keys.record_of_stock_key("other:{SKU-1}:w:WH-A:stock"), None);
     }
 }

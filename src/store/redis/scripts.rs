@@ -49,9 +49,16 @@ pub(super) static FORCE_RELEASE: LazyLock<Script> = script!("force_release.lua")
 /// RejectForceUnlock.
 pub(super) static REJECT_FORCE_UNLOCK: LazyLock<Script> = script!("reject_force_unlock.lua");
 
+/// The invariant auditor's look at one record.
+pub(super) static CHECK_RECORD: LazyLock<Script> = script!("#!lua flags=no-writes\n", "check_record.lua");
+/// RepairRecord.
+pub(super) static REPAIR_RECORD: LazyLock<Script> = script!("repair_record.lua");
+
 /// Every script, for loading at start-up.
-pub(super) fn all() -> [&'static Script; 12] {
+pub(super) fn all() -> [&'static Script; 14] {
     [
+        &CHECK_RECORD,
+        &REPAIR_RECORD,
         &REQUEST_FORCE_UNLOCK,
         &FORCE_RELEASE,
         &REJECT_FORCE_UNLOCK,

@@ -1,0 +1,79 @@
+-- repair_record.lua: an operator's repair of a drifted record from its lock
+-- set, in one atomic step with its audit entry. Expired locks are swept
+-- first; a lock without an expiry entry gets one at now + its ttl (it would
+-- otherwise hold stock forever); an expiry without a lock is dropped; then
+-- `locked` is set to the sum of the live locks.
+--
+-- KEYS[1..4]  the record: stock, locks, exp, ended
+-- KEYS[5]     the sweeper's due index
+-- KEYS[6]     idempotency record of this request
+-- KEYS[7]     the audit stream
+-- KEYS[8]     the lifecycle event stream
+-- ARGV[1]     record id "sku|warehouse"
+-- ARGV[2]     request fingerprint
+-- ARGV[3]     idempotency (and tombstone) retention ms
+-- ARGV[4]     actor
+-- ARGV[5]     reason
+-- ARGV[6]     request_id
+-- ARGV[7]     most audit events kept
+--
+-- Returns {'OK', locked_before, locked_after, fixed_expiries, dropped_expiries,
+--          then the record (see record_reply)}, {'REPLAY', ...},
+--          {'IDEMPOTENCY_KEY_REUSED'} or {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}.
+
+local rec = record_at(1, ARGV[1])
+local due_key, idem_key, audit_key = KEYS[5], KEYS[6], KEYS[7]
+EVENTS_KEY = KEYS[8]
+local fingerprint, retention = ARGV[2], tonumber(ARGV[3])
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then
+  return replay
+end
+local s = read_stock(rec)
+if not s then
+  return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE' }
+end
+local now = now_ms()
+local locked_before = s.locked
+local available_before = math.max(available_of(s, s.locked), 0)
+
+-- Structure first: every lock has an expiry, every expiry a lock.
+local fixed, dropped = 0, 0
+local packed = redis.call('HGETALL', rec.locks)
+for i = 1, #packed, 2 do
+  if not redis.call('ZSCORE', rec.exp, packed[i]) then
+    redis.call('ZADD', rec.exp, now + unpack_lock(packed[i + 1]).ttl, packed[i])
+    fixed = fixed + 1
+  end
+end
+for _, token in ipairs(redis.call('ZRANGE', rec.exp, 0, -1)) do
+  if redis.call('HEXISTS', rec.locks, token) == 0 then
+    redis.call('ZREM', rec.exp, token)
+    dropped = dropped + 1
+  end
+end
+
+-- Then the figure: locked is the sum of the live locks, after the sweep.
+local sum = 0
+for i = 1, #packed, 2 do
+  sum = sum + unpack_lock(packed[i + 1]).qty
+end
+redis.call('HSET', rec.stock, 'locked', fmt(sum))
+local expired, expired_sum = find_expired(rec, now)
+drop_expired(rec, expired, expired_sum, now, retention)
+refresh_due(due_key, rec)
+redis.call('HINCRBY', rec.stock, 'version', 1)
+local locked_after = read_stock(rec).locked
+
+local at = string.find(ARGV[1], '|', 1, true)
+audit(audit_key, ARGV[7], {
+  'action', 'record.repair', 'actor', ARGV[4], 'sku', string.sub(ARGV[1], 1, at - 1),
+  'warehouse_id', string.sub(ARGV[1], at + 1), 'request_id', ARGV[6], 'reason', ARGV[5],
+  'd.locked', decimal(locked_before, s.unit_scale) .. ' -> ' .. decimal(locked_after, s.unit_scale),
+  'd.fixed_expiries', fmt(fixed), 'd.dropped_expiries', fmt(dropped),
+})
+emit('record.repair', rec, available_before, { 'reason', ARGV[5] })
+
+local reply = { 'OK', fmt(locked_before), fmt(locked_after), fmt(fixed), fmt(dropped) }
+return idem_store(idem_key, fingerprint, record_reply(rec, now, reply), retention)

@@ -1,0 +1,119 @@
+//! The continuous invariant auditor finds drift injected behind the
+//! service's back, and RepairRecord mends it atomically, with an audit entry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use stocklock::pb;
+use tonic::Code;
+
+const INVARIANTS: [&str; 4] = ["locked_drift", "broken_expiry_index", "late_expiry", "oversold"];
+
+async fn violations(svc: &TestService) -> Vec<f64> {
+    let metrics = scrape(svc).await;
+    INVARIANTS
+        .iter()
+        .map(|kind| metrics.get(&format!("stocklock_invariant_violations{{kind=\"{kind}\"}}")).copied().unwrap_or(-1.0))
+        .collect()
+}
+
+fn repair(sku: &str, request_id: &str) -> pb::RepairRecordRequest {
+    pb::RepairRecordRequest {
+        sku: sku.into(),
+        warehouse_id: "WH-A".into(),
+        reason: "INC-42: auditor reported drift".into(),
+        request_id: request_id.into(),
+        operator: "alice".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_finds_drift_and_a_repair_mends_it_with_an_audit_entry() {
+    let svc = start_with(&["--invariant-check-interval", "100ms"]).await;
+    for sku in ["DRIFT", "INDEX", "FINE"] {
+        svc.stock(sku, "WH-A", "10").await;
+        svc.lock(sku, "WH-A", "1", &format!("{sku}-1")).await.unwrap();
+        svc.lock(sku, "WH-A", "2", &format!("{sku}-2")).await.unwrap();
+    }
+    // A pass over the healthy records finds nothing.
+    let passed = eventually(Duration::from_secs(5), || async {
+        let metrics = scrape(&svc).await;
+        metrics["stocklock_invariant_passes_total"] >= 1.0 && metrics["stocklock_invariant_records"] >= 3.0
+    })
+    .await;
+    assert!(passed && violations(&svc).await == [0.0; 4]);
+
+    // Behind the service's back: `locked` drifts on one record, and a lock
+    // loses its expiry entry on another (it would never expire).
+    let mut conn = svc.redis_conn().await;
+    let _: () =
+        redis::cmd("HSET").arg("sl:{DRIFT}:w:WH-A:stock").arg("locked").arg(7).query_async(&mut conn).await.unwrap();
+    let tokens: Vec<String> =
+        redis::cmd("ZRANGE").arg("sl:{INDEX}:w:WH-A:exp").arg(0).arg(0).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("ZREM").arg("sl:{INDEX}:w:WH-A:exp").arg(&tokens[0]).query_async(&mut conn).await.unwrap();
+    let found = eventually(Duration::from_secs(5), || async { violations(&svc).await == [1.0, 1.0, 0.0, 0.0] }).await;
+    assert!(found, "the auditor reports both: {:?}", violations(&svc).await);
+    assert_eq!(svc.available("DRIFT", "WH-A").await, "3", "the drift shows in availability");
+
+    let mut admin = svc.admin().await;
+    let mended = admin.repair_record(repair("DRIFT", "fix-1")).await.unwrap().into_inner();
+    assert_eq!((mended.locked_before.as_str(), mended.locked_after.as_str()), ("7", "3"));
+    assert_eq!(mended.record.unwrap().available, "7");
+    let mended = admin.repair_record(repair("INDEX", "fix-2")).await.unwrap().into_inner();
+    assert_eq!((mended.fixed_expiries, mended.dropped_expiries, mended.locked_after.as_str()), (1, 0, "3"));
+    // A retry replays; the healthy record is left as it was.
+    assert!(admin.repair_record(repair("DRIFT", "fix-1")).await.unwrap().into_inner().replayed);
+    let fine = admin.repair_record(repair("FINE", "fix-3")).await.unwrap().into_inner();
+    assert_eq!((fine.locked_before.as_str(), fine.locked_after.as_str()), ("3", "3"));
+
+    assert!(eventually(Duration::from_secs(5), || async { violations(&svc).await == [0.0; 4] }).await);
+    let events = admin
+        .list_audit_events(pb::ListAuditEventsRequest { action: "record.repair".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 3);
+    assert_eq!((events[0].sku.as_str(), events[0].actor.as_str()), ("DRIFT", "alice"));
+    assert_eq!(events[0].details["locked"], "7 -> 3");
+    assert_eq!(events[0].reason, "INC-42: auditor reported drift");
+}
+
+#[tokio::test]
+async fn the_auditor_reports_locks_the_sweeper_left_behind_and_oversold_records() {
+    // No sweeping to speak of: expired locks stay unswept past the bound.
+    let svc = start_with(&[
+        "--invariant-check-interval",
+        "100ms",
+        "--invariant-sweep-bound",
+        "200ms",
+        "--sweep-interval",
+        "1h",
+        "--min-ttl",
+        "100ms",
+    ])
+    .await;
+    svc.stock("LATE", "WH-A", "10").await;
+    let mut request = lock_request("LATE", "WH-A", "1", "late");
+    request.ttl = millis(100);
+    svc.client.clone().lock(request).await.unwrap();
+    svc.stock("OVER", "WH-A", "1").await;
+    let mut conn = svc.redis_conn().await;
+    let _: () =
+        redis::cmd("HSET").arg("sl:{OVER}:w:WH-A:stock").arg("reserved").arg(3).query_async(&mut conn).await.unwrap();
+    let found = eventually(Duration::from_secs(5), || async { violations(&svc).await == [0.0, 0.0, 1.0, 1.0] }).await;
+    assert!(found, "{:?}", violations(&svc).await);
+}
+
+#[tokio::test]
+async fn a_repair_needs_a_reason_and_an_existing_record() {
+    let svc = start().await;
+    let mut admin = svc.admin().await;
+    let mut no_reason = repair("S", "r1");
+    no_reason.reason.clear();
+    let status = admin.repair_record(no_reason).await.unwrap_err();
+    assert_eq!((status.code(), bad_fields(&status)), (Code::InvalidArgument, vec!["reason".to_owned()]));
+    expect_error(admin.repair_record(repair("NOPE", "r2")).await, Code::NotFound, "SKU_NOT_AVAILABLE_IN_WAREHOUSE");
+}

@@ -1,0 +1,216 @@
+//! Linearizability of concurrent histories on one record.
+//!
+//! Several clients lock, release and read one small record at once; every
+//! call's invocation and response instants are recorded. A Wing & Gong
+//! search (with memoization of visited states, as in Lowe's and Horn's
+//! checkers) then looks for one total order of the calls that respects real
+//! time (a call that returned before another was sent comes first) and in
+//! which a sequential record gives every call the answer it really got:
+//! a lock succeeds only when enough is available and gets a fencing token
+//! above every earlier one, a release releases only a live lock, a read sees
+//! exactly the available quantity. Locks live 10 minutes, so nothing expires.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use common::*;
+use stocklock::pb;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Call {
+    /// Lock `qty` → Ok(lock index in the history, token) or short.
+    Lock { qty: i64, result: Option<u64> },
+    /// Release of the lock taken by call `lock` → released now, or not.
+    Release { lock: usize, released: bool },
+    /// GetAvailability → available.
+    Read { available: i64 },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    call: Call,
+    invoked: Instant,
+    returned: Instant,
+}
+
+/// The sequential record: what is available, which locks (by the index of
+/// the call that took them) are live, and the last token handed out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct State {
+    available: i64,
+    live: Vec<usize>,
+    last_token: u64,
+}
+
+impl State {
+    /// Applies call `index` if the sequential record would have answered the same.
+    fn apply(&self, history: &[Entry], index: usize) -> Option<Self> {
+        let mut next = self.clone();
+        match history[index].call {
+            Call::Lock { qty, result: Some(token) } => {
+                if qty > self.available || token <= self.last_token {
+                    return None;
+                }
+                next.available -= qty;
+                next.live.push(index);
+                next.live.sort_unstable();
+                next.last_token = token;
+            }
+            Call::Lock { qty, result: None } => {
+                if qty <= self.available {
+                    return None;
+                }
+            }
+            Call::Release { lock, released } => {
+                let position = self.live.iter().position(|&l| l == lock);
+                match (position, released) {
+                    (Some(p), true) => {
+                        next.live.remove(p);
+                        let Call::Lock { qty, .. } = history[lock].call else { return None };
+                        next.available += qty;
+                    }
+                    (None, false) => {}
+                    _ => return None,
+                }
+            }
+            Call::Read { available } => {
+                if available != self.available {
+                    return None;
+                }
+            }
+        }
+        Some(next)
+    }
+}
+
+/// True when some real-time-respecting order explains every answer.
+fn linearizable(history: &[Entry], initial: i64) -> bool {
+    assert!(history.len() <= 128, "the search keys linearized sets by a u128");
+    let start = State { available: initial, live: Vec::new(), last_token: 0 };
+    let mut seen = HashSet::new();
+    search(history, 0, &start, &mut seen)
+}
+
+fn search(history: &[Entry], done: u128, state: &State, seen: &mut HashSet<(u128, State)>) -> bool {
+    if done.count_ones() as usize == history.len() {
+        return true;
+    }
+    if !seen.insert((done, state.clone())) {
+        return false;
+    }
+    // The earliest response among the calls not yet placed: any call
+    // invoked after it cannot come next.
+    let horizon = (0..history.len()).filter(|i| done & (1 << i) == 0).map(|i| history[i].returned).min().unwrap();
+    for i in 0..history.len() {
+        if done & (1 << i) != 0 || history[i].invoked > horizon {
+            continue;
+        }
+        if let Some(next) = state.apply(history, i)
+            && search(history, done | (1 << i), &next, seen)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn the_checker_rejects_what_no_order_explains() {
+    let t = Instant::now();
+    let at = |ms: u64| t + std::time::Duration::from_millis(ms);
+    let entry = |call, invoked, returned| Entry { call, invoked: at(invoked), returned: at(returned) };
+    // Two overlapping locks of 2 on 3 units cannot both succeed.
+    let oversold =
+        [entry(Call::Lock { qty: 2, result: Some(1) }, 0, 10), entry(Call::Lock { qty: 2, result: Some(2) }, 1, 9)];
+    assert!(!linearizable(&oversold, 3));
+    // One succeeds, the other is short: fine in either order.
+    let fine = [entry(Call::Lock { qty: 2, result: Some(1) }, 0, 10), entry(Call::Lock { qty: 2, result: None }, 1, 9)];
+    assert!(linearizable(&fine, 3));
+    // A read after a completed lock must see it (a stale read is not linearizable).
+    let stale = [entry(Call::Lock { qty: 1, result: Some(1) }, 0, 5), entry(Call::Read { available: 3 }, 6, 7)];
+    assert!(!linearizable(&stale, 3));
+    // Tokens must follow the order: the later lock cannot have the lower token.
+    let tokens =
+        [entry(Call::Lock { qty: 1, result: Some(5) }, 0, 1), entry(Call::Lock { qty: 1, result: Some(4) }, 2, 3)];
+    assert!(!linearizable(&tokens, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_histories_on_one_record_are_linearizable() {
+    let svc = start_with(&["--max-queue-wait", "10s"]).await;
+    for round in 0..20 {
+        let sku = format!("LIN-{round}");
+        svc.stock(&sku, "W", "3").await;
+        let started = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+        let clients = (0..4).map(|c| {
+            let mut client = svc.client.clone();
+            let sku = sku.clone();
+            let started = started.clone();
+            tokio::spawn(async move {
+                started.wait().await;
+                // Each client: lock 1 or 2, read, release what it got, read.
+                let mut entries = Vec::new();
+                let qty = 1 + (c + round) % 2;
+                let mut request = lock_request(&sku, "W", &qty.to_string(), &format!("{sku}-{c}"));
+                request.ttl = secs(600);
+                let invoked = Instant::now();
+                let lock = client.lock(request).await;
+                let returned = Instant::now();
+                let (result, lock_id) = match lock {
+                    Ok(r) => {
+                        let lock = r.into_inner().lock.unwrap();
+                        (Some(lock.fencing_token), Some(lock.lock_id))
+                    }
+                    Err(status) => {
+                        assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
+                        (None, None)
+                    }
+                };
+                entries.push((c, Call::Lock { qty: qty as i64, result }, invoked, returned));
+                entries.push(read(&mut client, &sku, c).await);
+                if let Some(lock_id) = lock_id {
+                    let request =
+                        pb::ReleaseRequest { lock_id, request_id: format!("{sku}-rel-{c}"), ..Default::default() };
+                    let invoked = Instant::now();
+                    let released = client.release(request).await.unwrap().into_inner();
+                    let returned = Instant::now();
+                    let released = released.results[0].outcome() == pb::ReleaseOutcome::Released;
+                    // The release's `lock` is fixed up below, once indices are known.
+                    entries.push((c, Call::Release { lock: usize::MAX, released }, invoked, returned));
+                    entries.push(read(&mut client, &sku, c).await);
+                }
+                entries
+            })
+        });
+        let mut history = Vec::new();
+        let mut lock_of_client = std::collections::HashMap::new();
+        for client in futures::future::join_all(clients).await {
+            for (c, call, invoked, returned) in client.unwrap() {
+                let call = match call {
+                    Call::Release { released, .. } => Call::Release { lock: lock_of_client[&c], released },
+                    Call::Lock { .. } => {
+                        lock_of_client.insert(c, history.len());
+                        call
+                    }
+                    other => other,
+                };
+                history.push(Entry { call, invoked, returned });
+            }
+        }
+        assert!(linearizable(&history, 3), "round {round}: no order explains {history:#?}");
+    }
+}
+
+async fn read(client: &mut Client, sku: &str, c: usize) -> (usize, Call, Instant, Instant) {
+    let invoked = Instant::now();
+    let response = client
+        .get_availability(pb::GetAvailabilityRequest { sku: sku.into(), warehouse_id: "W".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let returned = Instant::now();
+    let available = response.records[0].available.parse().unwrap();
+    (c, Call::Read { available }, invoked, returned)
+}
