@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps test-deps run test lint monitoring k8s build bench loadtest
+.PHONY: deps test-deps run test lint monitoring k8s fuzz build bench loadtest
 
 deps:
 	./scripts/install-deps.sh run
@@ -17,9 +17,9 @@ test-deps:
 run: deps
 	$(CARGO) run --release -- serve $(ARGS)
 
-## Formatting, lints, docs, the alert rules, the Kubernetes manifests, and
-## every test against real redis-servers.
-test: test-deps lint monitoring k8s
+## Formatting, lints, docs, the alert rules, the Kubernetes manifests, a
+## bounded fuzz run, and every test against real redis-servers.
+test: test-deps lint monitoring k8s fuzz
 	$(CARGO) test --workspace --all-targets
 
 lint:
@@ -34,6 +34,10 @@ monitoring:
 ## Every manifest in k8s/ against the Kubernetes schemas.
 k8s:
 	./scripts/validate-k8s.sh
+
+## Every fuzz target for FUZZ_SECONDS (default 15) each.
+fuzz:
+	./scripts/fuzz.sh
 
 build: deps
 	$(CARGO) build --release
