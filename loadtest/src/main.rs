@@ -418,8 +418,22 @@ async fn check_stock(client: &mut InventoryServiceClient<Channel>, shared: &Shar
             let (s, w) = sku(*i, args);
             pb::StockKey { sku: s, warehouse_id: w }
         });
-        let response =
-            client.batch_get_availability(pb::BatchGetAvailabilityRequest { keys: keys.collect() }).await?.into_inner();
+        let request = pb::BatchGetAvailabilityRequest { keys: keys.collect() };
+        // A fault (a soak's) may be under way: transient errors are retried.
+        let mut attempt = 0;
+        let response = loop {
+            match client.batch_get_availability(request.clone()).await {
+                Ok(response) => break response.into_inner(),
+                Err(status)
+                    if attempt < 50
+                        && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
         for (i, record) in chunk.iter().zip(&response.records) {
             let committed = shared.committed[*i].load(Ordering::Relaxed);
             let physical: u64 = record.physical.parse().unwrap_or(0);
