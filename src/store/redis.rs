@@ -2,7 +2,7 @@
 //!
 //! Every mutation is one EVALSHA of a script in `lua/` over one multiplexed
 //! connection to the primary ([`ConnectionManager`], which reconnects by
-//! itself; with Sentinel the [`link`] follows failovers). Every call
+//! itself; with Sentinel the `link` module follows failovers). Every call
 //! is bounded by the store timeout: a slow or stopped Redis gives
 //! [`Error::StoreTimeout`], an unreachable one [`Error::StoreUnavailable`],
 //! never a hang. Keys come from [`Keys`] only.
