@@ -31,11 +31,6 @@ async fn wait_for_health(svc: &TestService, want: ServingStatus) {
     panic!("health never became {want:?}");
 }
 
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn redis_down_gives_unavailable_fast_and_a_restart_is_recovered() {
     let mut svc = start().await;

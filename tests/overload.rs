@@ -11,10 +11,6 @@ use futures::future::join_all;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn signal(pid: u32, sig: &str) {
-    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_past_the_limit_and_the_queue_are_shed_at_once_and_not_started() {
     let svc = start_with(&[

@@ -338,6 +338,12 @@ pub async fn xadd(svc: &TestService, stream: &str, fields: &[(&str, &str)]) -> S
     cmd.query_async(&mut conn).await.unwrap()
 }
 
+/// Sends `sig` (e.g. "-STOP", "-KILL") to process `pid`, such as a test's redis-server.
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
 /// Waits up to `limit` for `check` to hold.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
