@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::domain::Error;
+use crate::layer::{BoxFuture, take_ready};
 use crate::metrics::{METRICS, ShedLabels};
 
 /// How long before a caller's deadline a queued call is refused, so the
@@ -138,8 +139,6 @@ pub struct AdmissionService<S> {
     admission: Arc<Admission>,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
@@ -155,9 +154,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The clone is ready only after poll_ready; swap so the ready one runs.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         if exempt(request.uri().path()) {
             return Box::pin(inner.call(request));
         }

@@ -24,6 +24,7 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::domain::{Error, Holder};
+use crate::layer::{BoxFuture, take_ready};
 
 /// Shortest token accepted in the token file.
 const MIN_TOKEN_LEN: usize = 16;
@@ -329,8 +330,6 @@ pub struct AccessService<S> {
     access: Arc<Access>,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
@@ -351,10 +350,7 @@ where
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                // The clone is ready only after poll_ready; swap so the ready one runs.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                Box::pin(take_ready(&mut self.inner).call(request))
             }
             Err(error) => {
                 let status: Status = error.into();

@@ -36,6 +36,7 @@ pub mod embedded_redis;
 pub mod grpc;
 pub mod heatmap;
 pub mod http;
+mod layer;
 pub mod metrics;
 pub mod server;
 pub mod store;

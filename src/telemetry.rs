@@ -9,7 +9,6 @@
 //!   the caller's W3C `traceparent`), and the call's latency by method and
 //!   status code.
 
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -24,6 +23,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::layer::{BoxFuture, take_ready};
 use crate::metrics::{METRICS, RpcLabels};
 
 /// Most spans waiting for export; beyond it spans are dropped, not waited for.
@@ -121,8 +121,6 @@ pub struct Observe<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 /// `Service/Method` of a gRPC path, e.g. `InventoryService/Lock`.
 fn method_of(path: &str) -> String {
     let path = path.trim_start_matches('/');
@@ -165,8 +163,7 @@ where
         );
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let _ = span.set_parent(parent);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let started = Instant::now();
         Box::pin(
             async move {
