@@ -234,24 +234,8 @@ async fn follow<S: StockStore>(
         |e: &LifecycleEvent| records.contains(&(e.field("sku").to_owned(), e.field("warehouse_id").to_owned()));
     loop {
         // Catch up from Redis.
-        loop {
-            let batch = match store.events_after(from, 500).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            let done = batch.len() < 500;
-            for event in batch {
-                from = event.id;
-                if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
-                    return;
-                }
-            }
-            if done {
-                break;
-            }
+        if !replay(store.as_ref(), &mut from, None, &wanted, &tx).await {
+            return;
         }
         // Then live, until the hub says we fell behind or stays quiet. The
         // tailer runs only while someone watches, so it may have started after
@@ -264,24 +248,8 @@ async fn follow<S: StockStore>(
                 Ok(event) if event.id <= from => {}
                 Ok(event) if !gap_checked => {
                     gap_checked = true;
-                    loop {
-                        let batch = match store.events_after(from, 500).await {
-                            Ok(batch) => batch,
-                            Err(e) => {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                        };
-                        let done = batch.len() < 500;
-                        for missed in batch.into_iter().take_while(|e| e.id <= event.id) {
-                            from = missed.id;
-                            if wanted(&missed) && tx.send(Ok(availability_event(&missed))).await.is_err() {
-                                return;
-                            }
-                        }
-                        if done || from >= event.id {
-                            break;
-                        }
+                    if !replay(store.as_ref(), &mut from, Some(event.id), &wanted, &tx).await {
+                        return;
                     }
                 }
                 Ok(event) => {
@@ -296,6 +264,37 @@ async fn follow<S: StockStore>(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Sends the wanted events after `from` from Redis, up to and including
+/// `upto` (to the end when `None`), moving `from` along. False when the
+/// watch is over: the watcher left, or Redis failed (the watcher was told).
+async fn replay<S: StockStore>(
+    store: &S,
+    from: &mut EventId,
+    upto: Option<EventId>,
+    wanted: &impl Fn(&LifecycleEvent) -> bool,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+) -> bool {
+    loop {
+        let batch = match store.events_after(*from, 500).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return false;
+            }
+        };
+        let done = batch.len() < 500;
+        for event in batch.into_iter().take_while(|e| upto.is_none_or(|upto| e.id <= upto)) {
+            *from = event.id;
+            if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
+                return false;
+            }
+        }
+        if done || upto.is_some_and(|upto| *from >= upto) {
+            return true;
         }
     }
 }

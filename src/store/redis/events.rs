@@ -105,6 +105,15 @@ impl RedisStore {
         Ok(StreamPosition { last: id("last-generated-id"), trimmed_through })
     }
 
+    /// Trims the event stream to about `max_len` events.
+    async fn trim_events(&self, max_len: u64) -> Result<(), Error> {
+        let mut conn = self.link.conn();
+        let mut trim = redis::cmd("XTRIM");
+        trim.arg(self.keys.events()).arg("MAXLEN").arg("~").arg(max_len);
+        let _: i64 = self.bounded(trim.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
     /// Tails the event stream into `hub` until `stop`, on its own connection
     /// (a blocking read would stall every call sharing the main one), and
     /// trims the stream to about `max_len` events.
@@ -116,6 +125,12 @@ impl RedisStore {
             if *stop.borrow() {
                 return;
             }
+            if trimmed_at.elapsed() > Duration::from_secs(1) {
+                trimmed_at = tokio::time::Instant::now();
+                if let Err(e) = self.trim_events(max_len).await {
+                    tracing::warn!(error = %e, "trimming the event stream failed");
+                }
+            }
             if !hub.has_watchers() {
                 // Reading and decoding every event for nobody cost the service
                 // a tenth of its CPU under load. Watchers catch up from Redis
@@ -125,23 +140,6 @@ impl RedisStore {
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_CHECK) => {}
                     _ = stop.changed() => return,
-                }
-                if trimmed_at.elapsed() > Duration::from_secs(1) {
-                    trimmed_at = tokio::time::Instant::now();
-                    let mut main = self.link.conn();
-                    let trimmed: Result<i64, Error> = self
-                        .bounded(
-                            redis::cmd("XTRIM")
-                                .arg(self.keys.events())
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(max_len)
-                                .query_async(&mut main),
-                        )
-                        .await;
-                    if let Err(e) = trimmed {
-                        tracing::warn!(error = %e, "trimming the event stream failed");
-                    }
                 }
                 continue;
             }
@@ -172,20 +170,6 @@ impl RedisStore {
                         last = Some(event.id);
                         hub.publish(event);
                     }
-                }
-                if trimmed_at.elapsed() > Duration::from_secs(1) {
-                    trimmed_at = tokio::time::Instant::now();
-                    let mut main = self.link.conn();
-                    let _: i64 = self
-                        .bounded(
-                            redis::cmd("XTRIM")
-                                .arg(self.keys.events())
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(max_len)
-                                .query_async(&mut main),
-                        )
-                        .await?;
                 }
                 Ok::<_, Error>(())
             }
