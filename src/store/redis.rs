@@ -1,7 +1,7 @@
 //! The Redis implementation of [`StockStore`].
 //!
 //! Every mutation is one EVALSHA of a script in `lua/` over one multiplexed
-//! connection to the primary ([`ConnectionManager`], which reconnects by
+//! connection to the primary ([`redis::aio::ConnectionManager`], which reconnects by
 //! itself; with Sentinel the `link` module follows failovers). Every call
 //! is bounded by the store timeout: a slow or stopped Redis gives
 //! [`Error::StoreTimeout`], an unreachable one [`Error::StoreUnavailable`],
@@ -22,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, ScriptInvocation};
 use tracing::Instrument;
 
@@ -86,9 +85,8 @@ impl RedisStore {
     pub async fn connect(settings: &RedisSettings) -> Result<Self, Error> {
         let keys = Keys::new(&settings.key_prefix);
         let link = Link::connect(&settings.topology, settings.timeout, keys.epoch()).await?;
-        let durability = settings
-            .durability
-            .map(|d| Arc::new(durability::Waiter::start(d, &link, keys.durability_marker(), settings.timeout)));
+        let durability =
+            settings.durability.map(|d| Arc::new(durability::Waiter::start(d, &link, keys.durability_marker())));
         Ok(Self {
             link,
             durability,
@@ -112,26 +110,17 @@ impl RedisStore {
         Ok(())
     }
 
-    /// A connection of its own for blocking reads of up to `block`.
-    async fn blocking_connection(&self, block: Duration) -> Result<ConnectionManager, Error> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(block + self.timeout))
-            .set_number_of_retries(2);
-        bounded(self.timeout * 4, ConnectionManager::new_with_config(self.link.client(), config)).await
-    }
-
     /// `call` within the store timeout; an error that looks like a failover
     /// makes the link look for a new primary.
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                self.link.observe(&e);
-                Err(store_error(e))
+        let observed = async {
+            let result = call.await;
+            if let Err(e) = &result {
+                self.link.observe(e);
             }
-            Err(_) => Err(Error::StoreTimeout),
-        }
+            result
+        };
+        bounded(self.timeout, observed).await
     }
 
     /// One EVALSHA (SCRIPT LOAD and a retry on NOSCRIPT), timed as `op`

@@ -14,11 +14,12 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::link::Link;
-use crate::domain::Durability;
+use super::store_error;
+use crate::domain::{Durability, Error};
 
 /// How many replicas must hold each change, and how long to wait for them.
 #[derive(Clone, Copy, Debug)]
@@ -37,9 +38,9 @@ pub(super) struct Waiter {
 
 impl Waiter {
     /// Starts the group-commit task; it ends when the waiter is dropped.
-    pub(super) fn start(settings: DurabilitySettings, link: &Arc<Link>, marker_key: String, timeout: Duration) -> Self {
+    pub(super) fn start(settings: DurabilitySettings, link: &Arc<Link>, marker_key: String) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(settings, Arc::downgrade(link), marker_key, timeout, waiting));
+        tokio::spawn(group_commit(settings, Arc::downgrade(link), marker_key, waiting));
         Self { settings, queue }
     }
 
@@ -58,7 +59,6 @@ async fn group_commit(
     settings: DurabilitySettings,
     link: Weak<Link>,
     marker_key: String,
-    store_timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<oneshot::Sender<u32>>,
 ) {
     // The dedicated connection, and the primary it goes to: after a
@@ -67,7 +67,7 @@ async fn group_commit(
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, usize::MAX).await > 0 {
         let Some(link) = link.upgrade() else { return };
-        let acknowledged = match acknowledge(&link, &mut conn, &marker_key, settings, store_timeout).await {
+        let acknowledged = match acknowledge(&link, &mut conn, &marker_key, settings).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot wait for replica acknowledgements");
@@ -87,19 +87,11 @@ async fn acknowledge(
     conn: &mut Option<(String, ConnectionManager)>,
     marker_key: &str,
     settings: DurabilitySettings,
-    store_timeout: Duration,
-) -> redis::RedisResult<u32> {
-    let primary = link.primary_addr();
+) -> Result<u32, Error> {
+    // After a failover the connection is opened again, to the new primary.
     let connection = match conn {
-        Some((addr, connection)) if *addr == primary => connection,
-        _ => {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(store_timeout))
-                .set_response_timeout(Some(settings.timeout + store_timeout))
-                .set_number_of_retries(1);
-            let fresh = ConnectionManager::new_with_config(link.client(), config).await?;
-            &mut conn.insert((primary, fresh)).1
-        }
+        Some((addr, connection)) if link.is_primary(addr) => connection,
+        _ => &mut conn.insert(link.dedicated(settings.timeout).await?).1,
     };
     let wait_ms = u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
     let (_, acknowledged): (u64, u32) = redis::pipe()
@@ -109,6 +101,7 @@ async fn acknowledge(
         .arg(settings.replicas)
         .arg(wait_ms)
         .query_async(connection)
-        .await?;
+        .await
+        .map_err(store_error)?;
     Ok(acknowledged)
 }

@@ -146,7 +146,7 @@ impl RedisStore {
             let result = async {
                 let conn = match &mut conn {
                     Some(conn) => conn,
-                    None => conn.insert(self.blocking_connection(BLOCK).await?),
+                    None => conn.insert(self.link.dedicated(BLOCK).await?.1),
                 };
                 let from = match last {
                     Some(id) => id,

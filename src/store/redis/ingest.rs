@@ -139,7 +139,7 @@ impl RedisStore {
                 let conn = match &mut conn {
                     Some(conn) => conn,
                     None => {
-                        let fresh = self.blocking_connection(BLOCK).await?;
+                        let fresh = self.link.dedicated(BLOCK).await?.1;
                         let c = conn.insert(fresh);
                         self.create_group(c, &settings.group).await?;
                         c

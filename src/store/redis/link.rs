@@ -122,14 +122,24 @@ impl Link {
         self.primary.read().expect("link lock poisoned").conn.clone()
     }
 
-    /// The current primary's client, for dedicated connections.
-    pub(super) fn client(&self) -> redis::Client {
-        self.primary.read().expect("link lock poisoned").client.clone()
+    /// A connection of its own to the current primary, for commands that
+    /// hold it for up to `wait` (blocking reads, WAIT), and that primary's address.
+    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, ConnectionManager), Error> {
+        let (client, addr) = {
+            let primary = self.primary.read().expect("link lock poisoned");
+            (primary.client.clone(), primary.addr.clone())
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(wait + self.timeout))
+            .set_number_of_retries(2);
+        let conn = bounded(self.timeout * 4, ConnectionManager::new_with_config(client, config)).await?;
+        Ok((addr, conn))
     }
 
-    /// The address of the primary in use.
-    pub(super) fn primary_addr(&self) -> String {
-        self.primary.read().expect("link lock poisoned").addr.clone()
+    /// True while `addr` is the primary in use.
+    pub(super) fn is_primary(&self, addr: &str) -> bool {
+        self.primary.read().expect("link lock poisoned").addr == addr
     }
 
     /// The lowest fencing token the primary in use may issue.
