@@ -16,15 +16,8 @@ if not s then
   return { 'MISSING' }
 end
 local now = now_ms()
-local sum, without_expiry = 0, 0
-local packed = redis.call('HGETALL', rec.locks)
-for i = 1, #packed, 2 do
-  sum = sum + unpack_lock(packed[i + 1]).qty
-  if not redis.call('ZSCORE', rec.exp, packed[i]) then
-    without_expiry = without_expiry + 1
-  end
-end
-local expiries_without_lock = redis.call('ZCARD', rec.exp) - (#packed / 2 - without_expiry)
+local sum, without_expiry, count = sum_locks(rec)
+local expiries_without_lock = redis.call('ZCARD', rec.exp) - (count - without_expiry)
 local overdue = 0
 local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
 if first[1] and tonumber(first[2]) < now then

@@ -38,15 +38,12 @@ local now = now_ms()
 local locked_before = s.locked
 local available_before = math.max(available_of(s, s.locked), 0)
 
--- Structure first: every lock has an expiry, every expiry a lock.
-local fixed, dropped = 0, 0
-local packed = redis.call('HGETALL', rec.locks)
-for i = 1, #packed, 2 do
-  if not redis.call('ZSCORE', rec.exp, packed[i]) then
-    redis.call('ZADD', rec.exp, now + unpack_lock(packed[i + 1]).ttl, packed[i])
-    fixed = fixed + 1
-  end
-end
+-- Structure first: every lock has an expiry, every expiry a lock. The same
+-- pass sums the locks for the figure.
+local sum, fixed = sum_locks(rec, function(token, l)
+  redis.call('ZADD', rec.exp, now + l.ttl, token)
+end)
+local dropped = 0
 for _, token in ipairs(redis.call('ZRANGE', rec.exp, 0, -1)) do
   if redis.call('HEXISTS', rec.locks, token) == 0 then
     redis.call('ZREM', rec.exp, token)
@@ -55,10 +52,6 @@ for _, token in ipairs(redis.call('ZRANGE', rec.exp, 0, -1)) do
 end
 
 -- Then the figure: locked is the sum of the live locks, after the sweep.
-local sum = 0
-for i = 1, #packed, 2 do
-  sum = sum + unpack_lock(packed[i + 1]).qty
-end
 redis.call('HSET', rec.stock, 'locked', fmt(sum))
 local expired, expired_sum = find_expired(rec, now)
 drop_expired(rec, expired, expired_sum, now, retention)
