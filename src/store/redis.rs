@@ -130,12 +130,12 @@ impl RedisStore {
         let started = std::time::Instant::now();
         // invoke_async loads the script on NOSCRIPT and retries once; a
         // SCRIPT FLUSH (or a failover) between the load and the retry gives
-        // NOSCRIPT again, so a few more rounds, all within the one timeout.
+        // NOSCRIPT again. Each round is a round trip to Redis, and the store
+        // timeout bounds them all, so it goes on until it runs or time is up.
         let call = async {
-            let mut rounds = 0;
             loop {
                 match invocation.invoke_async(&mut conn).await {
-                    Err(e) if e.code() == Some("NOSCRIPT") && rounds < 3 => rounds += 1,
+                    Err(e) if e.code() == Some("NOSCRIPT") => {}
                     result => return result,
                 }
             }
