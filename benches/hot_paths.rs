@@ -38,7 +38,7 @@ fn validation(c: &mut Criterion) {
 }
 
 fn keys(c: &mut Criterion) {
-    let keys = Keys::new("sl");
+    let keys = Keys::new("sl", 1);
     let record = RecordKey::new(Sku::parse("SKU-123456", "sku").unwrap(), WarehouseId::parse("WH-EU-1", "w").unwrap());
     c.bench_function("build a record's keys", |b| b.iter(|| keys.record(black_box(&record))));
 }
@@ -71,6 +71,7 @@ fn lock_round_trip(c: &mut Criterion) {
             max_hold: Duration::from_secs(3600),
             retention: Duration::from_secs(600),
             key_prefix: "sl".into(),
+            partitions: 1,
             audit_max_events: 1000,
             force_unlock_ttl: Duration::from_secs(60),
         };

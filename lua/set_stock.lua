@@ -7,7 +7,8 @@
 -- KEYS[6]     the sweeper's due index
 -- KEYS[7]     the audit stream
 -- KEYS[8]     the lifecycle event stream
--- KEYS[9]     idempotency record, only when the request has a request_id
+-- KEYS[9]     the partition's set of record ids, for the auditor
+-- KEYS[10]    idempotency record, only when the request has a request_id
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
@@ -30,7 +31,7 @@
 -- reports available 0 and the shortfall as oversold.
 
 local rec = record_at(1, ARGV[10])
-local whs_key, due_key, audit_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[9]
+local whs_key, due_key, audit_key, records_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10]
 EVENTS_KEY = KEYS[8]
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -70,6 +71,7 @@ else
   redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
     'unit_scale', unit_scale, 'source_version', source_version, 'locked', 0, 'fence', 0, 'version', 1)
   redis.call('SADD', whs_key, ARGV[6])
+  redis.call('SADD', records_key, ARGV[10])
 end
 
 emit('stock.set', rec, available_before, { 'source_version', fmt(source_version) })

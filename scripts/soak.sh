@@ -96,7 +96,7 @@ wait "$loadtest_pid" && loadtest_status=0 || loadtest_status=$?
 # them all expire and be swept, then let the auditor look once more.
 echo "soak: waiting for every lock to expire and be swept"
 for _ in $(seq 120); do
-  [ "$(keys_like 'sl:*:locks')" -eq 0 ] && [ "$(cli zcard sl:due)" -eq 0 ] && break
+  [ "$(keys_like 'sl:*:locks')" -eq 0 ] && [ "$(cli zcard 'sl:{p0.0}:due')" -eq 0 ] && break
   sleep 1
 done
 passes_before=$(metric stocklock_invariant_passes_total)
@@ -105,7 +105,7 @@ for _ in $(seq 40); do
   sleep 1
 done
 
-lock_keys=$(keys_like 'sl:*:locks'); exp_keys=$(keys_like 'sl:*:exp'); due=$(cli zcard sl:due)
+lock_keys=$(keys_like 'sl:*:locks'); exp_keys=$(keys_like 'sl:*:exp'); due=$(cli zcard 'sl:{p0.0}:due')
 violations=0
 echo
 echo "== soak report ($(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)) =="

@@ -43,6 +43,8 @@ pub enum RedisMode {
     Standalone,
     /// The primary named by Redis Sentinel, followed across failovers.
     Sentinel,
+    /// A Redis Cluster: every partition of the stock lives on one slot.
+    Cluster,
 }
 
 /// Options of `stocklock serve`.
@@ -62,7 +64,8 @@ pub struct ServeConfig {
     pub probe_listen: Option<SocketAddr>,
 
     /// Redis URL (redis://host:port/db); with `--redis-mode sentinel`, the
-    /// sentinels' URLs, comma-separated. Without it the service starts a
+    /// sentinels' URLs, with `--redis-mode cluster` some nodes' URLs
+    /// (seeds), comma-separated. Without it the service starts a
     /// private redis-server child on a free loopback port, with no
     /// persistence: for trying it out, not for production.
     #[arg(long, env = "STOCKLOCK_REDIS_URL", value_delimiter = ',')]
@@ -73,16 +76,24 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_REDIS_MODE", value_enum, default_value = "standalone")]
     pub redis_mode: RedisMode,
 
+    /// How many partitions the stock is spread over; each is one hash slot,
+    /// so on a cluster this bounds how many shards share the work. Part of
+    /// the data layout: set it once, before the first start (default 1
+    /// standalone and with Sentinel, 16 on a cluster).
+    #[arg(long, env = "STOCKLOCK_REDIS_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_partitions: Option<u16>,
+
     /// The name the sentinels monitor the primary under (`--redis-mode sentinel`).
     #[arg(long, env = "STOCKLOCK_REDIS_MASTER_NAME", default_value = "mymaster")]
     pub redis_master_name: String,
 
-    /// ACL user of the primary found through Sentinel (in standalone mode
-    /// the URL carries it).
+    /// ACL user of the primary found through Sentinel, or of the cluster's
+    /// nodes (in standalone mode the URL carries it).
     #[arg(long, env = "STOCKLOCK_REDIS_USERNAME")]
     pub redis_username: Option<String>,
 
-    /// Password of the primary found through Sentinel; prefer the
+    /// Password of the primary found through Sentinel, or of the cluster's
+    /// nodes; prefer the
     /// environment variable (from a Secret) to the flag.
     #[arg(long, env = "STOCKLOCK_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
@@ -269,6 +280,12 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// How many partitions the stock is spread over (see `--redis-partitions`).
+    pub fn partitions(&self) -> usize {
+        let default = if self.redis_mode == RedisMode::Cluster { 16 } else { 1 };
+        usize::from(self.redis_partitions.unwrap_or(default))
+    }
+
     /// Checks options that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -308,11 +325,19 @@ impl ServeConfig {
         }
         match (self.redis_mode, self.redis_url.len()) {
             (RedisMode::Standalone, 0 | 1) => {}
-            (RedisMode::Standalone, _) => return Err("--redis-url takes one URL unless --redis-mode sentinel".into()),
+            (RedisMode::Standalone, _) => {
+                return Err("--redis-url takes one URL unless --redis-mode is sentinel or cluster".into());
+            }
             (RedisMode::Sentinel, 0) => {
                 return Err("--redis-mode sentinel needs the sentinels' URLs in --redis-url".into());
             }
-            (RedisMode::Sentinel, _) => {}
+            (RedisMode::Cluster, 0) => {
+                return Err("--redis-mode cluster needs some cluster nodes' URLs in --redis-url".into());
+            }
+            (RedisMode::Sentinel | RedisMode::Cluster, _) => {}
+        }
+        if self.redis_mode == RedisMode::Cluster && self.durability_replicas > 0 {
+            return Err("--durability-replicas is not supported with --redis-mode cluster: WAIT covers one node, and a cluster spreads the writes over every shard".into());
         }
         if self.max_in_flight == 0 {
             return Err("--max-in-flight must be at least 1".into());

@@ -18,7 +18,7 @@ pub use admin::{
     AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, LockStats,
 };
 pub use error::{Error, LockEnd, Shortage};
-pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition};
+pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
 pub use health::{LockHealthCell, SERVICE_FAILURES, SUCCESS_TARGET, breaking_rule};
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::domain::{
     AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, EventId, Holder, LifecycleEvent, LockCommand,
     LockFilter, LockId, LockLine, LockOutcome, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand,
-    RequestId, ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId,
+    RequestId, ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId, WatchPosition,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -197,9 +197,9 @@ const WATCH_BUFFER: usize = 256;
 const WATCH_QUIET: Duration = Duration::from_millis(250);
 
 /// An event as a watcher sees it.
-fn availability_event(event: &LifecycleEvent) -> pb::AvailabilityEvent {
+fn availability_event(event: &LifecycleEvent, position: &WatchPosition) -> pb::AvailabilityEvent {
     pb::AvailabilityEvent {
-        event_id: event.id.to_string(),
+        event_id: position.to_string(),
         at: Some(convert::timestamp(event.id.ms as i64)),
         action: event.field("action").to_owned(),
         sku: event.field("sku").to_owned(),
@@ -219,14 +219,17 @@ fn availability_event(event: &LifecycleEvent) -> pb::AvailabilityEvent {
     }
 }
 
-/// Follows the event stream for `records` from `from` into `tx`: reads what
-/// it missed from Redis, then takes new events from the hub, going back to
-/// Redis whenever it falls behind. Returns when the watcher disconnects.
+/// Follows the event streams of `records`' partitions from `from` into `tx`:
+/// reads what it missed from Redis, then takes new events from the hub,
+/// going back to Redis whenever it falls behind. Each event sent carries the
+/// whole position after it, so a watcher resumes from any event it received.
+/// Returns when the watcher disconnects.
 async fn follow<S: StockStore>(
     store: Arc<S>,
     mut hub: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
     records: std::collections::HashSet<(String, String)>,
-    mut from: EventId,
+    mut from: WatchPosition,
+    partitions: Vec<usize>,
     tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -234,27 +237,33 @@ async fn follow<S: StockStore>(
         |e: &LifecycleEvent| records.contains(&(e.field("sku").to_owned(), e.field("warehouse_id").to_owned()));
     loop {
         // Catch up from Redis.
-        if !replay(store.as_ref(), &mut from, None, &wanted, &tx).await {
-            return;
+        for &partition in &partitions {
+            if !replay(store.as_ref(), partition, &mut from, None, &wanted, &tx).await {
+                return;
+            }
         }
         // Then live, until the hub says we fell behind or stays quiet. The
-        // tailer runs only while someone watches, so it may have started after
-        // our catch-up read: the first live event fills any gap between the
-        // two from Redis, and a quiet hub sends us back to Redis to look.
-        let mut gap_checked = false;
+        // tailers run only while someone watches, so one may have started
+        // after our catch-up read: the first live event of each partition
+        // fills any gap between the two from Redis, and a quiet hub sends us
+        // back to Redis to look.
+        let mut gap_checked = std::collections::HashSet::new();
         loop {
             let Ok(received) = tokio::time::timeout(WATCH_QUIET, hub.recv()).await else { break };
             match received {
-                Ok(event) if event.id <= from => {}
-                Ok(event) if !gap_checked => {
-                    gap_checked = true;
-                    if !replay(store.as_ref(), &mut from, Some(event.id), &wanted, &tx).await {
-                        return;
-                    }
-                }
                 Ok(event) => {
-                    from = event.id;
-                    if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
+                    let Some(at) = from.get(event.partition) else { continue };
+                    if event.id <= at {
+                        continue;
+                    }
+                    if gap_checked.insert(event.partition) {
+                        if !replay(store.as_ref(), event.partition, &mut from, Some(event.id), &wanted, &tx).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    from.set(event.partition, event.id);
+                    if wanted(&event) && tx.send(Ok(availability_event(&event, &from))).await.is_err() {
                         return;
                     }
                 }
@@ -268,18 +277,21 @@ async fn follow<S: StockStore>(
     }
 }
 
-/// Sends the wanted events after `from` from Redis, up to and including
-/// `upto` (to the end when `None`), moving `from` along. False when the
-/// watch is over: the watcher left, or Redis failed (the watcher was told).
+/// Sends the wanted events of `partition` after `from` from Redis, up to and
+/// including `upto` (to the end when `None`), moving `from` along. False
+/// when the watch is over: the watcher left, or Redis failed (the watcher
+/// was told).
 async fn replay<S: StockStore>(
     store: &S,
-    from: &mut EventId,
+    partition: usize,
+    from: &mut WatchPosition,
     upto: Option<EventId>,
     wanted: &impl Fn(&LifecycleEvent) -> bool,
     tx: &tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
 ) -> bool {
     loop {
-        let batch = match store.events_after(*from, 500).await {
+        let after = from.get(partition).unwrap_or_default();
+        let batch = match store.events_after(partition, after, 500).await {
             Ok(batch) => batch,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -288,12 +300,13 @@ async fn replay<S: StockStore>(
         };
         let done = batch.len() < 500;
         for event in batch.into_iter().take_while(|e| upto.is_none_or(|upto| e.id <= upto)) {
-            *from = event.id;
-            if wanted(&event) && tx.send(Ok(availability_event(&event))).await.is_err() {
+            from.set(partition, event.id);
+            if wanted(&event) && tx.send(Ok(availability_event(&event, from))).await.is_err() {
                 return false;
             }
         }
-        if done || upto.is_some_and(|upto| *from >= upto) {
+        let reached = from.get(partition).unwrap_or_default();
+        if done || upto.is_some_and(|upto| reached >= upto) {
             return true;
         }
     }
@@ -331,15 +344,25 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             .collect::<Result<Vec<_>, _>>()?;
         // Subscribe before reading anything, so nothing falls between.
         let hub = self.events.subscribe();
-        let position = self.store.event_position().await?;
+        let mut partitions: Vec<usize> = records.iter().map(|r| self.store.partition_of(&r.sku)).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut positions = Vec::with_capacity(partitions.len());
+        for &partition in &partitions {
+            positions.push((partition, self.store.event_position(partition).await?));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER + records.len());
         let from = if r.after_event_id.is_empty() {
-            // A snapshot of each record, stamped with the newest event id.
+            // A snapshot of each record, stamped with the newest position.
+            let mut now = WatchPosition::default();
+            for (partition, position) in &positions {
+                now.set(*partition, position.last);
+            }
             let views = self.store.get_stock(&records).await?;
             for view in views.iter().flatten() {
                 let record = convert::record(view);
                 let event = pb::AvailabilityEvent {
-                    event_id: position.last.to_string(),
+                    event_id: now.to_string(),
                     action: "snapshot".into(),
                     sku: record.sku,
                     warehouse_id: record.warehouse_id,
@@ -355,28 +378,38 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                 // The channel has room for every snapshot: this cannot wait.
                 let _ = tx.send(Ok(event)).await;
             }
-            position.last
+            now
         } else {
-            let after = EventId::parse(&r.after_event_id).ok_or_else(|| {
-                Error::invalid("after_event_id", "is not an event id received from WatchAvailability")
-            })?;
-            if after < position.trimmed_through {
-                return Err(Error::invalid(
-                    "after_event_id",
-                    format!(
-                        "is older than the retained events (trimmed through {}); start again without it",
-                        position.trimmed_through
-                    ),
-                )
-                .into());
+            let not_ours = || Error::invalid("after_event_id", "is not an event id received from WatchAvailability");
+            let after = WatchPosition::parse(&r.after_event_id).ok_or_else(not_ours)?;
+            let mut from = WatchPosition::default();
+            for (partition, position) in &positions {
+                // A watch of the same records resumes from their partitions.
+                let at = after.get(*partition).ok_or_else(|| {
+                    Error::invalid(
+                        "after_event_id",
+                        "comes from a watch of other records; resume with the same keys, or start without it",
+                    )
+                })?;
+                if at < position.trimmed_through {
+                    return Err(Error::invalid(
+                        "after_event_id",
+                        format!(
+                            "is older than the retained events (trimmed through {}); start again without it",
+                            position.trimmed_through
+                        ),
+                    )
+                    .into());
+                }
+                from.set(*partition, at);
             }
-            after
+            from
         };
         let wanted = records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
         let (closed, store) = (self.events.closed(), self.store.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = follow(store, hub, wanted, from, tx.clone()) => {}
+                () = follow(store, hub, wanted, from, partitions, tx.clone()) => {}
                 () = closed => {
                     let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
                 }

@@ -110,6 +110,11 @@ pub async fn run(
     };
     let topology = match config.redis_mode {
         RedisMode::Standalone => Topology::Standalone { url: urls[0].clone() },
+        RedisMode::Cluster => Topology::Cluster {
+            nodes: urls.clone(),
+            username: config.redis_username.clone(),
+            password: config.redis_password.clone(),
+        },
         RedisMode::Sentinel => Topology::Sentinel {
             sentinels: urls.clone(),
             master_name: config.redis_master_name.clone(),
@@ -125,6 +130,7 @@ pub async fn run(
         max_hold: config.max_hold,
         retention: config.idempotency_retention,
         key_prefix: config.key_prefix.clone(),
+        partitions: config.partitions(),
         audit_max_events: config.audit_max_events,
         force_unlock_ttl: config.force_unlock_ttl,
         durability: (config.durability_replicas > 0)

@@ -14,7 +14,7 @@ use stocklock::pb;
 async fn events(svc: &TestService) -> Vec<(String, HashMap<String, String>)> {
     let mut conn = svc.redis_conn().await;
     let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        redis::cmd("XRANGE").arg("sl:{p0.0}:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
     entries
         .into_iter()
         .map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()))
@@ -184,13 +184,13 @@ async fn a_resume_point_that_was_trimmed_is_refused() {
     svc.stock("S", "W", "10").await;
     let mut conn = svc.redis_conn().await;
     let first: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        redis::cmd("XRANGE").arg("sl:{p0.0}:events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
     let first_id = first[0].0.clone();
     for i in 0..3 {
         let lock = svc.lock("S", "W", "1", &format!("q{i}")).await.unwrap().lock.unwrap();
         svc.release(&lock.lock_id, &format!("rel{i}")).await.unwrap();
     }
-    let _: i64 = redis::cmd("XTRIM").arg("sl:events").arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("XTRIM").arg("sl:{p0.0}:events").arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
     let keys = vec![pb::StockKey { sku: "S".into(), warehouse_id: "W".into() }];
     let result =
         svc.client.clone().watch_availability(pb::WatchAvailabilityRequest { keys, after_event_id: first_id }).await;

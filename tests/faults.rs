@@ -132,7 +132,7 @@ async fn assert_books_balance(svc: &TestService, sku: &str, warehouse: &str) -> 
     let record = svc.record(sku, warehouse).await;
     let mut conn = svc.redis_conn().await;
     let locks: Vec<String> =
-        redis::cmd("HVALS").arg(format!("sl:{{{sku}}}:w:{warehouse}:locks")).query_async(&mut conn).await.unwrap();
+        redis::cmd("HVALS").arg(format!("sl:{{p0.0}}:{sku}:w:{warehouse}:locks")).query_async(&mut conn).await.unwrap();
     let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
     let [physical, locked, available]: [i64; 3] =
         [&record.physical, &record.locked, &record.available].map(|v| v.parse().unwrap());

@@ -42,7 +42,7 @@ async fn dashboards_and_alerts_use_only_exported_metrics() {
     let mut conn = svc.redis_conn().await;
     for hours_ago in [1, 2] {
         let _: () = redis::cmd("HSET")
-            .arg(format!("sl:lockhealth:{}", hour_start(hours_ago)))
+            .arg(format!("sl:{{lockhealth}}:{}", hour_start(hours_ago)))
             .arg("W|OK")
             .arg(90)
             .arg("W|STORE_UNAVAILABLE")

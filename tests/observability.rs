@@ -10,7 +10,7 @@ use stocklock::pb;
 
 async fn seed(svc: &TestService, hours_ago: i64, warehouse: &str, ok: u64, failed: u64) {
     let mut conn = svc.redis_conn().await;
-    let key = format!("sl:lockhealth:{}", hour_start(hours_ago));
+    let key = format!("sl:{{lockhealth}}:{}", hour_start(hours_ago));
     let _: () = redis::cmd("HSET")
         .arg(&key)
         .arg(format!("{warehouse}|OK"))

@@ -127,7 +127,7 @@ async fn both_sweepers_return_expired_stock_exactly_once() {
     .await;
     assert!(settled, "expired stock did not come back");
     let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("sl:events").arg("-").arg("+").query_async(&mut events).await.unwrap();
+        redis::cmd("XRANGE").arg("sl:{p0.0}:events").arg("-").arg("+").query_async(&mut events).await.unwrap();
     let expire_events = entries.iter().filter(|(_, fields)| fields[..2] == ["action", "expire"]).count();
     assert_eq!(expire_events, 45, "each lock expires exactly once");
 }

@@ -464,7 +464,9 @@ async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Cha
     };
     client.set_stock(request).await?;
     let record = stocklock::domain::RecordKey::parse_id("BENCH|WH").context("bench record")?;
-    let command = stocklock::store::redis::lock_benchmark_command("sl", &record);
+    // The service under test runs standalone with the default prefix and one partition.
+    let keys = stocklock::store::redis::Keys::new("sl", 1);
+    let command = stocklock::store::redis::lock_benchmark_command(&keys, &record);
     let output = tokio::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis_port.to_string(), "-c", "50", "-n", "200000", "-r", "1000000000", "-q"])
         .args(&command)

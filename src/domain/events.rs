@@ -9,7 +9,9 @@ use tokio::sync::broadcast;
 /// One entry of the lifecycle event stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LifecycleEvent {
-    /// The stream entry id, `<ms>-<seq>`.
+    /// The partition whose stream holds it (see [`crate::store::redis::Keys`]).
+    pub partition: usize,
+    /// The stream entry id, `<ms>-<seq>`, ordered within its partition.
     pub id: EventId,
     /// Its fields: action, sku, warehouse_id, available, ... (see lua/lib.lua `emit`).
     pub fields: BTreeMap<String, String>,
@@ -42,6 +44,52 @@ impl EventId {
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Where a watch stands in each partition it follows; what the event ids
+/// that WatchAvailability hands out encode. Printed `<ms>-<seq>` when it
+/// follows partition 0 alone (every deployment with one partition), else
+/// `<partition>/<ms>-<seq>` for each partition, joined by `,`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchPosition(BTreeMap<usize, EventId>);
+
+impl WatchPosition {
+    /// Parses what [`WatchPosition`]'s `Display` printed.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Some(id) = EventId::parse(text) {
+            return Some(Self(BTreeMap::from([(0, id)])));
+        }
+        let mut positions = BTreeMap::new();
+        for part in text.split(',') {
+            let (partition, id) = part.split_once('/')?;
+            positions.insert(partition.parse().ok()?, EventId::parse(id)?);
+        }
+        Some(Self(positions))
+    }
+
+    /// The position in `partition`, if followed.
+    pub fn get(&self, partition: usize) -> Option<EventId> {
+        self.0.get(&partition).copied()
+    }
+
+    /// Moves the position in `partition` to `id`.
+    pub fn set(&mut self, partition: usize, id: EventId) {
+        self.0.insert(partition, id);
+    }
+}
+
+impl std::fmt::Display for WatchPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let [(0, id)] = self.0.iter().collect::<Vec<_>>()[..] {
+            return write!(f, "{id}");
+        }
+        let mut first = true;
+        for (partition, id) in &self.0 {
+            write!(f, "{}{partition}/{id}", if first { "" } else { "," })?;
+            first = false;
+        }
+        Ok(())
     }
 }
 
@@ -110,5 +158,20 @@ mod tests {
         assert!(a < b);
         assert_eq!(a.to_string(), "1700000000000-9");
         assert!(EventId::parse("17-x").is_none());
+    }
+
+    #[test]
+    fn watch_positions_print_as_they_parse() {
+        let one = WatchPosition::parse("1700000000000-9").unwrap();
+        assert_eq!(one.to_string(), "1700000000000-9");
+        assert_eq!(one.get(0), EventId::parse("1700000000000-9"));
+        let mut two = WatchPosition::default();
+        two.set(3, EventId { ms: 5, seq: 1 });
+        two.set(0, EventId { ms: 7, seq: 0 });
+        assert_eq!(two.to_string(), "0/7-0,3/5-1");
+        assert_eq!(WatchPosition::parse(&two.to_string()), Some(two));
+        for bad in ["", "x", "3/", "a/1-0", "1/1-0,", "1-0,2/1-0"] {
+            assert_eq!(WatchPosition::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -375,14 +375,19 @@ pub trait StockStore: Send + Sync + 'static {
     /// Returns the stock of locks that expired up to now to availability,
     /// visiting at most `max_records` records; the number of locks expired.
     fn sweep_expired(&self, max_records: usize) -> impl Future<Output = Result<usize, Error>> + Send;
-    /// Events after `after`, oldest first, at most `count`.
+    /// How many partitions the event streams (and the stock) are split into.
+    fn partitions(&self) -> usize;
+    /// The partition whose event stream carries `sku`'s events.
+    fn partition_of(&self, sku: &Sku) -> usize;
+    /// Events of `partition` after `after`, oldest first, at most `count`.
     fn events_after(
         &self,
+        partition: usize,
         after: EventId,
         count: usize,
     ) -> impl Future<Output = Result<Vec<LifecycleEvent>, Error>> + Send;
-    /// Where the lifecycle event stream stands.
-    fn event_position(&self) -> impl Future<Output = Result<StreamPosition, Error>> + Send;
+    /// Where `partition`'s lifecycle event stream stands.
+    fn event_position(&self, partition: usize) -> impl Future<Output = Result<StreamPosition, Error>> + Send;
     /// How long the most overdue expired lock has waited for the sweeper (ms).
     fn sweeper_lag_ms(&self) -> impl Future<Output = Result<i64, Error>> + Send;
     /// Counts lock attempts (warehouse, outcome reason) for the hourly health

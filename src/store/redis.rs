@@ -1,13 +1,15 @@
 //! The Redis implementation of [`StockStore`].
 //!
-//! Every mutation is one EVALSHA of a script in `lua/` over one multiplexed
-//! connection to the primary ([`redis::aio::ConnectionManager`], which reconnects by
-//! itself; with Sentinel the `link` module follows failovers). Every call
+//! Every mutation is one EVALSHA of a script in `lua/` per partition it
+//! touches (see [`Keys`]), over one multiplexed connection to the primary
+//! ([`redis::aio::ConnectionManager`], which reconnects by itself; with
+//! Sentinel the `link` module follows failovers) or the cluster client. Every call
 //! is bounded by the store timeout: a slow or stopped Redis gives
 //! [`Error::StoreTimeout`], an unreachable one [`Error::StoreUnavailable`],
 //! never a hang. Keys come from [`Keys`] only.
 
 mod admin;
+mod cross;
 mod decode;
 mod durability;
 mod events;
@@ -25,17 +27,18 @@ use std::time::Duration;
 use redis::{RedisError, ScriptInvocation};
 use tracing::Instrument;
 
+use self::cross::by_partition;
 use self::decode::{Reply, malformed};
 pub use self::durability::DurabilitySettings;
 pub use self::ingest::{IngestSettings, IngestStats};
-pub use self::keys::{Keys, RecordKeys};
+pub use self::keys::{Keys, Partition, RecordKeys};
 use self::link::Link;
 pub use self::link::Topology;
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, CommitOutcome, Error, EventId, Granted, LifecycleEvent, LockCommand,
-    LockEnd, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem,
-    ReleaseKind, ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome,
-    Shortage, Signed, Sku, StockStore, StockView, StreamPosition, UnitScale, WarehouseId, format_scaled, new_nonce,
+    AdjustStockCommand, CommitCommand, CommitOutcome, Error, EventId, LifecycleEvent, LockCommand, LockEnd, LockFilter,
+    LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem, ReleaseKind,
+    ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome, Signed, Sku,
+    StockStore, StockView, StreamPosition, UnitScale, WarehouseId, format_scaled, new_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -51,6 +54,9 @@ pub struct RedisSettings {
     pub retention: Duration,
     /// Prefix of every key.
     pub key_prefix: String,
+    /// How many partitions the stock is spread over (see [`Keys`]); fixed
+    /// for the life of the data.
+    pub partitions: usize,
     /// Most audit events kept (the stream is trimmed to about this many).
     pub audit_max_events: u64,
     /// How long a forced-unlock request waits for a decision.
@@ -83,8 +89,14 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects and loads every script, so the first call needs no SCRIPT LOAD.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, Error> {
-        let keys = Keys::new(&settings.key_prefix);
+        let keys = Keys::new(&settings.key_prefix, settings.partitions);
+        if settings.durability.is_some() && matches!(settings.topology, Topology::Cluster { .. }) {
+            // WAIT covers one connection's writes on one node; a cluster
+            // spreads a process's writes over every shard.
+            return Err(Error::invalid("durability_replicas", "is not supported with --redis-mode cluster"));
+        }
         let link = Link::connect(&settings.topology, settings.timeout, keys.epoch()).await?;
+        check_layout(&link, &keys, settings.timeout).await?;
         let durability =
             settings.durability.map(|d| Arc::new(durability::Waiter::start(d, &link, keys.durability_marker())));
         Ok(Self {
@@ -160,6 +172,149 @@ impl RedisStore {
         }
     }
 
+    /// Renews `ids`, all in `partition`, in one script.
+    async fn renew_group(
+        &self,
+        partition: Partition,
+        cmd: &RenewCommand,
+        ids: Vec<LockId>,
+    ) -> Result<(Vec<RenewItem>, bool), Error> {
+        let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
+        let lock_args: Vec<[String; 3]> =
+            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
+        let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
+        parts.extend(lock_args.iter().flatten().map(String::as_str));
+        let fp = fingerprint(&parts);
+
+        let mut inv = scripts::RENEW.prepare_invoke();
+        inv.key(self.keys.idempotency(partition, "renew", &cmd.request_id)).key(self.keys.due(partition));
+        for id in &ids {
+            self.add_record(&mut inv, &id.record);
+        }
+        inv.key(self.keys.events(partition));
+        inv.arg(&fp).arg(cmd.holder.as_str()).arg(&ttl_ms).arg(self.retention_ms).arg(self.retention_ms);
+        for args in &lock_args {
+            inv.arg(&args[..]);
+        }
+        let mut reply = self.run_script("renew", &inv).await?;
+        match reply.tag.as_str() {
+            "OK" => {}
+            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
+            _ => return Err(reply.unexpected()),
+        }
+        let mut items = Vec::with_capacity(ids.len());
+        for lock_id in ids {
+            let status = reply.text()?;
+            let expires_at_ms = reply.int()?;
+            let capped = reply.text()? == "1";
+            let result = if status == "OK" {
+                Ok(Renewed { expires_at_ms, max_hold_reached: capped })
+            } else {
+                Err(lock_error(&status, &lock_id)?)
+            };
+            items.push(RenewItem { lock_id, result });
+        }
+        Ok((items, reply.replayed))
+    }
+
+    /// Releases `ids`, all in `partition`, in one script.
+    pub(super) async fn release_group(
+        &self,
+        partition: Partition,
+        cmd: &ReleaseCommand,
+        ids: &[LockId],
+    ) -> Result<(Vec<ReleaseItem>, bool), Error> {
+        let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
+        let lock_args: Vec<[String; 3]> =
+            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
+        let mut parts = vec![holder];
+        parts.extend(lock_args.iter().flatten().map(String::as_str));
+        let fp = fingerprint(&parts);
+
+        let mut inv = scripts::RELEASE.prepare_invoke();
+        inv.key(self.keys.idempotency(partition, "release", &cmd.request_id)).key(self.keys.due(partition));
+        for id in ids {
+            self.add_record(&mut inv, &id.record);
+        }
+        inv.key(self.keys.events(partition));
+        inv.arg(&fp).arg(holder).arg(self.retention_ms).arg(self.retention_ms);
+        for args in &lock_args {
+            inv.arg(&args[..]);
+        }
+        let mut reply = self.run_script("release", &inv).await?;
+        match reply.tag.as_str() {
+            "OK" => {}
+            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
+            "LOCK_COMMITTED" => {
+                let lock_id = ids[reply.index(ids.len())?].to_string();
+                return Err(Error::LockAlreadyCommitted { lock_id });
+            }
+            "LOCK_NOT_FOUND" | "LOCK_HOLDER_MISMATCH" => {
+                let tag = reply.tag.clone();
+                return Err(lock_error(&tag, &ids[reply.index(ids.len())?])?);
+            }
+            _ => return Err(reply.unexpected()),
+        }
+        let mut items = Vec::with_capacity(ids.len());
+        for lock_id in ids.iter().cloned() {
+            let kind = match reply.text()?.as_str() {
+                "RELEASED" => ReleaseKind::Released,
+                "ALREADY_RELEASED" => ReleaseKind::AlreadyReleased,
+                "ALREADY_EXPIRED" => ReleaseKind::AlreadyExpired,
+                "FORCE_RELEASED" => ReleaseKind::ForceReleased,
+                other => return Err(malformed(&format!("the release outcome {other:?}"))),
+            };
+            let quantity = reply.int()?;
+            let unit_scale = reply.unit_scale()?;
+            items.push(ReleaseItem { lock_id, kind, quantity, unit_scale });
+        }
+        Ok((items, reply.replayed))
+    }
+
+    /// Reads `records`, all in one partition, in one script.
+    async fn get_stock_group(&self, records: &[RecordKey]) -> Result<Vec<Option<StockView>>, Error> {
+        let mut inv = scripts::GET_STOCK.prepare_invoke();
+        for record in records {
+            self.add_record(&mut inv, record);
+        }
+        let mut reply = self.run_script("get_stock", &inv).await?;
+        // get_stock.lua has no tag: its first element is the first record's flag.
+        let mut flag = Some(std::mem::take(&mut reply.tag));
+        let mut views = Vec::with_capacity(records.len());
+        for record in records {
+            let exists = match flag.take() {
+                Some(first) => first,
+                None => reply.text()?,
+            };
+            views.push(if exists == "1" { Some(reply.record(record.clone())?) } else { None });
+        }
+        Ok(views)
+    }
+
+    /// Expires the due locks of up to `max_records` records of one partition.
+    async fn sweep_partition(&self, partition: Partition, max_records: usize) -> Result<usize, Error> {
+        let due_key = self.keys.due(partition);
+        let mut inv = scripts::DUE_RECORDS.prepare_invoke();
+        inv.key(&due_key).arg(max_records);
+        let mut conn = self.link.conn();
+        let due: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let mut expired = 0;
+        for id in due {
+            let Some(record) = RecordKey::parse_id(&id) else {
+                tracing::warn!(record = %id, "due index holds a record id that does not parse; removing it");
+                let _: () = self.bounded(redis::cmd("ZREM").arg(&due_key).arg(&id).query_async(&mut conn)).await?;
+                continue;
+            };
+            let mut inv = scripts::EXPIRE_LOCKS.prepare_invoke();
+            inv.key(&due_key);
+            self.add_record(&mut inv, &record);
+            inv.key(self.keys.events(partition)).arg(&id).arg(self.retention_ms);
+            let count: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
+            expired += count;
+        }
+        Ok(expired)
+    }
+
     /// The lock ids a target names; a batch's are read from its record.
     async fn resolve(&self, target: &LockTarget) -> Result<Vec<LockId>, Error> {
         let batch_id = match target {
@@ -167,21 +322,41 @@ impl RedisStore {
             LockTarget::Batch(batch_id) => batch_id,
         };
         let mut conn = self.link.conn();
-        let stored: Option<String> =
-            self.bounded(redis::cmd("GET").arg(self.keys.batch(batch_id)).query_async(&mut conn)).await?;
-        let stored = stored.ok_or_else(|| Error::BatchNotFound { batch_id: batch_id.to_string() })?;
-        let mut lines = stored.lines();
-        let (_holder, nonce) = (lines.next(), lines.next().ok_or_else(|| malformed("a batch without a nonce"))?);
-        lines
-            .map(|line| {
+        let partitions: Vec<Partition> = if self.keys.partitions() == 1 {
+            vec![0]
+        } else {
+            let listed: Option<String> = self
+                .bounded(redis::cmd("GET").arg(self.keys.batch_partitions(batch_id)).query_async(&mut conn))
+                .await?;
+            let listed = listed.ok_or_else(|| Error::BatchNotFound { batch_id: batch_id.to_string() })?;
+            listed
+                .split(',')
+                .map(|p| p.parse().map_err(|_| malformed("a bad batch partition")))
+                .collect::<Result<_, _>>()?
+        };
+        // Each partition's script wrote the part of the batch it locked, with
+        // its own nonce (a retry may lock a later partition under a new one).
+        let mut ids = Vec::new();
+        for partition in partitions {
+            let stored: Option<String> = self
+                .bounded(redis::cmd("GET").arg(self.keys.batch(partition, batch_id)).query_async(&mut conn))
+                .await?;
+            let Some(stored) = stored else { continue };
+            let mut lines = stored.lines();
+            let (_holder, nonce) = (lines.next(), lines.next().ok_or_else(|| malformed("a batch without a nonce"))?);
+            for line in lines {
                 let (record, token) = line.rsplit_once('|').ok_or_else(|| malformed("a bad batch line"))?;
-                Ok(LockId {
+                ids.push(LockId {
                     record: RecordKey::parse_id(record).ok_or_else(|| malformed("a bad batch record"))?,
                     token: token.parse().map_err(|_| malformed("a bad batch token"))?,
                     nonce: nonce.to_owned(),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::BatchNotFound { batch_id: batch_id.to_string() });
+        }
+        Ok(ids)
     }
 
     /// A record's live locks as of Redis time, in token order.
@@ -217,8 +392,14 @@ impl RedisStore {
         Ok((views, now))
     }
 
-    /// One batch of records to list locks of, and the cursor of the next batch.
-    async fn record_batch(&self, filter: &LockFilter, cursor: u64) -> Result<(Vec<RecordKey>, u64), Error> {
+    /// One batch of records to list locks of, and the position of the next
+    /// batch: a partition and a cursor in its due index (0 ends the partition).
+    async fn record_batch(
+        &self,
+        filter: &LockFilter,
+        partition: Partition,
+        cursor: u64,
+    ) -> Result<(Vec<RecordKey>, u64), Error> {
         let mut records = match (&filter.sku, &filter.warehouse) {
             (Some(sku), Some(warehouse)) => {
                 return Ok((vec![RecordKey::new(sku.clone(), warehouse.clone())], 0));
@@ -234,7 +415,7 @@ impl RedisStore {
                 let (next, members): (u64, Vec<String>) = self
                     .bounded(
                         redis::cmd("ZSCAN")
-                            .arg(self.keys.due())
+                            .arg(self.keys.due(partition))
                             .arg(cursor)
                             .arg("COUNT")
                             .arg(200)
@@ -256,6 +437,22 @@ impl RedisStore {
     }
 }
 
+/// Records the partition count on first start and refuses another one
+/// later: with another count every SKU would look for its keys elsewhere.
+async fn check_layout(link: &Link, keys: &Keys, timeout: Duration) -> Result<(), Error> {
+    let mut conn = link.conn();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg(keys.layout()).arg(keys.partitions()).arg("NX").ignore().get(keys.layout());
+    let (stored,): (usize,) = bounded(timeout, pipe.query_async(&mut conn)).await?;
+    if stored != keys.partitions() {
+        return Err(Error::invalid(
+            "redis_partitions",
+            format!("is {} but the data in Redis is laid out in {stored} partitions", keys.partitions()),
+        ));
+    }
+    Ok(())
+}
+
 async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
@@ -267,6 +464,7 @@ async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResu
 /// The KEYS and ARGV of lock.lua for `cmd` (see the script's header).
 fn lock_call(
     keys: &Keys,
+    partition: Partition,
     cmd: &LockCommand,
     max_hold_ms: u64,
     retention_ms: u64,
@@ -287,14 +485,14 @@ fn lock_call(
     parts.extend(line_args.iter().map(String::as_str));
     let fp = fingerprint(&parts);
 
-    let mut key_list = vec![keys.idempotency(method, &cmd.request_id), keys.due()];
+    let mut key_list = vec![keys.idempotency(partition, method, &cmd.request_id), keys.due(partition)];
     for line in &cmd.lines {
         key_list.extend(keys.record(&line.record));
     }
     if let Some(batch) = &cmd.batch_id {
-        key_list.push(keys.batch(batch));
+        key_list.push(keys.batch(partition, batch));
     }
-    key_list.push(keys.events());
+    key_list.push(keys.events(partition));
     let mut args = vec![
         fp,
         ttl_ms,
@@ -317,7 +515,7 @@ fn lock_call(
 /// gives each call its own idempotency key, so every call does the full work
 /// instead of replaying the first one. The script must be loaded (a running
 /// service loads it).
-pub fn lock_benchmark_command(key_prefix: &str, record: &RecordKey) -> Vec<String> {
+pub fn lock_benchmark_command(keys: &Keys, record: &RecordKey) -> Vec<String> {
     let cmd = LockCommand {
         lines: vec![crate::domain::LockLine {
             record: record.clone(),
@@ -329,7 +527,8 @@ pub fn lock_benchmark_command(key_prefix: &str, record: &RecordKey) -> Vec<Strin
         request_id: crate::domain::RequestId::parse("bench-__rand_int__", "request_id").expect("a valid id"),
         batch_id: None,
     };
-    let (keys, args) = lock_call(&Keys::new(key_prefix), &cmd, 24 * 3_600_000, 600_000, "0badc0de", 0);
+    let partition = keys.partition_of(&record.sku);
+    let (keys, args) = lock_call(keys, partition, &cmd, 24 * 3_600_000, 600_000, "0badc0de", 0);
     let mut line = vec!["EVALSHA".to_owned(), scripts::LOCK.get_hash().to_owned(), keys.len().to_string()];
     line.extend(keys);
     line.extend(args);
@@ -423,12 +622,14 @@ impl StockStore for RedisStore {
 
         let mut inv = scripts::SET_STOCK.prepare_invoke();
         self.add_record(&mut inv, &cmd.record);
+        let partition = self.keys.partition_of(&cmd.record.sku);
         inv.key(self.keys.warehouses(&cmd.record.sku))
-            .key(self.keys.due())
-            .key(self.keys.audit())
-            .key(self.keys.events());
+            .key(self.keys.due(partition))
+            .key(self.keys.audit(partition))
+            .key(self.keys.events(partition))
+            .key(self.keys.records(partition));
         if let Some(request_id) = &cmd.request_id {
-            inv.key(self.keys.idempotency("set_stock", request_id));
+            inv.key(self.keys.idempotency(partition, "set_stock", request_id));
         }
         inv.arg(&figures[..])
             .arg(&unit_scale)
@@ -473,9 +674,10 @@ impl StockStore for RedisStore {
         ]);
         let mut inv = scripts::ADJUST_STOCK.prepare_invoke();
         self.add_record(&mut inv, &cmd.record);
-        inv.key(self.keys.idempotency("adjust_stock", &cmd.request_id))
-            .key(self.keys.audit())
-            .key(self.keys.events())
+        let partition = self.keys.partition_of(&cmd.record.sku);
+        inv.key(self.keys.idempotency(partition, "adjust_stock", &cmd.request_id))
+            .key(self.keys.audit(partition))
+            .key(self.keys.events(partition))
             .arg(&fp)
             .arg(self.retention_ms);
         for delta in &deltas {
@@ -515,24 +717,12 @@ impl StockStore for RedisStore {
     }
 
     async fn get_stock(&self, records: &[RecordKey]) -> Result<Vec<Option<StockView>>, Error> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut inv = scripts::GET_STOCK.prepare_invoke();
-        for record in records {
-            self.add_record(&mut inv, record);
-        }
-        let mut reply = self.run_script("get_stock", &inv).await?;
-        // get_stock.lua has no tag: its first element is the first record's flag.
-        let mut flag = Some(std::mem::take(&mut reply.tag));
-        let mut views = Vec::with_capacity(records.len());
-        for record in records {
-            let exists = match flag.take() {
-                Some(first) => first,
-                None => reply.text()?,
-            };
-            views.push(if exists == "1" { Some(reply.record(record.clone())?) } else { None });
-        }
+        let (views, _) = self
+            .scatter(records.iter().map(|r| &r.sku), |_, numbers| {
+                let group: Vec<RecordKey> = numbers.iter().map(|&i| records[i].clone()).collect();
+                async move { Ok((self.get_stock_group(&group).await?, true)) }
+            })
+            .await?;
         Ok(views)
     }
 
@@ -545,178 +735,36 @@ impl StockStore for RedisStore {
         warehouses.sort();
         Ok(warehouses)
     }
-
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
-        let (keys, args) =
-            lock_call(&self.keys, cmd, self.max_hold_ms, self.retention_ms, &new_nonce(), self.link.token_floor());
-        let mut inv = scripts::LOCK.prepare_invoke();
-        for key in keys {
-            inv.key(key);
+        let groups = by_partition(&self.keys, cmd.lines.iter().map(|l| &l.record.sku));
+        let nonce = new_nonce();
+        if let [(partition, numbers)] = &groups[..] {
+            return self.lock_group(*partition, cmd, numbers, &nonce).await;
         }
-        for arg in args {
-            inv.arg(arg);
-        }
-        let mut reply = self.run_script("lock", &inv).await?;
-        let line_record = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
-            let line = reply.index(cmd.lines.len())?;
-            Ok((line, &cmd.lines[line].record))
-        };
-        match reply.tag.as_str() {
-            "OK" => {}
-            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
-            "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
-                let (line, record) = line_record(&mut reply)?;
-                let line = cmd.batch_id.is_some().then_some(line);
-                return Err(Error::NotAvailable { record: record.clone(), line });
-            }
-            "INVALID_QUANTITY_SCALE" | "QUANTITY_OUT_OF_RANGE" => {
-                let (line, _) = line_record(&mut reply)?;
-                let field = if cmd.batch_id.is_some() { format!("lines[{line}].quantity") } else { "quantity".into() };
-                let description = if reply.tag == "QUANTITY_OUT_OF_RANGE" {
-                    "is too large".to_owned()
-                } else {
-                    format!("has more fractional digits than the record's unit_scale {} allows", reply.int()?)
-                };
-                return Err(Error::invalid(field, description));
-            }
-            "INSUFFICIENT_STOCK" => {
-                let mut shortages = Vec::new();
-                while !reply.is_done() {
-                    let (line, record) = line_record(&mut reply)?;
-                    let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
-                    shortages.push(Shortage {
-                        line,
-                        record: record.clone(),
-                        requested: scale.format(requested),
-                        available: scale.format(available),
-                    });
-                }
-                return Err(Error::InsufficientStock { shortages });
-            }
-            _ => return Err(reply.unexpected()),
-        }
-
-        let created_at_ms = reply.int()?;
-        let expires_at_ms = reply.int()?;
-        let max_expires_at_ms = reply.int()?;
-        let batch_id = Some(reply.text()?).filter(|b| !b.is_empty());
-        let nonce = reply.text()?;
-        let mut granted = Vec::with_capacity(cmd.lines.len());
-        for line in &cmd.lines {
-            let token = reply.uint()?;
-            let quantity = reply.int()?;
-            let available = reply.int()?;
-            let unit_scale = reply.unit_scale()?;
-            granted.push(Granted {
-                lock: LockView {
-                    lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
-                    quantity,
-                    unit_scale,
-                    created_at_ms,
-                    expires_at_ms,
-                    max_expires_at_ms,
-                    ttl: cmd.ttl,
-                    order_id: cmd.order_id.to_string(),
-                    holder: cmd.holder.to_string(),
-                    batch_id: batch_id.clone(),
-                },
-                available,
-            });
-        }
-        let batch_id = match batch_id {
-            Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
-            None => None,
-        };
-        Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
+        self.lock_across_partitions(cmd, &groups, &nonce).await
     }
 
     async fn renew(&self, cmd: RenewCommand) -> Result<RenewOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
-        let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
-        let lock_args: Vec<[String; 3]> =
-            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
-        let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
-        parts.extend(lock_args.iter().flatten().map(String::as_str));
-        let fp = fingerprint(&parts);
-
-        let mut inv = scripts::RENEW.prepare_invoke();
-        inv.key(self.keys.idempotency("renew", &cmd.request_id)).key(self.keys.due());
-        for id in &ids {
-            self.add_record(&mut inv, &id.record);
-        }
-        inv.key(self.keys.events());
-        inv.arg(&fp).arg(cmd.holder.as_str()).arg(&ttl_ms).arg(self.retention_ms).arg(self.retention_ms);
-        for args in &lock_args {
-            inv.arg(&args[..]);
-        }
-        let mut reply = self.run_script("renew", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => {}
-            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
-            _ => return Err(reply.unexpected()),
-        }
-        let mut items = Vec::with_capacity(ids.len());
-        for lock_id in ids {
-            let status = reply.text()?;
-            let expires_at_ms = reply.int()?;
-            let capped = reply.text()? == "1";
-            let result = if status == "OK" {
-                Ok(Renewed { expires_at_ms, max_hold_reached: capped })
-            } else {
-                Err(lock_error(&status, &lock_id)?)
-            };
-            items.push(RenewItem { lock_id, result });
-        }
-        Ok(RenewOutcome { items, replayed: reply.replayed })
+        let (items, replayed) = self
+            .scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
+                let group = numbers.iter().map(|&i| ids[i].clone()).collect();
+                self.renew_group(partition, &cmd, group)
+            })
+            .await?;
+        Ok(RenewOutcome { items, replayed })
     }
 
     async fn release(&self, cmd: ReleaseCommand) -> Result<ReleaseOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
-        let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
-        let lock_args: Vec<[String; 3]> =
-            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
-        let mut parts = vec![holder];
-        parts.extend(lock_args.iter().flatten().map(String::as_str));
-        let fp = fingerprint(&parts);
-
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(self.keys.idempotency("release", &cmd.request_id)).key(self.keys.due());
-        for id in &ids {
-            self.add_record(&mut inv, &id.record);
-        }
-        inv.key(self.keys.events());
-        inv.arg(&fp).arg(holder).arg(self.retention_ms).arg(self.retention_ms);
-        for args in &lock_args {
-            inv.arg(&args[..]);
-        }
-        let mut reply = self.run_script("release", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => {}
-            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
-            "LOCK_COMMITTED" => {
-                let lock_id = ids[reply.index(ids.len())?].to_string();
-                return Err(Error::LockAlreadyCommitted { lock_id });
-            }
-            "LOCK_NOT_FOUND" | "LOCK_HOLDER_MISMATCH" => {
-                let tag = reply.tag.clone();
-                return Err(lock_error(&tag, &ids[reply.index(ids.len())?])?);
-            }
-            _ => return Err(reply.unexpected()),
-        }
-        let mut items = Vec::with_capacity(ids.len());
-        for lock_id in ids {
-            let kind = match reply.text()?.as_str() {
-                "RELEASED" => ReleaseKind::Released,
-                "ALREADY_RELEASED" => ReleaseKind::AlreadyReleased,
-                "ALREADY_EXPIRED" => ReleaseKind::AlreadyExpired,
-                "FORCE_RELEASED" => ReleaseKind::ForceReleased,
-                other => return Err(malformed(&format!("the release outcome {other:?}"))),
-            };
-            let quantity = reply.int()?;
-            let unit_scale = reply.unit_scale()?;
-            items.push(ReleaseItem { lock_id, kind, quantity, unit_scale });
-        }
-        Ok(ReleaseOutcome { items, replayed: reply.replayed })
+        let (items, replayed) = self
+            .scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
+                let group: Vec<LockId> = numbers.iter().map(|&i| ids[i].clone()).collect();
+                let cmd = &cmd;
+                async move { self.release_group(partition, cmd, &group).await }
+            })
+            .await?;
+        Ok(ReleaseOutcome { items, replayed })
     }
 
     async fn commit(&self, cmd: CommitCommand) -> Result<CommitOutcome, Error> {
@@ -727,9 +775,10 @@ impl StockStore for RedisStore {
         let fp = fingerprint(&[&lock_id, holder, &mantissa, &scale]);
 
         let mut inv = scripts::COMMIT.prepare_invoke();
-        inv.key(self.keys.idempotency("commit", &cmd.request_id)).key(self.keys.due());
+        let partition = self.keys.partition_of(&id.record.sku);
+        inv.key(self.keys.idempotency(partition, "commit", &cmd.request_id)).key(self.keys.due(partition));
         self.add_record(&mut inv, &id.record);
-        inv.key(self.keys.events());
+        inv.key(self.keys.events(partition));
         inv.arg(&fp)
             .arg(holder)
             .arg(&mantissa)
@@ -818,11 +867,15 @@ impl StockStore for RedisStore {
             None => None,
         };
         let mut cursor = position.as_ref().map_or(0, |p| p.cursor);
+        let mut partition = position.as_ref().map_or(0, |p| p.partition);
+        if partition >= self.keys.partitions() {
+            return Err(Error::invalid("page_token", "is not a token returned by ListLocks"));
+        }
         let mut locks = Vec::new();
         // Bound the work of one call; a short page with a token is a valid page.
         let mut records_left = 2_000usize;
         loop {
-            let (records, next_cursor) = self.record_batch(&filter, cursor).await?;
+            let (records, next_cursor) = self.record_batch(&filter, partition, cursor).await?;
             for record in records {
                 if let Some(p) = &position
                     && record < p.record
@@ -838,18 +891,23 @@ impl StockStore for RedisStore {
                     let token = lock.lock_id.token;
                     locks.push(lock);
                     if locks.len() == page_size {
-                        let next = PagePosition { cursor, record: record.clone(), after_token: token };
+                        let next = PagePosition { partition, cursor, record: record.clone(), after_token: token };
                         return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
                     }
                 }
                 records_left -= 1;
                 if records_left == 0 {
-                    let next = PagePosition { cursor, record: record.clone(), after_token: u64::MAX };
+                    let next = PagePosition { partition, cursor, record: record.clone(), after_token: u64::MAX };
                     return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
                 }
             }
-            if next_cursor == 0 {
+            // A filter by SKU names its records without the due index.
+            let by_sku = filter.sku.is_some();
+            if next_cursor == 0 && (by_sku || partition + 1 == self.keys.partitions()) {
                 return Ok(LockPage { locks, next_page_token: None });
+            }
+            if next_cursor == 0 {
+                partition += 1;
             }
             cursor = next_cursor;
             position = None;
@@ -857,43 +915,43 @@ impl StockStore for RedisStore {
     }
 
     async fn sweep_expired(&self, max_records: usize) -> Result<usize, Error> {
-        let mut inv = scripts::DUE_RECORDS.prepare_invoke();
-        inv.key(self.keys.due()).arg(max_records);
-        let mut conn = self.link.conn();
-        let due: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         let mut expired = 0;
-        for id in due {
-            let Some(record) = RecordKey::parse_id(&id) else {
-                tracing::warn!(record = %id, "due index holds a record id that does not parse; removing it");
-                let _: () =
-                    self.bounded(redis::cmd("ZREM").arg(self.keys.due()).arg(&id).query_async(&mut conn)).await?;
-                continue;
-            };
-            let mut inv = scripts::EXPIRE_LOCKS.prepare_invoke();
-            inv.key(self.keys.due());
-            self.add_record(&mut inv, &record);
-            inv.key(self.keys.events()).arg(&id).arg(self.retention_ms);
-            let count: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
-            expired += count;
+        for partition in 0..self.keys.partitions() {
+            expired += self.sweep_partition(partition, max_records).await?;
         }
         Ok(expired)
     }
 
-    async fn events_after(&self, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
-        self.read_events_after(after, count).await
+    fn partitions(&self) -> usize {
+        self.keys.partitions()
     }
 
-    async fn event_position(&self) -> Result<StreamPosition, Error> {
-        self.read_event_position().await
+    fn partition_of(&self, sku: &Sku) -> usize {
+        self.keys.partition_of(sku)
+    }
+
+    async fn events_after(&self, partition: usize, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
+        self.read_events_after(partition, after, count).await
+    }
+
+    async fn event_position(&self, partition: usize) -> Result<StreamPosition, Error> {
+        self.read_event_position(partition).await
     }
 
     async fn sweeper_lag_ms(&self) -> Result<i64, Error> {
-        let mut conn = self.link.conn();
-        let (first, time): (Vec<(String, f64)>, (i64, i64)) = self
-            .bounded(redis::pipe().zrange_withscores(self.keys.due(), 0, 0).cmd("TIME").query_async(&mut conn))
-            .await?;
-        let now = time.0 * 1000 + time.1 / 1000;
-        Ok(first.first().map_or(0, |(_, due)| (now - *due as i64).max(0)))
+        let mut lag = 0;
+        for partition in 0..self.keys.partitions() {
+            let mut conn = self.link.conn();
+            // TIME of the partition's own shard: the due times came from its clock.
+            let (first, time): (Vec<(String, f64)>, (i64, i64)) = self
+                .bounded(
+                    redis::pipe().zrange_withscores(self.keys.due(partition), 0, 0).cmd("TIME").query_async(&mut conn),
+                )
+                .await?;
+            let now = time.0 * 1000 + time.1 / 1000;
+            lag = lag.max(first.first().map_or(0, |(_, due)| (now - *due as i64).max(0)));
+        }
+        Ok(lag)
     }
 
     fn record_lock_outcomes(&self, outcomes: &[(&str, &'static str)]) {
@@ -922,9 +980,10 @@ fn matches(filter: &LockFilter, lock: &LockView, now_ms: i64) -> bool {
             .is_none_or(|age| now_ms - lock.created_at_ms >= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Where a ListLocks page ends: the record batch (a ZSCAN cursor of the due
-/// index), the record, and the last token returned from it.
+/// Where a ListLocks page ends: the record batch (a partition and a ZSCAN
+/// cursor of its due index), the record, and the last token returned from it.
 struct PagePosition {
+    partition: Partition,
     cursor: u64,
     record: RecordKey,
     after_token: u64,
@@ -932,16 +991,19 @@ struct PagePosition {
 
 impl PagePosition {
     fn encode(&self) -> String {
-        format!("{}:{}:{}", self.cursor, self.after_token, self.record)
+        format!("{}:{}:{}:{}", self.partition, self.cursor, self.after_token, self.record)
     }
 
     fn decode(token: &str) -> Result<Self, Error> {
         let bad = || Error::invalid("page_token", "is not a token returned by ListLocks");
-        let mut parts = token.splitn(3, ':');
-        let (Some(cursor), Some(after), Some(record)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = token.splitn(4, ':');
+        let (Some(partition), Some(cursor), Some(after), Some(record)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         Ok(Self {
+            partition: partition.parse().map_err(|_| bad())?,
             cursor: cursor.parse().map_err(|_| bad())?,
             after_token: after.parse().map_err(|_| bad())?,
             record: RecordKey::parse_id(record).ok_or_else(bad)?,

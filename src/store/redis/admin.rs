@@ -1,13 +1,17 @@
 //! [`AdminStore`] on Redis: forced-unlock requests (a hash each, and an
 //! index by creation time), the audit stream, and lock statistics.
+//!
+//! All of them are per partition: a forced-unlock request lives in the
+//! partition of the locks it unlocks (its id ends in `.<partition>` when
+//! there are several), and the listings merge the partitions in time order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::decode::malformed;
-use super::{RedisStore, fingerprint, millis, reused, scripts};
+use super::{Partition, RedisStore, fingerprint, millis, reused, scripts};
 use crate::domain::{
-    AdminStore, Approval, AuditEvent, AuditFilter, Error, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
+    AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
     LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
 };
 
@@ -24,13 +28,24 @@ impl RedisStore {
         }
     }
 
-    async fn force_unlock_hashes(&self, ids: &[String]) -> Result<Vec<ForceUnlockView>, Error> {
+    /// The partition of a forced-unlock request, from its id; `None` for an
+    /// id this store cannot have issued.
+    fn force_unlock_partition(&self, id: &str) -> Option<Partition> {
+        if self.keys.partitions() == 1 {
+            return Some(0);
+        }
+        let partition: Partition = id.rsplit_once('.')?.1.parse().ok()?;
+        (partition < self.keys.partitions()).then_some(partition)
+    }
+
+    /// The requests `ids` (all of one partition) that still exist, in order.
+    async fn force_unlock_hashes(&self, partition: Partition, ids: &[String]) -> Result<Vec<ForceUnlockView>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hgetall(self.keys.force_unlock(id));
+            pipe.hgetall(self.keys.force_unlock(partition, id));
         }
         pipe.cmd("TIME");
         let mut conn = self.link.conn();
@@ -47,6 +62,26 @@ impl RedisStore {
             }
         }
         Ok(views)
+    }
+
+    /// The partition a forced-unlock request of `items` lives in: theirs,
+    /// which must be one.
+    fn force_unlock_home(&self, items: &[LockView]) -> Result<Partition, Error> {
+        let mut partitions: Vec<Partition> =
+            items.iter().map(|l| self.keys.partition_of(&l.lock_id.record.sku)).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        match partitions[..] {
+            [partition] => Ok(partition),
+            [] => Ok(0),
+            _ => Err(Error::invalid(
+                "lock_ids",
+                format!(
+                    "name locks in {} partitions of the stock; one forced unlock is one atomic step, so request one per partition (locks of one SKU always share a partition)",
+                    partitions.len()
+                ),
+            )),
+        }
     }
 }
 
@@ -158,13 +193,15 @@ impl AdminStore for RedisStore {
         let lock_ids: Vec<String> = items.iter().map(|l| l.lock_id.to_string()).collect();
         let lock_ids = lock_ids.join(",");
         let fp = fingerprint(&[requester, reason, &lock_ids]);
+        let partition = self.force_unlock_home(items)?;
+        let id = if self.keys.partitions() == 1 { id.to_owned() } else { format!("{id}.{partition}") };
         let mut inv = scripts::REQUEST_FORCE_UNLOCK.prepare_invoke();
-        inv.key(self.keys.idempotency("request_force_unlock", request_id))
-            .key(self.keys.force_unlock(id))
-            .key(self.keys.force_unlock_index())
-            .key(self.keys.audit())
+        inv.key(self.keys.idempotency(partition, "request_force_unlock", request_id))
+            .key(self.keys.force_unlock(partition, &id))
+            .key(self.keys.force_unlock_index(partition))
+            .key(self.keys.audit(partition))
             .arg(&fp)
-            .arg(id)
+            .arg(&id)
             .arg(requester)
             .arg(reason)
             .arg(self.force_unlock_ttl_ms)
@@ -198,15 +235,17 @@ impl AdminStore for RedisStore {
             Approval::Policy => "policy",
         };
         let fp = fingerprint(&[&request.id, approver, mode, comment]);
+        let not_found = || Error::ForceUnlockNotFound { id: request.id.clone() };
+        let partition = self.force_unlock_partition(&request.id).ok_or_else(not_found)?;
         let mut inv = scripts::FORCE_RELEASE.prepare_invoke();
-        inv.key(self.keys.idempotency("approve_force_unlock", request_id))
-            .key(self.keys.due())
-            .key(self.keys.force_unlock(&request.id))
-            .key(self.keys.audit());
+        inv.key(self.keys.idempotency(partition, "approve_force_unlock", request_id))
+            .key(self.keys.due(partition))
+            .key(self.keys.force_unlock(partition, &request.id))
+            .key(self.keys.audit(partition));
         for item in &request.items {
             self.add_record(&mut inv, &item.lock_id.record);
         }
-        inv.key(self.keys.events());
+        inv.key(self.keys.events(partition));
         inv.arg(&fp)
             .arg(approver)
             .arg(mode)
@@ -241,10 +280,12 @@ impl AdminStore for RedisStore {
         request_id: &RequestId,
     ) -> Result<(), Error> {
         let fp = fingerprint(&[id, actor, reason]);
+        let partition =
+            self.force_unlock_partition(id).ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })?;
         let mut inv = scripts::REJECT_FORCE_UNLOCK.prepare_invoke();
-        inv.key(self.keys.idempotency("reject_force_unlock", request_id))
-            .key(self.keys.force_unlock(id))
-            .key(self.keys.audit())
+        inv.key(self.keys.idempotency(partition, "reject_force_unlock", request_id))
+            .key(self.keys.force_unlock(partition, id))
+            .key(self.keys.audit(partition))
             .arg(&fp)
             .arg(actor)
             .arg(reason)
@@ -265,10 +306,9 @@ impl AdminStore for RedisStore {
     }
 
     async fn get_force_unlock(&self, id: &str) -> Result<ForceUnlockView, Error> {
-        self.force_unlock_hashes(&[id.to_owned()])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })
+        let not_found = || Error::ForceUnlockNotFound { id: id.to_owned() };
+        let partition = self.force_unlock_partition(id).ok_or_else(not_found)?;
+        self.force_unlock_hashes(partition, &[id.to_owned()]).await?.pop().ok_or_else(not_found)
     }
 
     async fn list_force_unlocks(
@@ -284,18 +324,35 @@ impl AdminStore for RedisStore {
         };
         let mut found = Vec::new();
         loop {
-            let mut conn = self.link.conn();
-            let ids: Vec<String> = self
-                .bounded(
-                    redis::cmd("ZREVRANGE")
-                        .arg(self.keys.force_unlock_index())
-                        .arg(offset)
-                        .arg(offset + CHUNK - 1)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            let exhausted = ids.len() < CHUNK;
-            for (i, view) in self.force_unlock_hashes(&ids).await?.into_iter().enumerate() {
+            // Newest first over every partition: the newest offset + CHUNK
+            // entries of each partition hold the merged window.
+            let mut merged: Vec<(f64, Partition, String)> = Vec::new();
+            for partition in 0..self.keys.partitions() {
+                let mut conn = self.link.conn();
+                let entries: Vec<(String, f64)> = self
+                    .bounded(
+                        redis::cmd("ZREVRANGE")
+                            .arg(self.keys.force_unlock_index(partition))
+                            .arg(0)
+                            .arg(offset + CHUNK - 1)
+                            .arg("WITHSCORES")
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                merged.extend(entries.into_iter().map(|(id, created)| (created, partition, id)));
+            }
+            merged.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+            let window: Vec<(Partition, String)> =
+                merged.into_iter().skip(offset).take(CHUNK).map(|(_, p, id)| (p, id)).collect();
+            let exhausted = window.len() < CHUNK;
+            let mut views: HashMap<String, ForceUnlockView> = HashMap::new();
+            for partition in 0..self.keys.partitions() {
+                let ids: Vec<String> =
+                    window.iter().filter(|(p, _)| *p == partition).map(|(_, id)| id.clone()).collect();
+                views.extend(self.force_unlock_hashes(partition, &ids).await?.into_iter().map(|v| (v.id.clone(), v)));
+            }
+            for (i, (_, id)) in window.iter().enumerate() {
+                let Some(view) = views.remove(id) else { continue };
                 if state.is_none_or(|s| s == view.state) {
                     found.push(view);
                     if found.len() == page_size {
@@ -318,38 +375,68 @@ impl AdminStore for RedisStore {
         page_size: usize,
         page_token: Option<String>,
     ) -> Result<(Vec<AuditEvent>, Option<String>), Error> {
-        let valid_id =
-            |t: &str| t.split_once('-').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
-        let mut start = match page_token {
-            Some(token) if valid_id(&token) => format!("({token}"),
-            Some(_) => return Err(Error::invalid("page_token", "is not a token returned by ListAuditEvents")),
-            None => filter.since_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+        let bad = || Error::invalid("page_token", "is not a token returned by ListAuditEvents");
+        // Events are ordered by (stream id, partition) across partitions.
+        let mut after: Option<(EventId, Partition)> = match page_token {
+            Some(token) => {
+                let (id, partition) = token.split_once('.').unwrap_or((&token, "0"));
+                let partition: Partition = partition.parse().map_err(|_| bad())?;
+                if partition >= self.keys.partitions() {
+                    return Err(bad());
+                }
+                Some((EventId::parse(id).ok_or_else(bad)?, partition))
+            }
+            None => None,
         };
+        let since = filter.since_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string());
         let end = filter.until_ms.map_or_else(|| "+".to_owned(), |ms| ms.to_string());
+        let token = |(id, partition): (EventId, Partition)| {
+            if self.keys.partitions() == 1 { id.to_string() } else { format!("{id}.{partition}") }
+        };
         let mut events = Vec::new();
         // Bound the work of one call; a short page with a token is a valid page.
         for _ in 0..50 {
-            let mut conn = self.link.conn();
-            let entries: Vec<(String, Vec<String>)> = self
-                .bounded(
-                    redis::cmd("XRANGE")
-                        .arg(self.keys.audit())
-                        .arg(&start)
-                        .arg(&end)
-                        .arg("COUNT")
-                        .arg(CHUNK)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            let exhausted = entries.len() < CHUNK;
-            for (id, fields) in entries {
-                start = format!("({id}");
-                let event = parse_event(id, fields)?;
+            let mut merged: Vec<(EventId, Partition, AuditEvent)> = Vec::new();
+            // Events up to the horizon are complete in every partition.
+            let mut horizon: Option<(EventId, Partition)> = None;
+            for partition in 0..self.keys.partitions() {
+                let start = match after {
+                    Some((id, p)) if partition > p => id.to_string(),
+                    Some((id, _)) => format!("({id}"),
+                    None => since.clone(),
+                };
+                let mut conn = self.link.conn();
+                let entries: Vec<(String, Vec<String>)> = self
+                    .bounded(
+                        redis::cmd("XRANGE")
+                            .arg(self.keys.audit(partition))
+                            .arg(&start)
+                            .arg(&end)
+                            .arg("COUNT")
+                            .arg(CHUNK)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                let full = entries.len() == CHUNK;
+                for (id, fields) in entries {
+                    let position = EventId::parse(&id).ok_or_else(|| malformed("a bad audit event id"))?;
+                    merged.push((position, partition, parse_event(id, fields)?));
+                }
+                if full && let Some((last, _, _)) = merged.last() {
+                    horizon = Some(horizon.map_or((*last, partition), |h| h.min((*last, partition))));
+                }
+            }
+            merged.sort_by_key(|(id, partition, _)| (*id, *partition));
+            let exhausted = horizon.is_none();
+            for (id, partition, event) in merged {
+                if horizon.is_some_and(|h| (id, partition) > h) {
+                    break;
+                }
+                after = Some((id, partition));
                 if audit_matches(filter, &event) {
-                    let last = event.id.clone();
                     events.push(event);
                     if events.len() == page_size {
-                        return Ok((events, Some(last)));
+                        return Ok((events, Some(token((id, partition)))));
                     }
                 }
             }
@@ -357,8 +444,7 @@ impl AdminStore for RedisStore {
                 return Ok((events, None));
             }
         }
-        let resume = start.trim_start_matches('(').to_owned();
-        Ok((events, (resume != "-").then_some(resume)))
+        Ok((events, after.map(token)))
     }
 
     async fn lock_health(
@@ -371,20 +457,31 @@ impl AdminStore for RedisStore {
     }
 
     async fn check_records(&self, cursor: u64, count: usize) -> Result<(Vec<RecordCheck>, u64), Error> {
+        // The cursor walks the partitions' record sets in turn: the partition
+        // is `cursor % partitions`, the SSCAN cursor in it `cursor / partitions`.
+        let partitions = self.keys.partitions() as u64;
+        let (partition, scan) = ((cursor % partitions) as Partition, cursor / partitions);
         let mut conn = self.link.conn();
-        let (next, keys): (u64, Vec<String>) = self
+        let (next, ids): (u64, Vec<String>) = self
             .bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(self.keys.stock_pattern())
+                redis::cmd("SSCAN")
+                    .arg(self.keys.records(partition))
+                    .arg(scan)
                     .arg("COUNT")
                     .arg(count)
                     .query_async(&mut conn),
             )
             .await?;
-        let mut checks = Vec::with_capacity(keys.len());
-        for record in keys.iter().filter_map(|k| self.keys.record_of_stock_key(k)) {
+        let next = match next {
+            0 if partition as u64 + 1 == partitions => 0,
+            0 => partition as u64 + 1,
+            next => next
+                .checked_mul(partitions)
+                .map(|n| n + partition as u64)
+                .ok_or_else(|| malformed("an SSCAN cursor past 2^64 / partitions"))?,
+        };
+        let mut checks = Vec::with_capacity(ids.len());
+        for record in ids.iter().filter_map(|id| RecordKey::parse_id(id)) {
             let mut inv = scripts::CHECK_RECORD.prepare_invoke();
             self.add_record(&mut inv, &record);
             let mut reply = self.run_script("check_record", &inv).await?;
@@ -417,12 +514,13 @@ impl AdminStore for RedisStore {
     ) -> Result<Repair, Error> {
         let record_id = record.to_string();
         let fp = fingerprint(&[&record_id, actor, reason]);
+        let partition = self.keys.partition_of(&record.sku);
         let mut inv = scripts::REPAIR_RECORD.prepare_invoke();
         self.add_record(&mut inv, record);
-        inv.key(self.keys.due())
-            .key(self.keys.idempotency("repair_record", request_id))
-            .key(self.keys.audit())
-            .key(self.keys.events())
+        inv.key(self.keys.due(partition))
+            .key(self.keys.idempotency(partition, "repair_record", request_id))
+            .key(self.keys.audit(partition))
+            .key(self.keys.events(partition))
             .arg(&record_id)
             .arg(&fp)
             .arg(self.retention_ms)
@@ -467,9 +565,9 @@ impl AdminStore for RedisStore {
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
         let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
         let filter = LockFilter::default();
-        let mut cursor = 0;
+        let (mut partition, mut cursor) = (0, 0);
         loop {
-            let (records, next) = self.record_batch(&filter, cursor).await?;
+            let (records, next) = self.record_batch(&filter, partition, cursor).await?;
             for record in records {
                 let (locks, now) = self.record_locks(&record).await?;
                 for lock in locks {
@@ -482,7 +580,10 @@ impl AdminStore for RedisStore {
                 }
             }
             if next == 0 {
-                return Ok(stats);
+                partition += 1;
+                if partition == self.keys.partitions() {
+                    return Ok(stats);
+                }
             }
             cursor = next;
         }

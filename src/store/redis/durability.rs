@@ -14,7 +14,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::link::Conn;
 use tokio::sync::{mpsc, oneshot};
 
 use super::link::Link;
@@ -63,7 +63,7 @@ async fn group_commit(
 ) {
     // The dedicated connection, and the primary it goes to: after a
     // failover it is opened again to the new primary.
-    let mut conn: Option<(String, ConnectionManager)> = None;
+    let mut conn: Option<(String, Conn)> = None;
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, usize::MAX).await > 0 {
         let Some(link) = link.upgrade() else { return };
@@ -84,7 +84,7 @@ async fn group_commit(
 /// One marker write and WAIT: how many replicas hold everything before it.
 async fn acknowledge(
     link: &Link,
-    conn: &mut Option<(String, ConnectionManager)>,
+    conn: &mut Option<(String, Conn)>,
     marker_key: &str,
     settings: DurabilitySettings,
 ) -> Result<u32, Error> {

@@ -1,14 +1,15 @@
-//! The lifecycle event stream on Redis: reading it, tailing it into the
-//! [`EventHub`], and trimming it to its configured length.
+//! The lifecycle event streams on Redis, one per partition: reading them,
+//! tailing them into the [`EventHub`], and trimming each to its configured
+//! length.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use super::decode::malformed;
-use super::{RedisStore, bounded};
+use super::link::Conn;
+use super::{Partition, RedisStore, bounded};
 use crate::domain::{Error, EventHub, EventId, LifecycleEvent, StreamPosition};
 
 /// How long one blocking read of the tailer waits for new events.
@@ -23,7 +24,7 @@ const IDLE_CHECK: Duration = Duration::from_millis(50);
 /// A stream entry as Redis sends it: id, then field, value, field, value...
 pub(super) type StreamEntry = (String, Vec<String>);
 
-pub(super) fn parse_entries(entries: Vec<StreamEntry>) -> Result<Vec<LifecycleEvent>, Error> {
+pub(super) fn parse_entries(partition: Partition, entries: Vec<StreamEntry>) -> Result<Vec<LifecycleEvent>, Error> {
     entries
         .into_iter()
         .map(|(id, flat)| {
@@ -33,18 +34,23 @@ pub(super) fn parse_entries(entries: Vec<StreamEntry>) -> Result<Vec<LifecycleEv
             while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
                 fields.insert(name, value);
             }
-            Ok(LifecycleEvent { id, fields })
+            Ok(LifecycleEvent { partition, id, fields })
         })
         .collect()
 }
 
 impl RedisStore {
-    pub(super) async fn read_events_after(&self, after: EventId, count: usize) -> Result<Vec<LifecycleEvent>, Error> {
+    pub(super) async fn read_events_after(
+        &self,
+        partition: Partition,
+        after: EventId,
+        count: usize,
+    ) -> Result<Vec<LifecycleEvent>, Error> {
         let mut conn = self.link.conn();
         let entries: Vec<(String, Vec<String>)> = self
             .bounded(
                 redis::cmd("XRANGE")
-                    .arg(self.keys.events())
+                    .arg(self.keys.events(partition))
                     .arg(format!("({after}"))
                     .arg("+")
                     .arg("COUNT")
@@ -52,13 +58,14 @@ impl RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        parse_entries(entries)
+        parse_entries(partition, entries)
     }
 
-    pub(super) async fn read_event_position(&self) -> Result<StreamPosition, Error> {
+    pub(super) async fn read_event_position(&self, partition: Partition) -> Result<StreamPosition, Error> {
         let mut conn = self.link.conn();
-        let reply: Result<redis::Value, Error> =
-            self.bounded(redis::cmd("XINFO").arg("STREAM").arg(self.keys.events()).query_async(&mut conn)).await;
+        let reply: Result<redis::Value, Error> = self
+            .bounded(redis::cmd("XINFO").arg("STREAM").arg(self.keys.events(partition)).query_async(&mut conn))
+            .await;
         let info = match reply {
             Ok(info) => info,
             // No stream yet: nothing was ever appended or trimmed.
@@ -105,20 +112,30 @@ impl RedisStore {
         Ok(StreamPosition { last: id("last-generated-id"), trimmed_through })
     }
 
-    /// Trims the event stream to about `max_len` events.
-    async fn trim_events(&self, max_len: u64) -> Result<(), Error> {
+    /// Trims a partition's event stream to about `max_len` events.
+    async fn trim_events(&self, partition: Partition, max_len: u64) -> Result<(), Error> {
         let mut conn = self.link.conn();
         let mut trim = redis::cmd("XTRIM");
-        trim.arg(self.keys.events()).arg("MAXLEN").arg("~").arg(max_len);
+        trim.arg(self.keys.events(partition)).arg("MAXLEN").arg("~").arg(max_len);
         let _: i64 = self.bounded(trim.query_async(&mut conn)).await?;
         Ok(())
     }
 
-    /// Tails the event stream into `hub` until `stop`, on its own connection
-    /// (a blocking read would stall every call sharing the main one), and
-    /// trims the stream to about `max_len` events.
-    pub async fn tail_events(&self, hub: EventHub, max_len: u64, mut stop: watch::Receiver<bool>) {
-        let mut conn: Option<ConnectionManager> = None;
+    /// Tails every partition's event stream into `hub` until `stop`, and
+    /// trims each to about `max_len` events.
+    pub async fn tail_events(&self, hub: EventHub, max_len: u64, stop: watch::Receiver<bool>) {
+        let mut tailers = tokio::task::JoinSet::new();
+        for partition in 0..self.keys.partitions() {
+            let (store, hub, stop) = (self.clone(), hub.clone(), stop.clone());
+            tailers.spawn(async move { store.tail_partition(partition, hub, max_len, stop).await });
+        }
+        while tailers.join_next().await.is_some() {}
+    }
+
+    /// Tails one partition's stream, on a connection of its own (a blocking
+    /// read would stall every call sharing the main one).
+    async fn tail_partition(&self, partition: Partition, hub: EventHub, max_len: u64, mut stop: watch::Receiver<bool>) {
+        let mut conn: Option<Conn> = None;
         let mut last = None;
         let mut trimmed_at = tokio::time::Instant::now();
         loop {
@@ -127,7 +144,7 @@ impl RedisStore {
             }
             if trimmed_at.elapsed() > Duration::from_secs(1) {
                 trimmed_at = tokio::time::Instant::now();
-                if let Err(e) = self.trim_events(max_len).await {
+                if let Err(e) = self.trim_events(partition, max_len).await {
                     tracing::warn!(error = %e, "trimming the event stream failed");
                 }
             }
@@ -150,7 +167,7 @@ impl RedisStore {
                 };
                 let from = match last {
                     Some(id) => id,
-                    None => *last.insert(self.read_event_position().await?.last),
+                    None => *last.insert(self.read_event_position(partition).await?.last),
                 };
                 let reply: Option<Vec<(String, Vec<StreamEntry>)>> = bounded(
                     BLOCK + self.timeout,
@@ -160,13 +177,13 @@ impl RedisStore {
                         .arg("BLOCK")
                         .arg(BLOCK.as_millis() as u64)
                         .arg("STREAMS")
-                        .arg(self.keys.events())
+                        .arg(self.keys.events(partition))
                         .arg(from.to_string())
                         .query_async(conn),
                 )
                 .await?;
                 for (_, entries) in reply.unwrap_or_default() {
-                    for event in parse_entries(entries)? {
+                    for event in parse_entries(partition, entries)? {
                         last = Some(event.id);
                         hub.publish(event);
                     }

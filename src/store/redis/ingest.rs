@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::link::Conn;
 use tokio::sync::watch;
 
 use super::RedisStore;
@@ -129,7 +129,7 @@ type Entry = (String, Vec<String>);
 impl RedisStore {
     /// Consumes the ingestion stream until `stop`.
     pub async fn consume_ingest(&self, settings: IngestSettings, mut stop: watch::Receiver<bool>) {
-        let mut conn: Option<ConnectionManager> = None;
+        let mut conn: Option<Conn> = None;
         let mut claimed_at: Option<tokio::time::Instant> = None;
         loop {
             if *stop.borrow() {
@@ -182,7 +182,7 @@ impl RedisStore {
         }
     }
 
-    async fn create_group(&self, conn: &mut ConnectionManager, group: &str) -> Result<(), Error> {
+    async fn create_group(&self, conn: &mut Conn, group: &str) -> Result<(), Error> {
         // From the start of the stream: a backlog that predates the group is applied too.
         let created: Result<(), Error> = self
             .bounded(
@@ -202,7 +202,7 @@ impl RedisStore {
     }
 
     /// Takes over entries another consumer read but did not acknowledge in time.
-    async fn claim_stale(&self, conn: &mut ConnectionManager, settings: &IngestSettings) -> Result<(), Error> {
+    async fn claim_stale(&self, conn: &mut Conn, settings: &IngestSettings) -> Result<(), Error> {
         let mut start = "0-0".to_owned();
         loop {
             let (next, entries, _deleted): (String, Vec<Entry>, redis::Value) = self

@@ -1,66 +1,126 @@
 //! The only place Redis keys are built.
 //!
-//! A record's keys share the hash tag `{sku}`, so on Redis Cluster one
-//! record (and every warehouse of one SKU) lives in one slot and each
-//! single-record script stays one atomic call on one shard. Identifiers
-//! cannot contain braces (see [`crate::domain`]), so no id can change a tag.
+//! Stock lives in a fixed number of *partitions*. A SKU belongs to partition
+//! `fnv1a(sku) % partitions`, and every key a script touches together (the
+//! SKU's records, the sweeper's due index, the event and audit streams,
+//! idempotency and batch records, forced-unlock requests) carries its
+//! partition's hash tag. On Redis Cluster a partition is therefore one slot:
+//! every script runs on one shard, and a resharding moves a partition whole.
+//! On one Redis (or Sentinel) a single partition holds everything.
+//!
+//! The number of partitions is part of the data layout: it is stored in
+//! Redis on first start, and a service configured with another count
+//! refuses to start. Identifiers cannot contain braces (see
+//! [`crate::domain`]), so no id can change a tag.
+
+use std::sync::Arc;
 
 use crate::domain::{BatchId, RecordKey, RequestId, Sku};
+
+/// Redis Cluster's slot count.
+const SLOTS: u16 = 16384;
+
+/// A partition's index, `0..partitions`.
+pub type Partition = usize;
 
 /// Builds keys under one prefix, so several deployments can share a Redis.
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
+    /// `{prefix}:{tag}` of each partition.
+    bases: Arc<[String]>,
 }
 
 /// The four keys of one stock record, in the order the scripts take them.
 pub type RecordKeys = [String; 4];
 
 impl Keys {
-    /// Keys under `prefix` (validated by the config: no braces).
-    pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+    /// Keys under `prefix` (validated by the config: no braces) in
+    /// `partitions` partitions (at least 1).
+    pub fn new(prefix: &str, partitions: usize) -> Self {
+        let partitions = partitions.max(1);
+        let bases = (0..partitions).map(|p| format!("{prefix}:{{{}}}", tag(p, partitions))).collect();
+        Self { prefix: prefix.to_owned(), bases }
+    }
+
+    /// How many partitions there are.
+    pub fn partitions(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// The partition of `sku`. Part of the data layout: never change the hash.
+    pub fn partition_of(&self, sku: &Sku) -> Partition {
+        self.partition_of_text(sku.as_str())
+    }
+
+    fn base(&self, partition: Partition) -> &str {
+        &self.bases[partition]
     }
 
     /// stock hash, locks hash, expiry zset, tombstone zset.
     pub fn record(&self, record: &RecordKey) -> RecordKeys {
-        let base = format!("{}:{{{}}}:w:{}", self.prefix, record.sku, record.warehouse);
+        let base = format!("{}:{}:w:{}", self.base(self.partition_of(&record.sku)), record.sku, record.warehouse);
         [format!("{base}:stock"), format!("{base}:locks"), format!("{base}:exp"), format!("{base}:ended")]
     }
 
     /// The set of warehouses that have a record of `sku`.
     pub fn warehouses(&self, sku: &Sku) -> String {
-        format!("{}:{{{sku}}}:warehouses", self.prefix)
+        format!("{}:{sku}:warehouses", self.base(self.partition_of(sku)))
     }
 
-    /// The sweeper's index: record id -> earliest expiry of its locks.
-    pub fn due(&self) -> String {
-        format!("{}:due", self.prefix)
+    /// The partition's set of record ids ("sku|warehouse"), for the auditor.
+    pub fn records(&self, partition: Partition) -> String {
+        format!("{}:records", self.base(partition))
     }
 
-    /// The idempotency record of one request; request ids are scoped per method.
-    pub fn idempotency(&self, method: &str, request_id: &RequestId) -> String {
-        format!("{}:idem:{method}:{request_id}", self.prefix)
+    /// The partition's sweeper index: record id -> earliest expiry of its locks.
+    pub fn due(&self, partition: Partition) -> String {
+        format!("{}:due", self.base(partition))
     }
 
-    /// A forced-unlock request.
-    pub fn force_unlock(&self, id: &str) -> String {
-        format!("{}:fu:{id}", self.prefix)
+    /// The idempotency record of one request in one partition; request ids
+    /// are scoped per method. A request that spans partitions has one record
+    /// in each.
+    pub fn idempotency(&self, partition: Partition, method: &str, request_id: &RequestId) -> String {
+        format!("{}:idem:{method}:{request_id}", self.base(partition))
     }
 
-    /// Forced-unlock requests by creation time.
-    pub fn force_unlock_index(&self) -> String {
-        format!("{}:fu:index", self.prefix)
+    /// A forced-unlock request (it lives with the records it unlocks).
+    pub fn force_unlock(&self, partition: Partition, id: &str) -> String {
+        format!("{}:fu:{id}", self.base(partition))
     }
 
-    /// The audit trail (a stream).
-    pub fn audit(&self) -> String {
-        format!("{}:audit", self.prefix)
+    /// The partition's forced-unlock requests by creation time.
+    pub fn force_unlock_index(&self, partition: Partition) -> String {
+        format!("{}:fu:index", self.base(partition))
     }
 
-    /// The lifecycle event stream: one event per change, written by the change.
-    pub fn events(&self) -> String {
-        format!("{}:events", self.prefix)
+    /// The partition's audit trail (a stream).
+    pub fn audit(&self, partition: Partition) -> String {
+        format!("{}:audit", self.base(partition))
+    }
+
+    /// The partition's lifecycle event stream: one event per change, written by the change.
+    pub fn events(&self, partition: Partition) -> String {
+        format!("{}:events", self.base(partition))
+    }
+
+    /// The lines of a batch that one partition's script locked.
+    pub fn batch(&self, partition: Partition, batch_id: &BatchId) -> String {
+        format!("{}:batch:{batch_id}", self.base(partition))
+    }
+
+    /// The partitions a batch spans, written before any of them is locked;
+    /// kept in the partition of the batch id.
+    pub fn batch_partitions(&self, batch_id: &BatchId) -> String {
+        let home = self.partition_of_text(batch_id.as_str());
+        format!("{}:batchparts:{batch_id}", self.base(home))
+    }
+
+    /// FNV-1a, which is stable across builds and platforms (std's hashers are not).
+    fn partition_of_text(&self, text: &str) -> Partition {
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (hash % self.bases.len() as u64) as usize
     }
 
     /// The stream warehouse systems append stock changes to.
@@ -73,9 +133,10 @@ impl Keys {
         format!("{}:ingest:dead", self.prefix)
     }
 
-    /// Lock-health counters of the hour starting at `hour_start_ms`.
+    /// Lock-health counters of the hour starting at `hour_start_ms`. Every
+    /// hour shares one tag, so a report's hours are read in one round trip.
     pub fn lock_health(&self, hour_start_ms: i64) -> String {
-        format!("{}:lockhealth:{hour_start_ms}", self.prefix)
+        format!("{}:{{lockhealth}}:{hour_start_ms}", self.prefix)
     }
 
     /// The fencing epoch: bumped on every failover the service follows.
@@ -88,31 +149,35 @@ impl Keys {
         format!("{}:durability", self.prefix)
     }
 
-    /// The pattern every record's stock key matches, for SCAN.
-    pub fn stock_pattern(&self) -> String {
-        format!("{}:{{*}}:w:*:stock", self.prefix)
-    }
-
-    /// The record whose stock key `key` is; `None` for any other key.
-    pub fn record_of_stock_key(&self, key: &str) -> Option<RecordKey> {
-        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
-        let (sku, rest) = rest.split_once("}:w:")?;
-        let warehouse = rest.strip_suffix(":stock")?;
-        Some(RecordKey::new(
-            Sku::parse(sku, "sku").ok()?,
-            crate::domain::WarehouseId::parse(warehouse, "warehouse_id").ok()?,
-        ))
+    /// The partition count the data was laid out with.
+    pub fn layout(&self) -> String {
+        format!("{}:partitions", self.prefix)
     }
 
     /// A lease that lets one replica at a time do `name`'s periodic work.
     pub fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.prefix)
     }
+}
 
-    /// The list of a batch's locks.
-    pub fn batch(&self, batch_id: &BatchId) -> String {
-        format!("{}:batch:{batch_id}", self.prefix)
-    }
+/// The hash tag of partition `p` of `n`: the first `p<p>.<i>` whose slot
+/// falls in the `p`-th of `n` equal slot ranges, so that partitions spread
+/// evenly over shards that own equal slot ranges (what `redis-cli --cluster
+/// create` makes).
+fn tag(p: usize, n: usize) -> String {
+    let (low, high) = (p * usize::from(SLOTS) / n, (p + 1) * usize::from(SLOTS) / n);
+    (0..)
+        .map(|i| format!("p{p}.{i}"))
+        .find(|t| (low..high.max(low + 1)).contains(&usize::from(slot(t.as_bytes()))))
+        .expect("some tag falls in every slot range")
+}
+
+/// The Redis Cluster slot of a key (or tag): CRC16-XMODEM mod 16384.
+fn slot(key: &[u8]) -> u16 {
+    let crc = key.iter().fold(0u16, |crc, &b| {
+        (0..8).fold(crc ^ (u16::from(b) << 8), |c, _| if c & 0x8000 != 0 { (c << 1) ^ 0x1021 } else { c << 1 })
+    });
+    crc % SLOTS
 }
 
 #[cfg(test)]
@@ -121,16 +186,38 @@ mod tests {
     use crate::domain::WarehouseId;
 
     #[test]
-    fn record_keys_share_the_sku_hash_tag() {
-        let keys = Keys::new("sl");
+    fn a_records_keys_share_its_partitions_tag() {
+        let keys = Keys::new("sl", 1);
         let sku = Sku::parse("SKU-1", "sku").unwrap();
         let record = RecordKey::new(sku.clone(), WarehouseId::parse("WH-A", "w").unwrap());
-        for key in keys.record(&record).iter().chain([&keys.warehouses(&sku)]) {
-            assert!(key.starts_with("sl:{SKU-1}:"), "{key}");
+        assert_eq!(keys.record(&record)[0], "sl:{p0.0}:SKU-1:w:WH-A:stock");
+        for key in keys.record(&record).iter().chain([&keys.warehouses(&sku), &keys.due(0), &keys.events(0)]) {
+            assert!(key.starts_with("sl:{p0.0}:"), "{key}");
         }
-        assert_eq!(keys.record(&record)[0], "sl:{SKU-1}:w:WH-A:stock");
-        assert_eq!(keys.record_of_stock_key("sl:{SKU-1}:w:WH-A:stock"), Some(record));
-        assert_eq!(keys.record_of_stock_key("sl:{SKU-1}:w:WH-A:locks"), None);
-        assert_eq!(keys.record_of_stock_key("other:{SKU-1}:w:WH-A:stock"), None);
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot(b"123456789"), 12739);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+    }
+
+    #[test]
+    fn partitions_spread_over_equal_slot_ranges() {
+        let n = 16;
+        let keys = Keys::new("sl", n);
+        for p in 0..n {
+            let tag = keys.base(p).trim_start_matches("sl:{").trim_end_matches('}');
+            let slot = usize::from(slot(tag.as_bytes()));
+            assert!(slot * n / usize::from(SLOTS) == p, "partition {p}: tag {tag} in slot {slot}");
+        }
+        // And SKUs spread over the partitions.
+        let mut seen = vec![0; n];
+        for i in 0..1600 {
+            seen[keys.partition_of(&Sku::parse(&format!("SKU-{i}"), "sku").unwrap())] += 1;
+        }
+        assert!(seen.iter().all(|&c| (60..140).contains(&c)), "{seen:?}");
     }
 }

@@ -1,5 +1,9 @@
 //! Where the store's commands go: one primary, named by URL or found
-//! through Sentinel, and followed across failovers.
+//! through Sentinel and followed across failovers, or a Redis Cluster.
+//!
+//! On a cluster the cluster client routes each command by its key's slot,
+//! follows MOVED and ASK during a resharding, and learns a failover from
+//! the cluster itself; the service has no primary of its own to follow.
 //!
 //! Every call takes the current primary's multiplexed connection (a cheap
 //! clone). With Sentinel, a background task asks the sentinels for the
@@ -17,9 +21,11 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::RedisConnectionInfo;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, Value};
 use tokio::sync::{Mutex, Notify};
 
 use super::{bounded, scripts};
@@ -50,13 +56,110 @@ pub enum Topology {
         /// See `username`.
         password: Option<String>,
     },
+    /// A Redis Cluster, found through any of its nodes.
+    Cluster {
+        /// `redis://host:port` of some of the cluster's nodes (seeds).
+        nodes: Vec<String>,
+        /// ACL user of the nodes.
+        username: Option<String>,
+        /// See `username`.
+        password: Option<String>,
+    },
+}
+
+/// A connection to wherever the store's commands go.
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// One server's multiplexed connection, reconnecting by itself.
+    Single(ConnectionManager),
+    /// The cluster client: one multiplexed connection per node, routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// How to open a connection.
+#[derive(Clone)]
+enum Client {
+    Single(redis::Client),
+    Cluster { nodes: Vec<String>, username: Option<String>, password: Option<String> },
+}
+
+impl Client {
+    /// Opens a connection whose calls each wait up to `response` for an answer.
+    async fn open(&self, timeout: Duration, response: Duration) -> Result<Conn, Error> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(response))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                let conn = bounded(timeout * 4, ConnectionManager::new_with_config(client.clone(), config)).await?;
+                Ok(Conn::Single(conn))
+            }
+            Self::Cluster { nodes, username, password } => {
+                let mut builder = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(response)
+                    // MOVED, ASK and TRYAGAIN during a resharding are retried;
+                    // the store timeout bounds the whole call.
+                    .retries(8)
+                    .min_retry_wait(5)
+                    .max_retry_wait(100);
+                if let Some(username) = username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = password {
+                    builder = builder.password(password);
+                }
+                let client = builder.build().map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+                let conn = bounded(timeout * 4, client.get_async_connection()).await?;
+                Ok(Conn::Cluster(conn))
+            }
+        }
+    }
+
+    /// The server's address; "cluster" for a cluster.
+    fn addr(&self) -> String {
+        match self {
+            Self::Single(client) => client.get_connection_info().addr().to_string(),
+            Self::Cluster { .. } => "cluster".to_owned(),
+        }
+    }
 }
 
 /// The primary in use.
 #[derive(Clone)]
 struct Primary {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: Conn,
+    client: Client,
     addr: String,
     /// `epoch << EPOCH_SHIFT`: the lowest token the scripts may issue.
     token_floor: u64,
@@ -78,6 +181,11 @@ impl Link {
             Topology::Standalone { url } => {
                 let client =
                     redis::Client::open(url.as_str()).map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+                (Client::Single(client), None, None)
+            }
+            Topology::Cluster { nodes, username, password } => {
+                let client =
+                    Client::Cluster { nodes: nodes.clone(), username: username.clone(), password: password.clone() };
                 (client, None, None)
             }
             Topology::Sentinel { sentinels, master_name, poll, username, password } => {
@@ -97,7 +205,7 @@ impl Link {
                 )
                 .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
                 let client = bounded(timeout * 4, sentinel.async_get_client()).await?;
-                (client, Some(Mutex::new(sentinel)), Some(*poll))
+                (Client::Single(client), Some(Mutex::new(sentinel)), Some(*poll))
             }
         };
         let following = sentinel.is_some();
@@ -117,24 +225,19 @@ impl Link {
         Ok(link)
     }
 
-    /// The current primary's multiplexed connection.
-    pub(super) fn conn(&self) -> ConnectionManager {
+    /// The current primary's multiplexed connection (or the cluster's).
+    pub(super) fn conn(&self) -> Conn {
         self.primary.read().expect("link lock poisoned").conn.clone()
     }
 
     /// A connection of its own to the current primary, for commands that
     /// hold it for up to `wait` (blocking reads, WAIT), and that primary's address.
-    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, ConnectionManager), Error> {
+    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, Conn), Error> {
         let (client, addr) = {
             let primary = self.primary.read().expect("link lock poisoned");
             (primary.client.clone(), primary.addr.clone())
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(wait + self.timeout))
-            .set_number_of_retries(2);
-        let conn = bounded(self.timeout * 4, ConnectionManager::new_with_config(client, config)).await?;
-        Ok((addr, conn))
+        Ok((addr, client.open(self.timeout, wait + self.timeout).await?))
     }
 
     /// True while `addr` is the primary in use.
@@ -166,8 +269,8 @@ impl Link {
             let mut sentinel = sentinel.lock().await;
             bounded(self.timeout * 4, sentinel.async_get_client()).await?
         };
-        let addr = client.get_connection_info().addr().to_string();
-        if addr == self.primary.read().expect("link lock poisoned").addr {
+        let client = Client::Single(client);
+        if client.addr() == self.primary.read().expect("link lock poisoned").addr {
             return Ok(());
         }
         let primary = open(client, self.timeout, &self.epoch_key, true).await?;
@@ -183,15 +286,13 @@ impl Link {
 }
 
 /// Connects to `client`'s server, loads the scripts and reads (or, when
-/// following failovers, bumps) the fencing epoch there.
-async fn open(client: redis::Client, timeout: Duration, epoch_key: &str, bump_epoch: bool) -> Result<Primary, Error> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let mut conn = bounded(timeout * 4, ConnectionManager::new_with_config(client.clone(), config)).await?;
-    let epoch: u64 = if bump_epoch {
+/// following failovers, bumps) the fencing epoch there. A cluster has no
+/// epoch of the service's: its tokens start at 0.
+async fn open(client: Client, timeout: Duration, epoch_key: &str, bump_epoch: bool) -> Result<Primary, Error> {
+    let mut conn = client.open(timeout, timeout).await?;
+    let epoch: u64 = if matches!(client, Client::Cluster { .. }) {
+        0
+    } else if bump_epoch {
         // Wait for a replica to hold the new epoch, so the next failover cannot
         // lose it; with none in time the epoch still rises, and we say so.
         // The wait stays well inside the connection's response timeout.
@@ -207,10 +308,11 @@ async fn open(client: redis::Client, timeout: Duration, epoch_key: &str, bump_ep
         let epoch: Option<u64> = bounded(timeout, redis::cmd("GET").arg(epoch_key).query_async(&mut conn)).await?;
         epoch.unwrap_or(0)
     };
+    // On a cluster, SCRIPT LOAD goes to every node.
     for script in scripts::all() {
         bounded(timeout, script.prepare_invoke().load_async(&mut conn)).await?;
     }
-    let addr = client.get_connection_info().addr().to_string();
+    let addr = client.addr();
     Ok(Primary { conn, client, addr, token_floor: epoch << EPOCH_SHIFT })
 }
 

@@ -1,0 +1,232 @@
+//! Calls whose locks or records fall in several partitions (so, on Redis
+//! Cluster, possibly on several shards): one script per partition.
+//!
+//! A BatchLock stays all or nothing for the caller: if a partition's script
+//! fails, the partitions already locked are released, and their idempotency
+//! records deleted, before the error returns. Renew, Release and reads are
+//! atomic per partition (see the README's "Redis Cluster" guarantees).
+
+use std::future::Future;
+
+use super::decode::{Reply, malformed};
+use super::{Partition, RedisStore, lock_call, reused, scripts};
+use crate::domain::BatchId;
+use crate::domain::{
+    Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, ReleaseCommand, RequestId, Shortage, Sku,
+    new_nonce,
+};
+
+/// Item positions grouped by the partition of their SKU, partitions in the
+/// order of their first item.
+pub(super) fn by_partition<'a>(
+    keys: &super::Keys,
+    skus: impl IntoIterator<Item = &'a Sku>,
+) -> Vec<(Partition, Vec<usize>)> {
+    let mut groups: Vec<(Partition, Vec<usize>)> = Vec::new();
+    for (i, sku) in skus.into_iter().enumerate() {
+        let partition = keys.partition_of(sku);
+        match groups.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((partition, vec![i])),
+        }
+    }
+    groups
+}
+
+impl RedisStore {
+    /// Runs `run` on each partition's share of the items whose SKUs are
+    /// `skus`, one partition after another, and puts the answers back in the
+    /// items' order. Also says whether every partition's call was a replay.
+    pub(super) async fn scatter<'a, T, Fut>(
+        &self,
+        skus: impl IntoIterator<Item = &'a Sku>,
+        mut run: impl FnMut(Partition, Vec<usize>) -> Fut,
+    ) -> Result<(Vec<T>, bool), Error>
+    where
+        Fut: Future<Output = Result<(Vec<T>, bool), Error>>,
+    {
+        let groups = by_partition(&self.keys, skus);
+        let mut answers: Vec<Option<T>> = (0..groups.iter().map(|(_, n)| n.len()).sum()).map(|_| None).collect();
+        let mut replayed = true;
+        for (partition, numbers) in groups {
+            let (found, was_replay) = run(partition, numbers.clone()).await?;
+            replayed &= was_replay;
+            for (i, answer) in numbers.into_iter().zip(found) {
+                answers[i] = Some(answer);
+            }
+        }
+        let answers: Vec<T> = answers.into_iter().flatten().collect();
+        Ok((answers, replayed))
+    }
+
+    /// A BatchLock whose lines fall in several partitions. The partitions
+    /// are written down first, so that a crash halfway still says where the
+    /// batch's locks are; then each partition is locked by one script.
+    pub(super) async fn lock_across_partitions(
+        &self,
+        cmd: &LockCommand,
+        groups: &[(Partition, Vec<usize>)],
+        nonce: &str,
+    ) -> Result<LockOutcome, Error> {
+        let batch_id = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
+        let partitions: Vec<String> = groups.iter().map(|(p, _)| p.to_string()).collect();
+        let mut conn = self.link.conn();
+        let _: () = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.keys.batch_partitions(batch_id))
+                    .arg(partitions.join(","))
+                    .arg("PX")
+                    .arg(self.max_hold_ms + self.retention_ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut taken: Vec<(Partition, &[usize], LockOutcome)> = Vec::with_capacity(groups.len());
+        for (partition, numbers) in groups {
+            let part = LockCommand { lines: numbers.iter().map(|&i| cmd.lines[i].clone()).collect(), ..cmd.clone() };
+            match self.lock_group(*partition, &part, numbers, nonce).await {
+                Ok(outcome) => taken.push((*partition, numbers, outcome)),
+                Err(e) => {
+                    self.undo_batch(cmd, batch_id, &taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        let replayed = taken.iter().all(|(_, _, outcome)| outcome.replayed);
+        let mut granted: Vec<Option<Granted>> = (0..cmd.lines.len()).map(|_| None).collect();
+        for (_, numbers, outcome) in taken {
+            for (&i, grant) in numbers.iter().zip(outcome.granted) {
+                granted[i] = Some(grant);
+            }
+        }
+        Ok(LockOutcome { granted: granted.into_iter().flatten().collect(), batch_id: Some(batch_id.clone()), replayed })
+    }
+
+    /// Releases what a failed cross-partition BatchLock took, then deletes
+    /// the idempotency and batch records that would replay or name it, so a
+    /// retry locks afresh. Best effort: whatever cannot be undone now (Redis
+    /// unreachable) expires by its TTL, and a retry with the same
+    /// request_id replays it and carries on with the remaining partitions.
+    async fn undo_batch(&self, cmd: &LockCommand, batch_id: &BatchId, taken: &[(Partition, &[usize], LockOutcome)]) {
+        for (partition, _, outcome) in taken {
+            let ids: Vec<LockId> = outcome.granted.iter().map(|g| g.lock.lock_id.clone()).collect();
+            let undo = format!("batch-undo-{}{}", new_nonce(), new_nonce());
+            let undo = RequestId::parse(&undo, "request_id").expect("a valid request id");
+            let release = ReleaseCommand {
+                target: crate::domain::LockTarget::Locks(ids.clone()),
+                holder: Some(cmd.holder.clone()),
+                request_id: undo,
+            };
+            let result = async {
+                self.release_group(*partition, &release, &ids).await?;
+                let mut conn = self.link.conn();
+                let mut forget = redis::cmd("DEL");
+                forget
+                    .arg(self.keys.idempotency(*partition, "batch_lock", &cmd.request_id))
+                    .arg(self.keys.batch(*partition, batch_id));
+                self.bounded(forget.query_async::<()>(&mut conn)).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(
+                    error = %e,
+                    batch_id = %batch_id,
+                    partition,
+                    "cannot undo a failed BatchLock's locks in one partition; they expire by their TTL"
+                );
+            }
+        }
+    }
+
+    /// Locks the lines of `cmd`, all in `partition`, in one script; `numbers`
+    /// are their line numbers in the caller's request, for its errors.
+    pub(super) async fn lock_group(
+        &self,
+        partition: Partition,
+        cmd: &LockCommand,
+        numbers: &[usize],
+        nonce: &str,
+    ) -> Result<LockOutcome, Error> {
+        let (keys, args) =
+            lock_call(&self.keys, partition, cmd, self.max_hold_ms, self.retention_ms, nonce, self.link.token_floor());
+        let mut inv = scripts::LOCK.prepare_invoke();
+        for key in keys {
+            inv.key(key);
+        }
+        for arg in args {
+            inv.arg(arg);
+        }
+        let mut reply = self.run_script("lock", &inv).await?;
+        let line_record = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
+            let line = reply.index(cmd.lines.len())?;
+            Ok((numbers[line], &cmd.lines[line].record))
+        };
+        match reply.tag.as_str() {
+            "OK" => {}
+            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
+            "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
+                let (line, record) = line_record(&mut reply)?;
+                let line = cmd.batch_id.is_some().then_some(line);
+                return Err(Error::NotAvailable { record: record.clone(), line });
+            }
+            "INVALID_QUANTITY_SCALE" | "QUANTITY_OUT_OF_RANGE" => {
+                let (line, _) = line_record(&mut reply)?;
+                let field = if cmd.batch_id.is_some() { format!("lines[{line}].quantity") } else { "quantity".into() };
+                let description = if reply.tag == "QUANTITY_OUT_OF_RANGE" {
+                    "is too large".to_owned()
+                } else {
+                    format!("has more fractional digits than the record's unit_scale {} allows", reply.int()?)
+                };
+                return Err(Error::invalid(field, description));
+            }
+            "INSUFFICIENT_STOCK" => {
+                let mut shortages = Vec::new();
+                while !reply.is_done() {
+                    let (line, record) = line_record(&mut reply)?;
+                    let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
+                    shortages.push(Shortage {
+                        line,
+                        record: record.clone(),
+                        requested: scale.format(requested),
+                        available: scale.format(available),
+                    });
+                }
+                return Err(Error::InsufficientStock { shortages });
+            }
+            _ => return Err(reply.unexpected()),
+        }
+
+        let created_at_ms = reply.int()?;
+        let expires_at_ms = reply.int()?;
+        let max_expires_at_ms = reply.int()?;
+        let batch_id = Some(reply.text()?).filter(|b| !b.is_empty());
+        let nonce = reply.text()?;
+        let mut granted = Vec::with_capacity(cmd.lines.len());
+        for line in &cmd.lines {
+            let token = reply.uint()?;
+            let quantity = reply.int()?;
+            let available = reply.int()?;
+            let unit_scale = reply.unit_scale()?;
+            granted.push(Granted {
+                lock: LockView {
+                    lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
+                    quantity,
+                    unit_scale,
+                    created_at_ms,
+                    expires_at_ms,
+                    max_expires_at_ms,
+                    ttl: cmd.ttl,
+                    order_id: cmd.order_id.to_string(),
+                    holder: cmd.holder.to_string(),
+                    batch_id: batch_id.clone(),
+                },
+                available,
+            });
+        }
+        let batch_id = match batch_id {
+            Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
+            None => None,
+        };
+        Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
+    }
+}
