@@ -17,10 +17,17 @@ test-deps:
 run: deps
 	$(CARGO) run --release -- serve $(ARGS)
 
+# The suites of the core behaviour, run a second time with each test on its
+# own three-primary Redis Cluster (the others stop, pause or replicate one
+# redis-server, which a cluster test does in tests/cluster.rs).
+CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors auth http ingest invariants linearizability model
+
 ## Formatting, lints, docs, the alert rules, the Kubernetes manifests, a
-## bounded fuzz run, and every test against real redis-servers.
+## bounded fuzz run, and every test against real redis-servers: once on one
+## Redis, and the core suites again on Redis Cluster.
 test: test-deps lint monitoring k8s fuzz
 	$(CARGO) test --workspace --all-targets
+	STOCKLOCK_TEST_REDIS=cluster $(CARGO) test $(addprefix --test ,$(CLUSTER_SUITES))
 
 lint:
 	$(CARGO) fmt --all -- --check

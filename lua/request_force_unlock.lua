@@ -16,6 +16,8 @@
 -- ARGV[9]  request_id
 -- ARGV[10] lock ids, comma-separated (for the audit event)
 -- ARGV[11] ms decided requests are kept
+-- ARGV[12] '1' to list the request in the index, '0' for a part of a request
+--          that spans partitions and is listed in its first partition
 --
 -- Returns {'OK', created_ms, id}, {'REPLAY', ...} (with the first call's id) or
 -- {'IDEMPOTENCY_KEY_REUSED'}.
@@ -32,7 +34,9 @@ local now = now_ms()
 redis.call('HSET', request_key, 'state', 'PENDING', 'requester', ARGV[3], 'reason', ARGV[4],
   'created', now, 'expires', now + tonumber(ARGV[5]), 'items', ARGV[6], 'single_step', '0')
 redis.call('PEXPIRE', request_key, tonumber(ARGV[5]) + tonumber(ARGV[11]))
-redis.call('ZADD', index_key, now, ARGV[2])
+if ARGV[12] == '1' then
+  redis.call('ZADD', index_key, now, ARGV[2])
+end
 redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - tonumber(ARGV[5]) - tonumber(ARGV[11]))
 audit(audit_key, ARGV[8], {
   'action', 'force_unlock.requested', 'actor', ARGV[3], 'reason', ARGV[4], 'request_id', ARGV[9],

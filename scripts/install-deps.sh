@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stocklock needs on Debian/Ubuntu and is missing:
 #   run:  redis-server (the embedded default and the tests start their own) and protoc
-#   test: the same, and promtool (Debian's prometheus package) for the alert rules
+#   test: the same, redis-cli (redis-tools) to make the test clusters, and
+#         promtool (Debian's prometheus package) for the alert rules
 # Rust itself comes from rustup. Safe to run again.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ "$purpose" = test ]; then
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
 if [ ${#missing[@]} -eq 0 ]; then

@@ -182,7 +182,7 @@ async fn tokens_roles_and_rate_limits_apply_over_http() {
 async fn readiness_follows_redis() {
     let mut svc = start().await;
     assert_eq!(http_get(svc.http_addr, "/readyz", None).await.0, 200);
-    svc.redis.take().unwrap().stop().await.unwrap();
+    svc.stop_redis().await;
     let (status, body, _) = http_get(svc.http_addr, "/readyz", None).await;
     assert_eq!((status, body["status"].as_str()), (503, Some("not ready")));
     assert_eq!(http_get(svc.http_addr, "/healthz", None).await.0, 200, "alive, though not ready");

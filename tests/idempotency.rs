@@ -159,7 +159,9 @@ async fn idempotency_records_expire_after_the_retention() {
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap();
     let mut conn = svc.redis_conn().await;
-    let ttl: i64 = redis::cmd("PTTL").arg("sl:{p0.0}:idem:lock:r1").query_async(&mut conn).await.unwrap();
+    let r1 = stocklock::domain::RequestId::parse("r1", "request_id").unwrap();
+    let key = svc.keys().idempotency(svc.partition("SKU-1"), "lock", &r1);
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
     let day = 24 * 3600 * 1000;
     assert!(ttl > day - 60_000 && ttl <= day, "idempotency record kept for {ttl} ms");
 }

@@ -17,7 +17,7 @@ async fn physical(svc: &TestService, sku: &str) -> Option<String> {
 async fn dead_letters(svc: &TestService) -> Vec<std::collections::HashMap<String, String>> {
     let mut conn = svc.redis_conn().await;
     let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("sl:ingest:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        redis::cmd("XRANGE").arg("{sl:ingest}:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
     entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
 }
 

@@ -19,7 +19,6 @@ mod keys;
 mod link;
 mod scripts;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +36,8 @@ pub use self::link::Topology;
 use crate::domain::{
     AdjustStockCommand, CommitCommand, CommitOutcome, Error, EventId, LifecycleEvent, LockCommand, LockEnd, LockFilter,
     LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseItem, ReleaseKind,
-    ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, SetStockCommand, SetStockOutcome, Signed, Sku,
-    StockStore, StockView, StreamPosition, UnitScale, WarehouseId, format_scaled, new_nonce,
+    ReleaseOutcome, RenewCommand, RenewItem, RenewOutcome, Renewed, RequestId, SetStockCommand, SetStockOutcome,
+    Signed, Sku, StockStore, StockView, StreamPosition, UnitScale, WarehouseId, format_scaled, new_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -64,9 +63,6 @@ pub struct RedisSettings {
     /// Replica acknowledgements to wait for after each change, if any.
     pub durability: Option<DurabilitySettings>,
 }
-
-/// One atomic read of a record's locks: packed locks, expiries, unit scale, Redis time.
-type RecordSnapshot = (HashMap<String, String>, Vec<(String, f64)>, Option<u32>, (i64, i64));
 
 /// The stock store on one Redis (standalone, or the primary Sentinel names).
 #[derive(Clone)]
@@ -180,11 +176,8 @@ impl RedisStore {
         ids: Vec<LockId>,
     ) -> Result<(Vec<RenewItem>, bool), Error> {
         let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
-        let lock_args: Vec<[String; 3]> =
-            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
-        let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
-        parts.extend(lock_args.iter().flatten().map(String::as_str));
-        let fp = fingerprint(&parts);
+        let lock_args = lock_args(&ids);
+        let fp = renew_fingerprint(cmd, &ids);
 
         let mut inv = scripts::RENEW.prepare_invoke();
         inv.key(self.keys.idempotency(partition, "renew", &cmd.request_id)).key(self.keys.due(partition));
@@ -225,11 +218,8 @@ impl RedisStore {
         ids: &[LockId],
     ) -> Result<(Vec<ReleaseItem>, bool), Error> {
         let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
-        let lock_args: Vec<[String; 3]> =
-            ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect();
-        let mut parts = vec![holder];
-        parts.extend(lock_args.iter().flatten().map(String::as_str));
-        let fp = fingerprint(&parts);
+        let lock_args = lock_args(ids);
+        let fp = release_fingerprint(cmd, ids);
 
         let mut inv = scripts::RELEASE.prepare_invoke();
         inv.key(self.keys.idempotency(partition, "release", &cmd.request_id)).key(self.keys.due(partition));
@@ -289,6 +279,37 @@ impl RedisStore {
             views.push(if exists == "1" { Some(reply.record(record.clone())?) } else { None });
         }
         Ok(views)
+    }
+
+    /// Runs `call` under a claim of `request_id` for `method`. With several
+    /// partitions each keeps its own idempotency records, so a request id
+    /// reused with other content in another partition would go unnoticed:
+    /// the claim, one key in the request id's partition holding the first
+    /// content's fingerprint, catches it (one more round trip). A call that
+    /// definitely failed gives its claim back, as a failed call leaves no
+    /// idempotency record. With one partition the scripts see every reuse.
+    async fn claimed<T>(
+        &self,
+        method: &str,
+        request_id: &RequestId,
+        fp: &str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        if self.keys.partitions() == 1 {
+            return call.await;
+        }
+        let claim = self.keys.request_claim(method, request_id);
+        let mut conn = self.link.conn();
+        if set_or_get(self, &claim, fp, self.retention_ms, &mut conn).await?.is_some_and(|first| first != fp) {
+            return Err(reused(request_id));
+        }
+        let result = call.await;
+        if let Err(e) = &result
+            && !matches!(e, Error::StoreTimeout | Error::StoreUnavailable { .. } | Error::StoreOutOfMemory)
+        {
+            let _: Result<(), Error> = self.bounded(redis::cmd("DEL").arg(&claim).query_async(&mut conn)).await;
+        }
+        result
     }
 
     /// Expires the due locks of up to `max_records` records of one partition.
@@ -361,31 +382,20 @@ impl RedisStore {
 
     /// A record's live locks as of Redis time, in token order.
     async fn record_locks(&self, record: &RecordKey) -> Result<(Vec<LockView>, i64), Error> {
-        let [stock, locks, exp, _] = self.keys.record(record);
-        let mut conn = self.link.conn();
-        let (packed, expiries, unit_scale, time): RecordSnapshot = self
-            .bounded(
-                redis::pipe()
-                    .atomic()
-                    .hgetall(&locks)
-                    .zrange_withscores(&exp, 0, -1)
-                    .hget(&stock, "unit_scale")
-                    .cmd("TIME")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let now = time.0 * 1000 + time.1 / 1000;
-        let unit_scale =
-            UnitScale::new(unit_scale.unwrap_or(0), "unit_scale").map_err(|_| malformed("a bad unit scale"))?;
-        let mut views = Vec::with_capacity(expiries.len());
-        for (token, expires) in expiries {
-            let expires_at_ms = expires as i64;
-            if expires_at_ms <= now {
-                continue;
-            }
-            if let Some(value) = packed.get(&token) {
-                let token = token.parse().map_err(|_| malformed("a bad lock token"))?;
-                views.push(unpack_lock(record, token, value, expires_at_ms, unit_scale)?);
+        let mut inv = scripts::READ_LOCKS.prepare_invoke();
+        self.add_record(&mut inv, record);
+        let mut reply = self.run_script("read_locks", &inv).await?;
+        // read_locks.lua has no tag: its first element is the unit scale.
+        let unit_scale = std::mem::take(&mut reply.tag).parse().unwrap_or(0);
+        let unit_scale = UnitScale::new(unit_scale, "unit_scale").map_err(|_| malformed("a bad unit scale"))?;
+        let now = reply.int()?;
+        let mut views = Vec::new();
+        while !reply.is_done() {
+            let token = reply.uint()?;
+            let packed = reply.text()?;
+            let expires_at_ms = reply.int()?;
+            if expires_at_ms > now {
+                views.push(unpack_lock(record, token, &packed, expires_at_ms, unit_scale)?);
             }
         }
         views.sort_by_key(|v| v.lock_id.token);
@@ -441,16 +451,32 @@ impl RedisStore {
 /// later: with another count every SKU would look for its keys elsewhere.
 async fn check_layout(link: &Link, keys: &Keys, timeout: Duration) -> Result<(), Error> {
     let mut conn = link.conn();
-    let mut pipe = redis::pipe();
-    pipe.cmd("SET").arg(keys.layout()).arg(keys.partitions()).arg("NX").ignore().get(keys.layout());
-    let (stored,): (usize,) = bounded(timeout, pipe.query_async(&mut conn)).await?;
-    if stored != keys.partitions() {
+    let mut set = redis::cmd("SET");
+    set.arg(keys.layout()).arg(keys.partitions()).arg("NX").arg("GET");
+    let stored: Option<usize> = bounded(timeout, set.query_async(&mut conn)).await?;
+    if let Some(stored) = stored
+        && stored != keys.partitions()
+    {
         return Err(Error::invalid(
             "redis_partitions",
             format!("is {} but the data in Redis is laid out in {stored} partitions", keys.partitions()),
         ));
     }
     Ok(())
+}
+
+/// Sets `key` to `value` unless it is set, in one command (so a cluster
+/// client follows MOVED and ASK for it); the value already there, if any.
+async fn set_or_get(
+    store: &RedisStore,
+    key: &str,
+    value: &str,
+    ttl_ms: u64,
+    conn: &mut link::Conn,
+) -> Result<Option<String>, Error> {
+    let mut set = redis::cmd("SET");
+    set.arg(key).arg(value).arg("NX").arg("GET").arg("PX").arg(ttl_ms.max(1));
+    store.bounded(set.query_async(conn)).await
 }
 
 async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
@@ -472,18 +498,8 @@ fn lock_call(
     token_floor: u64,
 ) -> (Vec<String>, Vec<String>) {
     let ttl_ms = millis(cmd.ttl).to_string();
-    let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
-    let line_args: Vec<String> = cmd
-        .lines
-        .iter()
-        .flat_map(|line| {
-            let q = line.quantity.decimal();
-            [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
-        })
-        .collect();
-    let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
-    parts.extend(line_args.iter().map(String::as_str));
-    let fp = fingerprint(&parts);
+    let (method, fp) = lock_fingerprint(cmd);
+    let line_args = line_args(cmd);
 
     let mut key_list = vec![keys.idempotency(partition, method, &cmd.request_id), keys.due(partition)];
     for line in &cmd.lines {
@@ -543,6 +559,11 @@ fn store_error(e: RedisError) -> Error {
         Some("BUSY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY") => {
             return Error::StoreUnavailable { detail: e.to_string() };
         }
+        // A redirect the cluster client could not follow (a pipeline in a
+        // slot that is migrating): the slot is moving, try again.
+        _ if e.is_cluster_error() => {
+            return Error::StoreUnavailable { detail: format!("the Redis Cluster slot is moving: {e}") };
+        }
         _ => {}
     }
     if e.is_timeout() {
@@ -556,6 +577,49 @@ fn store_error(e: RedisError) -> Error {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Record, token and nonce of each lock, as the scripts take them.
+fn lock_args(ids: &[LockId]) -> Vec<[String; 3]> {
+    ids.iter().map(|id| [id.record.to_string(), id.token.to_string(), id.nonce.clone()]).collect()
+}
+
+/// Record, quantity mantissa and scale of each line, as lock.lua takes them.
+fn line_args(cmd: &LockCommand) -> Vec<String> {
+    cmd.lines
+        .iter()
+        .flat_map(|line| {
+            let q = line.quantity.decimal();
+            [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
+        })
+        .collect()
+}
+
+/// The method of a Lock or BatchLock, and its content's fingerprint.
+fn lock_fingerprint(cmd: &LockCommand) -> (&'static str, String) {
+    let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
+    let ttl_ms = millis(cmd.ttl).to_string();
+    let line_args = line_args(cmd);
+    let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
+    parts.extend(line_args.iter().map(String::as_str));
+    (method, fingerprint(&parts))
+}
+
+/// The fingerprint of a Renew of `ids`.
+fn renew_fingerprint(cmd: &RenewCommand, ids: &[LockId]) -> String {
+    let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
+    let lock_args = lock_args(ids);
+    let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
+    parts.extend(lock_args.iter().flatten().map(String::as_str));
+    fingerprint(&parts)
+}
+
+/// The fingerprint of a Release of `ids`.
+fn release_fingerprint(cmd: &ReleaseCommand, ids: &[LockId]) -> String {
+    let lock_args = lock_args(ids);
+    let mut parts = vec![cmd.holder.as_ref().map_or("", |h| h.as_str())];
+    parts.extend(lock_args.iter().flatten().map(String::as_str));
+    fingerprint(&parts)
 }
 
 /// A stable digest of a request's content, stored with its idempotency record
@@ -643,7 +707,10 @@ impl StockStore for RedisStore {
             .arg(self.audit_max_events)
             .arg(cmd.request_id.as_ref().map_or("", |r| r.as_str()))
             .arg(cmd.record.sku.as_str());
-        let mut reply = self.run_script("set_stock", &inv).await?;
+        let mut reply = match &cmd.request_id {
+            Some(request_id) => self.claimed("set_stock", request_id, &fp, self.run_script("set_stock", &inv)).await?,
+            None => self.run_script("set_stock", &inv).await?,
+        };
         let applied = match reply.tag.as_str() {
             "OK" => true,
             "STALE" => false,
@@ -689,7 +756,8 @@ impl StockStore for RedisStore {
             .arg(cmd.record.sku.as_str())
             .arg(cmd.record.warehouse.as_str())
             .arg(&cmd.reason);
-        let mut reply = self.run_script("adjust_stock", &inv).await?;
+        let mut reply =
+            self.claimed("adjust_stock", &cmd.request_id, &fp, self.run_script("adjust_stock", &inv)).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
@@ -738,32 +806,36 @@ impl StockStore for RedisStore {
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
         let groups = by_partition(&self.keys, cmd.lines.iter().map(|l| &l.record.sku));
         let nonce = new_nonce();
-        if let [(partition, numbers)] = &groups[..] {
-            return self.lock_group(*partition, cmd, numbers, &nonce).await;
-        }
-        self.lock_across_partitions(cmd, &groups, &nonce).await
+        let (method, fp) = lock_fingerprint(cmd);
+        self.claimed(method, &cmd.request_id, &fp, async {
+            if let [(partition, numbers)] = &groups[..] {
+                return self.lock_group(*partition, cmd, numbers, &nonce).await;
+            }
+            self.lock_across_partitions(cmd, &groups, &nonce).await
+        })
+        .await
     }
 
     async fn renew(&self, cmd: RenewCommand) -> Result<RenewOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
-        let (items, replayed) = self
-            .scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
-                let group = numbers.iter().map(|&i| ids[i].clone()).collect();
-                self.renew_group(partition, &cmd, group)
-            })
-            .await?;
+        let scattered = self.scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
+            let group = numbers.iter().map(|&i| ids[i].clone()).collect();
+            self.renew_group(partition, &cmd, group)
+        });
+        let fp = renew_fingerprint(&cmd, &ids);
+        let (items, replayed) = self.claimed("renew", &cmd.request_id, &fp, scattered).await?;
         Ok(RenewOutcome { items, replayed })
     }
 
     async fn release(&self, cmd: ReleaseCommand) -> Result<ReleaseOutcome, Error> {
         let ids = self.resolve(&cmd.target).await?;
-        let (items, replayed) = self
-            .scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
-                let group: Vec<LockId> = numbers.iter().map(|&i| ids[i].clone()).collect();
-                let cmd = &cmd;
-                async move { self.release_group(partition, cmd, &group).await }
-            })
-            .await?;
+        let scattered = self.scatter(ids.iter().map(|id| &id.record.sku), |partition, numbers| {
+            let group: Vec<LockId> = numbers.iter().map(|&i| ids[i].clone()).collect();
+            let cmd = &cmd;
+            async move { self.release_group(partition, cmd, &group).await }
+        });
+        let fp = release_fingerprint(&cmd, &ids);
+        let (items, replayed) = self.claimed("release", &cmd.request_id, &fp, scattered).await?;
         Ok(ReleaseOutcome { items, replayed })
     }
 
@@ -788,7 +860,7 @@ impl StockStore for RedisStore {
             .arg(&record_id)
             .arg(&token)
             .arg(&id.nonce);
-        let mut reply = self.run_script("commit", &inv).await?;
+        let mut reply = self.claimed("commit", &cmd.request_id, &fp, self.run_script("commit", &inv)).await?;
         let (committed, released, committed_now) = match reply.tag.as_str() {
             "OK" => (reply.int()?, reply.int()?, true),
             "ALREADY_COMMITTED" => (0, 0, false),

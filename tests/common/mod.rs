@@ -1,6 +1,10 @@
 //! Test harness: every test gets its own redis-server (on a free port) and
 //! its own stocklock, started through the same `server::run` as the binary,
 //! on port 0. Dropping the [`TestService`] stops both.
+//!
+//! With `STOCKLOCK_TEST_REDIS=cluster`, [`start`] gives each test its own
+//! three-primary Redis Cluster instead, and the service runs in cluster
+//! mode over 16 partitions: the same tests, across shards.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -23,6 +27,7 @@ pub type Client = InventoryServiceClient<Channel>;
 pub struct TestService {
     pub client: Client,
     pub redis: Option<EmbeddedRedis>,
+    pub cluster: Option<Cluster>,
     pub addr: std::net::SocketAddr,
     pub http_addr: std::net::SocketAddr,
     pub redis_url: String,
@@ -46,6 +51,14 @@ pub async fn start() -> TestService {
 
 /// A fresh Redis and a service on it, with extra `serve` flags.
 pub async fn start_with(extra: &[&str]) -> TestService {
+    if std::env::var("STOCKLOCK_TEST_REDIS").as_deref() == Ok("cluster") {
+        let cluster = Cluster::start(3).await;
+        let mut args = vec!["--redis-mode", "cluster"];
+        args.extend_from_slice(extra);
+        let mut service = serve(&cluster.urls(), &args).await;
+        service.cluster = Some(cluster);
+        return service;
+    }
     let redis = EmbeddedRedis::start(Path::new("redis-server")).await.expect("redis-server starts (is it installed?)");
     let mut service = serve(&redis.url(), extra).await;
     service.redis = Some(redis);
@@ -67,6 +80,7 @@ pub async fn serve(redis_url: &str, extra: &[&str]) -> TestService {
     TestService {
         client,
         redis: None,
+        cluster: None,
         addr,
         http_addr,
         redis_url: redis_url.to_owned(),
@@ -104,9 +118,39 @@ impl TestService {
         self.handle.take().unwrap().await.unwrap()
     }
 
-    /// A raw Redis connection to the service's Redis, for looking behind the API.
-    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    /// A raw Redis connection to the service's Redis (or cluster), for looking behind the API.
+    pub async fn redis_conn(&self) -> RawConn {
+        if self.cluster.is_some() {
+            let nodes: Vec<&str> = self.redis_url.split(',').collect();
+            let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+            return RawConn::Cluster(client.get_async_connection().await.unwrap());
+        }
+        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
+        RawConn::Single(client.get_multiplexed_async_connection().await.unwrap())
+    }
+
+    /// Stops the service's Redis (every node of a cluster).
+    pub async fn stop_redis(&mut self) {
+        match (self.redis.take(), self.cluster.take()) {
+            (Some(redis), _) => redis.stop().await.unwrap(),
+            (None, Some(cluster)) => drop(cluster),
+            (None, None) => panic!("no Redis to stop"),
+        }
+    }
+
+    /// The service's keys: one partition on one Redis, 16 on a cluster.
+    pub fn keys(&self) -> stocklock::store::redis::Keys {
+        stocklock::store::redis::Keys::new("sl", if self.cluster.is_some() { 16 } else { 1 })
+    }
+
+    /// The keys of a record.
+    pub fn record_keys(&self, sku: &str, warehouse: &str) -> [String; 4] {
+        self.keys().record(&stocklock::domain::RecordKey::parse_id(&format!("{sku}|{warehouse}")).unwrap())
+    }
+
+    /// The partition of `sku`.
+    pub fn partition(&self, sku: &str) -> usize {
+        self.keys().partition_of(&stocklock::domain::Sku::parse(sku, "sku").unwrap())
     }
 
     /// Sets a record's stock with a fresh source_version.
@@ -336,6 +380,133 @@ pub async fn xadd(svc: &TestService, stream: &str, fields: &[(&str, &str)]) -> S
         cmd.arg(*k).arg(*v);
     }
     cmd.query_async(&mut conn).await.unwrap()
+}
+
+/// A raw connection to one Redis or to a cluster.
+#[derive(Clone)]
+pub enum RawConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A Redis Cluster of `redis-server --cluster-enabled yes` nodes on
+/// loopback, made with `redis-cli --cluster create`; stopped on drop.
+pub struct Cluster {
+    pub nodes: Vec<EmbeddedRedis>,
+}
+
+impl Cluster {
+    /// `primaries` primaries with the slots split evenly, no replicas.
+    pub async fn start(primaries: usize) -> Self {
+        let mut nodes = Vec::with_capacity(primaries);
+        while nodes.len() < primaries {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let conf = format!("stocklock-nodes-{port}-{}.conf", std::process::id());
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"];
+            // A port taken between the probe and the bind: try another.
+            if let Ok(node) = EmbeddedRedis::start_on(Path::new("redis-server"), port, &args).await {
+                nodes.push(node);
+            }
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let output = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli runs (apt-get install redis-tools)");
+        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            let port = node.port();
+            let ok = eventually(Duration::from_secs(20), || async move {
+                let info = node_command(port, redis::cmd("CLUSTER").arg("INFO")).await;
+                matches!(info, Ok(redis::Value::VerbatimString { ref text, .. }) if text.contains("cluster_state:ok"))
+                    || matches!(info, Ok(redis::Value::BulkString(ref b)) if String::from_utf8_lossy(b).contains("cluster_state:ok"))
+            })
+            .await;
+            assert!(ok, "cluster node {port} did not reach cluster_state:ok");
+        }
+        cluster
+    }
+
+    /// The nodes' URLs, comma-separated, as `--redis-url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(EmbeddedRedis::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The port of the node that serves `slot`.
+    pub async fn owner_of(&self, slot: u16) -> u16 {
+        let slots = node_command(self.nodes[0].port(), redis::cmd("CLUSTER").arg("SLOTS")).await.unwrap();
+        let ranges: Vec<(u16, u16, (String, u16))> = redis::from_redis_value(trim_slots(slots)).unwrap();
+        ranges.into_iter().find(|(low, high, _)| (*low..=*high).contains(&slot)).map(|(_, _, (_, port))| port).unwrap()
+    }
+}
+
+/// CLUSTER SLOTS entries cut to (low, high, (host, port)) of the primary.
+fn trim_slots(slots: redis::Value) -> redis::Value {
+    let redis::Value::Array(entries) = slots else { panic!("CLUSTER SLOTS: {slots:?}") };
+    redis::Value::Array(
+        entries
+            .into_iter()
+            .map(|entry| {
+                let redis::Value::Array(mut fields) = entry else { panic!("CLUSTER SLOTS entry") };
+                let redis::Value::Array(mut primary) = fields.remove(2) else { panic!("CLUSTER SLOTS primary") };
+                primary.truncate(2);
+                fields.truncate(2);
+                fields.push(redis::Value::Array(primary));
+                redis::Value::Array(fields)
+            })
+            .collect(),
+    )
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!(
+                "stocklock-nodes-{}-{}.conf",
+                node.port(),
+                std::process::id()
+            )));
+        }
+    }
+}
+
+/// One command to one node, outside the cluster client.
+pub async fn node_command(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    cmd.query_async(&mut conn).await
 }
 
 /// Sends `sig` (e.g. "-STOP", "-KILL") to process `pid`, such as a test's redis-server.

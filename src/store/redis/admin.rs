@@ -1,9 +1,11 @@
 //! [`AdminStore`] on Redis: forced-unlock requests (a hash each, and an
 //! index by creation time), the audit stream, and lock statistics.
 //!
-//! All of them are per partition: a forced-unlock request lives in the
-//! partition of the locks it unlocks (its id ends in `.<partition>` when
-//! there are several), and the listings merge the partitions in time order.
+//! All of them are per partition. A forced-unlock request has one part in
+//! each partition of the locks it unlocks, each decided by one atomic script
+//! with the releases of its locks; its id ends in `.<p>+<p>...` when there
+//! are several partitions, and it is listed in the first. The listings merge
+//! the partitions in time order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -28,14 +30,43 @@ impl RedisStore {
         }
     }
 
-    /// The partition of a forced-unlock request, from its id; `None` for an
-    /// id this store cannot have issued.
-    fn force_unlock_partition(&self, id: &str) -> Option<Partition> {
+    /// The partitions of a forced-unlock request's parts, from its id, the
+    /// first the one it is listed in; `None` for an id this store cannot have issued.
+    fn force_unlock_parts(&self, id: &str) -> Option<Vec<Partition>> {
         if self.keys.partitions() == 1 {
-            return Some(0);
+            return Some(vec![0]);
         }
-        let partition: Partition = id.rsplit_once('.')?.1.parse().ok()?;
-        (partition < self.keys.partitions()).then_some(partition)
+        let parts: Vec<Partition> = id.rsplit_once('.')?.1.split('+').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        (!parts.is_empty() && parts.iter().all(|&p| p < self.keys.partitions())).then_some(parts)
+    }
+
+    /// A request's parts, read and merged into one view.
+    async fn force_unlock_view(&self, id: &str) -> Result<ForceUnlockView, Error> {
+        let not_found = || Error::ForceUnlockNotFound { id: id.to_owned() };
+        let mut parts = Vec::new();
+        for partition in self.force_unlock_parts(id).ok_or_else(not_found)? {
+            parts.extend(self.force_unlock_hashes(partition, &[id.to_owned()]).await?);
+        }
+        merge_parts(parts).ok_or_else(not_found)
+    }
+
+    /// Runs a decision (`decide`) on each part of request `id`. The first
+    /// part's refusal is the request's (the parts share requester, expiry and
+    /// state); a later part already decided (by an earlier, interrupted
+    /// decision) is skipped, so a repeated decision completes the request.
+    async fn decide_parts<Fut>(&self, id: &str, mut decide: impl FnMut(Partition) -> Fut) -> Result<(), Error>
+    where
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let parts = self.force_unlock_parts(id).ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })?;
+        for (i, partition) in parts.into_iter().enumerate() {
+            match decide(partition).await {
+                Ok(()) => {}
+                Err(Error::ForceUnlockNotPending { .. }) if i > 0 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The requests `ids` (all of one partition) that still exist, in order.
@@ -63,26 +94,27 @@ impl RedisStore {
         }
         Ok(views)
     }
+}
 
-    /// The partition a forced-unlock request of `items` lives in: theirs,
-    /// which must be one.
-    fn force_unlock_home(&self, items: &[LockView]) -> Result<Partition, Error> {
-        let mut partitions: Vec<Partition> =
-            items.iter().map(|l| self.keys.partition_of(&l.lock_id.record.sku)).collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        match partitions[..] {
-            [partition] => Ok(partition),
-            [] => Ok(0),
-            _ => Err(Error::invalid(
-                "lock_ids",
-                format!(
-                    "name locks in {} partitions of the stock; one forced unlock is one atomic step, so request one per partition (locks of one SKU always share a partition)",
-                    partitions.len()
-                ),
-            )),
-        }
+/// One view of a request's parts: the items, releases and skips of all,
+/// pending while any part is, executed when any part was executed and none is pending.
+fn merge_parts(parts: Vec<ForceUnlockView>) -> Option<ForceUnlockView> {
+    let mut parts = parts.into_iter();
+    let mut view = parts.next()?;
+    for part in parts {
+        view.items.extend(part.items);
+        view.released.extend(part.released);
+        view.skipped.extend(part.skipped);
+        view.created_at_ms = view.created_at_ms.min(part.created_at_ms);
+        view.expires_at_ms = view.expires_at_ms.min(part.expires_at_ms);
+        view.decided_at_ms = view.decided_at_ms.max(part.decided_at_ms);
+        view.state = match (view.state, part.state) {
+            (ForceUnlockState::Pending, _) | (_, ForceUnlockState::Pending) => ForceUnlockState::Pending,
+            (ForceUnlockState::Executed, _) | (_, ForceUnlockState::Executed) => ForceUnlockState::Executed,
+            (state, _) => state,
+        };
     }
+    Some(view)
 }
 
 fn parse_force_unlock(id: &str, f: &HashMap<String, String>, now_ms: i64) -> Result<ForceUnlockView, Error> {
@@ -177,49 +209,64 @@ impl AdminStore for RedisStore {
         reason: &str,
         request_id: &RequestId,
     ) -> Result<String, Error> {
-        let lines: Vec<String> = items
-            .iter()
-            .map(|l| {
-                format!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    l.lock_id,
-                    l.unit_scale.format(l.quantity),
-                    l.holder,
-                    l.order_id,
-                    l.created_at_ms
-                )
-            })
-            .collect();
-        let lock_ids: Vec<String> = items.iter().map(|l| l.lock_id.to_string()).collect();
-        let lock_ids = lock_ids.join(",");
-        let fp = fingerprint(&[requester, reason, &lock_ids]);
-        let partition = self.force_unlock_home(items)?;
-        let id = if self.keys.partitions() == 1 { id.to_owned() } else { format!("{id}.{partition}") };
-        let mut inv = scripts::REQUEST_FORCE_UNLOCK.prepare_invoke();
-        inv.key(self.keys.idempotency(partition, "request_force_unlock", request_id))
-            .key(self.keys.force_unlock(partition, &id))
-            .key(self.keys.force_unlock_index(partition))
-            .key(self.keys.audit(partition))
-            .arg(&fp)
-            .arg(&id)
-            .arg(requester)
-            .arg(reason)
-            .arg(self.force_unlock_ttl_ms)
-            .arg(lines.join("\n"))
-            .arg(self.retention_ms)
-            .arg(self.audit_max_events)
-            .arg(request_id.as_str())
-            .arg(&lock_ids)
-            .arg(millis(Duration::from_secs(30 * 24 * 3600)));
-        let mut reply = self.run_script("request_force_unlock", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => {
-                let _created = reply.int()?;
-                reply.text()
+        let by_part = super::cross::by_partition(&self.keys, items.iter().map(|l| &l.lock_id.record.sku));
+        let mut parts: Vec<Partition> = by_part.iter().map(|(p, _)| *p).collect();
+        parts.sort_unstable();
+        let id = if self.keys.partitions() == 1 {
+            id.to_owned()
+        } else {
+            format!("{id}.{}", parts.iter().map(Partition::to_string).collect::<Vec<_>>().join("+"))
+        };
+        let mut stored_id = None;
+        for (partition, numbers) in by_part {
+            let part: Vec<&LockView> = numbers.iter().map(|&i| &items[i]).collect();
+            let lines: Vec<String> = part
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        l.lock_id,
+                        l.unit_scale.format(l.quantity),
+                        l.holder,
+                        l.order_id,
+                        l.created_at_ms
+                    )
+                })
+                .collect();
+            let lock_ids: Vec<String> = part.iter().map(|l| l.lock_id.to_string()).collect();
+            let lock_ids = lock_ids.join(",");
+            let fp = fingerprint(&[requester, reason, &lock_ids]);
+            let listed = if partition == parts[0] { "1" } else { "0" };
+            let mut inv = scripts::REQUEST_FORCE_UNLOCK.prepare_invoke();
+            inv.key(self.keys.idempotency(partition, "request_force_unlock", request_id))
+                .key(self.keys.force_unlock(partition, &id))
+                .key(self.keys.force_unlock_index(partition))
+                .key(self.keys.audit(partition))
+                .arg(&fp)
+                .arg(&id)
+                .arg(requester)
+                .arg(reason)
+                .arg(self.force_unlock_ttl_ms)
+                .arg(lines.join("\n"))
+                .arg(self.retention_ms)
+                .arg(self.audit_max_events)
+                .arg(request_id.as_str())
+                .arg(&lock_ids)
+                .arg(millis(Duration::from_secs(30 * 24 * 3600)))
+                .arg(listed);
+            let mut reply = self.run_script("request_force_unlock", &inv).await?;
+            match reply.tag.as_str() {
+                "OK" => {
+                    let _created = reply.int()?;
+                    // A retry replays each part with the first attempt's id.
+                    let stored = reply.text()?;
+                    stored_id.get_or_insert(stored);
+                }
+                "IDEMPOTENCY_KEY_REUSED" => return Err(reused(request_id)),
+                _ => return Err(reply.unexpected()),
             }
-            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
-            _ => Err(reply.unexpected()),
         }
+        stored_id.ok_or_else(|| Error::invalid("lock_ids", "select no lock"))
     }
 
     async fn approve_force_unlock(
@@ -235,41 +282,50 @@ impl AdminStore for RedisStore {
             Approval::Policy => "policy",
         };
         let fp = fingerprint(&[&request.id, approver, mode, comment]);
-        let not_found = || Error::ForceUnlockNotFound { id: request.id.clone() };
-        let partition = self.force_unlock_partition(&request.id).ok_or_else(not_found)?;
-        let mut inv = scripts::FORCE_RELEASE.prepare_invoke();
-        inv.key(self.keys.idempotency(partition, "approve_force_unlock", request_id))
-            .key(self.keys.due(partition))
-            .key(self.keys.force_unlock(partition, &request.id))
-            .key(self.keys.audit(partition));
-        for item in &request.items {
-            self.add_record(&mut inv, &item.lock_id.record);
-        }
-        inv.key(self.keys.events(partition));
-        inv.arg(&fp)
-            .arg(approver)
-            .arg(mode)
-            .arg(comment)
-            .arg(self.retention_ms)
-            .arg(self.retention_ms)
-            .arg(self.audit_max_events)
-            .arg(request_id.as_str())
-            .arg(&request.id);
-        for item in &request.items {
-            let id = &item.lock_id;
-            inv.arg(id.record.to_string()).arg(id.token).arg(&id.nonce);
-        }
-        let mut reply = self.run_script("force_release", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => Ok(()),
-            "TWO_PERSON_RULE" => Err(Error::TwoPersonRule { requester: request.requester.clone() }),
-            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
-            "NOT_PENDING" => {
-                let state = reply.text()?;
-                Err(self.decision_error("NOT_PENDING", &request.id, Some(state)))
+        self.decide_parts(&request.id, |partition| {
+            let fp = &fp;
+            async move {
+                let mine: Vec<&ForceUnlockItem> = request
+                    .items
+                    .iter()
+                    .filter(|item| self.keys.partition_of(&item.lock_id.record.sku) == partition)
+                    .collect();
+                let mut inv = scripts::FORCE_RELEASE.prepare_invoke();
+                inv.key(self.keys.idempotency(partition, "approve_force_unlock", request_id))
+                    .key(self.keys.due(partition))
+                    .key(self.keys.force_unlock(partition, &request.id))
+                    .key(self.keys.audit(partition));
+                for item in &mine {
+                    self.add_record(&mut inv, &item.lock_id.record);
+                }
+                inv.key(self.keys.events(partition));
+                inv.arg(fp)
+                    .arg(approver)
+                    .arg(mode)
+                    .arg(comment)
+                    .arg(self.retention_ms)
+                    .arg(self.retention_ms)
+                    .arg(self.audit_max_events)
+                    .arg(request_id.as_str())
+                    .arg(&request.id);
+                for item in &mine {
+                    let id = &item.lock_id;
+                    inv.arg(id.record.to_string()).arg(id.token).arg(&id.nonce);
+                }
+                let mut reply = self.run_script("force_release", &inv).await?;
+                match reply.tag.as_str() {
+                    "OK" => Ok(()),
+                    "TWO_PERSON_RULE" => Err(Error::TwoPersonRule { requester: request.requester.clone() }),
+                    "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
+                    "NOT_PENDING" => {
+                        let state = reply.text()?;
+                        Err(self.decision_error("NOT_PENDING", &request.id, Some(state)))
+                    }
+                    tag => Err(self.decision_error(tag, &request.id, None)),
+                }
             }
-            tag => Err(self.decision_error(tag, &request.id, None)),
-        }
+        })
+        .await
     }
 
     async fn reject_force_unlock(
@@ -280,35 +336,37 @@ impl AdminStore for RedisStore {
         request_id: &RequestId,
     ) -> Result<(), Error> {
         let fp = fingerprint(&[id, actor, reason]);
-        let partition =
-            self.force_unlock_partition(id).ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })?;
-        let mut inv = scripts::REJECT_FORCE_UNLOCK.prepare_invoke();
-        inv.key(self.keys.idempotency(partition, "reject_force_unlock", request_id))
-            .key(self.keys.force_unlock(partition, id))
-            .key(self.keys.audit(partition))
-            .arg(&fp)
-            .arg(actor)
-            .arg(reason)
-            .arg(self.retention_ms)
-            .arg(self.audit_max_events)
-            .arg(request_id.as_str())
-            .arg(id);
-        let mut reply = self.run_script("reject_force_unlock", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => Ok(()),
-            "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
-            "NOT_PENDING" => {
-                let state = reply.text()?;
-                Err(self.decision_error("NOT_PENDING", id, Some(state)))
+        self.decide_parts(id, |partition| {
+            let fp = &fp;
+            async move {
+                let mut inv = scripts::REJECT_FORCE_UNLOCK.prepare_invoke();
+                inv.key(self.keys.idempotency(partition, "reject_force_unlock", request_id))
+                    .key(self.keys.force_unlock(partition, id))
+                    .key(self.keys.audit(partition))
+                    .arg(fp)
+                    .arg(actor)
+                    .arg(reason)
+                    .arg(self.retention_ms)
+                    .arg(self.audit_max_events)
+                    .arg(request_id.as_str())
+                    .arg(id);
+                let mut reply = self.run_script("reject_force_unlock", &inv).await?;
+                match reply.tag.as_str() {
+                    "OK" => Ok(()),
+                    "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
+                    "NOT_PENDING" => {
+                        let state = reply.text()?;
+                        Err(self.decision_error("NOT_PENDING", id, Some(state)))
+                    }
+                    tag => Err(self.decision_error(tag, id, None)),
+                }
             }
-            tag => Err(self.decision_error(tag, id, None)),
-        }
+        })
+        .await
     }
 
     async fn get_force_unlock(&self, id: &str) -> Result<ForceUnlockView, Error> {
-        let not_found = || Error::ForceUnlockNotFound { id: id.to_owned() };
-        let partition = self.force_unlock_partition(id).ok_or_else(not_found)?;
-        self.force_unlock_hashes(partition, &[id.to_owned()]).await?.pop().ok_or_else(not_found)
+        self.force_unlock_view(id).await
     }
 
     async fn list_force_unlocks(
@@ -345,14 +403,21 @@ impl AdminStore for RedisStore {
             let window: Vec<(Partition, String)> =
                 merged.into_iter().skip(offset).take(CHUNK).map(|(_, p, id)| (p, id)).collect();
             let exhausted = window.len() < CHUNK;
-            let mut views: HashMap<String, ForceUnlockView> = HashMap::new();
-            for partition in 0..self.keys.partitions() {
-                let ids: Vec<String> =
-                    window.iter().filter(|(p, _)| *p == partition).map(|(_, id)| id.clone()).collect();
-                views.extend(self.force_unlock_hashes(partition, &ids).await?.into_iter().map(|v| (v.id.clone(), v)));
+            // Read every part of the window's requests, a partition at a time.
+            let mut wanted: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
+            for (_, id) in &window {
+                for partition in self.force_unlock_parts(id).unwrap_or_default() {
+                    wanted.entry(partition).or_default().push(id.clone());
+                }
+            }
+            let mut parts: HashMap<String, Vec<ForceUnlockView>> = HashMap::new();
+            for (partition, ids) in wanted {
+                for view in self.force_unlock_hashes(partition, &ids).await? {
+                    parts.entry(view.id.clone()).or_default().push(view);
+                }
             }
             for (i, (_, id)) in window.iter().enumerate() {
-                let Some(view) = views.remove(id) else { continue };
+                let Some(view) = parts.remove(id).and_then(merge_parts) else { continue };
                 if state.is_none_or(|s| s == view.state) {
                     found.push(view);
                     if found.len() == page_size {

@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use super::decode::{Reply, malformed};
-use super::{Partition, RedisStore, lock_call, reused, scripts};
+use super::{Partition, RedisStore, lock_call, reused, scripts, set_or_get};
 use crate::domain::BatchId;
 use crate::domain::{
     Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, ReleaseCommand, RequestId, Shortage, Sku,
@@ -68,9 +68,18 @@ impl RedisStore {
         groups: &[(Partition, Vec<usize>)],
         nonce: &str,
     ) -> Result<LockOutcome, Error> {
-        let batch_id = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
-        let partitions: Vec<String> = groups.iter().map(|(p, _)| p.to_string()).collect();
+        let chosen = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
         let mut conn = self.link.conn();
+        // A retry must lock its remaining partitions under the batch id of
+        // the first attempt (whose partitions replay theirs), not a new one.
+        let claim = self.keys.batch_of_request(&cmd.request_id);
+        let claimed = set_or_get(self, &claim, chosen.as_str(), self.retention_ms, &mut conn).await?;
+        let batch_id = &match claimed {
+            Some(first) => BatchId::parse(&first, "batch_id").map_err(|_| malformed("a bad claimed batch id"))?,
+            None => chosen.clone(),
+        };
+        let cmd = &LockCommand { batch_id: Some(batch_id.clone()), ..cmd.clone() };
+        let partitions: Vec<String> = groups.iter().map(|(p, _)| p.to_string()).collect();
         let _: () = self
             .bounded(
                 redis::cmd("SET")
@@ -82,13 +91,18 @@ impl RedisStore {
             )
             .await?;
         let mut taken: Vec<(Partition, &[usize], LockOutcome)> = Vec::with_capacity(groups.len());
-        for (partition, numbers) in groups {
+        for (k, (partition, numbers)) in groups.iter().enumerate() {
             let part = LockCommand { lines: numbers.iter().map(|&i| cmd.lines[i].clone()).collect(), ..cmd.clone() };
             match self.lock_group(*partition, &part, numbers, nonce).await {
                 Ok(outcome) => taken.push((*partition, numbers, outcome)),
                 Err(e) => {
                     self.undo_batch(cmd, batch_id, &taken).await;
-                    return Err(e);
+                    return Err(match e {
+                        Error::InsufficientStock { shortages } => {
+                            self.name_every_shortage(cmd, &groups[k + 1..], shortages).await
+                        }
+                        e => e,
+                    });
                 }
             }
         }
@@ -100,6 +114,39 @@ impl RedisStore {
             }
         }
         Ok(LockOutcome { granted: granted.into_iter().flatten().collect(), batch_id: Some(batch_id.clone()), replayed })
+    }
+
+    /// The shortages one partition's script found, and those of the
+    /// partitions after it, read (not locked), so the caller hears of every
+    /// short line at once, as from a batch in one partition.
+    async fn name_every_shortage(
+        &self,
+        cmd: &LockCommand,
+        rest: &[(Partition, Vec<usize>)],
+        mut shortages: Vec<Shortage>,
+    ) -> Error {
+        for (_, numbers) in rest {
+            let records: Vec<RecordKey> = numbers.iter().map(|&i| cmd.lines[i].record.clone()).collect();
+            let Ok(views) = self.get_stock_group(&records).await else { break };
+            for (&i, view) in numbers.iter().zip(views) {
+                let Some(view) = view else { continue };
+                let Ok(requested) = cmd.lines[i].quantity.decimal().to_scaled(view.unit_scale, "quantity") else {
+                    continue;
+                };
+                let available = view.available().max(0);
+                if requested > available {
+                    let scale = view.unit_scale;
+                    shortages.push(Shortage {
+                        line: i,
+                        record: view.record.clone(),
+                        requested: scale.format(requested),
+                        available: scale.format(available),
+                    });
+                }
+            }
+        }
+        shortages.sort_by_key(|s| s.line);
+        Error::InsufficientStock { shortages }
     }
 
     /// Releases what a failed cross-partition BatchLock took, then deletes

@@ -118,6 +118,20 @@ impl Keys {
     }
 
     /// FNV-1a, which is stable across builds and platforms (std's hashers are not).
+    /// Which content first used `request_id` for `method`, when requests
+    /// may span partitions (see the store's `claimed`).
+    pub fn request_claim(&self, method: &str, request_id: &RequestId) -> String {
+        let home = self.partition_of_text(request_id.as_str());
+        format!("{}:claim:{method}:{request_id}", self.base(home))
+    }
+
+    /// The batch id the first attempt of a cross-partition BatchLock
+    /// request chose, so that its retries lock under the same one.
+    pub fn batch_of_request(&self, request_id: &RequestId) -> String {
+        let home = self.partition_of_text(request_id.as_str());
+        format!("{}:batchof:{request_id}", self.base(home))
+    }
+
     fn partition_of_text(&self, text: &str) -> Partition {
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         (hash % self.bases.len() as u64) as usize
@@ -128,9 +142,11 @@ impl Keys {
         format!("{}:ingest", self.prefix)
     }
 
-    /// Where malformed ingestion entries go, with the reason.
+    /// Where malformed ingestion entries go, with the reason. Its hash tag
+    /// is the ingestion stream's name, so both share a slot and an entry is
+    /// dead-lettered and acknowledged in one MULTI on a cluster too.
     pub fn dead_letters(&self) -> String {
-        format!("{}:ingest:dead", self.prefix)
+        format!("{{{}:ingest}}:dead", self.prefix)
     }
 
     /// Lock-health counters of the hour starting at `hour_start_ms`. Every
