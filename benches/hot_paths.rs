@@ -72,6 +72,7 @@ fn lock_round_trip(c: &mut Criterion) {
             retention: Duration::from_secs(600),
             key_prefix: "sl".into(),
             partitions: 1,
+            request_id_claims: true,
             audit_max_events: 1000,
             force_unlock_ttl: Duration::from_secs(60),
         };

@@ -83,6 +83,14 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_REDIS_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_partitions: Option<u16>,
 
+    /// With several partitions, claim each request_id for its content in
+    /// one key, so that a request_id reused with other content in another
+    /// partition is refused (one more round trip per mutating call). Off,
+    /// retries are still exactly-once (a retry has the same content, so the
+    /// same partition); only that misuse goes unnoticed.
+    #[arg(long, env = "STOCKLOCK_REQUEST_ID_CLAIMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub request_id_claims: bool,
+
     /// The name the sentinels monitor the primary under (`--redis-mode sentinel`).
     #[arg(long, env = "STOCKLOCK_REDIS_MASTER_NAME", default_value = "mymaster")]
     pub redis_master_name: String,
@@ -240,7 +248,7 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_FORCE_UNLOCK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub force_unlock_ttl: Duration,
 
-    /// Most lifecycle events kept in the event stream; older ones are trimmed.
+    /// Most lifecycle events kept in each partition's event stream; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_EVENTS_MAX_LEN", default_value_t = 1_000_000)]
     pub events_max_len: u64,
 
@@ -274,7 +282,7 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_METRICS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     pub metrics_refresh: Duration,
 
-    /// Most audit events kept; older ones are trimmed.
+    /// Most audit events kept in each partition's audit stream; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
     pub audit_max_events: u64,
 }

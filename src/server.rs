@@ -131,6 +131,7 @@ pub async fn run(
         retention: config.idempotency_retention,
         key_prefix: config.key_prefix.clone(),
         partitions: config.partitions(),
+        request_id_claims: config.request_id_claims,
         audit_max_events: config.audit_max_events,
         force_unlock_ttl: config.force_unlock_ttl,
         durability: (config.durability_replicas > 0)

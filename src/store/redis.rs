@@ -56,6 +56,9 @@ pub struct RedisSettings {
     /// How many partitions the stock is spread over (see [`Keys`]); fixed
     /// for the life of the data.
     pub partitions: usize,
+    /// Whether a request_id reused with other content in another partition
+    /// is looked for (see `claimed`).
+    pub request_id_claims: bool,
     /// Most audit events kept (the stream is trimmed to about this many).
     pub audit_max_events: u64,
     /// How long a forced-unlock request waits for a decision.
@@ -75,6 +78,7 @@ pub struct RedisStore {
     /// Lock-health counts waiting to be written.
     health: Arc<health::Pending>,
     keys: Keys,
+    request_id_claims: bool,
     timeout: Duration,
     max_hold_ms: u64,
     retention_ms: u64,
@@ -100,6 +104,7 @@ impl RedisStore {
             durability,
             health: Arc::default(),
             keys,
+            request_id_claims: settings.request_id_claims,
             timeout: settings.timeout,
             max_hold_ms: millis(settings.max_hold),
             retention_ms: millis(settings.retention),
@@ -287,7 +292,8 @@ impl RedisStore {
     /// the claim, one key in the request id's partition holding the first
     /// content's fingerprint, catches it (one more round trip). A call that
     /// definitely failed gives its claim back, as a failed call leaves no
-    /// idempotency record. With one partition the scripts see every reuse.
+    /// idempotency record. With one partition the scripts see every reuse;
+    /// `--request-id-claims false` turns the claim off.
     async fn claimed<T>(
         &self,
         method: &str,
@@ -295,7 +301,7 @@ impl RedisStore {
         fp: &str,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        if self.keys.partitions() == 1 {
+        if self.keys.partitions() == 1 || !self.request_id_claims {
             return call.await;
         }
         let claim = self.keys.request_claim(method, request_id);
