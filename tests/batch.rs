@@ -8,17 +8,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 fn line(sku: &str, warehouse: &str, quantity: &str) -> pb::BatchLockLine {
-    pb::BatchLockLine { sku: sku.into(), warehouse_id: warehouse.into(), quantity: quantity.into() }
-}
-
-fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRequest {
-    pb::BatchLockRequest {
-        lines,
-        ttl: secs(60),
-        order_id: "order-1".into(),
-        request_id: request_id.into(),
-        holder: "order-service".into(),
-    }
+    batch_line(sku, warehouse, quantity)
 }
 
 #[tokio::test]

@@ -59,16 +59,23 @@ fn redis_slot(key: &[u8]) -> u16 {
 }
 
 fn line(sku: &str, quantity: &str) -> pb::BatchLockLine {
-    pb::BatchLockLine { sku: sku.into(), warehouse_id: "W".into(), quantity: quantity.into() }
+    batch_line(sku, "W", quantity)
 }
 
-fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRequest {
-    pb::BatchLockRequest {
-        lines,
-        ttl: secs(60),
-        order_id: "order-1".into(),
-        request_id: request_id.into(),
-        holder: "order-service".into(),
+/// Calls `call` until it succeeds, retrying (and counting) the failures an
+/// order service retries with the same request_id.
+async fn until_done<T, Fut>(retries: &AtomicU64, what: &str, mut call: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Ok(answer) => return answer,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted) => {
+                retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
     }
 }
 
@@ -270,35 +277,19 @@ async fn a_slot_migrates_under_traffic_without_losing_or_doubling_stock() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let lock_id = loop {
-                    match client.clone().lock(lock_request(&sku, "W", "1", &format!("l{w}-{n}"))).await {
-                        Ok(r) => break r.into_inner().lock.unwrap().lock_id,
-                        Err(s)
-                            if matches!(
-                                s.code(),
-                                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-                            ) =>
-                        {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(s) => panic!("lock: {s:?}"),
-                    }
-                };
+                let request = lock_request(&sku, "W", "1", &format!("l{w}-{n}"));
+                let locked = until_done(&retries, "lock", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.lock(request).await }
+                })
+                .await;
+                let lock_id = locked.into_inner().lock.unwrap().lock_id;
                 let commit = pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
-                loop {
-                    match client.clone().commit(commit.clone()).await {
-                        Ok(_) => break,
-                        Err(s)
-                            if matches!(
-                                s.code(),
-                                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-                            ) =>
-                        {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(s) => panic!("commit: {s:?}"),
-                    }
-                }
+                until_done(&retries, "commit", || {
+                    let (mut client, commit) = (client.clone(), commit.clone());
+                    async move { client.commit(commit).await }
+                })
+                .await;
                 committed.fetch_add(1, Ordering::Relaxed);
             }
         }));

@@ -236,6 +236,21 @@ pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str
     }
 }
 
+pub fn batch_line(sku: &str, warehouse: &str, quantity: &str) -> pb::BatchLockLine {
+    pb::BatchLockLine { sku: sku.into(), warehouse_id: warehouse.into(), quantity: quantity.into() }
+}
+
+/// A BatchLock of `lines` by order-service for order-1, TTL 60 s.
+pub fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRequest {
+    pb::BatchLockRequest {
+        lines,
+        ttl: secs(60),
+        order_id: "order-1".into(),
+        request_id: request_id.into(),
+        holder: "order-service".into(),
+    }
+}
+
 pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
 }
