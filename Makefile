@@ -19,7 +19,8 @@ run: deps
 
 # The suites of the core behaviour, run a second time with each test on its
 # own three-primary Redis Cluster (the others stop, pause or replicate one
-# redis-server, which a cluster test does in tests/cluster.rs).
+# redis-server, which a cluster test does in tests/cluster.rs). --workspace
+# keeps the features of the first run, so nothing is built twice.
 CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors auth http ingest invariants linearizability model
 
 ## Formatting, lints, docs, the alert rules, the Kubernetes manifests, a
@@ -27,7 +28,7 @@ CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency error
 ## Redis, and the core suites again on Redis Cluster.
 test: test-deps lint monitoring k8s fuzz
 	$(CARGO) test --workspace --all-targets
-	STOCKLOCK_TEST_REDIS=cluster $(CARGO) test $(addprefix --test ,$(CLUSTER_SUITES))
+	STOCKLOCK_TEST_REDIS=cluster $(CARGO) test --workspace $(addprefix --test ,$(CLUSTER_SUITES))
 
 lint:
 	$(CARGO) fmt --all -- --check

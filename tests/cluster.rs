@@ -173,6 +173,20 @@ async fn a_batch_across_shards_locks_renews_and_releases_as_one() {
 }
 
 #[tokio::test]
+async fn a_batch_in_one_partition_is_found_by_its_id() {
+    let (_cluster, svc) = start_cluster(&[]).await;
+    let sku = sku_in(5, "ONE");
+    svc.stock(&sku, "W1", "5").await;
+    svc.stock(&sku, "W2", "5").await;
+    let mut client = svc.client.clone();
+    let lines = vec![batch_line(&sku, "W1", "1"), batch_line(&sku, "W2", "2")];
+    let response = client.batch_lock(batch(lines, "b1")).await.unwrap().into_inner();
+    let release = pb::ReleaseRequest { batch_id: response.batch_id, request_id: "x1".into(), ..Default::default() };
+    assert_eq!(client.release(release).await.unwrap().into_inner().results.len(), 2);
+    assert_eq!(svc.record(&sku, "W2").await.available, "5");
+}
+
+#[tokio::test]
 async fn a_failing_batch_across_shards_gives_back_what_it_took() {
     let (_cluster, svc) = start_cluster(&[]).await;
     let skus = [sku_in(1, "A"), sku_in(8, "B"), sku_in(14, "C")];

@@ -814,10 +814,14 @@ impl StockStore for RedisStore {
         let nonce = new_nonce();
         let (method, fp) = lock_fingerprint(cmd);
         self.claimed(method, &cmd.request_id, &fp, async {
-            if let [(partition, numbers)] = &groups[..] {
-                return self.lock_group(*partition, cmd, numbers, &nonce).await;
+            // With several partitions a batch's partitions are written down
+            // even when it has one, since Renew and Release find them by batch id.
+            match &groups[..] {
+                [(partition, numbers)] if cmd.batch_id.is_none() || self.keys.partitions() == 1 => {
+                    self.lock_group(*partition, cmd, numbers, &nonce).await
+                }
+                _ => self.lock_across_partitions(cmd, &groups, &nonce).await,
             }
-            self.lock_across_partitions(cmd, &groups, &nonce).await
         })
         .await
     }

@@ -59,9 +59,10 @@ impl RedisStore {
         Ok((answers, replayed))
     }
 
-    /// A BatchLock whose lines fall in several partitions. The partitions
-    /// are written down first, so that a crash halfway still says where the
-    /// batch's locks are; then each partition is locked by one script.
+    /// A BatchLock when there are several partitions. The partitions its
+    /// lines fall in are written down first, so that Renew and Release find
+    /// them by batch id and a crash halfway still says where the batch's
+    /// locks are; then each partition is locked by one script.
     pub(super) async fn lock_across_partitions(
         &self,
         cmd: &LockCommand,
