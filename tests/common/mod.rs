@@ -52,7 +52,7 @@ pub async fn start() -> TestService {
 /// A fresh Redis and a service on it, with extra `serve` flags.
 pub async fn start_with(extra: &[&str]) -> TestService {
     if std::env::var("STOCKLOCK_TEST_REDIS").as_deref() == Ok("cluster") {
-        let cluster = Cluster::start(3).await;
+        let cluster = Cluster::start(3, 0).await;
         let mut args = vec!["--redis-mode", "cluster"];
         args.extend_from_slice(extra);
         let mut service = serve(&cluster.urls(), &args).await;
@@ -439,13 +439,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `primaries` primaries with the slots split evenly, no replicas.
-    pub async fn start(primaries: usize) -> Self {
-        let mut nodes = Vec::with_capacity(primaries);
-        while nodes.len() < primaries {
+    /// `primaries` primaries with the slots split evenly, each with
+    /// `replicas` replicas that the cluster promotes when it fails.
+    pub async fn start(primaries: usize, replicas: usize) -> Self {
+        let mut nodes = Vec::with_capacity(primaries * (1 + replicas));
+        while nodes.len() < primaries * (1 + replicas) {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let conf = format!("stocklock-nodes-{port}-{}.conf", std::process::id());
-            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"];
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "2000",
+                // Replicas sync at once, not after the default 5 s wait for company.
+                "--repl-diskless-sync-delay",
+                "0",
+            ];
             // A port taken between the probe and the bind: try another.
             if let Ok(node) = EmbeddedRedis::start_on(Path::new("redis-server"), port, &args).await {
                 nodes.push(node);
@@ -455,7 +466,7 @@ impl Cluster {
         let output = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .expect("redis-cli runs (apt-get install redis-tools)");
@@ -480,10 +491,18 @@ impl Cluster {
     }
 
     /// The port of the node that serves `slot`.
+    /// (As the first node that answers sees it: a test may have killed some.)
     pub async fn owner_of(&self, slot: u16) -> u16 {
-        let slots = node_command(self.nodes[0].port(), redis::cmd("CLUSTER").arg("SLOTS")).await.unwrap();
-        let ranges: Vec<(u16, u16, (String, u16))> = redis::from_redis_value(trim_slots(slots)).unwrap();
-        ranges.into_iter().find(|(low, high, _)| (*low..=*high).contains(&slot)).map(|(_, _, (_, port))| port).unwrap()
+        for node in &self.nodes {
+            let Ok(slots) = node_command(node.port(), redis::cmd("CLUSTER").arg("SLOTS")).await else { continue };
+            let ranges: Vec<(u16, u16, (String, u16))> = redis::from_redis_value(trim_slots(slots)).unwrap();
+            return ranges
+                .into_iter()
+                .find(|(low, high, _)| (*low..=*high).contains(&slot))
+                .map(|(_, _, (_, port))| port)
+                .unwrap();
+        }
+        panic!("no cluster node answers");
     }
 }
 

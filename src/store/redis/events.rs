@@ -145,7 +145,8 @@ impl RedisStore {
             if trimmed_at.elapsed() > Duration::from_secs(1) {
                 trimmed_at = tokio::time::Instant::now();
                 if let Err(e) = self.trim_events(partition, max_len).await {
-                    tracing::warn!(error = %e, "trimming the event stream failed");
+                    // One per partition each second while Redis is away; health says so once.
+                    tracing::debug!(error = %e, "trimming the event stream failed");
                 }
             }
             if !hub.has_watchers() {
