@@ -79,6 +79,18 @@ where
     }
 }
 
+/// Locks one unit of `sku` as an order service does, retrying with the same
+/// request_id; the lock's id.
+async fn lock_unit(client: &Client, sku: &str, request_id: &str, retries: &AtomicU64) -> String {
+    let request = lock_request(sku, "W", "1", request_id);
+    let locked = until_done(retries, "lock", || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.lock(request).await }
+    })
+    .await;
+    locked.into_inner().lock.unwrap().lock_id
+}
+
 async fn node_keys(port: u16) -> i64 {
     redis::from_redis_value(node_command(port, &redis::cmd("DBSIZE")).await.unwrap()).unwrap()
 }
@@ -291,13 +303,7 @@ async fn a_slot_migrates_under_traffic_without_losing_or_doubling_stock() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let request = lock_request(&sku, "W", "1", &format!("l{w}-{n}"));
-                let locked = until_done(&retries, "lock", || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move { client.lock(request).await }
-                })
-                .await;
-                let lock_id = locked.into_inner().lock.unwrap().lock_id;
+                let lock_id = lock_unit(&client, &sku, &format!("l{w}-{n}"), &retries).await;
                 let commit = pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
                 until_done(&retries, "commit", || {
                     let (mut client, commit) = (client.clone(), commit.clone());
@@ -405,13 +411,7 @@ async fn a_failed_primary_is_followed_to_its_promoted_replica() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let request = lock_request(&sku, "W", "1", &format!("l{w}-{n}"));
-                let locked = until_done(&retries, "lock", || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move { client.lock(request).await }
-                })
-                .await;
-                let lock_id = locked.into_inner().lock.unwrap().lock_id;
+                let lock_id = lock_unit(&client, &sku, &format!("l{w}-{n}"), &retries).await;
                 let commit = pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
                 let outcome = until_done(&retries, "commit", || {
                     let (mut client, commit) = (client.clone(), commit.clone());
