@@ -219,7 +219,7 @@ fn availability_event(event: &LifecycleEvent, position: &WatchPosition) -> pb::A
     }
 }
 
-/// Follows the event streams of `records`' partitions from `from` into `tx`:
+/// Follows, into `tx`, the event stream of each partition `from` has a position in:
 /// reads what it missed from Redis, then takes new events from the hub,
 /// going back to Redis whenever it falls behind. Each event sent carries the
 /// whole position after it, so a watcher resumes from any event it received.
@@ -229,7 +229,6 @@ async fn follow<S: StockStore>(
     mut hub: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
     records: std::collections::HashSet<(String, String)>,
     mut from: WatchPosition,
-    partitions: Vec<usize>,
     tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -237,7 +236,8 @@ async fn follow<S: StockStore>(
         |e: &LifecycleEvent| records.contains(&(e.field("sku").to_owned(), e.field("warehouse_id").to_owned()));
     loop {
         // Catch up from Redis.
-        for &partition in &partitions {
+        let partitions: Vec<usize> = from.partitions().collect();
+        for partition in partitions {
             if !replay(store.as_ref(), partition, &mut from, None, &wanted, &tx).await {
                 return;
             }
@@ -409,7 +409,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         let (closed, store) = (self.events.closed(), self.store.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = follow(store, hub, wanted, from, partitions, tx.clone()) => {}
+                () = follow(store, hub, wanted, from, tx.clone()) => {}
                 () = closed => {
                     let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
                 }

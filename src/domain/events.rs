@@ -73,6 +73,11 @@ impl WatchPosition {
         self.0.get(&partition).copied()
     }
 
+    /// The partitions followed, in order.
+    pub fn partitions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.keys().copied()
+    }
+
     /// Moves the position in `partition` to `id`.
     pub fn set(&mut self, partition: usize, id: EventId) {
         self.0.insert(partition, id);

@@ -375,8 +375,6 @@ pub trait StockStore: Send + Sync + 'static {
     /// Returns the stock of locks that expired up to now to availability,
     /// visiting at most `max_records` records; the number of locks expired.
     fn sweep_expired(&self, max_records: usize) -> impl Future<Output = Result<usize, Error>> + Send;
-    /// How many partitions the event streams (and the stock) are split into.
-    fn partitions(&self) -> usize;
     /// The partition whose event stream carries `sku`'s events.
     fn partition_of(&self, sku: &Sku) -> usize;
     /// Events of `partition` after `after`, oldest first, at most `count`.

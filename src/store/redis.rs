@@ -1004,10 +1004,6 @@ impl StockStore for RedisStore {
         Ok(expired)
     }
 
-    fn partitions(&self) -> usize {
-        self.keys.partitions()
-    }
-
     fn partition_of(&self, sku: &Sku) -> usize {
         self.keys.partition_of(sku)
     }
