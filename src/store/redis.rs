@@ -408,22 +408,20 @@ impl RedisStore {
         Ok((views, now))
     }
 
-    /// One batch of records to list locks of, and the position of the next
-    /// batch: a partition and a cursor in its due index (0 ends the partition).
-    async fn record_batch(
-        &self,
-        filter: &LockFilter,
-        partition: Partition,
-        cursor: u64,
-    ) -> Result<(Vec<RecordKey>, u64), Error> {
+    /// The batch of records to list locks of at `at` (a partition, and a
+    /// cursor in its due index), and where the next batch is (`None` after
+    /// the last partition's last batch).
+    async fn record_batch(&self, filter: &LockFilter, at: BatchAt) -> Result<(Vec<RecordKey>, Option<BatchAt>), Error> {
+        let (partition, cursor) = at;
         let mut records = match (&filter.sku, &filter.warehouse) {
+            // A filter by SKU names its records without the due index.
             (Some(sku), Some(warehouse)) => {
-                return Ok((vec![RecordKey::new(sku.clone(), warehouse.clone())], 0));
+                return Ok((vec![RecordKey::new(sku.clone(), warehouse.clone())], None));
             }
             (Some(sku), None) => {
                 let warehouses = self.warehouses_of(sku).await?;
                 let records: Vec<RecordKey> = warehouses.into_iter().map(|w| RecordKey::new(sku.clone(), w)).collect();
-                (records, 0)
+                (records, None)
             }
             (None, _) => {
                 // Only records with live locks are in the due index.
@@ -441,6 +439,11 @@ impl RedisStore {
                 // ZSCAN answers member, score, member, score...
                 let records: Vec<RecordKey> =
                     members.iter().step_by(2).filter_map(|id| RecordKey::parse_id(id)).collect();
+                let next = match next {
+                    0 if partition + 1 == self.keys.partitions() => None,
+                    0 => Some((partition + 1, 0)),
+                    next => Some((partition, next)),
+                };
                 (records, next)
             }
         };
@@ -948,16 +951,16 @@ impl StockStore for RedisStore {
             Some(token) => Some(PagePosition::decode(&token)?),
             None => None,
         };
-        let mut cursor = position.as_ref().map_or(0, |p| p.cursor);
-        let mut partition = position.as_ref().map_or(0, |p| p.partition);
-        if partition >= self.keys.partitions() {
+        let mut at = position.as_ref().map_or((0, 0), |p| (p.partition, p.cursor));
+        if at.0 >= self.keys.partitions() {
             return Err(Error::invalid("page_token", "is not a token returned by ListLocks"));
         }
         let mut locks = Vec::new();
         // Bound the work of one call; a short page with a token is a valid page.
         let mut records_left = 2_000usize;
         loop {
-            let (records, next_cursor) = self.record_batch(&filter, partition, cursor).await?;
+            let (records, next) = self.record_batch(&filter, at).await?;
+            let (partition, cursor) = at;
             for record in records {
                 if let Some(p) = &position
                     && record < p.record
@@ -983,15 +986,8 @@ impl StockStore for RedisStore {
                     return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
                 }
             }
-            // A filter by SKU names its records without the due index.
-            let by_sku = filter.sku.is_some();
-            if next_cursor == 0 && (by_sku || partition + 1 == self.keys.partitions()) {
-                return Ok(LockPage { locks, next_page_token: None });
-            }
-            if next_cursor == 0 {
-                partition += 1;
-            }
-            cursor = next_cursor;
+            let Some(next) = next else { return Ok(LockPage { locks, next_page_token: None }) };
+            at = next;
             position = None;
         }
     }
@@ -1057,6 +1053,10 @@ fn matches(filter: &LockFilter, lock: &LockView, now_ms: i64) -> bool {
             .older_than
             .is_none_or(|age| now_ms - lock.created_at_ms >= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// Where a batch of records to list is: a partition, and a ZSCAN cursor of
+/// its due index.
+type BatchAt = (Partition, u64);
 
 /// Where a ListLocks page ends: the record batch (a partition and a ZSCAN
 /// cursor of its due index), the record, and the last token returned from it.

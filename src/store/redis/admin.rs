@@ -630,9 +630,9 @@ impl AdminStore for RedisStore {
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
         let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
         let filter = LockFilter::default();
-        let (mut partition, mut cursor) = (0, 0);
-        loop {
-            let (records, next) = self.record_batch(&filter, partition, cursor).await?;
+        let mut at = Some((0, 0));
+        while let Some(batch) = at {
+            let (records, next) = self.record_batch(&filter, batch).await?;
             for record in records {
                 let (locks, now) = self.record_locks(&record).await?;
                 for lock in locks {
@@ -644,13 +644,8 @@ impl AdminStore for RedisStore {
                         Some(stats.oldest_created_at_ms.map_or(lock.created_at_ms, |o| o.min(lock.created_at_ms)));
                 }
             }
-            if next == 0 {
-                partition += 1;
-                if partition == self.keys.partitions() {
-                    return Ok(stats);
-                }
-            }
-            cursor = next;
+            at = next;
         }
+        Ok(stats)
     }
 }
