@@ -293,29 +293,41 @@ impl RedisStore {
     /// content's fingerprint, catches it (one more round trip). A call that
     /// definitely failed gives its claim back, as a failed call leaves no
     /// idempotency record. With one partition the scripts see every reuse;
-    /// `--request-id-claims false` turns the claim off.
+    /// `--request-id-claims false` turns the claim off. `fingerprint` is
+    /// only computed when a claim is made.
     async fn claimed<T>(
         &self,
         method: &str,
         request_id: &RequestId,
-        fp: &str,
+        fingerprint: impl FnOnce() -> String,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         if self.keys.partitions() == 1 || !self.request_id_claims {
             return call.await;
         }
         let claim = self.keys.request_claim(method, request_id);
-        let mut conn = self.link.conn();
-        if set_or_get(self, &claim, fp, self.retention_ms, &mut conn).await?.is_some_and(|first| first != fp) {
+        let fp = fingerprint();
+        if self.set_or_get(&claim, &fp, self.retention_ms).await?.is_some_and(|first| first != fp) {
             return Err(reused(request_id));
         }
         let result = call.await;
         if let Err(e) = &result
             && !matches!(e, Error::StoreTimeout | Error::StoreUnavailable { .. } | Error::StoreOutOfMemory)
         {
+            let mut conn = self.link.conn();
             let _: Result<(), Error> = self.bounded(redis::cmd("DEL").arg(&claim).query_async(&mut conn)).await;
         }
         result
+    }
+
+    /// Sets `key` to `value` for `ttl_ms` unless it is set, in one command
+    /// (so a cluster client follows MOVED and ASK for it); the value already
+    /// there, if any.
+    pub(super) async fn set_or_get(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<String>, Error> {
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value).arg("NX").arg("GET").arg("PX").arg(ttl_ms.max(1));
+        let mut conn = self.link.conn();
+        self.bounded(set.query_async(&mut conn)).await
     }
 
     /// Expires the due locks of up to `max_records` records of one partition.
@@ -474,20 +486,6 @@ async fn check_layout(link: &Link, keys: &Keys, timeout: Duration) -> Result<(),
     Ok(())
 }
 
-/// Sets `key` to `value` unless it is set, in one command (so a cluster
-/// client follows MOVED and ASK for it); the value already there, if any.
-async fn set_or_get(
-    store: &RedisStore,
-    key: &str,
-    value: &str,
-    ttl_ms: u64,
-    conn: &mut link::Conn,
-) -> Result<Option<String>, Error> {
-    let mut set = redis::cmd("SET");
-    set.arg(key).arg(value).arg("NX").arg("GET").arg("PX").arg(ttl_ms.max(1));
-    store.bounded(set.query_async(conn)).await
-}
-
 async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
@@ -507,7 +505,8 @@ fn lock_call(
     token_floor: u64,
 ) -> (Vec<String>, Vec<String>) {
     let ttl_ms = millis(cmd.ttl).to_string();
-    let (method, fp) = lock_fingerprint(cmd);
+    let method = lock_method(cmd);
+    let fp = lock_fingerprint(cmd);
     let line_args = line_args(cmd);
 
     let mut key_list = vec![keys.idempotency(partition, method, &cmd.request_id), keys.due(partition)];
@@ -604,14 +603,18 @@ fn line_args(cmd: &LockCommand) -> Vec<String> {
         .collect()
 }
 
-/// The method of a Lock or BatchLock, and its content's fingerprint.
-fn lock_fingerprint(cmd: &LockCommand) -> (&'static str, String) {
-    let method = if cmd.batch_id.is_some() { "batch_lock" } else { "lock" };
+/// The method of a Lock or BatchLock: request ids are scoped per method.
+fn lock_method(cmd: &LockCommand) -> &'static str {
+    if cmd.batch_id.is_some() { "batch_lock" } else { "lock" }
+}
+
+/// The fingerprint of a Lock or BatchLock's content.
+fn lock_fingerprint(cmd: &LockCommand) -> String {
     let ttl_ms = millis(cmd.ttl).to_string();
     let line_args = line_args(cmd);
-    let mut parts = vec![method, &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
+    let mut parts = vec![lock_method(cmd), &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
     parts.extend(line_args.iter().map(String::as_str));
-    (method, fingerprint(&parts))
+    fingerprint(&parts)
 }
 
 /// The fingerprint of a Renew of `ids`.
@@ -717,7 +720,9 @@ impl StockStore for RedisStore {
             .arg(cmd.request_id.as_ref().map_or("", |r| r.as_str()))
             .arg(cmd.record.sku.as_str());
         let mut reply = match &cmd.request_id {
-            Some(request_id) => self.claimed("set_stock", request_id, &fp, self.run_script("set_stock", &inv)).await?,
+            Some(request_id) => {
+                self.claimed("set_stock", request_id, || fp.clone(), self.run_script("set_stock", &inv)).await?
+            }
             None => self.run_script("set_stock", &inv).await?,
         };
         let applied = match reply.tag.as_str() {
@@ -766,7 +771,7 @@ impl StockStore for RedisStore {
             .arg(cmd.record.warehouse.as_str())
             .arg(&cmd.reason);
         let mut reply =
-            self.claimed("adjust_stock", &cmd.request_id, &fp, self.run_script("adjust_stock", &inv)).await?;
+            self.claimed("adjust_stock", &cmd.request_id, || fp.clone(), self.run_script("adjust_stock", &inv)).await?;
         match reply.tag.as_str() {
             "OK" => {}
             "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
@@ -815,8 +820,7 @@ impl StockStore for RedisStore {
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
         let groups = by_partition(&self.keys, cmd.lines.iter().map(|l| &l.record.sku));
         let nonce = new_nonce();
-        let (method, fp) = lock_fingerprint(cmd);
-        self.claimed(method, &cmd.request_id, &fp, async {
+        self.claimed(lock_method(cmd), &cmd.request_id, || lock_fingerprint(cmd), async {
             // With several partitions a batch's partitions are written down
             // even when it has one, since Renew and Release find them by batch id.
             match &groups[..] {
@@ -835,8 +839,8 @@ impl StockStore for RedisStore {
             let group = numbers.iter().map(|&i| ids[i].clone()).collect();
             self.renew_group(partition, &cmd, group)
         });
-        let fp = renew_fingerprint(&cmd, &ids);
-        let (items, replayed) = self.claimed("renew", &cmd.request_id, &fp, scattered).await?;
+        let fp = || renew_fingerprint(&cmd, &ids);
+        let (items, replayed) = self.claimed("renew", &cmd.request_id, fp, scattered).await?;
         Ok(RenewOutcome { items, replayed })
     }
 
@@ -847,8 +851,8 @@ impl StockStore for RedisStore {
             let cmd = &cmd;
             async move { self.release_group(partition, cmd, &group).await }
         });
-        let fp = release_fingerprint(&cmd, &ids);
-        let (items, replayed) = self.claimed("release", &cmd.request_id, &fp, scattered).await?;
+        let fp = || release_fingerprint(&cmd, &ids);
+        let (items, replayed) = self.claimed("release", &cmd.request_id, fp, scattered).await?;
         Ok(ReleaseOutcome { items, replayed })
     }
 
@@ -873,7 +877,7 @@ impl StockStore for RedisStore {
             .arg(&record_id)
             .arg(&token)
             .arg(&id.nonce);
-        let mut reply = self.claimed("commit", &cmd.request_id, &fp, self.run_script("commit", &inv)).await?;
+        let mut reply = self.claimed("commit", &cmd.request_id, || fp.clone(), self.run_script("commit", &inv)).await?;
         let (committed, released, committed_now) = match reply.tag.as_str() {
             "OK" => (reply.int()?, reply.int()?, true),
             "ALREADY_COMMITTED" => (0, 0, false),

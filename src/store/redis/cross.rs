@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use super::decode::{Reply, malformed};
-use super::{Partition, RedisStore, lock_call, reused, scripts, set_or_get};
+use super::{Partition, RedisStore, lock_call, reused, scripts};
 use crate::domain::BatchId;
 use crate::domain::{
     Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, ReleaseCommand, RequestId, Shortage, Sku,
@@ -70,17 +70,17 @@ impl RedisStore {
         nonce: &str,
     ) -> Result<LockOutcome, Error> {
         let chosen = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
-        let mut conn = self.link.conn();
         // A retry must lock its remaining partitions under the batch id of
         // the first attempt (whose partitions replay theirs), not a new one.
         let claim = self.keys.batch_of_request(&cmd.request_id);
-        let claimed = set_or_get(self, &claim, chosen.as_str(), self.retention_ms, &mut conn).await?;
+        let claimed = self.set_or_get(&claim, chosen.as_str(), self.retention_ms).await?;
         let batch_id = &match claimed {
             Some(first) => BatchId::parse(&first, "batch_id").map_err(|_| malformed("a bad claimed batch id"))?,
             None => chosen.clone(),
         };
         let cmd = &LockCommand { batch_id: Some(batch_id.clone()), ..cmd.clone() };
         let partitions: Vec<String> = groups.iter().map(|(p, _)| p.to_string()).collect();
+        let mut conn = self.link.conn();
         let _: () = self
             .bounded(
                 redis::cmd("SET")
