@@ -79,16 +79,74 @@ where
     }
 }
 
-/// Locks one unit of `sku` as an order service does, retrying with the same
-/// request_id; the lock's id.
-async fn lock_unit(client: &Client, sku: &str, request_id: &str, retries: &AtomicU64) -> String {
-    let request = lock_request(sku, "W", "1", request_id);
-    let locked = until_done(retries, "lock", || {
-        let (mut client, request) = (client.clone(), request.clone());
-        async move { client.lock(request).await }
-    })
-    .await;
-    locked.into_inner().lock.unwrap().lock_id
+/// Order traffic: one caller per SKU locks a unit and commits it, over and
+/// over, retrying retryable failures with the same request ids as an order
+/// service does, until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    /// Commits that found their lock gone (it died unreplicated with a primary).
+    lost: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(client: &Client, skus: &[String]) -> Self {
+        let [committed, lost, retries] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = skus
+            .iter()
+            .enumerate()
+            .map(|(w, sku)| {
+                let (client, sku, stop) = (client.clone(), sku.clone(), stop.clone());
+                let (committed, lost, retries) = (committed.clone(), lost.clone(), retries.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let request = lock_request(&sku, "W", "1", &format!("l{w}-{n}"));
+                        let locked = until_done(&retries, "lock", || {
+                            let (mut client, request) = (client.clone(), request.clone());
+                            async move { client.lock(request).await }
+                        })
+                        .await;
+                        let lock_id = locked.into_inner().lock.unwrap().lock_id;
+                        let commit =
+                            pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
+                        let done = until_done(&retries, "commit", || {
+                            let (mut client, commit) = (client.clone(), commit.clone());
+                            async move {
+                                match client.commit(commit).await {
+                                    // A lock acknowledged by a primary that died before
+                                    // replicating it is gone with it: the commit says so.
+                                    Err(s) if s.code() == Code::NotFound => Ok(false),
+                                    other => other.map(|_| true),
+                                }
+                            }
+                        })
+                        .await;
+                        if done { &committed } else { &lost }.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, committed, lost, retries, workers }
+    }
+
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the callers: (commits, locks lost, retried calls).
+    async fn stop(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&self.committed), load(&self.lost), load(&self.retries))
+    }
 }
 
 async fn node_keys(port: u16) -> i64 {
@@ -290,32 +348,9 @@ async fn a_slot_migrates_under_traffic_without_losing_or_doubling_stock() {
     let from = cluster.owner_of(slot).await;
     let to = cluster.nodes.iter().map(|n| n.port()).find(|&p| p != from).unwrap();
 
-    // Traffic: lock then commit one unit, retrying retryable failures with
-    // the same request ids, as an order service does.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let retries = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for (w, sku) in skus.iter().enumerate() {
-        let (client, sku, stop, committed, retries) =
-            (svc.client.clone(), sku.clone(), stop.clone(), committed.clone(), retries.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let lock_id = lock_unit(&client, &sku, &format!("l{w}-{n}"), &retries).await;
-                let commit = pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
-                until_done(&retries, "commit", || {
-                    let (mut client, commit) = (client.clone(), commit.clone());
-                    async move { client.commit(commit).await }
-                })
-                .await;
-                committed.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let traffic = Traffic::start(&svc.client, &skus);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = committed.load(Ordering::Relaxed);
+    let before = traffic.committed();
 
     // Migrate the slot by hand, a few keys at a time, so the traffic meets
     // both ASK (keys already moved) and MOVED (after the switch).
@@ -348,14 +383,11 @@ async fn a_slot_migrates_under_traffic_without_losing_or_doubling_stock() {
             .unwrap();
     }
     assert!(moved > 0);
-    let during = committed.load(Ordering::Relaxed);
+    let during = traffic.committed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    let total = committed.load(Ordering::Relaxed);
+    let (total, lost, retries) = traffic.stop().await;
     assert!(during > before && total > during, "traffic went on: {before} {during} {total}");
+    assert_eq!(lost, 0, "a migration loses no lock");
     assert_eq!(cluster.owner_of(slot).await, to);
 
     // Every commit happened exactly once: physical fell by the commits, nothing is left locked.
@@ -369,10 +401,7 @@ async fn a_slot_migrates_under_traffic_without_losing_or_doubling_stock() {
         per_sku.insert(sku.clone(), physical);
     }
     assert_eq!(deducted, total, "{per_sku:?}");
-    eprintln!(
-        "slot {slot}: {moved} keys moved from {from} to {to}; {total} orders, {} retried calls",
-        retries.load(Ordering::Relaxed)
-    );
+    eprintln!("slot {slot}: {moved} keys moved from {from} to {to}; {total} orders, {retries} retried calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,52 +429,20 @@ async fn a_failed_primary_is_followed_to_its_promoted_replica() {
     .await;
     assert!(replicated, "the victim's replica did not catch up");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (committed, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let retries = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for (w, sku) in skus.iter().enumerate() {
-        let (client, sku, stop) = (svc.client.clone(), sku.clone(), stop.clone());
-        let (committed, lost, retries) = (committed.clone(), lost.clone(), retries.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let lock_id = lock_unit(&client, &sku, &format!("l{w}-{n}"), &retries).await;
-                let commit = pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
-                let outcome = until_done(&retries, "commit", || {
-                    let (mut client, commit) = (client.clone(), commit.clone());
-                    async move {
-                        match client.commit(commit).await {
-                            // A lock acknowledged by the dead primary but not
-                            // yet replicated is gone with it (asynchronous
-                            // replication): the commit says so, it does not hang.
-                            Err(s) if s.code() == Code::NotFound => Ok(false),
-                            other => other.map(|_| true),
-                        }
-                    }
-                })
-                .await;
-                if outcome { &committed } else { &lost }.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let traffic = Traffic::start(&svc.client, &skus);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = cluster.nodes.iter().find(|n| n.port() == victim).unwrap().pid().unwrap();
     signal(pid, "-KILL");
     let killed = std::time::Instant::now();
-    let before = committed.load(Ordering::Relaxed);
+    let before = traffic.committed();
     // Traffic on every partition resumes once the replica is promoted.
     let resumed = eventually(Duration::from_secs(20), || async {
-        committed.load(Ordering::Relaxed) > before + 40 && cluster.owner_of(slot_of(1)).await != victim
+        traffic.committed() > before + 40 && cluster.owner_of(slot_of(1)).await != victim
     })
     .await;
     let recovery = killed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let (committed, lost, retries) = traffic.stop().await;
     assert!(resumed, "no recovery within 20 s of the kill");
 
     // The books: nothing was deducted twice, and each record's locked is the
@@ -461,11 +458,8 @@ async fn a_failed_primary_is_followed_to_its_promoted_replica() {
         assert_eq!(locked, sum, "{sku}");
         deducted += 100_000 - physical;
     }
-    let (committed, lost) = (committed.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
     assert!(deducted as u64 <= committed, "deducted {deducted} > committed {committed}");
     eprintln!(
-        "failover: recovered in {recovery:?}; {committed} commits, {lost} locks lost with the primary, {} retried calls, {} deductions kept",
-        retries.load(Ordering::Relaxed),
-        deducted
+        "failover: recovered in {recovery:?}; {committed} commits, {lost} locks lost with the primary, {retries} retried calls, {deducted} deductions kept"
     );
 }
