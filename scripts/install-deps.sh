@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs what stocklock needs on Debian/Ubuntu and is missing:
-#   run:  redis-server (the embedded default and the tests start their own) and protoc
+#   run:  redis-server (the embedded default and the tests start their own)
 #   test: the same, redis-cli (redis-tools) to make the test clusters, and
-#         promtool (Debian's prometheus package) for the alert rules
-# Rust itself comes from rustup. Safe to run again.
+#         promtool (Debian's prometheus package) for the alert rules, and
+#         python3 with venv for the Kubernetes manifest check
+# Rust itself comes from rustup; the proto is compiled in Rust (protox), so
+# no protoc. Safe to run again.
 set -euo pipefail
 
 purpose="${1:-run}"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ "$purpose" = test ]; then
   command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -12,11 +12,8 @@ cd "$(dirname "$0")/.."
 versions=(1.30.0 1.37.0)   # oldest supported (sleep preStop hooks) and current
 venv="${STOCKLOCK_TOOLS:-target/tools}/kubernetes-validate"
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  command -v python3 >/dev/null || { echo "validate-k8s: python3 is needed" >&2; exit 1; }
-  python3 -m venv "$venv" 2>/dev/null || {
-    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  }
+  # python3 and its venv module come from scripts/install-deps.sh test.
+  python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate
 fi
 validate() {
