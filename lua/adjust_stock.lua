@@ -1,9 +1,7 @@
 -- adjust_stock.lua: applies signed deltas to physical, reserved and in_transit.
 --
--- KEYS[1..4]  the record: stock, locks, exp, ended
--- KEYS[5]     idempotency record of this request
--- KEYS[6]     the audit stream
--- KEYS[7]     the lifecycle event stream
+-- KEYS[1..4]  partition keys: idempotency record, due index (unused), event stream, audit stream
+-- KEYS[5..8]  the record: stock, locks, exp, ended
 -- ARGV[1]     request fingerprint
 -- ARGV[2]     idempotency retention ms
 -- ARGV[3..8]  (mantissa, scale) of the physical, reserved and in_transit deltas
@@ -20,14 +18,16 @@
 --   {'INVALID_QUANTITY_SCALE', field, unit_scale} / {'QUANTITY_OUT_OF_RANGE', field}
 --   {'NEGATIVE_STOCK', field}   a decrease would take the field below zero
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
+--
+-- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, decimal, record_at, read_stock, scale_qty,
+-- available_of, record_reply, emit, audit, idem_lookup, idem_store
 
-local rec = record_at(1, ARGV[12] .. '|' .. ARGV[13])
-local idem_key, audit_key = KEYS[5], KEYS[6]
-EVENTS_KEY = KEYS[7]
+local pk = partition_keys()
+local rec = record_at(5, ARGV[12] .. '|' .. ARGV[13])
 local fingerprint, idem_retention = ARGV[1], tonumber(ARGV[2])
 local fields = { 'physical', 'reserved', 'in_transit' }
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -67,7 +67,7 @@ for _, field in ipairs(fields) do
   end
 end
 redis.call('HINCRBY', rec.stock, 'version', 1)
-audit(audit_key, ARGV[10], event)
-emit('stock.adjust', rec, available_before, { 'reason', ARGV[14] })
+audit(pk.audit, ARGV[10], event)
+emit(pk.events, 'stock.adjust', rec, available_before, { 'reason', ARGV[14] })
 
-return idem_store(idem_key, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)
+return idem_store(pk.idem, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)

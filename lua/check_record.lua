@@ -9,6 +9,8 @@
 -- in the record (expired but unswept ones included: the sweep takes them out
 -- of both), overdue_ms how long ago the oldest unswept lock expired (0 if
 -- none), and available the stored figures' available (negative = oversold).
+--
+-- lib.lua: now_ms, fmt, record_at, read_stock, sum_locks, available_of
 
 local rec = record_at(1, '')
 local s = read_stock(rec)

@@ -1,10 +1,8 @@
 -- commit.lua: turns a live lock into a deduction: physical and locked both
 -- drop by the committed quantity; a smaller quantity releases the rest.
 --
--- KEYS[1]  idempotency record of this request
--- KEYS[2]  the sweeper's due index
--- KEYS[3..6]  the lock's record: stock, locks, exp, ended
--- KEYS[7]     the lifecycle event stream
+-- KEYS[1..4]  partition keys: idempotency record, due index, event stream, audit (unused)
+-- KEYS[5..8]  the lock's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  quantity mantissa, or "" to commit the whole lock
@@ -19,35 +17,37 @@
 --   {'OK', committed, released, then the record (see record_reply)}
 --   {'ALREADY_COMMITTED', then the record}   committed by an earlier call; nothing changed
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
---   {'LOCK_NOT_FOUND'} / {'LOCK_RELEASED'} / {'LOCK_EXPIRED'} / {'LOCK_FORCE_RELEASED'} /
+--   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
 --   {'LOCK_HOLDER_MISMATCH'}
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
+--
+-- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
+-- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_fields, emit,
+-- idem_lookup, idem_store
 
-local idem_key, due_key = KEYS[1], KEYS[2]
+local pk = partition_keys()
 local fingerprint, holder = ARGV[1], ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rec = record_at(3, ARGV[7])
+local rec = record_at(5, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
-EVENTS_KEY = KEYS[7]
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
 
 local now = now_ms()
-local lock, why = find_lock(rec, token, nonce, now)
+local lock, why, ended = find_lock(rec, token, nonce, now)
 if not lock then
-  if why == 'LOCK_COMMITTED' then
+  if ended == 'COMMITTED' then
     return record_reply(rec, now, { 'ALREADY_COMMITTED' })
   end
   if why == 'LOCK_EXPIRED' then
-    local expired, expired_sum = find_expired(rec, now)
-    drop_expired(rec, expired, expired_sum, now, tomb_retention)
-    refresh_due(due_key, rec)
+    drop_expired(pk.events, rec, find_expired(rec, now), now, tomb_retention)
+    refresh_due(pk.due, rec)
   end
-  return { why }
+  return { why, ended }
 end
 if holder ~= '' and lock.holder ~= holder then
   return { 'LOCK_HOLDER_MISMATCH' }
@@ -66,18 +66,18 @@ if ARGV[3] ~= '' then
   end
 end
 
-settle(rec, now, tomb_retention)
+settle(pk.events, rec, now, tomb_retention)
 local before = stored_available(rec)
 end_lock(rec, token, 'C', now, tomb_retention)
 redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)
-refresh_due(due_key, rec)
+refresh_due(pk.due, rec)
 local fields = lock_fields(rec, token, lock, unit_scale)
 for _, v in ipairs({ 'committed', decimal(qty, unit_scale), 'released', decimal(lock.qty - qty, unit_scale) }) do
   fields[#fields + 1] = v
 end
-emit('commit', rec, before, fields)
+emit(pk.events, 'commit', rec, before, fields)
 
 local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })
-return idem_store(idem_key, fingerprint, reply, idem_retention)
+return idem_store(pk.idem, fingerprint, reply, idem_retention)

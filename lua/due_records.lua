@@ -4,6 +4,10 @@
 -- KEYS[1]  the sweeper's due index
 -- ARGV[1]  the most records to return
 --
--- Returns record ids "sku|warehouse".
+-- Returns {'OK', then record ids "sku|warehouse"}.
+--
+-- lib.lua: now_ms
 
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+local reply = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+table.insert(reply, 1, 'OK')
+return reply

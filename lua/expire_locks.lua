@@ -2,19 +2,20 @@
 -- of every lock that expired to availability. Idempotent, so any number of
 -- replicas may sweep the same record at once.
 --
--- KEYS[1]     the sweeper's due index
--- KEYS[2..5]  the record: stock, locks, exp, ended
--- KEYS[6]     the lifecycle event stream
+-- KEYS[1..4]  partition keys: idempotency record (unused), due index, event stream,
+--             audit stream (unused)
+-- KEYS[5..8]  the record: stock, locks, exp, ended
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     tombstone retention ms
 --
--- Returns the number of locks that expired.
+-- Returns {'OK', the number of locks that expired}.
+--
+-- lib.lua: partition_keys, now_ms, fmt, record_at, find_expired, drop_expired, refresh_due
 
-local due_key = KEYS[1]
-EVENTS_KEY = KEYS[6]
-local rec = record_at(2, ARGV[1])
+local pk = partition_keys()
+local rec = record_at(5, ARGV[1])
 local now = now_ms()
-local expired, expired_sum = find_expired(rec, now)
-drop_expired(rec, expired, expired_sum, now, tonumber(ARGV[2]))
-refresh_due(due_key, rec)
-return #expired
+local expired = find_expired(rec, now)
+drop_expired(pk.events, rec, expired, now, tonumber(ARGV[2]))
+refresh_due(pk.due, rec)
+return { 'OK', fmt(#expired) }

@@ -2,12 +2,9 @@
 -- lock of it that is still live, fences them (a later Renew or Commit by the
 -- old holder fails with LOCK_FORCE_RELEASED), and audits it.
 --
--- KEYS[1]          idempotency record of this call
--- KEYS[2]          the sweeper's due index
--- KEYS[3]          the request's hash
--- KEYS[4]          the audit stream
--- KEYS[5 + 4k ..]  lock k's record: stock, locks, exp, ended
--- KEYS[last]       the lifecycle event stream
+-- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit stream
+-- KEYS[5]          the request's hash
+-- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
 -- ARGV[1]  fingerprint
 -- ARGV[2]  approver
 -- ARGV[3]  mode: 'approve' (two-person rule) or 'policy' (stale locks, single step)
@@ -21,17 +18,20 @@
 --
 -- Returns
 --   {'OK', decided_at, then per lock '1' released or '0' skipped (had ended)}
---   {'FORCE_UNLOCK_NOT_FOUND'} / {'NOT_PENDING', state} / {'REQUEST_EXPIRED'}
+--   {'FORCE_UNLOCK_NOT_FOUND'} / {'FORCE_UNLOCK_NOT_PENDING', state} / {'FORCE_UNLOCK_EXPIRED'}
 --   {'TWO_PERSON_RULE'}   the approver is the requester
 --   {'REPLAY', ...} / {'IDEMPOTENCY_KEY_REUSED'}
+--
+-- lib.lua: partition_keys, now_ms, fmt, record_at, pending_request, find_lock, stored_available,
+-- end_lock, refresh_due, lock_fields, read_stock, emit, audit, idem_lookup, idem_store
 
-local idem_key, due_key, request_key, audit_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pk = partition_keys()
+local request_key = KEYS[5]
 local fingerprint, approver, mode, comment = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local count = (#ARGV - 9) / 3
-EVENTS_KEY = KEYS[#KEYS]
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -48,7 +48,7 @@ end
 local reply = { 'OK', fmt(now) }
 local released, skipped = {}, {}
 for k = 0, count - 1 do
-  local rec = record_at(5 + 4 * k, ARGV[10 + 3 * k])
+  local rec = record_at(6 + 4 * k, ARGV[10 + 3 * k])
   local token, nonce = ARGV[11 + 3 * k], ARGV[12 + 3 * k]
   local lock_id = rec.id .. '|' .. token .. '-' .. nonce
   local lock = find_lock(rec, token, nonce, now)
@@ -57,11 +57,11 @@ for k = 0, count - 1 do
     end_lock(rec, token, 'F', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
-    refresh_due(due_key, rec)
+    refresh_due(pk.due, rec)
     local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
     fields[#fields + 1] = 'actor'
     fields[#fields + 1] = approver
-    emit('force_release', rec, before, fields)
+    emit(pk.events, 'force_release', rec, before, fields)
     released[#released + 1] = lock_id
     reply[#reply + 1] = '1'
   else
@@ -77,9 +77,9 @@ local action = 'force_unlock.approved'
 if mode == 'policy' then
   action = 'force_unlock.policy_executed'
 end
-audit(audit_key, ARGV[7], {
+audit(pk.audit, ARGV[7], {
   'action', action, 'actor', approver, 'reason', comment, 'request_id', ARGV[8],
   'lock_ids', table.concat(released, ','), 'd.force_unlock_id', ARGV[9], 'd.requester', request[2],
   'd.skipped', table.concat(skipped, ','),
 })
-return idem_store(idem_key, fingerprint, reply, idem_retention)
+return idem_store(pk.idem, fingerprint, reply, idem_retention)

@@ -3,11 +3,13 @@
 --
 -- KEYS[1 + 4k ..]  record k: stock, locks, exp, ended
 --
--- Returns, per record: '0' when it does not exist, or '1' and the record
--- (see record_reply).
+-- Returns {'OK', then per record: '0' when it does not exist, or '1' and the
+-- record (see record_reply)}.
+--
+-- lib.lua: now_ms, record_at, record_reply
 
 local now = now_ms()
-local reply = {}
+local reply = { 'OK' }
 for k = 0, #KEYS / 4 - 1 do
   local rec = record_at(1 + 4 * k, '')
   if redis.call('EXISTS', rec.stock) == 1 then

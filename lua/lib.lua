@@ -2,7 +2,14 @@
 -- `require` in Redis, so the Rust side concatenates this file in front of
 -- each one at compile time).
 --
--- A stock record is four keys that share one hash tag ({sku}):
+-- Every key a script touches carries its partition's hash tag ({p0.0} and
+-- the like, see src/store/redis/keys.rs), so a script runs on one shard of a
+-- Redis Cluster. One KEYS order for every script: first the partition keys
+-- (those a writing script always takes, in this order, see partition_keys),
+-- then the script's own keys, then the records, four keys each. Read-only
+-- scripts take records only.
+--
+-- A stock record is four keys:
 --   stock  hash  physical reserved in_transit locked unit_scale version
 --                source_version fence
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
@@ -11,7 +18,12 @@
 -- Quantities are integers scaled by 10^unit_scale. Lua numbers are doubles,
 -- exact below 2^53, and every figure is checked to stay below that bound.
 -- Replies are arrays of strings, so they survive a cjson round trip in the
--- idempotency record without losing digits.
+-- idempotency record without losing digits. The first string is a tag: 'OK',
+-- an outcome that is not an error (ALREADY_COMMITTED, STALE, MISSING), or a
+-- refusal spelled exactly as the error reason the caller sees
+-- (src/store/redis/reply.rs is the table). A refused lock is LOCK_NOT_FOUND
+-- with how it ended ('RELEASED', 'COMMITTED' or ''), LOCK_EXPIRED or
+-- LOCK_FORCE_RELEASED; see find_lock.
 
 local MAX_EXACT = 9007199254740991
 
@@ -35,6 +47,13 @@ local function decimal(v, scale)
     return sign .. int
   end
   return sign .. int .. '.' .. frac
+end
+
+-- The partition keys of a writing script: KEYS[1] the request's idempotency
+-- record, KEYS[2] the sweeper's due index, KEYS[3] the lifecycle event
+-- stream, KEYS[4] the audit stream. Its own keys follow from KEYS[5].
+local function partition_keys()
+  return { idem = KEYS[1], due = KEYS[2], events = KEYS[3], audit = KEYS[4] }
 end
 
 local function now_ms()
@@ -116,24 +135,18 @@ local function available_of(s, locked)
   return s.physical - locked - s.reserved + s.in_transit
 end
 
--- The lifecycle event stream (an outbox). A writing script sets EVENTS_KEY
--- from its KEYS; every change it makes then appends one event, in the same
--- atomic step, so an event exists if and only if its change happened.
-local EVENTS_KEY = nil
-
 -- Available by the stored figures (floored at zero), for events.
 local function stored_available(rec)
   local s = read_stock(rec)
   return math.max(available_of(s, s.locked), 0)
 end
 
--- Appends an event about `rec`: the action, the record's figures after the
--- change (`after`, or read when nil), `available_before`, and `fields` (a
--- flat name, value list).
-local function emit(action, rec, available_before, fields, after)
-  if not EVENTS_KEY then
-    return
-  end
+-- Appends an event about `rec` to the lifecycle event stream `events` (an
+-- outbox): the action, the record's figures after the change (`after`, or
+-- read when nil), `available_before`, and `fields` (a flat name, value list).
+-- A change appends its event in the same atomic step, so an event exists if
+-- and only if its change happened.
+local function emit(events, action, rec, available_before, fields, after)
   local at = string.find(rec.id, '|', 1, true)
   local s = after or read_stock(rec)
   local scale = s.unit_scale
@@ -148,7 +161,7 @@ local function emit(action, rec, available_before, fields, after)
   for _, v in ipairs(fields) do
     event[#event + 1] = v
   end
-  redis.call('XADD', EVENTS_KEY, '*', unpack(event))
+  redis.call('XADD', events, '*', unpack(event))
 end
 
 -- The event fields that describe one lock.
@@ -170,8 +183,8 @@ local function end_lock(rec, token, mark, now, retention)
 end
 
 -- Returns expired locks' quantity to the record (the write half of
--- find_expired), with one `expire` event per lock.
-local function drop_expired(rec, tokens, sum, now, retention)
+-- find_expired), with one `expire` event per lock in `events`.
+local function drop_expired(events, rec, tokens, now, retention)
   for _, token in ipairs(tokens) do
     local packed = redis.call('HGET', rec.locks, token)
     local before = stored_available(rec)
@@ -180,18 +193,17 @@ local function drop_expired(rec, tokens, sum, now, retention)
       local l = unpack_lock(packed)
       redis.call('HINCRBY', rec.stock, 'locked', -l.qty)
       redis.call('HINCRBY', rec.stock, 'version', 1)
-      emit('expire', rec, before, lock_fields(rec, token, l, read_stock(rec).unit_scale))
+      emit(events, 'expire', rec, before, lock_fields(rec, token, l, read_stock(rec).unit_scale))
     end
   end
 end
 
 -- Drops the record's expired locks now: every write starts from live figures.
-local function settle(rec, now, retention)
-  local expired, expired_sum = find_expired(rec, now)
-  drop_expired(rec, expired, expired_sum, now, retention)
+local function settle(events, rec, now, retention)
+  local expired = find_expired(rec, now)
+  drop_expired(events, rec, expired, now, retention)
 end
 
--- Points the sweeper's due index at the record's earliest expiry.
 -- Sums the quantity of a record's locks (expired but unswept ones included)
 -- and counts the locks that have no expiry entry, calling
 -- on_missing(token, lock) for each of those when given. Also returns how
@@ -212,6 +224,7 @@ local function sum_locks(rec, on_missing)
   return sum, missing, #packed / 2
 end
 
+-- Points the sweeper's due index at the record's earliest expiry.
 local function refresh_due(due_key, rec)
   local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
   if first[1] then
@@ -245,8 +258,9 @@ end
 
 -- Idempotency: the record is "fingerprint\n" .. cjson(reply). Returns the
 -- stored reply marked as a replay, a reuse error, or nil for a new request.
+-- An empty fingerprint is a request without a request_id: nothing is kept.
 local function idem_lookup(key, fingerprint)
-  if key == nil then
+  if fingerprint == '' then
     return nil
   end
   local stored = redis.call('GET', key)
@@ -263,38 +277,39 @@ local function idem_lookup(key, fingerprint)
 end
 
 local function idem_store(key, fingerprint, reply, retention)
-  if key ~= nil then
+  if fingerprint ~= '' then
     redis.call('SET', key, fingerprint .. '\n' .. cjson.encode(reply), 'PX', retention)
   end
   return reply
 end
 
--- A live lock by token and nonce: the lock, or nil and why not
--- (LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_RELEASED, LOCK_COMMITTED, LOCK_FORCE_RELEASED).
+-- A live lock by token and nonce: the lock, or nil, the refusal and how the
+-- lock ended: LOCK_EXPIRED, LOCK_FORCE_RELEASED, or LOCK_NOT_FOUND with
+-- 'RELEASED', 'COMMITTED' or '' (never existed, or its tombstone is gone).
 local function find_lock(rec, token, nonce, now)
   local packed = redis.call('HGET', rec.locks, token)
   if packed then
     local l = unpack_lock(packed)
     if l.nonce ~= nonce then
-      return nil, 'LOCK_NOT_FOUND'
+      return nil, 'LOCK_NOT_FOUND', ''
     end
     l.expires = tonumber(redis.call('ZSCORE', rec.exp, token))
     if l.expires <= now then
-      return nil, 'LOCK_EXPIRED', l
+      return nil, 'LOCK_EXPIRED', ''
     end
     return l
   end
   local mark = ended_mark(rec, token)
   if mark == 'E' then
-    return nil, 'LOCK_EXPIRED'
+    return nil, 'LOCK_EXPIRED', ''
   elseif mark == 'R' then
-    return nil, 'LOCK_RELEASED'
+    return nil, 'LOCK_NOT_FOUND', 'RELEASED'
   elseif mark == 'C' then
-    return nil, 'LOCK_COMMITTED'
+    return nil, 'LOCK_NOT_FOUND', 'COMMITTED'
   elseif mark == 'F' then
-    return nil, 'LOCK_FORCE_RELEASED'
+    return nil, 'LOCK_FORCE_RELEASED', ''
   end
-  return nil, 'LOCK_NOT_FOUND'
+  return nil, 'LOCK_NOT_FOUND', ''
 end
 
 -- A forced-unlock request that can still be decided: its fields
@@ -305,10 +320,10 @@ local function pending_request(request_key, now)
     return nil, { 'FORCE_UNLOCK_NOT_FOUND' }
   end
   if request[1] ~= 'PENDING' then
-    return nil, { 'NOT_PENDING', request[1] }
+    return nil, { 'FORCE_UNLOCK_NOT_PENDING', request[1] }
   end
   if now >= tonumber(request[3]) then
-    return nil, { 'REQUEST_EXPIRED' }
+    return nil, { 'FORCE_UNLOCK_EXPIRED' }
   end
   return request
 end

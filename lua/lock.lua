@@ -1,11 +1,9 @@
 -- lock.lua: locks one line (Lock) or every line of a batch (BatchLock), all or nothing.
 --
--- KEYS[1]          idempotency record of this request
--- KEYS[2]          the sweeper's due index
--- KEYS[3 + 4k ..]  line k's record: stock, locks, exp, ended
--- KEYS[last - 1]   the batch record, only when ARGV[6] (batch_id) is set; it holds
+-- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit (unused)
+-- KEYS[5]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
--- KEYS[last]       the lifecycle event stream
+-- KEYS[6 + 4k ..]  line k's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -28,8 +26,12 @@
 --   {'INVALID_QUANTITY_SCALE', line, unit_scale} / {'QUANTITY_OUT_OF_RANGE', line}
 --   {'INSUFFICIENT_STOCK', then per short line: line, requested, available, unit_scale}
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
+--
+-- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
+-- available_of, drop_expired, pack_lock, lock_fields, emit, refresh_due, idem_lookup, idem_store
 
-local idem_key, due_key = KEYS[1], KEYS[2]
+local pk = partition_keys()
+local batch_key = KEYS[5]
 local fingerprint = ARGV[1]
 local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
@@ -37,9 +39,8 @@ local idem_retention, tomb_retention = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nonce = ARGV[9]
 local token_floor = tonumber(ARGV[10])
 local line_count = (#ARGV - 10) / 3
-EVENTS_KEY = KEYS[#KEYS]
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -50,7 +51,7 @@ local now = now_ms()
 local lines = {}
 local short = {}
 for k = 0, line_count - 1 do
-  local rec = record_at(3 + 4 * k, ARGV[11 + 3 * k])
+  local rec = record_at(6 + 4 * k, ARGV[11 + 3 * k])
   local s = read_stock(rec)
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
@@ -81,7 +82,7 @@ for _, line in ipairs(lines) do
   local rec = line.rec
   local s = line.stock
   if #line.expired > 0 then
-    drop_expired(rec, line.expired, line.expired_sum, now, tomb_retention)
+    drop_expired(pk.events, rec, line.expired, now, tomb_retention)
     s = read_stock(rec)
   end
   -- One write for the three counters; the figures are known, so the event
@@ -96,16 +97,16 @@ for _, line in ipairs(lines) do
   }))
   redis.call('ZADD', rec.exp, expires, token)
   if #line.expired > 0 then
-    refresh_due(due_key, rec)
+    refresh_due(pk.due, rec)
   else
     -- A new lock can only bring the record's earliest expiry forward.
-    redis.call('ZADD', due_key, 'LT', expires, rec.id)
+    redis.call('ZADD', pk.due, 'LT', expires, rec.id)
   end
   local fields = lock_fields(rec, token, { qty = line.qty, nonce = nonce, holder = holder, order_id = order_id }, s.unit_scale)
   for _, v in ipairs({ 'expires_at', fmt(expires), 'batch_id', batch_id }) do
     fields[#fields + 1] = v
   end
-  emit('lock', rec, math.max(line.available, 0), fields, s)
+  emit(pk.events, 'lock', rec, math.max(line.available, 0), fields, s)
   -- A batch may name the same record only once, so `available` is exact per line.
   for _, v in ipairs({ s.fence, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)
@@ -115,7 +116,7 @@ end
 
 if batch_id ~= '' then
   -- The batch lists its locks so Renew and Release can address them by batch_id.
-  redis.call('SET', KEYS[#KEYS - 1], holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
+  redis.call('SET', batch_key, holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
 end
 
-return idem_store(idem_key, fingerprint, reply, idem_retention)
+return idem_store(pk.idem, fingerprint, reply, idem_retention)

@@ -4,11 +4,13 @@
 --
 -- KEYS[1..4]  the record: stock, locks, exp, ended
 --
--- Returns {unit_scale or '', now_ms, then per lock that has an expiry entry:
---   token, packed lock (see pack_lock), expires_at_ms}
+-- Returns {'OK', unit_scale or '', now_ms, then per lock that has an expiry
+--   entry: token, packed lock (see pack_lock), expires_at_ms}
+--
+-- lib.lua: now_ms, fmt, record_at
 
 local rec = record_at(1, '')
-local reply = { redis.call('HGET', rec.stock, 'unit_scale') or '', fmt(now_ms()) }
+local reply = { 'OK', redis.call('HGET', rec.stock, 'unit_scale') or '', fmt(now_ms()) }
 local expiries = redis.call('ZRANGE', rec.exp, 0, -1, 'WITHSCORES')
 for i = 1, #expiries, 2 do
   local packed = redis.call('HGET', rec.locks, expiries[i])

@@ -1,10 +1,8 @@
 -- renew.lua: the heartbeat. Extends each named lock to now + ttl, capped at
 -- the lock's maximum total hold time. Each lock gets its own result.
 --
--- KEYS[1]          idempotency record of this request
--- KEYS[2]          the sweeper's due index
--- KEYS[3 + 4k ..]  lock k's record: stock, locks, exp, ended
--- KEYS[last]       the lifecycle event stream
+-- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit (unused)
+-- KEYS[5 + 4k ..]  lock k's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder
 -- ARGV[3]  ttl ms, or 0 for each lock's own ttl
@@ -13,22 +11,25 @@
 -- ARGV[6 + 3k ..]  lock k: record id "sku|warehouse", fencing token, nonce
 --
 -- Returns
---   {'OK', then per lock: status, expires_at, capped}   status 'OK' or
---       LOCK_NOT_FOUND / LOCK_EXPIRED / LOCK_RELEASED / LOCK_COMMITTED /
---       LOCK_FORCE_RELEASED / LOCK_HOLDER_MISMATCH (expires_at and capped are then "0")
+--   {'OK', then per lock: status, expires_at, capped}   status 'OK', or a
+--       refusal: LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_FORCE_RELEASED or
+--       LOCK_HOLDER_MISMATCH, with how the lock ended (see find_lock) in
+--       place of expires_at and '0' for capped
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 -- An expired lock is never resurrected: it is dropped (its quantity returns)
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at
 -- least one lock was renewed; a call that renewed nothing leaves no trace.
+--
+-- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, refresh_due, lock_fields,
+-- read_stock, stored_available, emit, find_expired, drop_expired, idem_lookup, idem_store
 
-local idem_key, due_key = KEYS[1], KEYS[2]
+local pk = partition_keys()
 local fingerprint, holder = ARGV[1], ARGV[2]
 local ttl_override = tonumber(ARGV[3])
 local idem_retention, tomb_retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 local count = (#ARGV - 5) / 3
-EVENTS_KEY = KEYS[#KEYS]
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -37,11 +38,11 @@ local now = now_ms()
 local reply = { 'OK' }
 local renewed = 0
 for k = 0, count - 1 do
-  local rec = record_at(3 + 4 * k, ARGV[6 + 3 * k])
+  local rec = record_at(5 + 4 * k, ARGV[6 + 3 * k])
   local token, nonce = ARGV[7 + 3 * k], ARGV[8 + 3 * k]
-  local lock, why = find_lock(rec, token, nonce, now)
+  local lock, why, ended = find_lock(rec, token, nonce, now)
   if lock and lock.holder ~= holder then
-    lock, why = nil, 'LOCK_HOLDER_MISMATCH'
+    lock, why, ended = nil, 'LOCK_HOLDER_MISMATCH', ''
   end
   if lock then
     local ttl = ttl_override
@@ -54,11 +55,11 @@ for k = 0, count - 1 do
       expires, capped = lock.max_expires, '1'
     end
     redis.call('ZADD', rec.exp, expires, token)
-    refresh_due(due_key, rec)
+    refresh_due(pk.due, rec)
     local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
     fields[#fields + 1] = 'expires_at'
     fields[#fields + 1] = fmt(expires)
-    emit('renew', rec, stored_available(rec), fields)
+    emit(pk.events, 'renew', rec, stored_available(rec), fields)
     renewed = renewed + 1
     for _, v in ipairs({ 'OK', fmt(expires), capped }) do
       reply[#reply + 1] = v
@@ -66,11 +67,10 @@ for k = 0, count - 1 do
   else
     if why == 'LOCK_EXPIRED' then
       -- Expired but not swept yet: return its quantity now.
-      local expired, expired_sum = find_expired(rec, now)
-      drop_expired(rec, expired, expired_sum, now, tomb_retention)
-      refresh_due(due_key, rec)
+      drop_expired(pk.events, rec, find_expired(rec, now), now, tomb_retention)
+      refresh_due(pk.due, rec)
     end
-    for _, v in ipairs({ why, '0', '0' }) do
+    for _, v in ipairs({ why, ended, '0' }) do
       reply[#reply + 1] = v
     end
   end
@@ -79,4 +79,4 @@ end
 if renewed == 0 then
   return reply
 end
-return idem_store(idem_key, fingerprint, reply, idem_retention)
+return idem_store(pk.idem, fingerprint, reply, idem_retention)

@@ -4,11 +4,8 @@
 -- otherwise hold stock forever); an expiry without a lock is dropped; then
 -- `locked` is set to the sum of the live locks.
 --
--- KEYS[1..4]  the record: stock, locks, exp, ended
--- KEYS[5]     the sweeper's due index
--- KEYS[6]     idempotency record of this request
--- KEYS[7]     the audit stream
--- KEYS[8]     the lifecycle event stream
+-- KEYS[1..4]  partition keys: idempotency record, due index, event stream, audit stream
+-- KEYS[5..8]  the record: stock, locks, exp, ended
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     request fingerprint
 -- ARGV[3]     idempotency (and tombstone) retention ms
@@ -20,13 +17,15 @@
 -- Returns {'OK', locked_before, locked_after, fixed_expiries, dropped_expiries,
 --          then the record (see record_reply)}, {'REPLAY', ...},
 --          {'IDEMPOTENCY_KEY_REUSED'} or {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}.
+--
+-- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, sum_locks,
+-- find_expired, drop_expired, refresh_due, audit, emit, record_reply, idem_lookup, idem_store
 
-local rec = record_at(1, ARGV[1])
-local due_key, idem_key, audit_key = KEYS[5], KEYS[6], KEYS[7]
-EVENTS_KEY = KEYS[8]
+local pk = partition_keys()
+local rec = record_at(5, ARGV[1])
 local fingerprint, retention = ARGV[2], tonumber(ARGV[3])
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -53,20 +52,19 @@ end
 
 -- Then the figure: locked is the sum of the live locks, after the sweep.
 redis.call('HSET', rec.stock, 'locked', fmt(sum))
-local expired, expired_sum = find_expired(rec, now)
-drop_expired(rec, expired, expired_sum, now, retention)
-refresh_due(due_key, rec)
+drop_expired(pk.events, rec, find_expired(rec, now), now, retention)
+refresh_due(pk.due, rec)
 redis.call('HINCRBY', rec.stock, 'version', 1)
 local locked_after = read_stock(rec).locked
 
 local at = string.find(ARGV[1], '|', 1, true)
-audit(audit_key, ARGV[7], {
+audit(pk.audit, ARGV[7], {
   'action', 'record.repair', 'actor', ARGV[4], 'sku', string.sub(ARGV[1], 1, at - 1),
   'warehouse_id', string.sub(ARGV[1], at + 1), 'request_id', ARGV[6], 'reason', ARGV[5],
   'd.locked', decimal(locked_before, s.unit_scale) .. ' -> ' .. decimal(locked_after, s.unit_scale),
   'd.fixed_expiries', fmt(fixed), 'd.dropped_expiries', fmt(dropped),
 })
-emit('record.repair', rec, available_before, { 'reason', ARGV[5] })
+emit(pk.events, 'record.repair', rec, available_before, { 'reason', ARGV[5] })
 
 local reply = { 'OK', fmt(locked_before), fmt(locked_after), fmt(fixed), fmt(dropped) }
-return idem_store(idem_key, fingerprint, record_reply(rec, now, reply), retention)
+return idem_store(pk.idem, fingerprint, record_reply(rec, now, reply), retention)

@@ -1,10 +1,10 @@
 -- request_force_unlock.lua: records a pending request to force-release locks,
 -- with the locks it would release as seen now, and audits it.
 --
--- KEYS[1]  idempotency record of this request
--- KEYS[2]  the request's hash
--- KEYS[3]  the index of requests (zset, created_ms -> id)
--- KEYS[4]  the audit stream
+-- KEYS[1..4]  partition keys: idempotency record, due index (unused), event stream (unused),
+--             audit stream
+-- KEYS[5]     the request's hash
+-- KEYS[6]     the index of requests (zset, created_ms -> id)
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  force-unlock request id
 -- ARGV[3]  requester
@@ -21,11 +21,14 @@
 --
 -- Returns {'OK', created_ms, id}, {'REPLAY', ...} (with the first call's id) or
 -- {'IDEMPOTENCY_KEY_REUSED'}.
+--
+-- lib.lua: partition_keys, now_ms, fmt, audit, idem_lookup, idem_store
 
-local idem_key, request_key, index_key, audit_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pk = partition_keys()
+local request_key, index_key = KEYS[5], KEYS[6]
 local fingerprint = ARGV[1]
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -38,8 +41,8 @@ if ARGV[12] == '1' then
   redis.call('ZADD', index_key, now, ARGV[2])
 end
 redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - tonumber(ARGV[5]) - tonumber(ARGV[11]))
-audit(audit_key, ARGV[8], {
+audit(pk.audit, ARGV[8], {
   'action', 'force_unlock.requested', 'actor', ARGV[3], 'reason', ARGV[4], 'request_id', ARGV[9],
   'lock_ids', ARGV[10], 'd.force_unlock_id', ARGV[2],
 })
-return idem_store(idem_key, fingerprint, { 'OK', fmt(now), ARGV[2] }, tonumber(ARGV[7]))
+return idem_store(pk.idem, fingerprint, { 'OK', fmt(now), ARGV[2] }, tonumber(ARGV[7]))

@@ -2,18 +2,16 @@
 -- A snapshot not newer than the stored source_version is ignored (stale):
 -- events arrive out of order, and the newest one must win.
 --
--- KEYS[1..4]  the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record (unused without a request_id),
+--             due index, event stream, audit stream
 -- KEYS[5]     the SKU's set of warehouses
--- KEYS[6]     the sweeper's due index
--- KEYS[7]     the audit stream
--- KEYS[8]     the lifecycle event stream
--- KEYS[9]     the partition's set of record ids, for the auditor
--- KEYS[10]    idempotency record, only when the request has a request_id
+-- KEYS[6]     the partition's set of record ids, for the auditor
+-- KEYS[7..10] the record: stock, locks, exp, ended
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
 -- ARGV[6]     warehouse id
--- ARGV[7]     request fingerprint
+-- ARGV[7]     request fingerprint, or "" without a request_id
 -- ARGV[8]     idempotency retention ms
 -- ARGV[9]     tombstone retention ms
 -- ARGV[10]    record id "sku|warehouse"
@@ -29,16 +27,19 @@
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 -- Lowering physical below what is locked keeps every lock: the record then
 -- reports available 0 and the shortfall as oversold.
+--
+-- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, record_reply,
+-- find_expired, drop_expired, refresh_due, emit, audit, idem_lookup, idem_store
 
-local rec = record_at(1, ARGV[10])
-local whs_key, due_key, audit_key, records_key, idem_key = KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10]
-EVENTS_KEY = KEYS[8]
+local pk = partition_keys()
+local whs_key, records_key = KEYS[5], KEYS[6]
+local rec = record_at(7, ARGV[10])
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint = ARGV[7]
 local idem_retention, tomb_retention = tonumber(ARGV[8]), tonumber(ARGV[9])
 
-local replay = idem_lookup(idem_key, fingerprint)
+local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
 end
@@ -62,8 +63,8 @@ if s then
   if unit_scale ~= s.unit_scale and s.locked - expired_sum > 0 then
     return { 'UNIT_SCALE_IN_USE', fmt(s.unit_scale) }
   end
-  drop_expired(rec, expired, expired_sum, now, tomb_retention)
-  refresh_due(due_key, rec)
+  drop_expired(pk.events, rec, expired, now, tomb_retention)
+  refresh_due(pk.due, rec)
   redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
     'unit_scale', unit_scale, 'source_version', source_version)
   redis.call('HINCRBY', rec.stock, 'version', 1)
@@ -74,8 +75,8 @@ else
   redis.call('SADD', records_key, ARGV[10])
 end
 
-emit('stock.set', rec, available_before, { 'source_version', fmt(source_version) })
-audit(audit_key, ARGV[12], {
+emit(pk.events, 'stock.set', rec, available_before, { 'source_version', fmt(source_version) })
+audit(pk.audit, ARGV[12], {
   'action', 'stock.set', 'actor', ARGV[11], 'sku', ARGV[14], 'warehouse_id', ARGV[6], 'request_id', ARGV[13],
   'd.physical', before.physical .. ' -> ' .. decimal(tonumber(physical), unit_scale),
   'd.reserved', before.reserved .. ' -> ' .. decimal(tonumber(reserved), unit_scale),
@@ -84,4 +85,4 @@ audit(audit_key, ARGV[12], {
   'd.source_version', fmt(source_version),
 })
 
-return idem_store(idem_key, fingerprint, record_reply(rec, now, { 'OK' }), idem_retention)
+return idem_store(pk.idem, fingerprint, record_reply(rec, now, { 'OK' }), idem_retention)

@@ -460,7 +460,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             actor: actor(&principal),
         };
         cmd.check_not_empty()?;
-        let (view, _replayed) = self.store.adjust_stock(cmd).await?;
+        let view = self.store.adjust_stock(cmd).await?.record;
         Ok(Response::new(pb::AdjustStockResponse {
             record: Some(convert::record(&view)),
             durability: self.durability().await,

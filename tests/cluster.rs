@@ -450,7 +450,7 @@ async fn a_failed_primary_is_followed_to_its_promoted_replica() {
     let mut conn = svc.redis_conn().await;
     let mut deducted = 0;
     for sku in &skus {
-        let [stock_key, locks_key, ..] = svc.record_keys(sku, "W");
+        let stocklock::store::redis::RecordKeys { stock: stock_key, locks: locks_key, .. } = svc.record_keys(sku, "W");
         let locks: Vec<String> = redis::cmd("HVALS").arg(&locks_key).query_async(&mut conn).await.unwrap();
         let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
         let (locked, physical): (i64, i64) =

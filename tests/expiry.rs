@@ -24,7 +24,7 @@ async fn an_unrenewed_lock_returns_its_stock_within_ttl_plus_sweep() {
 
     // The sweeper, not a read, must bring `locked` back: watch the raw hash.
     let mut conn = svc.redis_conn().await;
-    let [stock_key, ..] = svc.record_keys("SKU-1", "WH-A");
+    let stock_key = svc.record_keys("SKU-1", "WH-A").stock;
     loop {
         let locked: i64 = redis::cmd("HGET").arg(&stock_key).arg("locked").query_async(&mut conn).await.unwrap();
         if locked == 0 {

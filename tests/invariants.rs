@@ -49,21 +49,21 @@ async fn the_auditor_finds_drift_and_a_repair_mends_it_with_an_audit_entry() {
     // loses its expiry entry on another (it would never expire).
     let mut conn = svc.redis_conn().await;
     let _: () = redis::cmd("HSET")
-        .arg(&svc.record_keys("DRIFT", "WH-A")[0])
+        .arg(&svc.record_keys("DRIFT", "WH-A").stock)
         .arg("locked")
         .arg(7)
         .query_async(&mut conn)
         .await
         .unwrap();
     let tokens: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&svc.record_keys("INDEX", "WH-A")[2])
+        .arg(&svc.record_keys("INDEX", "WH-A").exp)
         .arg(0)
         .arg(0)
         .query_async(&mut conn)
         .await
         .unwrap();
     let _: () = redis::cmd("ZREM")
-        .arg(&svc.record_keys("INDEX", "WH-A")[2])
+        .arg(&svc.record_keys("INDEX", "WH-A").exp)
         .arg(&tokens[0])
         .query_async(&mut conn)
         .await
@@ -117,7 +117,7 @@ async fn the_auditor_reports_locks_the_sweeper_left_behind_and_oversold_records(
     svc.stock("OVER", "WH-A", "1").await;
     let mut conn = svc.redis_conn().await;
     let _: () = redis::cmd("HSET")
-        .arg(&svc.record_keys("OVER", "WH-A")[0])
+        .arg(&svc.record_keys("OVER", "WH-A").stock)
         .arg("reserved")
         .arg(3)
         .query_async(&mut conn)

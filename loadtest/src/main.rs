@@ -463,10 +463,7 @@ async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Cha
         ..Default::default()
     };
     client.set_stock(request).await?;
-    let record = stocklock::domain::RecordKey::parse_id("BENCH|WH").context("bench record")?;
-    // The service under test runs standalone with the default prefix and one partition.
-    let keys = stocklock::store::redis::Keys::new("sl", 1);
-    let command = stocklock::store::redis::lock_benchmark_command(&keys, &record);
+    let command = lock_benchmark_command()?;
     let output = tokio::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis_port.to_string(), "-c", "50", "-n", "200000", "-r", "1000000000", "-q"])
         .args(&command)
@@ -482,6 +479,35 @@ async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Cha
         .and_then(|w| w[0].parse::<f64>().ok())
         .with_context(|| format!("unexpected redis-benchmark output: {text}"))?;
     Ok(rate)
+}
+
+/// The command line of one Lock of a unit of `BENCH|WH` through the
+/// service's own lock script, for `redis-benchmark`: the physical limit of a
+/// Lock on this Redis. `__rand_int__` (redis-benchmark's placeholder, with
+/// `-r`) gives each call its own idempotency key, so every call does the full
+/// work instead of replaying the first one. The script must be loaded (the
+/// running service loads it). The service under test runs standalone with
+/// the default prefix and one partition.
+fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
+    use stocklock::domain::{Holder, LockCommand, LockLine, OrderId, Quantity, RecordKey, RequestId};
+    use stocklock::store::redis::{Keys, LockCall, LockLimits};
+    let cmd = LockCommand {
+        lines: vec![LockLine {
+            record: RecordKey::parse_id("BENCH|WH").context("bench record")?,
+            quantity: Quantity::parse("1", "quantity")?,
+        }],
+        ttl: Duration::from_secs(60),
+        order_id: OrderId::parse("bench", "order_id")?,
+        holder: Holder::parse("redis-benchmark", "holder")?,
+        request_id: RequestId::parse("bench-__rand_int__", "request_id")?,
+        batch_id: None,
+    };
+    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, token_floor: 0 };
+    let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de");
+    let mut line = vec!["EVALSHA".to_owned(), LockCall::script_sha().to_owned(), call.keys.len().to_string()];
+    line.extend(call.keys);
+    line.extend(call.args);
+    Ok(line)
 }
 
 /// Runs one measured phase, open or closed loop.

@@ -274,6 +274,15 @@ pub struct SetStockOutcome {
     pub replayed: bool,
 }
 
+/// What AdjustStock did.
+#[derive(Clone, Debug)]
+pub struct AdjustOutcome {
+    /// The record afterwards.
+    pub record: StockView,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
 /// AdjustStock: signed deltas.
 #[derive(Clone, Debug)]
 pub struct AdjustStockCommand {
@@ -348,7 +357,7 @@ pub trait StockStore: Send + Sync + 'static {
     /// Writes a snapshot.
     fn set_stock(&self, cmd: SetStockCommand) -> impl Future<Output = Result<SetStockOutcome, Error>> + Send;
     /// Applies deltas.
-    fn adjust_stock(&self, cmd: AdjustStockCommand) -> impl Future<Output = Result<(StockView, bool), Error>> + Send;
+    fn adjust_stock(&self, cmd: AdjustStockCommand) -> impl Future<Output = Result<AdjustOutcome, Error>> + Send;
     /// Reads records; `None` where a record does not exist.
     fn get_stock(&self, records: &[RecordKey]) -> impl Future<Output = Result<Vec<Option<StockView>>, Error>> + Send;
     /// Every warehouse that has a record of `sku`.

@@ -144,7 +144,7 @@ impl TestService {
     }
 
     /// The keys of a record.
-    pub fn record_keys(&self, sku: &str, warehouse: &str) -> [String; 4] {
+    pub fn record_keys(&self, sku: &str, warehouse: &str) -> stocklock::store::redis::RecordKeys {
         self.keys().record(&stocklock::domain::RecordKey::parse_id(&format!("{sku}|{warehouse}")).unwrap())
     }
 

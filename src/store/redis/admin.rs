@@ -10,8 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::decode::malformed;
-use super::{Partition, RedisStore, fingerprint, millis, reused, scripts};
+use super::call::millis;
+use super::reply::malformed;
+use super::request_force_unlock::Part;
+use super::{Partition, RedisStore};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
     LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
@@ -21,15 +23,6 @@ use crate::domain::{
 const CHUNK: usize = 200;
 
 impl RedisStore {
-    fn decision_error(&self, tag: &str, id: &str, detail: Option<String>) -> Error {
-        match tag {
-            "FORCE_UNLOCK_NOT_FOUND" => Error::ForceUnlockNotFound { id: id.to_owned() },
-            "NOT_PENDING" => Error::ForceUnlockNotPending { id: id.to_owned(), state: detail.unwrap_or_default() },
-            "REQUEST_EXPIRED" => Error::ForceUnlockExpired { id: id.to_owned() },
-            other => malformed(&format!("the decision tag {other:?}")),
-        }
-    }
-
     /// The partitions of a forced-unlock request's parts, from its id, the
     /// first the one it is listed in; `None` for an id this store cannot have issued.
     fn force_unlock_parts(&self, id: &str) -> Option<Vec<Partition>> {
@@ -219,52 +212,11 @@ impl AdminStore for RedisStore {
         };
         let mut stored_id = None;
         for (partition, numbers) in by_part {
-            let part: Vec<&LockView> = numbers.iter().map(|&i| &items[i]).collect();
-            let lines: Vec<String> = part
-                .iter()
-                .map(|l| {
-                    format!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        l.lock_id,
-                        l.unit_scale.format(l.quantity),
-                        l.holder,
-                        l.order_id,
-                        l.created_at_ms
-                    )
-                })
-                .collect();
-            let lock_ids: Vec<String> = part.iter().map(|l| l.lock_id.to_string()).collect();
-            let lock_ids = lock_ids.join(",");
-            let fp = fingerprint(&[requester, reason, &lock_ids]);
-            let listed = if partition == parts[0] { "1" } else { "0" };
-            let mut inv = scripts::REQUEST_FORCE_UNLOCK.prepare_invoke();
-            inv.key(self.keys.idempotency(partition, "request_force_unlock", request_id))
-                .key(self.keys.force_unlock(partition, &id))
-                .key(self.keys.force_unlock_index(partition))
-                .key(self.keys.audit(partition))
-                .arg(&fp)
-                .arg(&id)
-                .arg(requester)
-                .arg(reason)
-                .arg(self.force_unlock_ttl_ms)
-                .arg(lines.join("\n"))
-                .arg(self.retention_ms)
-                .arg(self.audit_max_events)
-                .arg(request_id.as_str())
-                .arg(&lock_ids)
-                .arg(millis(Duration::from_secs(30 * 24 * 3600)))
-                .arg(listed);
-            let mut reply = self.run_script("request_force_unlock", &inv).await?;
-            match reply.tag.as_str() {
-                "OK" => {
-                    let _created = reply.int()?;
-                    // A retry replays each part with the first attempt's id.
-                    let stored = reply.text()?;
-                    stored_id.get_or_insert(stored);
-                }
-                "IDEMPOTENCY_KEY_REUSED" => return Err(reused(request_id)),
-                _ => return Err(reply.unexpected()),
-            }
+            let locks: Vec<&LockView> = numbers.iter().map(|&i| &items[i]).collect();
+            let part = Part { id: &id, locks: &locks, listed: partition == parts[0] };
+            // A retry replays each part with the first attempt's id.
+            let stored = self.request_part(partition, part, requester, reason, request_id).await?;
+            stored_id.get_or_insert(stored);
         }
         stored_id.ok_or_else(|| Error::invalid("lock_ids", "select no lock"))
     }
@@ -277,53 +229,8 @@ impl AdminStore for RedisStore {
         comment: &str,
         request_id: &RequestId,
     ) -> Result<(), Error> {
-        let mode = match approval {
-            Approval::Operator => "approve",
-            Approval::Policy => "policy",
-        };
-        let fp = fingerprint(&[&request.id, approver, mode, comment]);
         self.decide_parts(&request.id, |partition| {
-            let fp = &fp;
-            async move {
-                let mine: Vec<&ForceUnlockItem> = request
-                    .items
-                    .iter()
-                    .filter(|item| self.keys.partition_of(&item.lock_id.record.sku) == partition)
-                    .collect();
-                let mut inv = scripts::FORCE_RELEASE.prepare_invoke();
-                inv.key(self.keys.idempotency(partition, "approve_force_unlock", request_id))
-                    .key(self.keys.due(partition))
-                    .key(self.keys.force_unlock(partition, &request.id))
-                    .key(self.keys.audit(partition));
-                for item in &mine {
-                    self.add_record(&mut inv, &item.lock_id.record);
-                }
-                inv.key(self.keys.events(partition));
-                inv.arg(fp)
-                    .arg(approver)
-                    .arg(mode)
-                    .arg(comment)
-                    .arg(self.retention_ms)
-                    .arg(self.retention_ms)
-                    .arg(self.audit_max_events)
-                    .arg(request_id.as_str())
-                    .arg(&request.id);
-                for item in &mine {
-                    let id = &item.lock_id;
-                    inv.arg(id.record.to_string()).arg(id.token).arg(&id.nonce);
-                }
-                let mut reply = self.run_script("force_release", &inv).await?;
-                match reply.tag.as_str() {
-                    "OK" => Ok(()),
-                    "TWO_PERSON_RULE" => Err(Error::TwoPersonRule { requester: request.requester.clone() }),
-                    "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
-                    "NOT_PENDING" => {
-                        let state = reply.text()?;
-                        Err(self.decision_error("NOT_PENDING", &request.id, Some(state)))
-                    }
-                    tag => Err(self.decision_error(tag, &request.id, None)),
-                }
-            }
+            self.execute_part(partition, request, approver, approval, comment, request_id)
         })
         .await
     }
@@ -335,34 +242,7 @@ impl AdminStore for RedisStore {
         reason: &str,
         request_id: &RequestId,
     ) -> Result<(), Error> {
-        let fp = fingerprint(&[id, actor, reason]);
-        self.decide_parts(id, |partition| {
-            let fp = &fp;
-            async move {
-                let mut inv = scripts::REJECT_FORCE_UNLOCK.prepare_invoke();
-                inv.key(self.keys.idempotency(partition, "reject_force_unlock", request_id))
-                    .key(self.keys.force_unlock(partition, id))
-                    .key(self.keys.audit(partition))
-                    .arg(fp)
-                    .arg(actor)
-                    .arg(reason)
-                    .arg(self.retention_ms)
-                    .arg(self.audit_max_events)
-                    .arg(request_id.as_str())
-                    .arg(id);
-                let mut reply = self.run_script("reject_force_unlock", &inv).await?;
-                match reply.tag.as_str() {
-                    "OK" => Ok(()),
-                    "IDEMPOTENCY_KEY_REUSED" => Err(reused(request_id)),
-                    "NOT_PENDING" => {
-                        let state = reply.text()?;
-                        Err(self.decision_error("NOT_PENDING", id, Some(state)))
-                    }
-                    tag => Err(self.decision_error(tag, id, None)),
-                }
-            }
-        })
-        .await
+        self.decide_parts(id, |partition| self.reject_part(partition, id, actor, reason, request_id)).await
     }
 
     async fn get_force_unlock(&self, id: &str) -> Result<ForceUnlockView, Error> {
@@ -547,25 +427,7 @@ impl AdminStore for RedisStore {
         };
         let mut checks = Vec::with_capacity(ids.len());
         for record in ids.iter().filter_map(|id| RecordKey::parse_id(id)) {
-            let mut inv = scripts::CHECK_RECORD.prepare_invoke();
-            self.add_record(&mut inv, &record);
-            let mut reply = self.run_script("check_record", &inv).await?;
-            match reply.tag.as_str() {
-                "OK" => {}
-                // Deleted between the scan and the check.
-                "MISSING" => continue,
-                _ => return Err(reply.unexpected()),
-            }
-            checks.push(RecordCheck {
-                record,
-                locked: reply.int()?,
-                sum_of_locks: reply.int()?,
-                locks_without_expiry: reply.uint()?,
-                expiries_without_lock: reply.uint()?,
-                overdue_ms: reply.int()?,
-                available: reply.int()?,
-                unit_scale: reply.unit_scale()?,
-            });
+            checks.extend(self.check_record(record).await?);
         }
         Ok((checks, next))
     }
@@ -577,38 +439,7 @@ impl AdminStore for RedisStore {
         reason: &str,
         request_id: &RequestId,
     ) -> Result<Repair, Error> {
-        let record_id = record.to_string();
-        let fp = fingerprint(&[&record_id, actor, reason]);
-        let partition = self.keys.partition_of(&record.sku);
-        let mut inv = scripts::REPAIR_RECORD.prepare_invoke();
-        self.add_record(&mut inv, record);
-        inv.key(self.keys.due(partition))
-            .key(self.keys.idempotency(partition, "repair_record", request_id))
-            .key(self.keys.audit(partition))
-            .key(self.keys.events(partition))
-            .arg(&record_id)
-            .arg(&fp)
-            .arg(self.retention_ms)
-            .arg(actor)
-            .arg(reason)
-            .arg(request_id.as_str())
-            .arg(self.audit_max_events);
-        let mut reply = self.run_script("repair_record", &inv).await?;
-        match reply.tag.as_str() {
-            "OK" => {}
-            "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => return Err(Error::NotAvailable { record: record.clone(), line: None }),
-            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(request_id)),
-            _ => return Err(reply.unexpected()),
-        }
-        let replayed = reply.replayed;
-        Ok(Repair {
-            locked_before: reply.int()?,
-            locked_after: reply.int()?,
-            fixed_expiries: reply.uint()?,
-            dropped_expiries: reply.uint()?,
-            record: reply.record(record.clone())?,
-            replayed,
-        })
+        self.repair(record, actor, reason, request_id).await
     }
 
     async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, Error> {
@@ -632,7 +463,7 @@ impl AdminStore for RedisStore {
         let filter = LockFilter::default();
         let mut at = Some((0, 0));
         while let Some(batch) = at {
-            let (records, next) = self.record_batch(&filter, batch).await?;
+            let (records, next) = self.record_chunk(&filter, batch).await?;
             for record in records {
                 let (locks, now) = self.record_locks(&record).await?;
                 for lock in locks {

@@ -8,12 +8,11 @@
 
 use std::future::Future;
 
-use super::decode::{Reply, malformed};
-use super::{Partition, RedisStore, lock_call, reused, scripts};
-use crate::domain::BatchId;
+use super::reply::malformed;
+use super::{Partition, RedisStore};
 use crate::domain::{
-    Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, ReleaseCommand, RequestId, Shortage, Sku,
-    new_nonce,
+    BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockTarget, RecordKey, ReleaseCommand, RequestId,
+    Shortage, Sku, new_nonce,
 };
 
 /// Item positions grouped by the partition of their SKU, partitions in the
@@ -80,17 +79,9 @@ impl RedisStore {
         };
         let cmd = &LockCommand { batch_id: Some(batch_id.clone()), ..cmd.clone() };
         let partitions: Vec<String> = groups.iter().map(|(p, _)| p.to_string()).collect();
-        let mut conn = self.link.conn();
-        let _: () = self
-            .bounded(
-                redis::cmd("SET")
-                    .arg(self.keys.batch_partitions(batch_id))
-                    .arg(partitions.join(","))
-                    .arg("PX")
-                    .arg(self.max_hold_ms + self.retention_ms)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut write = redis::cmd("SET");
+        write.arg(self.keys.batch_partitions(batch_id)).arg(partitions.join(",")).arg("PX");
+        let _: () = self.query(write.arg(self.max_hold_ms + self.retention_ms)).await?;
         let mut taken: Vec<(Partition, &[usize], LockOutcome)> = Vec::with_capacity(groups.len());
         for (k, (partition, numbers)) in groups.iter().enumerate() {
             let part = LockCommand { lines: numbers.iter().map(|&i| cmd.lines[i].clone()).collect(), ..cmd.clone() };
@@ -161,18 +152,17 @@ impl RedisStore {
             let undo = format!("batch-undo-{}{}", new_nonce(), new_nonce());
             let undo = RequestId::parse(&undo, "request_id").expect("a valid request id");
             let release = ReleaseCommand {
-                target: crate::domain::LockTarget::Locks(ids.clone()),
+                target: LockTarget::Locks(ids.clone()),
                 holder: Some(cmd.holder.clone()),
                 request_id: undo,
             };
             let result = async {
                 self.release_group(*partition, &release, &ids).await?;
-                let mut conn = self.link.conn();
                 let mut forget = redis::cmd("DEL");
                 forget
                     .arg(self.keys.idempotency(*partition, "batch_lock", &cmd.request_id))
                     .arg(self.keys.batch(*partition, batch_id));
-                self.bounded(forget.query_async::<()>(&mut conn)).await
+                self.query::<()>(&forget).await
             }
             .await;
             if let Err(e) = result {
@@ -186,95 +176,44 @@ impl RedisStore {
         }
     }
 
-    /// Locks the lines of `cmd`, all in `partition`, in one script; `numbers`
-    /// are their line numbers in the caller's request, for its errors.
-    pub(super) async fn lock_group(
-        &self,
-        partition: Partition,
-        cmd: &LockCommand,
-        numbers: &[usize],
-        nonce: &str,
-    ) -> Result<LockOutcome, Error> {
-        let (keys, args) =
-            lock_call(&self.keys, partition, cmd, self.max_hold_ms, self.retention_ms, nonce, self.link.token_floor());
-        let mut inv = scripts::LOCK.prepare_invoke();
-        for key in keys {
-            inv.key(key);
-        }
-        for arg in args {
-            inv.arg(arg);
-        }
-        let mut reply = self.run_script("lock", &inv).await?;
-        let line_record = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
-            let line = reply.index(cmd.lines.len())?;
-            Ok((numbers[line], &cmd.lines[line].record))
+    /// The lock ids a target names; a batch's are read from its record.
+    pub(super) async fn resolve(&self, target: &LockTarget) -> Result<Vec<LockId>, Error> {
+        let batch_id = match target {
+            LockTarget::Locks(ids) => return Ok(ids.clone()),
+            LockTarget::Batch(batch_id) => batch_id,
         };
-        match reply.tag.as_str() {
-            "OK" => {}
-            "IDEMPOTENCY_KEY_REUSED" => return Err(reused(&cmd.request_id)),
-            "SKU_NOT_AVAILABLE_IN_WAREHOUSE" => {
-                let (line, record) = line_record(&mut reply)?;
-                let line = cmd.batch_id.is_some().then_some(line);
-                return Err(Error::NotAvailable { record: record.clone(), line });
-            }
-            "INVALID_QUANTITY_SCALE" | "QUANTITY_OUT_OF_RANGE" => {
-                let (line, _) = line_record(&mut reply)?;
-                let field = if cmd.batch_id.is_some() { format!("lines[{line}].quantity") } else { "quantity".into() };
-                let description = if reply.tag == "QUANTITY_OUT_OF_RANGE" {
-                    "is too large".to_owned()
-                } else {
-                    format!("has more fractional digits than the record's unit_scale {} allows", reply.int()?)
-                };
-                return Err(Error::invalid(field, description));
-            }
-            "INSUFFICIENT_STOCK" => {
-                let mut shortages = Vec::new();
-                while !reply.is_done() {
-                    let (line, record) = line_record(&mut reply)?;
-                    let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
-                    shortages.push(Shortage {
-                        line,
-                        record: record.clone(),
-                        requested: scale.format(requested),
-                        available: scale.format(available),
-                    });
-                }
-                return Err(Error::InsufficientStock { shortages });
-            }
-            _ => return Err(reply.unexpected()),
-        }
-
-        let created_at_ms = reply.int()?;
-        let expires_at_ms = reply.int()?;
-        let max_expires_at_ms = reply.int()?;
-        let batch_id = Some(reply.text()?).filter(|b| !b.is_empty());
-        let nonce = reply.text()?;
-        let mut granted = Vec::with_capacity(cmd.lines.len());
-        for line in &cmd.lines {
-            let token = reply.uint()?;
-            let quantity = reply.int()?;
-            let available = reply.int()?;
-            let unit_scale = reply.unit_scale()?;
-            granted.push(Granted {
-                lock: LockView {
-                    lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
-                    quantity,
-                    unit_scale,
-                    created_at_ms,
-                    expires_at_ms,
-                    max_expires_at_ms,
-                    ttl: cmd.ttl,
-                    order_id: cmd.order_id.to_string(),
-                    holder: cmd.holder.to_string(),
-                    batch_id: batch_id.clone(),
-                },
-                available,
-            });
-        }
-        let batch_id = match batch_id {
-            Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
-            None => None,
+        let partitions: Vec<Partition> = if self.keys.partitions() == 1 {
+            vec![0]
+        } else {
+            let listed: Option<String> =
+                self.query(redis::cmd("GET").arg(self.keys.batch_partitions(batch_id))).await?;
+            let listed = listed.ok_or_else(|| Error::BatchNotFound { batch_id: batch_id.to_string() })?;
+            listed
+                .split(',')
+                .map(|p| p.parse().map_err(|_| malformed("a bad batch partition")))
+                .collect::<Result<_, _>>()?
         };
-        Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
+        // Each partition's script wrote the part of the batch it locked, with
+        // its own nonce (a retry may lock a later partition under a new one).
+        let mut ids = Vec::new();
+        for partition in partitions {
+            let stored: Option<String> =
+                self.query(redis::cmd("GET").arg(self.keys.batch(partition, batch_id))).await?;
+            let Some(stored) = stored else { continue };
+            let mut lines = stored.lines();
+            let (_holder, nonce) = (lines.next(), lines.next().ok_or_else(|| malformed("a batch without a nonce"))?);
+            for line in lines {
+                let (record, token) = line.rsplit_once('|').ok_or_else(|| malformed("a bad batch line"))?;
+                ids.push(LockId {
+                    record: RecordKey::parse_id(record).ok_or_else(|| malformed("a bad batch record"))?,
+                    token: token.parse().map_err(|_| malformed("a bad batch token"))?,
+                    nonce: nonce.to_owned(),
+                });
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::BatchNotFound { batch_id: batch_id.to_string() });
+        }
+        Ok(ids)
     }
 }

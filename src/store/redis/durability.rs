@@ -17,8 +17,8 @@ use std::time::Duration;
 use super::link::Conn;
 use tokio::sync::{mpsc, oneshot};
 
+use super::call::store_error;
 use super::link::Link;
-use super::store_error;
 use crate::domain::{Durability, Error};
 
 /// How many replicas must hold each change, and how long to wait for them.

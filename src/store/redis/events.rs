@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::decode::malformed;
+use super::call::bounded;
 use super::link::Conn;
-use super::{Partition, RedisStore, bounded};
+use super::reply::malformed;
+use super::{Partition, RedisStore};
 use crate::domain::{Error, EventHub, EventId, LifecycleEvent, StreamPosition};
 
 /// How long one blocking read of the tailer waits for new events.

@@ -149,7 +149,7 @@ impl RedisStore {
                     claimed_at = Some(tokio::time::Instant::now());
                     self.claim_stale(conn, &settings).await?;
                 }
-                let reply: Option<Vec<(String, Vec<Entry>)>> = super::bounded(
+                let reply: Option<Vec<(String, Vec<Entry>)>> = super::call::bounded(
                     BLOCK + self.timeout,
                     redis::cmd("XREADGROUP")
                         .arg("GROUP")

@@ -31,8 +31,40 @@ pub struct Keys {
     bases: Arc<[String]>,
 }
 
-/// The four keys of one stock record, in the order the scripts take them.
-pub type RecordKeys = [String; 4];
+/// The four keys of one stock record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordKeys {
+    /// Hash: physical, reserved, in_transit, locked, unit_scale, version,
+    /// source_version and the fencing counter.
+    pub stock: String,
+    /// Hash: fencing token -> the packed lock.
+    pub locks: String,
+    /// Sorted set: fencing token -> expiry (ms).
+    pub exp: String,
+    /// Sorted set of tombstones: `token:mark` -> when the lock ended (ms).
+    pub ended: String,
+}
+
+impl RecordKeys {
+    /// The keys in the order every script takes a record's keys.
+    pub fn in_script_order(&self) -> [&str; 4] {
+        [&self.stock, &self.locks, &self.exp, &self.ended]
+    }
+}
+
+/// The first four keys of every writing script (see `lua/lib.lua`'s
+/// `partition_keys`): all in one partition.
+#[derive(Clone, Debug)]
+pub struct PartitionKeys {
+    /// The request's idempotency record, or [`Keys::unused`] when there is none.
+    pub idempotency: String,
+    /// The sweeper's due index.
+    pub due: String,
+    /// The lifecycle event stream.
+    pub events: String,
+    /// The audit stream.
+    pub audit: String,
+}
 
 impl Keys {
     /// Keys under `prefix` (validated by the config: no braces) in
@@ -57,10 +89,36 @@ impl Keys {
         &self.bases[partition]
     }
 
-    /// stock hash, locks hash, expiry zset, tombstone zset.
+    /// A stock record's keys.
     pub fn record(&self, record: &RecordKey) -> RecordKeys {
         let base = format!("{}:{}:w:{}", self.base(self.partition_of(&record.sku)), record.sku, record.warehouse);
-        [format!("{base}:stock"), format!("{base}:locks"), format!("{base}:exp"), format!("{base}:ended")]
+        RecordKeys {
+            stock: format!("{base}:stock"),
+            locks: format!("{base}:locks"),
+            exp: format!("{base}:exp"),
+            ended: format!("{base}:ended"),
+        }
+    }
+
+    /// The partition keys a writing script takes first; `idempotency` names
+    /// the request's method and id, when it has one.
+    pub fn partition_keys(&self, partition: Partition, idempotency: Option<(&str, &RequestId)>) -> PartitionKeys {
+        PartitionKeys {
+            idempotency: match idempotency {
+                Some((method, request_id)) => self.idempotency(partition, method, request_id),
+                None => self.unused(partition),
+            },
+            due: self.due(partition),
+            events: self.events(partition),
+            audit: self.audit(partition),
+        }
+    }
+
+    /// A key of the partition that no script reads or writes: it fills the
+    /// place of an optional key (a Lock's batch record, the idempotency record
+    /// of a request without a request_id), so every script keeps one KEYS order.
+    pub fn unused(&self, partition: Partition) -> String {
+        format!("{}:unused", self.base(partition))
     }
 
     /// The set of warehouses that have a record of `sku`.
@@ -117,7 +175,6 @@ impl Keys {
         format!("{}:batchparts:{batch_id}", self.base(home))
     }
 
-    /// FNV-1a, which is stable across builds and platforms (std's hashers are not).
     /// Which content first used `request_id` for `method`, when requests
     /// may span partitions (see the store's `claimed`).
     pub fn request_claim(&self, method: &str, request_id: &RequestId) -> String {
@@ -132,6 +189,7 @@ impl Keys {
         format!("{}:batchof:{request_id}", self.base(home))
     }
 
+    /// FNV-1a, which is stable across builds and platforms (std's hashers are not).
     fn partition_of_text(&self, text: &str) -> Partition {
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         (hash % self.bases.len() as u64) as usize
@@ -206,8 +264,17 @@ mod tests {
         let keys = Keys::new("sl", 1);
         let sku = Sku::parse("SKU-1", "sku").unwrap();
         let record = RecordKey::new(sku.clone(), WarehouseId::parse("WH-A", "w").unwrap());
-        assert_eq!(keys.record(&record)[0], "sl:{p0.0}:SKU-1:w:WH-A:stock");
-        for key in keys.record(&record).iter().chain([&keys.warehouses(&sku), &keys.due(0), &keys.events(0)]) {
+        let record_keys = keys.record(&record);
+        assert_eq!(record_keys.stock, "sl:{p0.0}:SKU-1:w:WH-A:stock");
+        let partition_keys = keys.partition_keys(0, None);
+        let partition =
+            [&partition_keys.idempotency, &partition_keys.due, &partition_keys.events, &partition_keys.audit];
+        for key in record_keys
+            .in_script_order()
+            .into_iter()
+            .chain(partition.map(String::as_str))
+            .chain([keys.warehouses(&sku).as_str()])
+        {
             assert!(key.starts_with("sl:{p0.0}:"), "{key}");
         }
     }

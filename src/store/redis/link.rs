@@ -28,7 +28,8 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, Value};
 use tokio::sync::{Mutex, Notify};
 
-use super::{bounded, scripts};
+use super::call::bounded;
+use super::scripts;
 use crate::domain::Error;
 
 /// Tokens of one epoch occupy the low 32 bits; epochs the 21 above (2^53 in all,

@@ -1,0 +1,58 @@
+//! `lua/commit.lua`: turns a lock into a deduction.
+
+use super::call::fingerprint;
+use super::reply::{Facts, Tag, lock_end};
+use super::{RedisStore, scripts, signed_args};
+use crate::domain::{CommitCommand, CommitOutcome, Error, format_scaled};
+
+impl RedisStore {
+    /// Commits the lock `cmd` names (all of it, or `cmd.quantity`).
+    pub(super) async fn commit_lock(&self, cmd: &CommitCommand) -> Result<CommitOutcome, Error> {
+        let id = &cmd.lock_id;
+        let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
+        let [mantissa, scale] = cmd.quantity.map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
+        let lock_id = id.to_string();
+        let fp = fingerprint(&[&lock_id, holder, &mantissa, &scale]);
+
+        let partition = self.keys.partition_of(&id.record.sku);
+        let mut inv = self.writing(&scripts::COMMIT, partition, Some(("commit", &cmd.request_id)));
+        self.add_record(&mut inv, &id.record);
+        inv.arg(&fp)
+            .arg(holder)
+            .arg(&mantissa)
+            .arg(&scale)
+            .arg(self.retention_ms)
+            .arg(self.retention_ms)
+            .arg(id.record.to_string())
+            .arg(id.token)
+            .arg(&id.nonce);
+        let mut reply = self.claimed("commit", &cmd.request_id, || fp.clone(), self.run_script("commit", &inv)).await?;
+        let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
+        let (committed, released, committed_now) = match reply.tag {
+            Tag::Ok => (reply.int()?, reply.int()?, true),
+            Tag::AlreadyCommitted => (0, 0, false),
+            Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
+                facts.field = "quantity".into();
+                return Err(reply.tag.error(facts));
+            }
+            Tag::InvalidQuantityScale => {
+                facts.field = "quantity".into();
+                facts.unit_scale = reply.unit_scale()?.get();
+                return Err(reply.tag.error(facts));
+            }
+            Tag::QuantityExceedsLock => {
+                let locked = reply.int()?;
+                facts.detail = format_scaled(locked, reply.unit_scale()?.get());
+                return Err(reply.tag.error(facts));
+            }
+            Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
+                facts.ended = lock_end(&reply.text()?)?;
+                return Err(reply.tag.error(facts));
+            }
+            _ => return Err(reply.unexpected()),
+        };
+        let replayed = reply.replayed;
+        let record = reply.record(id.record.clone())?;
+        Ok(CommitOutcome { committed, released, committed_now, record, replayed })
+    }
+}

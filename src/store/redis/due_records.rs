@@ -1,0 +1,19 @@
+//! `lua/due_records.lua`: the records of a partition with expired locks.
+
+use super::{Partition, RedisStore, scripts};
+use crate::domain::Error;
+
+impl RedisStore {
+    /// Up to `max_records` ids ("sku|warehouse") of records of `partition`
+    /// that have a lock expired by Redis time.
+    pub(super) async fn due_records(&self, partition: Partition, max_records: usize) -> Result<Vec<String>, Error> {
+        let mut inv = scripts::DUE_RECORDS.prepare_invoke();
+        inv.key(self.keys.due(partition)).arg(max_records);
+        let mut reply = self.run_script("due_records", &inv).await?;
+        let mut ids = Vec::new();
+        while !reply.is_done() {
+            ids.push(reply.text()?);
+        }
+        Ok(ids)
+    }
+}

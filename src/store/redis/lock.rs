@@ -1,0 +1,194 @@
+//! `lua/lock.lua`: Lock and the part of a BatchLock in one partition.
+
+use super::call::{fingerprint, millis};
+use super::reply::{Facts, Reply, Tag, malformed};
+use super::{Keys, Partition, RedisStore, scripts};
+use crate::domain::{BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, Shortage};
+
+/// The KEYS and ARGV of one call of `lua/lock.lua`, in the order of its
+/// header. Public so that the load tool can measure the script itself
+/// (`redis-benchmark`) beside the service.
+#[derive(Clone, Debug)]
+pub struct LockCall {
+    /// KEYS, in script order.
+    pub keys: Vec<String>,
+    /// ARGV, in script order.
+    pub args: Vec<String>,
+}
+
+/// What a lock call needs besides the command.
+#[derive(Clone, Copy, Debug)]
+pub struct LockLimits {
+    /// Longest total hold (ms).
+    pub max_hold_ms: u64,
+    /// How long idempotency records and tombstones are kept (ms).
+    pub retention_ms: u64,
+    /// The smallest fencing token to issue (the fencing epoch << 32).
+    pub token_floor: u64,
+}
+
+impl LockCall {
+    /// The call for `cmd`'s lines, all in `partition`, under `nonce`.
+    pub fn new(keys: &Keys, partition: Partition, cmd: &LockCommand, limits: LockLimits, nonce: &str) -> Self {
+        let mut key_list: Vec<String> = {
+            let pk = keys.partition_keys(partition, Some((lock_method(cmd), &cmd.request_id)));
+            vec![pk.idempotency, pk.due, pk.events, pk.audit]
+        };
+        key_list.push(match &cmd.batch_id {
+            Some(batch) => keys.batch(partition, batch),
+            None => keys.unused(partition),
+        });
+        for line in &cmd.lines {
+            key_list.extend(keys.record(&line.record).in_script_order().map(str::to_owned));
+        }
+        let mut args = vec![
+            lock_fingerprint(cmd),
+            millis(cmd.ttl).to_string(),
+            limits.max_hold_ms.to_string(),
+            cmd.holder.to_string(),
+            cmd.order_id.to_string(),
+            cmd.batch_id.as_ref().map_or_else(String::new, |b| b.to_string()),
+            limits.retention_ms.to_string(),
+            limits.retention_ms.to_string(),
+            nonce.to_owned(),
+            limits.token_floor.to_string(),
+        ];
+        args.extend(line_args(cmd));
+        Self { keys: key_list, args }
+    }
+
+    /// The SHA1 the script is called by (EVALSHA).
+    pub fn script_sha() -> &'static str {
+        scripts::LOCK.get_hash()
+    }
+}
+
+impl RedisStore {
+    /// Locks the lines of `cmd`, all in `partition`, in one script; `numbers`
+    /// are their line numbers in the caller's request, for its errors.
+    pub(super) async fn lock_group(
+        &self,
+        partition: Partition,
+        cmd: &LockCommand,
+        numbers: &[usize],
+        nonce: &str,
+    ) -> Result<LockOutcome, Error> {
+        let limits = LockLimits {
+            max_hold_ms: self.max_hold_ms,
+            retention_ms: self.retention_ms,
+            token_floor: self.link.token_floor(),
+        };
+        let call = LockCall::new(&self.keys, partition, cmd, limits, nonce);
+        let mut inv = scripts::LOCK.prepare_invoke();
+        for key in call.keys {
+            inv.key(key);
+        }
+        for arg in call.args {
+            inv.arg(arg);
+        }
+        let mut reply = self.run_script("lock", &inv).await?;
+        if reply.tag != Tag::Ok {
+            return Err(refusal(&mut reply, cmd, numbers)?);
+        }
+        granted(reply, cmd)
+    }
+}
+
+/// The error of a refused lock call: `{tag, line, ...}` (see the script's header).
+fn refusal(reply: &mut Reply, cmd: &LockCommand, numbers: &[usize]) -> Result<Error, Error> {
+    let batch = cmd.batch_id.is_some();
+    let mut facts = Facts { request_id: cmd.request_id.to_string(), ..Facts::default() };
+    let line = |reply: &mut Reply| -> Result<(usize, &RecordKey), Error> {
+        let line = reply.index(cmd.lines.len())?;
+        Ok((numbers[line], &cmd.lines[line].record))
+    };
+    match reply.tag {
+        Tag::IdempotencyKeyReused => {}
+        Tag::SkuNotAvailableInWarehouse => {
+            let (number, record) = line(reply)?;
+            facts.record = Some((record.clone(), batch.then_some(number)));
+        }
+        Tag::InvalidQuantityScale | Tag::QuantityOutOfRange => {
+            let (number, _) = line(reply)?;
+            facts.field = if batch { format!("lines[{number}].quantity") } else { "quantity".into() };
+            if reply.tag == Tag::InvalidQuantityScale {
+                facts.unit_scale = reply.unit_scale()?.get();
+            }
+        }
+        Tag::InsufficientStock => {
+            while !reply.is_done() {
+                let (number, record) = line(reply)?;
+                let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
+                facts.shortages.push(Shortage {
+                    line: number,
+                    record: record.clone(),
+                    requested: scale.format(requested),
+                    available: scale.format(available),
+                });
+            }
+        }
+        _ => return Err(reply.unexpected()),
+    }
+    Ok(reply.tag.error(facts))
+}
+
+/// The locks an OK reply granted, one per line.
+fn granted(mut reply: Reply, cmd: &LockCommand) -> Result<LockOutcome, Error> {
+    let created_at_ms = reply.int()?;
+    let expires_at_ms = reply.int()?;
+    let max_expires_at_ms = reply.int()?;
+    let batch_id = Some(reply.text()?).filter(|b| !b.is_empty());
+    let nonce = reply.text()?;
+    let mut granted = Vec::with_capacity(cmd.lines.len());
+    for line in &cmd.lines {
+        let token = reply.uint()?;
+        let quantity = reply.int()?;
+        let available = reply.int()?;
+        let unit_scale = reply.unit_scale()?;
+        granted.push(Granted {
+            lock: LockView {
+                lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
+                quantity,
+                unit_scale,
+                created_at_ms,
+                expires_at_ms,
+                max_expires_at_ms,
+                ttl: cmd.ttl,
+                order_id: cmd.order_id.to_string(),
+                holder: cmd.holder.to_string(),
+                batch_id: batch_id.clone(),
+            },
+            available,
+        });
+    }
+    let batch_id = match batch_id {
+        Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
+        None => None,
+    };
+    Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
+}
+
+/// The method of a Lock or BatchLock: request ids are scoped per method.
+pub(super) fn lock_method(cmd: &LockCommand) -> &'static str {
+    if cmd.batch_id.is_some() { "batch_lock" } else { "lock" }
+}
+
+/// Record, quantity mantissa and scale of each line, as lock.lua takes them.
+fn line_args(cmd: &LockCommand) -> Vec<String> {
+    cmd.lines
+        .iter()
+        .flat_map(|line| {
+            let q = line.quantity.decimal();
+            [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
+        })
+        .collect()
+}
+
+/// The fingerprint of a Lock or BatchLock's content.
+pub(super) fn lock_fingerprint(cmd: &LockCommand) -> String {
+    let ttl_ms = millis(cmd.ttl).to_string();
+    let line_args = line_args(cmd);
+    let mut parts = vec![lock_method(cmd), &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
+    parts.extend(line_args.iter().map(String::as_str));
+    fingerprint(&parts)
+}

@@ -1,0 +1,62 @@
+//! `lua/release.lua`: gives the locks of one partition back, all or none.
+
+use super::call::fingerprint;
+use super::reply::{Facts, Tag, malformed};
+use super::{Partition, RedisStore, lock_args, scripts};
+use crate::domain::{Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
+
+impl RedisStore {
+    /// Releases `ids`, all in `partition`, in one script; the flag says
+    /// whether the call was a replay.
+    pub(super) async fn release_group(
+        &self,
+        partition: Partition,
+        cmd: &ReleaseCommand,
+        ids: &[LockId],
+    ) -> Result<(Vec<ReleaseItem>, bool), Error> {
+        let mut inv = self.writing(&scripts::RELEASE, partition, Some(("release", &cmd.request_id)));
+        for id in ids {
+            self.add_record(&mut inv, &id.record);
+        }
+        inv.arg(release_fingerprint(cmd, ids))
+            .arg(cmd.holder.as_ref().map_or("", |h| h.as_str()))
+            .arg(self.retention_ms)
+            .arg(self.retention_ms);
+        for args in lock_args(ids) {
+            inv.arg(&args[..]);
+        }
+        let mut reply = self.run_script("release", &inv).await?;
+        let mut facts = Facts { request_id: cmd.request_id.to_string(), ..Facts::default() };
+        match reply.tag {
+            Tag::Ok => {}
+            Tag::IdempotencyKeyReused => return Err(reply.tag.error(facts)),
+            Tag::LockNotFound | Tag::LockAlreadyCommitted | Tag::LockHolderMismatch => {
+                facts.lock_id = ids[reply.index(ids.len())?].to_string();
+                return Err(reply.tag.error(facts));
+            }
+            _ => return Err(reply.unexpected()),
+        }
+        let mut items = Vec::with_capacity(ids.len());
+        for lock_id in ids.iter().cloned() {
+            let kind = match reply.text()?.as_str() {
+                "RELEASED" => ReleaseKind::Released,
+                "ALREADY_RELEASED" => ReleaseKind::AlreadyReleased,
+                "ALREADY_EXPIRED" => ReleaseKind::AlreadyExpired,
+                "FORCE_RELEASED" => ReleaseKind::ForceReleased,
+                other => return Err(malformed(&format!("the release outcome {other:?}"))),
+            };
+            let quantity = reply.int()?;
+            let unit_scale = reply.unit_scale()?;
+            items.push(ReleaseItem { lock_id, kind, quantity, unit_scale });
+        }
+        Ok((items, reply.replayed))
+    }
+}
+
+/// The fingerprint of a Release of `ids`.
+pub(super) fn release_fingerprint(cmd: &ReleaseCommand, ids: &[LockId]) -> String {
+    let lock_args = lock_args(ids);
+    let mut parts = vec![cmd.holder.as_ref().map_or("", |h| h.as_str())];
+    parts.extend(lock_args.iter().flatten().map(String::as_str));
+    fingerprint(&parts)
+}
