@@ -98,8 +98,7 @@ async fn exit_codes_tell_scripts_what_went_wrong() {
     assert!(nothing.stderr.contains("NO_LOCKS_MATCHED"), "{}", nothing.stderr);
 
     let port = svc.addr.port();
-    drop(svc);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    svc.stop().await.unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"))
         .args(["admin", "--addr", &format!("http://127.0.0.1:{port}"), "locks"])
         .output()

@@ -65,8 +65,9 @@ async fn every_change_appends_exactly_one_event_with_its_figures() {
         .unwrap();
     let b = svc.lock("S", "W", "4", "r2").await.unwrap().lock.unwrap();
     svc.release(&b.lock_id, "rel").await.unwrap();
+    // Long enough that the adjustment below lands before it expires.
     let mut short = lock_request("S", "W", "1", "r3");
-    short.ttl = millis(100);
+    short.ttl = millis(1500);
     let c = client.lock(short).await.unwrap().into_inner().lock.unwrap();
     client
         .adjust_stock(pb::AdjustStockRequest {
@@ -81,7 +82,11 @@ async fn every_change_appends_exactly_one_event_with_its_figures() {
     // Failed and replayed calls add nothing.
     svc.lock("S", "W", "100", "r4").await.unwrap_err();
     svc.lock("S", "W", "3", "r1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The last event is the sweeper's: wait for it, not for a fixed time.
+    assert!(
+        eventually(Duration::from_secs(10), || async { events(&svc).await.len() >= 9 }).await,
+        "the sweeper did not expire the short lock"
+    );
 
     let all = events(&svc).await;
     assert_eq!(

@@ -264,7 +264,14 @@ async fn a_busy_redis_gives_unavailable_within_the_deadline() {
         let script = "local t = redis.call('TIME')[1] + 5 while tonumber(redis.call('TIME')[1]) < t do end return 1";
         let _: redis::RedisResult<i64> = redis::cmd("EVAL").arg(script).arg(0).query_async(&mut conn).await;
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the script runs: Redis then answers BUSY to everyone.
+    let busy_now = eventually(Duration::from_secs(3), || async {
+        let mut probe = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut probe).await;
+        ping.is_err_and(|e| e.code() == Some("BUSY"))
+    })
+    .await;
+    assert!(busy_now, "the runaway script never started");
     let started = Instant::now();
     let status = svc.lock("SKU-B", "WH-A", "1", "b1").await.expect_err("Redis is busy");
     assert!(matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded), "{status:?}");

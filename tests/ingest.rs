@@ -148,8 +148,8 @@ async fn entries_of_a_crashed_consumer_are_claimed_and_applied_once() {
     // A first service sets the stock, then five deltas of +1 arrive.
     let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
     svc.stock("S", "W", "100").await;
-    drop(svc);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stopped, not just dropped: its consumer must not take the new entries.
+    svc.stop().await.unwrap();
     for i in 0..5 {
         let event_id = format!("ev-{i}");
         xadd_raw(
@@ -174,15 +174,25 @@ async fn entries_of_a_crashed_consumer_are_claimed_and_applied_once() {
     // Another replica takes the other two at once and the three after the idle time.
     let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
     assert!(eventually(Duration::from_secs(5), || async { physical(&svc, "S").await.as_deref() == Some("105") }).await);
-    let summary: Vec<redis::Value> =
-        redis::cmd("XPENDING").arg(STREAM).arg("stocklock").query_async(&mut conn).await.unwrap();
-    let pending: u64 = redis::from_redis_value(summary[0].clone()).unwrap();
-    assert_eq!(pending, 0, "nothing is left pending");
-    // Redelivering everything once more changes nothing.
+    // An entry is acknowledged just after it is applied.
+    assert!(eventually(Duration::from_secs(5), || group_settled(conn.clone())).await, "entries left pending");
+    // Redelivering everything once more changes nothing: wait until the
+    // group has read and acknowledged every entry again.
     let _: () =
         redis::cmd("XGROUP").arg("SETID").arg(STREAM).arg("stocklock").arg("0").query_async(&mut conn).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(eventually(Duration::from_secs(10), || group_settled(conn.clone())).await, "not redelivered");
     assert_eq!(physical(&svc, "S").await.as_deref(), Some("105"));
+}
+
+/// True when the group has read every entry of the stream (lag 0) and
+/// acknowledged every entry it read.
+async fn group_settled(mut conn: redis::aio::MultiplexedConnection) -> bool {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(STREAM).query_async(&mut conn).await.unwrap();
+    let group = groups.iter().find(|g| g.get("name") == Some(&redis::Value::BulkString(b"stocklock".to_vec())));
+    let figure =
+        |name: &str| group.and_then(|g| g.get(name)).and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+    figure("lag") == Some(0) && figure("pending") == Some(0)
 }
 
 async fn xadd_raw(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str, &str)]) {

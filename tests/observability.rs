@@ -34,7 +34,19 @@ async fn lock_health_and_its_heatmap_from_a_seeded_history() {
     // Live traffic counts too, in the current hour.
     svc.stock("S", "WH-B", "10").await;
     svc.lock("S", "WH-B", "1", "r1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Counts reach Redis in the next flush (about a second): wait for it.
+    let flushed = eventually(Duration::from_secs(5), || async {
+        let mut conn = svc.redis_conn().await;
+        let ok: Option<u64> = redis::cmd("HGET")
+            .arg(format!("sl:{{lockhealth}}:{}", hour_start(0)))
+            .arg("WH-B|OK")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ok == Some(1)
+    })
+    .await;
+    assert!(flushed, "the live lock's outcome was never flushed");
 
     let mut admin = svc.admin().await;
     let since = prost_types::Timestamp { seconds: hour_start(3) / 1000, nanos: 0 };
