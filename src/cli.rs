@@ -3,6 +3,8 @@
 //! Tables for people by default, `--json` for scripts, and exit codes that
 //! scripts can rely on (see [`exit`]). Every error says what to do next.
 
+pub mod heatmap;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -408,7 +410,7 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
                 warehouse_id: args.warehouse.unwrap_or_default(),
             };
             let response = admin.lock_health(request).await?.into_inner();
-            let map = crate::heatmap::Heatmap::new(&response.cells, response.target);
+            let map = crate::cli::heatmap::Heatmap::new(&response.cells, response.target);
             if let Some(path) = &args.svg {
                 std::fs::write(path, map.svg()).map_err(|e| Failure {
                     code: exit::REFUSED,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::edge::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
 
 /// The stocklock command line.
@@ -25,15 +26,6 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Operator commands against a running service.
     Admin(Box<crate::cli::AdminArgs>),
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
 }
 
 /// How the service reaches Redis.

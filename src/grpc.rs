@@ -15,12 +15,12 @@ use tonic::{Request, Response, Status};
 
 pub use self::admin::AdminApi;
 pub use self::status::ERROR_DOMAIN;
-use crate::auth::Principal;
 use crate::domain::{
     AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, EventId, Holder, LifecycleEvent, LockCommand,
     LockFilter, LockId, LockLine, LockOutcome, LockTarget, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand,
     RequestId, ScaledStock, SetStockCommand, Signed, Sku, StockStore, UnitScale, WarehouseId, WatchPosition,
 };
+use crate::edge::auth::Principal;
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
 
@@ -81,8 +81,8 @@ impl<S> InventoryApi<S> {
         Ok(self.ttl(ttl, "ttl")?.unwrap_or(self.limits.default_ttl))
     }
 
-    /// Counts each line's outcome (metrics and hourly lock health).
-    fn locked(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error>
+    /// Counts each line's outcome (metrics and hourly lock health) and passes `result` on.
+    fn count_lock_outcomes(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error>
     where
         S: StockStore,
     {
@@ -537,8 +537,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: None,
         };
-        crate::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
-        let outcome = self.locked(&cmd, self.store.lock(&cmd).await)?;
+        crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
+        let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         let granted = &outcome.granted[0];
         Ok(Response::new(pb::LockResponse {
             lock: Some(convert::lock(&granted.lock)),
@@ -583,8 +583,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: Some(BatchId::generate()),
         };
-        crate::telemetry::record_request("", "", &r.request_id);
-        let outcome = self.locked(&cmd, self.store.lock(&cmd).await)?;
+        crate::edge::telemetry::record_request("", "", &r.request_id);
+        let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
             batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
             locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),

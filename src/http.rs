@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::auth::{Access, Principal};
 use crate::domain::{Error, RecordKey, Sku, StockStore, StockView, WarehouseId};
+use crate::edge::auth::{Access, Principal};
 use crate::grpc::convert;
 use crate::store::redis::RedisStore;
 

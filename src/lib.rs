@@ -5,8 +5,8 @@
 //! or releases it; a lock that stops being renewed expires by itself.
 //!
 //! The modules, from the wire inwards:
-//! - [`server`]: wiring and lifecycle: Redis, health, reflection, sweeper, drain.
-//! - [`auth`]: bearer tokens, roles, and query rate limits, as a tower layer.
+//! - [`server`]: wiring and lifecycle: Redis, health, reflection, workers, drain.
+//! - [`edge`]: the tower layers every call passes: telemetry, auth, admission.
 //! - [`grpc`]: the tonic adapters (InventoryService, AdminService): validate
 //!   requests into domain commands and map every domain error to one status
 //!   code and reason.
@@ -15,33 +15,26 @@
 //! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
 //!   decoding of their replies.
 //! - [`http`]: availability in JSON for the transfer system, probes, OpenAPI.
-//! - [`telemetry`]: logs, OpenTelemetry traces, and RPC metrics as a tower layer.
 //! - [`metrics`]: the Prometheus metrics, served at `/metrics`.
-//! - [`sweeper`]: returns the stock of expired locks, safely from many replicas.
+//! - [`workers`]: the background loops: the expiry sweeper and the invariant auditor.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
-//! - [`heatmap`]: the lock-health heatmap, for a terminal and as SVG.
-//! - [`cli`]: `stocklock admin`, the operator's command line.
+//! - [`cli`]: `stocklock admin`, the operator's command line, and its heatmap.
 //! - [`config`]: the one typed configuration (flags and `STOCKLOCK_*` variables).
 //! - [`pb`]: the generated protobuf types of `proto/stocklock/v1/stocklock.proto`.
 
 #![forbid(unsafe_code)]
 
-pub mod admission;
-pub mod auditor;
-pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod embedded_redis;
 pub mod grpc;
-pub mod heatmap;
 pub mod http;
-mod layer;
 pub mod metrics;
 pub mod server;
 pub mod store;
-pub mod sweeper;
-pub mod telemetry;
+pub mod workers;
 
 /// Generated protobuf and gRPC code of the `stocklock.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -27,7 +27,7 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
     };
     runtime.block_on(async {
-        let _telemetry = stocklock::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+        let _telemetry = stocklock::edge::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         let listeners = stocklock::server::Listeners::bind(&config).await.context("binding the listeners")?;
         stocklock::server::run(config, listeners, shutdown_signal()).await?;
         Ok(())

@@ -13,18 +13,19 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::admission::{Admission, AdmissionLayer};
-use crate::auth::{Access, AccessLayer, Authenticator};
 use crate::config::{RedisMode, ServeConfig};
 use crate::domain::{Error, EventHub, StockStore};
+use crate::edge::admission::{Admission, AdmissionLayer};
+use crate::edge::auth::{Access, AccessLayer, Authenticator};
 use crate::embedded_redis::EmbeddedRedis;
 use crate::grpc::admin::ForceUnlockPolicy;
 use crate::grpc::{AdminApi, InventoryApi};
 use crate::http::HttpState;
+use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::store::redis::{DurabilitySettings, IngestSettings, RedisSettings, RedisStore, Topology};
-use crate::{pb, sweeper};
+use crate::workers::sweeper;
 
 /// How often health checks Redis.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -172,11 +173,11 @@ pub async fn run(
         background.push(tokio::spawn(refresh_gauges(store.clone(), refresh, rule, stop_rx.clone())));
     }
     if !config.invariant_check_interval.is_zero() {
-        let settings = crate::auditor::Settings {
+        let settings = crate::workers::auditor::Settings {
             interval: config.invariant_check_interval,
             sweep_bound: config.invariant_sweep_bound,
         };
-        background.push(tokio::spawn(crate::auditor::run(store.clone(), settings, stop_rx.clone())));
+        background.push(tokio::spawn(crate::workers::auditor::run(store.clone(), settings, stop_rx.clone())));
     }
     if !config.no_ingest {
         let settings = IngestSettings {
@@ -252,9 +253,9 @@ pub async fn run(
         tracing::warn!("TLS is off (no --tls-cert): traffic and tokens travel in plaintext; for local use only");
     }
     let server = builder
-        .layer(crate::telemetry::ObserveLayer)
+        .layer(crate::edge::telemetry::ObserveLayer)
         .layer(AccessLayer::new(access))
-        .layer(AdmissionLayer::new(Admission::new(crate::admission::Limits {
+        .layer(AdmissionLayer::new(Admission::new(crate::edge::admission::Limits {
             max_in_flight: config.max_in_flight,
             max_queued: config.max_queued,
             max_wait: config.max_queue_wait,
@@ -373,7 +374,7 @@ fn tls_config(config: &ServeConfig) -> Result<Option<tonic::transport::ServerTls
 
 /// Reloads the token file when it changes and forgets idle rate-limit state.
 async fn maintain_access(access: Arc<Access>, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(crate::auth::RELOAD_INTERVAL);
+    let mut ticker = tokio::time::interval(crate::edge::auth::RELOAD_INTERVAL);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

@@ -12,11 +12,11 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::{MAX_PAGE_SIZE, actor, convert, lock_filter, optional, page_size, principal, record_key};
-use crate::auth::Principal;
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, BatchId, Error, ForceUnlockState, ForceUnlockView, Holder, LockId,
     LockTarget, LockView, RequestId, SUCCESS_TARGET,
 };
+use crate::edge::auth::Principal;
 use crate::metrics::ForceUnlockLabels;
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;

@@ -23,8 +23,8 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use super::layer::{BoxFuture, take_ready};
 use crate::domain::{Error, Holder};
-use crate::layer::{BoxFuture, take_ready};
 
 /// Shortest token accepted in the token file.
 const MIN_TOKEN_LEN: usize = 16;

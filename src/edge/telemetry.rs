@@ -22,8 +22,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
-use crate::layer::{BoxFuture, take_ready};
+use super::layer::{BoxFuture, take_ready};
 use crate::metrics::{METRICS, RpcLabels};
 
 /// Most spans waiting for export; beyond it spans are dropped, not waited for.
@@ -48,6 +47,15 @@ fn otlp_configured() -> bool {
     ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
         .iter()
         .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// Installs logging and, when configured, trace export. Call once, inside a

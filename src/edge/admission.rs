@@ -22,8 +22,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::Status;
 
+use super::layer::{BoxFuture, take_ready};
 use crate::domain::Error;
-use crate::layer::{BoxFuture, take_ready};
 use crate::metrics::{METRICS, ShedLabels};
 
 /// How long before a caller's deadline a queued call is refused, so the
