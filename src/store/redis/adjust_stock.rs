@@ -40,8 +40,10 @@ impl RedisStore {
             }
             Tag::InvalidQuantityScale | Tag::QuantityOutOfRange | Tag::NegativeStock => {
                 facts.field = format!("{}_delta", reply.text()?);
-                if reply.tag == Tag::InvalidQuantityScale {
-                    facts.unit_scale = reply.unit_scale()?.get();
+                match reply.tag {
+                    Tag::InvalidQuantityScale => facts.unit_scale = reply.unit_scale()?.get(),
+                    Tag::QuantityOutOfRange => facts.detail = "takes the figure out of range".into(),
+                    _ => {}
                 }
                 return Err(reply.tag.error(facts));
             }

@@ -59,11 +59,29 @@ impl RedisStore {
         }
     }
 
-    /// One EVALSHA (SCRIPT LOAD and a retry on NOSCRIPT), timed as `op`
-    /// in a child span and in the Redis metrics.
+    /// One EVALSHA of a request's script, timed as `op` in a child span and
+    /// in the Redis metrics.
     pub(super) async fn run_script(&self, op: &'static str, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
-        let mut conn = self.link.conn();
         let started = std::time::Instant::now();
+        let result = self
+            .eval(invocation)
+            .instrument(tracing::debug_span!("redis", otel.name = op, db.system = "redis", db.operation = op))
+            .await;
+        let kind = result.as_ref().err().map(|e| match e {
+            Error::StoreTimeout => "timeout",
+            Error::StoreUnavailable { .. } => "unavailable",
+            Error::StoreOutOfMemory => "out_of_memory",
+            _ => "other",
+        });
+        crate::metrics::METRICS.redis(op, started.elapsed(), kind);
+        result
+    }
+
+    /// One EVALSHA, untimed: for the background loops (the sweeper runs every
+    /// few hundred ms in every partition of every replica; its calls would
+    /// drown the request spans and metrics).
+    pub(super) async fn eval(&self, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
+        let mut conn = self.link.conn();
         // invoke_async loads the script on NOSCRIPT and retries once; a
         // SCRIPT FLUSH (or a failover) between the load and the retry gives
         // NOSCRIPT again. Each round is a round trip to Redis, and the store
@@ -76,18 +94,8 @@ impl RedisStore {
                 }
             }
         };
-        let result: Result<Vec<String>, Error> = self
-            .bounded(call)
-            .instrument(tracing::debug_span!("redis", otel.name = op, db.system = "redis", db.operation = op))
-            .await;
-        let kind = result.as_ref().err().map(|e| match e {
-            Error::StoreTimeout => "timeout",
-            Error::StoreUnavailable { .. } => "unavailable",
-            Error::StoreOutOfMemory => "out_of_memory",
-            _ => "other",
-        });
-        crate::metrics::METRICS.redis(op, started.elapsed(), kind);
-        Reply::new(result?)
+        let items: Vec<String> = self.bounded(call).await?;
+        Reply::new(items)
     }
 
     /// Runs `call` under a claim of `request_id` for `method`. With several

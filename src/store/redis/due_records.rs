@@ -9,7 +9,7 @@ impl RedisStore {
     pub(super) async fn due_records(&self, partition: Partition, max_records: usize) -> Result<Vec<String>, Error> {
         let mut inv = scripts::DUE_RECORDS.prepare_invoke();
         inv.key(self.keys.due(partition)).arg(max_records);
-        let mut reply = self.run_script("due_records", &inv).await?;
+        let mut reply = self.eval(&inv).await?;
         let mut ids = Vec::new();
         while !reply.is_done() {
             ids.push(reply.text()?);

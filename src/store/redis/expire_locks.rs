@@ -17,7 +17,7 @@ impl RedisStore {
             let mut inv = self.writing(&scripts::EXPIRE_LOCKS, partition, None);
             self.add_record(&mut inv, &record);
             inv.arg(&id).arg(self.retention_ms);
-            let mut reply = self.run_script("expire_locks", &inv).await?;
+            let mut reply = self.eval(&inv).await?;
             expired += usize::try_from(reply.uint()?).unwrap_or(usize::MAX);
         }
         Ok(expired)

@@ -1,9 +1,9 @@
 //! `lua/renew.lua`: the heartbeat of the locks of one partition.
 
 use super::call::{fingerprint, millis};
-use super::reply::{Facts, Tag, lock_end};
+use super::reply::{Facts, Reply, Tag, lock_end, malformed};
 use super::{Partition, RedisStore, lock_args, scripts};
-use crate::domain::{Error, LockId, RenewCommand, RenewItem, Renewed};
+use crate::domain::{Error, LockEnd, LockId, RenewCommand, RenewItem, Renewed};
 
 impl RedisStore {
     /// Renews `ids`, all in `partition`, in one script. Each lock gets its
@@ -36,22 +36,51 @@ impl RedisStore {
         }
         let mut items = Vec::with_capacity(ids.len());
         for lock_id in ids {
-            let status = reply.tag()?;
-            let (detail, capped) = (reply.text()?, reply.text()? == "1");
-            let result = match status {
+            let item = Item::read(&mut reply)?;
+            let result = match item.status {
                 Tag::Ok => {
-                    let expires_at_ms = detail.parse().map_err(|_| super::reply::malformed("a bad expiry"))?;
-                    Ok(Renewed { expires_at_ms, max_hold_reached: capped })
+                    let expires_at_ms = item.detail.parse().map_err(|_| malformed("a bad expiry"))?;
+                    Ok(Renewed { expires_at_ms, max_hold_reached: item.capped })
                 }
-                Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased | Tag::LockHolderMismatch => {
-                    let facts = Facts { lock_id: lock_id.to_string(), ended: lock_end(&detail)?, ..Facts::default() };
-                    Err(status.error(facts))
-                }
-                other => return Err(super::reply::malformed(&format!("the renew status {}", other.as_str()))),
+                Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased | Tag::LockHolderMismatch => Err(item
+                    .status
+                    .error(Facts { lock_id: lock_id.to_string(), ended: item.ended, ..Facts::default() })),
+                other => return Err(malformed(&format!("the renew status {}", other.as_str()))),
             };
             items.push(RenewItem { lock_id, result });
         }
         Ok((items, reply.replayed))
+    }
+}
+
+/// One lock's item of a renew reply: status, detail (the expiry when OK,
+/// else how the lock ended), capped.
+struct Item {
+    status: Tag,
+    detail: String,
+    ended: Option<LockEnd>,
+    capped: bool,
+}
+
+impl Item {
+    /// Reads one item. An idempotency record written before the tags were
+    /// spelled as the error reasons (kept up to the retention, 24 h by
+    /// default) says LOCK_RELEASED or LOCK_COMMITTED with "0" for the detail:
+    /// a retry within that window still replays it, read as today's
+    /// LOCK_NOT_FOUND with how the lock ended.
+    fn read(reply: &mut Reply) -> Result<Self, Error> {
+        let status = reply.text()?;
+        let (detail, capped) = (reply.text()?, reply.text()? == "1");
+        let (status, ended) = match status.as_str() {
+            "LOCK_RELEASED" => (Tag::LockNotFound, Some(LockEnd::Released)),
+            "LOCK_COMMITTED" => (Tag::LockNotFound, Some(LockEnd::Committed)),
+            _ => {
+                let status = Reply::new(vec![status])?.tag;
+                let ended = if status == Tag::Ok || detail == "0" { None } else { lock_end(&detail)? };
+                (status, ended)
+            }
+        };
+        Ok(Self { status, detail, ended, capped })
     }
 }
 
@@ -62,4 +91,27 @@ pub(super) fn renew_fingerprint(cmd: &RenewCommand, ids: &[LockId]) -> String {
     let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
     parts.extend(lock_args.iter().flatten().map(String::as_str));
     fingerprint(&parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(parts: &[&str]) -> Item {
+        let mut items = vec!["OK".to_owned()];
+        items.extend(parts.iter().map(|s| (*s).to_owned()));
+        Item::read(&mut Reply::new(items).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn items_read_today_and_from_records_kept_before_the_tags_changed() {
+        let ok = item(&["OK", "1700", "1"]);
+        assert_eq!((ok.status, ok.detail.as_str(), ok.capped), (Tag::Ok, "1700", true));
+        let ended = item(&["LOCK_NOT_FOUND", "COMMITTED", "0"]);
+        assert_eq!((ended.status, ended.ended), (Tag::LockNotFound, Some(LockEnd::Committed)));
+        let legacy = item(&["LOCK_RELEASED", "0", "0"]);
+        assert_eq!((legacy.status, legacy.ended), (Tag::LockNotFound, Some(LockEnd::Released)));
+        let legacy = item(&["LOCK_EXPIRED", "0", "0"]);
+        assert_eq!((legacy.status, legacy.ended), (Tag::LockExpired, None));
+    }
 }

@@ -103,7 +103,9 @@ pub(super) struct Facts {
     /// A forced-unlock request's id.
     pub(super) force_unlock_id: String,
     /// Another figure a tag reports: the locked quantity (QUANTITY_EXCEEDS_LOCK),
-    /// a request's state (FORCE_UNLOCK_NOT_PENDING), the requester (TWO_PERSON_RULE).
+    /// a request's state (FORCE_UNLOCK_NOT_PENDING), the requester (TWO_PERSON_RULE),
+    /// or what is wrong with a field when the default wording does not fit
+    /// (QUANTITY_OUT_OF_RANGE of a delta: the figure it makes is out of range).
     pub(super) detail: String,
 }
 
@@ -133,7 +135,8 @@ impl Tag {
                 field,
                 format!("has more fractional digits than the record's unit_scale {unit_scale} allows"),
             ),
-            Self::QuantityOutOfRange => Error::invalid(field, "is too large"),
+            Self::QuantityOutOfRange if detail.is_empty() => Error::invalid(field, "is too large"),
+            Self::QuantityOutOfRange => Error::invalid(field, detail),
             Self::InsufficientStock => Error::InsufficientStock { shortages },
             Self::LockNotFound => Error::LockNotFound { lock_id, ended },
             Self::LockExpired => Error::LockExpired { lock_id },
@@ -188,12 +191,6 @@ impl Reply {
     /// The next element as text.
     pub(super) fn text(&mut self) -> Result<String, Error> {
         self.items.next().ok_or_else(|| malformed("a short reply"))
-    }
-
-    /// The next element as a tag (a per-item status).
-    pub(super) fn tag(&mut self) -> Result<Tag, Error> {
-        let text = self.text()?;
-        Tag::parse(&text).ok_or_else(|| malformed(&format!("the unknown tag {text:?}")))
     }
 
     /// The next element as an integer.
@@ -351,7 +348,7 @@ mod tests {
         assert!(reply(&["OK", "5"]).index(5).is_err());
         assert!(reply(&["OK", "13"]).unit_scale().is_err());
         assert!(lock_end("GONE").is_err());
-        assert!(reply(&["OK", "LOCK_RELEASED"]).tag().is_err());
+        assert!(Reply::new(vec!["LOCK_RELEASED".into()]).is_err());
     }
 
     #[test]
