@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{MAX_PAGE_SIZE, actor, convert, lock_filter, optional, page_size, principal, record_key};
+use super::convert;
+use super::validate::{MAX_PAGE_SIZE, actor, lock_filter, optional, page_size, principal, record_key};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, BatchId, Error, ForceUnlockState, ForceUnlockView, Holder, LockId,
     LockTarget, LockView, RequestId, SUCCESS_TARGET,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 
-use crate::domain::{Error, LockView, ReleaseKind, StockView, format_scaled};
+use crate::domain::{Error, LifecycleEvent, LockView, ReleaseKind, StockView, WatchPosition, format_scaled};
 use crate::pb;
 
 /// Redis time in ms since the epoch to a protobuf Timestamp.
@@ -76,6 +76,48 @@ pub(super) fn release_outcome(kind: ReleaseKind) -> pb::ReleaseOutcome {
 
 pub(super) fn scaled(value: i64, scale: u32) -> String {
     format_scaled(value, scale)
+}
+
+/// An event as a watcher sees it.
+pub(super) fn availability_event(event: &LifecycleEvent, position: &WatchPosition) -> pb::AvailabilityEvent {
+    pb::AvailabilityEvent {
+        event_id: position.to_string(),
+        at: Some(timestamp(event.id.ms as i64)),
+        action: event.field("action").to_owned(),
+        sku: event.field("sku").to_owned(),
+        warehouse_id: event.field("warehouse_id").to_owned(),
+        available: event.field("available").to_owned(),
+        available_before: event.field("available_before").to_owned(),
+        locked: event.field("locked").to_owned(),
+        physical: event.field("physical").to_owned(),
+        reserved: event.field("reserved").to_owned(),
+        in_transit: event.field("in_transit").to_owned(),
+        version: event.field("version").parse().unwrap_or_default(),
+        lock_id: event.field("lock_id").to_owned(),
+        fencing_token: event.field("fencing_token").parse().unwrap_or_default(),
+        quantity: event.field("quantity").to_owned(),
+        holder: event.field("holder").to_owned(),
+        order_id: event.field("order_id").to_owned(),
+    }
+}
+
+/// The first event of a watch without a resume position: the record as it is.
+pub(super) fn snapshot_event(view: &StockView, position: &WatchPosition) -> pb::AvailabilityEvent {
+    let record = record(view);
+    pb::AvailabilityEvent {
+        event_id: position.to_string(),
+        action: "snapshot".into(),
+        sku: record.sku,
+        warehouse_id: record.warehouse_id,
+        available: record.available.clone(),
+        available_before: record.available,
+        locked: record.locked,
+        physical: record.physical,
+        reserved: record.reserved,
+        in_transit: record.in_transit,
+        version: record.version,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

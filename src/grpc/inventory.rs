@@ -1,0 +1,319 @@
+//! `stocklock.v1.InventoryService`: each handler validates its request
+//! (`validate`), runs one command on the store, and converts the outcome
+//! (`convert`); an error goes back through the one table in `status`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Limits, convert, validate, watch};
+use crate::domain::{
+    AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, LockCommand, LockId, LockLine, LockOutcome, OrderId,
+    Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SetStockCommand, Sku, StockStore,
+    UnitScale, WarehouseId,
+};
+use crate::pb;
+use crate::pb::inventory_service_server::InventoryService;
+
+/// `stocklock.v1.InventoryService` over any [`StockStore`].
+pub struct InventoryApi<S> {
+    store: Arc<S>,
+    limits: Limits,
+    events: EventHub,
+}
+
+impl<S> InventoryApi<S> {
+    /// The service over `store`, validating requests against `limits`;
+    /// watchers follow `events`.
+    pub fn new(store: Arc<S>, limits: Limits, events: EventHub) -> Self {
+        Self { store, limits, events }
+    }
+}
+
+impl<S: StockStore> InventoryApi<S> {
+    /// Counts each line's outcome (metrics and hourly lock health) and passes `result` on.
+    fn count_lock_outcomes(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error> {
+        let reason = result.as_ref().map_or_else(Error::reason, |_| "OK");
+        let outcomes: Vec<(&str, &'static str)> =
+            cmd.lines.iter().map(|l| (l.record.warehouse.as_str(), reason)).collect();
+        for (warehouse, reason) in &outcomes {
+            crate::metrics::METRICS.lock_outcome(warehouse, reason);
+        }
+        self.store.record_lock_outcomes(&outcomes);
+        result
+    }
+
+    /// Replica acknowledgements of this call's change, when configured.
+    async fn durability(&self) -> Option<pb::Durability> {
+        self.store.durability().await.map(|d| pb::Durability {
+            replicas_acknowledged: d.acknowledged,
+            replicas_required: d.required,
+            durable: d.durable(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl<S: StockStore> InventoryService for InventoryApi<S> {
+    type WatchAvailabilityStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AvailabilityEvent, Status>>;
+
+    async fn watch_availability(
+        &self,
+        request: Request<pb::WatchAvailabilityRequest>,
+    ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
+        let stream = watch::watch(&self.store, &self.events, &self.limits, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::SetStockResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let unit_scale = UnitScale::new(r.unit_scale, "unit_scale")?;
+        if r.source_version > crate::domain::MAX_SCALED as u64 {
+            return Err(Error::invalid("source_version", "must be below 2^53").into());
+        }
+        let cmd = SetStockCommand {
+            record: validate::record_key(&r.sku, &r.warehouse_id, "")?,
+            physical: ScaledStock::parse(&r.physical, unit_scale, "physical")?,
+            reserved: ScaledStock::parse(&r.reserved, unit_scale, "reserved")?,
+            in_transit: ScaledStock::parse(&r.in_transit, unit_scale, "in_transit")?,
+            unit_scale,
+            source_version: r.source_version,
+            request_id: validate::optional(&r.request_id, |v| RequestId::parse(v, "request_id"))?,
+            actor: validate::actor(&principal),
+        };
+        let outcome = self.store.set_stock(cmd).await?;
+        Ok(Response::new(pb::SetStockResponse {
+            applied: outcome.applied,
+            stale: !outcome.applied,
+            record: Some(convert::record(&outcome.record)),
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = AdjustStockCommand {
+            record: validate::record_key(&r.sku, &r.warehouse_id, "")?,
+            physical: validate::signed_or_zero(&r.physical_delta, "physical_delta")?,
+            reserved: validate::signed_or_zero(&r.reserved_delta, "reserved_delta")?,
+            in_transit: validate::signed_or_zero(&r.in_transit_delta, "in_transit_delta")?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            reason: r.reason,
+            actor: validate::actor(&principal),
+        };
+        cmd.check_not_empty()?;
+        let view = self.store.adjust_stock(cmd).await?.record;
+        Ok(Response::new(pb::AdjustStockResponse {
+            record: Some(convert::record(&view)),
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<pb::GetAvailabilityRequest>,
+    ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        let sku = Sku::parse(&r.sku, "sku")?;
+        let records = match validate::optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))? {
+            Some(warehouse) => vec![RecordKey::new(sku, warehouse)],
+            None => {
+                let warehouses = self.store.warehouses_of(&sku).await?;
+                warehouses.into_iter().map(|w| RecordKey::new(sku.clone(), w)).collect()
+            }
+        };
+        let views = self.store.get_stock(&records).await?;
+        if let [None] = views.as_slice() {
+            let record = records.into_iter().next().expect("one record was asked for");
+            return Err(Error::NotAvailable { record, line: None }.into());
+        }
+        let views: Vec<_> = views.into_iter().flatten().collect();
+        Ok(Response::new(pb::GetAvailabilityResponse {
+            total_available: convert::total_available(&views),
+            records: views.iter().map(convert::record).collect(),
+        }))
+    }
+
+    async fn batch_get_availability(
+        &self,
+        request: Request<pb::BatchGetAvailabilityRequest>,
+    ) -> Result<Response<pb::BatchGetAvailabilityResponse>, Status> {
+        let records = validate::stock_keys(&self.limits, &request.get_ref().keys)?;
+        let views = self.store.get_stock(&records).await?;
+        let mut response = pb::BatchGetAvailabilityResponse::default();
+        for (record, view) in records.into_iter().zip(views) {
+            match view {
+                Some(view) => response.records.push(convert::record(&view)),
+                None => response
+                    .missing
+                    .push(pb::StockKey { sku: record.sku.to_string(), warehouse_id: record.warehouse.to_string() }),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = LockCommand {
+            lines: vec![LockLine {
+                record: validate::record_key(&r.sku, &r.warehouse_id, "")?,
+                quantity: Quantity::parse(&r.quantity, "quantity")?,
+            }],
+            ttl: validate::lock_ttl(&self.limits, r.ttl.as_ref())?,
+            order_id: OrderId::parse(&r.order_id, "order_id")?,
+            holder: validate::holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            batch_id: None,
+        };
+        crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
+        let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
+        let granted = &outcome.granted[0];
+        Ok(Response::new(pb::LockResponse {
+            lock: Some(convert::lock(&granted.lock)),
+            available: granted.lock.unit_scale.format(granted.available),
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn batch_lock(
+        &self,
+        request: Request<pb::BatchLockRequest>,
+    ) -> Result<Response<pb::BatchLockResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = LockCommand {
+            lines: validate::batch_lines(&self.limits, &r.lines)?,
+            ttl: validate::lock_ttl(&self.limits, r.ttl.as_ref())?,
+            order_id: OrderId::parse(&r.order_id, "order_id")?,
+            holder: validate::holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+            batch_id: Some(BatchId::generate()),
+        };
+        crate::edge::telemetry::record_request("", "", &r.request_id);
+        let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
+        Ok(Response::new(pb::BatchLockResponse {
+            batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+            locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = RenewCommand {
+            target: validate::target(&self.limits, &r.lock_ids, &r.batch_id, "lock_ids")?,
+            ttl: validate::ttl(&self.limits, r.ttl.as_ref(), "ttl")?,
+            holder: validate::holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let outcome = self.store.renew(cmd).await?;
+        // Partial success is success, with per-lock reasons; when nothing
+        // could be renewed the call fails with the first lock's reason.
+        if outcome.items.iter().all(|item| item.result.is_err()) {
+            if let Some(Err(first)) = outcome.items.into_iter().next().map(|item| item.result) {
+                return Err(first.into());
+            }
+            return Err(Error::Internal { detail: "renew returned no results".into() }.into());
+        }
+        let results = outcome
+            .items
+            .into_iter()
+            .map(|item| {
+                let lock_id = item.lock_id.to_string();
+                match item.result {
+                    Ok(renewed) => pb::RenewResult {
+                        lock_id,
+                        renewed: true,
+                        expires_at: Some(convert::timestamp(renewed.expires_at_ms)),
+                        max_hold_reached: renewed.max_hold_reached,
+                        reason: String::new(),
+                    },
+                    Err(e) => pb::RenewResult { lock_id, reason: e.reason().to_owned(), ..Default::default() },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::RenewResponse {
+            results,
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let lock_ids: Vec<String> = (!r.lock_id.is_empty()).then_some(r.lock_id).into_iter().collect();
+        let cmd = ReleaseCommand {
+            target: validate::target(&self.limits, &lock_ids, &r.batch_id, "lock_id")?,
+            holder: validate::optional_holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let outcome = self.store.release(cmd).await?;
+        let results = outcome
+            .items
+            .iter()
+            .map(|item| pb::ReleaseResult {
+                lock_id: item.lock_id.to_string(),
+                outcome: convert::release_outcome(item.kind).into(),
+                quantity: item.unit_scale.format(item.quantity),
+            })
+            .collect();
+        Ok(Response::new(pb::ReleaseResponse {
+            results,
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = CommitCommand {
+            lock_id: LockId::parse(&r.lock_id, "lock_id")?,
+            quantity: validate::optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
+            holder: validate::optional_holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let lock_id = cmd.lock_id.to_string();
+        let outcome = self.store.commit(cmd).await?;
+        let scale = outcome.record.unit_scale.get();
+        Ok(Response::new(pb::CommitResponse {
+            lock_id,
+            committed_quantity: convert::scaled(outcome.committed, scale),
+            released_quantity: convert::scaled(outcome.released, scale),
+            committed_now: outcome.committed_now,
+            record: Some(convert::record(&outcome.record)),
+            replayed: outcome.replayed,
+            durability: self.durability().await,
+        }))
+    }
+
+    async fn get_lock(&self, request: Request<pb::GetLockRequest>) -> Result<Response<pb::GetLockResponse>, Status> {
+        let lock_id = LockId::parse(&request.get_ref().lock_id, "lock_id")?;
+        let view = self.store.get_lock(&lock_id).await?;
+        Ok(Response::new(pb::GetLockResponse { lock: Some(convert::lock(&view)) }))
+    }
+
+    async fn list_locks(
+        &self,
+        request: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        let r = request.into_inner();
+        let filter = validate::lock_filter(&r, self.limits.stale_threshold)?;
+        let page_token = (!r.page_token.is_empty()).then_some(r.page_token);
+        let page = self.store.list_locks(filter, validate::page_size(r.page_size), page_token).await?;
+        Ok(Response::new(pb::ListLocksResponse {
+            locks: page.locks.iter().map(convert::lock).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+}

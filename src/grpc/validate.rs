@@ -1,0 +1,197 @@
+//! Requests validated at the edge into domain values: every helper fails
+//! with [`Error::InvalidArgument`] naming the field at fault.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::Request;
+
+use super::convert;
+use crate::domain::{
+    BatchId, Error, Holder, LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, Signed, Sku,
+    WarehouseId,
+};
+use crate::edge::auth::Principal;
+use crate::pb;
+
+/// Request limits, from the configuration.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// TTL of a lock whose request names none.
+    pub default_ttl: Duration,
+    /// Shortest TTL a request may ask for.
+    pub min_ttl: Duration,
+    /// Longest TTL a request may ask for.
+    pub max_ttl: Duration,
+    /// Most lines in one BatchLock.
+    pub max_batch_lines: usize,
+    /// Most lock ids in one Renew, and pairs in one BatchGetAvailability.
+    pub max_ids_per_call: usize,
+    /// Locks older than this are stale.
+    pub stale_threshold: Duration,
+}
+
+/// Default and largest ListLocks page.
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
+
+/// A requested TTL, within the limits; `None` when the request names none.
+pub(super) fn ttl(
+    limits: &Limits,
+    ttl: Option<&prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, Error> {
+    let Some(ttl) = ttl else { return Ok(None) };
+    let ttl = convert::std_duration(ttl, field)?;
+    let Limits { min_ttl, max_ttl, .. } = *limits;
+    if ttl < min_ttl || ttl > max_ttl {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {}; it must be between {} and {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(min_ttl),
+                humantime::format_duration(max_ttl)
+            ),
+        ));
+    }
+    Ok(Some(ttl))
+}
+
+/// A lock's TTL: the requested one, or the default.
+pub(super) fn lock_ttl(limits: &Limits, ttl: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+    Ok(self::ttl(limits, ttl, "ttl")?.unwrap_or(limits.default_ttl))
+}
+
+/// Lock ids or a batch id, exactly one of the two.
+pub(super) fn target(
+    limits: &Limits,
+    lock_ids: &[String],
+    batch_id: &str,
+    ids_field: &str,
+) -> Result<LockTarget, Error> {
+    match (lock_ids.is_empty(), batch_id.is_empty()) {
+        (true, true) => Err(Error::invalid(ids_field, "or batch_id is required")),
+        (false, false) => Err(Error::invalid("batch_id", format!("cannot be combined with {ids_field}"))),
+        (true, false) => Ok(LockTarget::Batch(BatchId::parse(batch_id, "batch_id")?)),
+        (false, true) => {
+            if lock_ids.len() > limits.max_ids_per_call {
+                return Err(Error::invalid(
+                    ids_field,
+                    format!("has {} ids; the limit is {}", lock_ids.len(), limits.max_ids_per_call),
+                ));
+            }
+            let mut seen = HashMap::new();
+            let mut ids = Vec::with_capacity(lock_ids.len());
+            for (i, text) in lock_ids.iter().enumerate() {
+                let field = if ids_field == "lock_id" { ids_field.to_owned() } else { format!("{ids_field}[{i}]") };
+                let id = LockId::parse(text, &field)?;
+                if let Some(first) = seen.insert(id.clone(), i) {
+                    return Err(Error::invalid(field, format!("repeats {ids_field}[{first}]")));
+                }
+                ids.push(id);
+            }
+            Ok(LockTarget::Locks(ids))
+        }
+    }
+}
+
+/// ListLocks' filters; `stale` raises `older_than` to the stale threshold.
+pub(super) fn lock_filter(r: &pb::ListLocksRequest, stale_threshold: Duration) -> Result<LockFilter, Error> {
+    let mut older_than = r.older_than.as_ref().map(|d| convert::std_duration(d, "older_than")).transpose()?;
+    if r.stale {
+        older_than = Some(older_than.unwrap_or_default().max(stale_threshold));
+    }
+    Ok(LockFilter {
+        sku: optional(&r.sku, |v| Sku::parse(v, "sku"))?,
+        warehouse: optional(&r.warehouse_id, |v| WarehouseId::parse(v, "warehouse_id"))?,
+        order_id: optional(&r.order_id, |v| OrderId::parse(v, "order_id"))?,
+        holder: optional(&r.holder, |v| Holder::parse(v, "holder"))?,
+        older_than,
+    })
+}
+
+/// A requested page size: the default for 0, at most the maximum.
+pub(crate) fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// The caller's principal, when authentication is on.
+pub(super) fn principal<T>(request: &Request<T>) -> Option<Principal> {
+    request.extensions().get::<Principal>().cloned()
+}
+
+/// Who holds the locks a call takes or touches: the authenticated principal,
+/// whatever the request says, or (authentication off) the request's `holder`.
+pub(super) fn holder(principal: &Option<Principal>, field: &str) -> Result<Holder, Error> {
+    match principal {
+        Some(p) => Ok(p.name.clone()),
+        None => Holder::parse(field, "holder"),
+    }
+}
+
+/// Like [`holder`], where the request's `holder` is optional.
+pub(super) fn optional_holder(principal: &Option<Principal>, field: &str) -> Result<Option<Holder>, Error> {
+    match principal {
+        Some(p) => Ok(Some(p.name.clone())),
+        None => optional(field, |v| Holder::parse(v, "holder")),
+    }
+}
+
+/// Who a change is attributed to in the audit trail.
+pub(crate) fn actor(principal: &Option<Principal>) -> String {
+    principal.as_ref().map_or_else(|| "anonymous".to_owned(), |p| p.name.to_string())
+}
+
+/// A stock record's key, its fields named with `prefix` (e.g. `lines[2].`).
+pub(super) fn record_key(sku: &str, warehouse: &str, prefix: &str) -> Result<RecordKey, Error> {
+    Ok(RecordKey::new(
+        Sku::parse(sku, &format!("{prefix}sku"))?,
+        WarehouseId::parse(warehouse, &format!("{prefix}warehouse_id"))?,
+    ))
+}
+
+/// `None` for an empty field, else the parsed value.
+pub(super) fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T, Error>) -> Result<Option<T>, Error> {
+    if value.is_empty() { Ok(None) } else { parse(value).map(Some) }
+}
+
+/// A signed decimal, zero when the field is empty.
+pub(super) fn signed_or_zero(text: &str, field: &str) -> Result<Signed, Error> {
+    if text.is_empty() { Ok(Signed::ZERO) } else { Signed::parse(text, field) }
+}
+
+/// The stock keys of a read or a watch: 1 to `max_ids_per_call` of them.
+pub(super) fn stock_keys(limits: &Limits, keys: &[pb::StockKey]) -> Result<Vec<RecordKey>, Error> {
+    if keys.is_empty() || keys.len() > limits.max_ids_per_call {
+        let message = format!("has {} pairs; it must have 1 to {}", keys.len(), limits.max_ids_per_call);
+        return Err(Error::invalid("keys", message));
+    }
+    keys.iter().enumerate().map(|(i, k)| record_key(&k.sku, &k.warehouse_id, &format!("keys[{i}]."))).collect()
+}
+
+/// A BatchLock's lines: 1 to `max_batch_lines`, each record at most once.
+pub(super) fn batch_lines(limits: &Limits, lines: &[pb::BatchLockLine]) -> Result<Vec<LockLine>, Error> {
+    if lines.is_empty() || lines.len() > limits.max_batch_lines {
+        return Err(Error::invalid(
+            "lines",
+            format!("has {} lines; a batch must have 1 to {}", lines.len(), limits.max_batch_lines),
+        ));
+    }
+    let mut seen = HashMap::new();
+    let mut parsed = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let record = record_key(&line.sku, &line.warehouse_id, &format!("lines[{i}]."))?;
+        if let Some(first) = seen.insert(record.clone(), i) {
+            return Err(Error::invalid(
+                format!("lines[{i}]"),
+                format!("repeats the sku and warehouse_id of lines[{first}]; merge the two lines"),
+            ));
+        }
+        parsed.push(LockLine { record, quantity: Quantity::parse(&line.quantity, &format!("lines[{i}].quantity"))? });
+    }
+    Ok(parsed)
+}
