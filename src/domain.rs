@@ -8,6 +8,7 @@
 mod admin;
 mod error;
 mod events;
+mod feeds;
 mod health;
 mod ids;
 mod invariants;
@@ -15,11 +16,13 @@ mod quantity;
 mod store;
 
 pub use admin::{
-    AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, LockStats,
+    AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, IngestStats,
+    LockStats,
 };
 pub use error::{Error, LockEnd, Shortage};
 pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
-pub use health::{LockHealthCell, SERVICE_FAILURES, SUCCESS_TARGET, breaking_rule};
+pub use feeds::{EventStream, IngestConsumer, IngestEntry, IngestStream};
+pub use health::{LockHealthCell, SUCCESS_TARGET, breaking_rule, is_service_failure};
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
 };

@@ -19,10 +19,9 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::domain::{Error, RecordKey, Sku, StockStore, StockView, WarehouseId};
+use crate::domain::{AdminStore, Error, RecordKey, Sku, StockView, WarehouseId};
 use crate::edge::auth::{Access, Principal};
 use crate::grpc::convert;
-use crate::store::redis::RedisStore;
 
 /// The OpenAPI description of this listener, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi/stocklock-http.json");
@@ -34,10 +33,9 @@ const QUERY_PERMISSION: &str = "/stocklock.v1.InventoryService/BatchGetAvailabil
 const STATS_PERMISSION: &str = "/stocklock.v1.AdminService/GetLockStats";
 
 /// What the handlers share.
-#[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState<S> {
     /// The store.
-    pub store: Arc<RedisStore>,
+    pub store: Arc<S>,
     /// Authentication and rate limits.
     pub access: Arc<Access>,
     /// True while Redis answers and the scripts are loaded.
@@ -48,17 +46,30 @@ pub struct HttpState {
     pub ingest_group: String,
 }
 
+// Derived Clone would ask S to be Clone; only the Arc is cloned.
+impl<S> Clone for HttpState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            access: self.access.clone(),
+            ready: self.ready.clone(),
+            max_skus: self.max_skus,
+            ingest_group: self.ingest_group.clone(),
+        }
+    }
+}
+
 /// The routes.
-pub fn router(state: HttpState) -> axum::Router {
+pub fn router<S: AdminStore + Send + Sync + 'static>(state: HttpState<S>) -> axum::Router {
     axum::Router::new()
-        .route("/stock/available", get(available))
-        .route("/ingest/stats", get(ingest_stats))
+        .route("/stock/available", get(available::<S>))
+        .route("/ingest/stats", get(ingest_stats::<S>))
         .route(
             "/metrics",
             get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.encode()) }),
         )
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<S>))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(state)
 }
@@ -114,8 +125,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn admit(
-    state: &HttpState,
+fn admit<S>(
+    state: &HttpState<S>,
     permission: &str,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -142,8 +153,8 @@ fn record_json(view: &StockView) -> Value {
 }
 
 /// `GET /stock/available?sku=X[&sku=Y...][&warehouse=A]`
-async fn available(
-    State(state): State<HttpState>,
+async fn available<S: AdminStore>(
+    State(state): State<HttpState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -197,15 +208,15 @@ async fn available(
 }
 
 /// `GET /readyz`: 200 while Redis answers and the scripts are loaded.
-async fn readyz(State(state): State<HttpState>) -> Response {
+async fn readyz<S: AdminStore>(State(state): State<HttpState<S>>) -> Response {
     let ready = state.ready.load(Ordering::Relaxed) && state.store.ping().await.is_ok();
     let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
     (code, Json(json!({ "status": status }))).into_response()
 }
 
 /// `GET /ingest/stats`: the ingestion backlog.
-async fn ingest_stats(
-    State(state): State<HttpState>,
+async fn ingest_stats<S: AdminStore>(
+    State(state): State<HttpState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {

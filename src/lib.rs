@@ -11,12 +11,13 @@
 //!   requests into domain commands and map every domain error to one status
 //!   code and reason.
 //! - [`domain`]: identifiers, quantities, commands, results, errors, and the
-//!   [`domain::StockStore`] port. Knows neither protobuf nor Redis.
+//!   ports ([`domain::StockStore`] and the others). Knows neither protobuf nor Redis.
 //! - [`store`]: the Redis adapter: keys, Lua scripts (in `lua/`), and the
 //!   decoding of their replies.
 //! - [`http`]: availability in JSON for the transfer system, probes, OpenAPI.
 //! - [`metrics`]: the Prometheus metrics, served at `/metrics`.
-//! - [`workers`]: the background loops: the expiry sweeper and the invariant auditor.
+//! - [`workers`]: the background loops, written against the domain ports:
+//!   sweeper, auditor, ingestion, event tailer, lock-health flush, gauges, health.
 //! - [`embedded_redis`]: a private redis-server child for trying it out and for tests.
 //! - [`cli`]: `stocklock admin`, the operator's command line, and its heatmap.
 //! - [`config`]: the one typed configuration (flags and `STOCKLOCK_*` variables).

@@ -1,20 +1,20 @@
-//! Wires the service together and runs it until shutdown: Redis (given or
-//! embedded), scripts, health, reflection, the sweeper, and graceful drain.
+//! Wires the service together and runs it until shutdown: the store (on a
+//! given or an embedded Redis), the edge layers, the gRPC and HTTP services,
+//! the background workers, and graceful drain.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{RedisMode, ServeConfig};
-use crate::domain::{Error, EventHub, StockStore};
+use crate::domain::{Error, EventHub, IngestConsumer};
 use crate::edge::admission::{Admission, AdmissionLayer};
 use crate::edge::auth::{Access, AccessLayer, Authenticator};
 use crate::embedded_redis::EmbeddedRedis;
@@ -24,11 +24,8 @@ use crate::http::HttpState;
 use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
-use crate::store::redis::{DurabilitySettings, IngestSettings, RedisSettings, RedisStore, Topology};
-use crate::workers::sweeper;
-
-/// How often health checks Redis.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+use crate::store::redis::{DurabilitySettings, RedisSettings, RedisStore, Topology};
+use crate::workers::{auditor, events, gauges, health, ingest, lock_health, sweeper};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -82,141 +79,40 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let Listeners { grpc: listener, http: http_listener } = listeners;
     config.validate().map_err(RunError::Config)?;
-    let auth = match &config.auth_tokens {
-        Some(path) => Some(Authenticator::load(path).map_err(RunError::Config)?),
-        None => {
-            tracing::warn!("authentication is off (no --auth-tokens): any caller may do anything; for local use only");
-            None
-        }
-    };
-    let access = Arc::new(Access::new(auth, std::num::NonZeroU32::new(config.query_rate_limit)));
+    let access = Arc::new(access(&config)?);
     let tls = tls_config(&config)?;
-
     // Kept alive until run returns; dropping it stops the child.
-    let mut _embedded = None;
-    let urls = match config.redis_url.as_slice() {
-        [] => {
-            let redis = EmbeddedRedis::start(&config.redis_server_bin).await?;
-            tracing::warn!(
-                url = %redis.url(),
-                "no --redis-url given: started a private redis-server without persistence; all stock is lost when stocklock stops"
-            );
-            let url = redis.url();
-            _embedded = Some(redis);
-            vec![url]
-        }
-        urls => urls.to_vec(),
-    };
-    let topology = match config.redis_mode {
-        RedisMode::Standalone => Topology::Standalone { url: urls[0].clone() },
-        RedisMode::Cluster => Topology::Cluster {
-            nodes: urls.clone(),
-            username: config.redis_username.clone(),
-            password: config.redis_password.clone(),
-        },
-        RedisMode::Sentinel => Topology::Sentinel {
-            sentinels: urls.clone(),
-            master_name: config.redis_master_name.clone(),
-            poll: config.redis_failover_poll,
-            username: config.redis_username.clone(),
-            password: config.redis_password.clone(),
-        },
-    };
+    let (urls, _embedded) = redis_urls(&config).await?;
     let url = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
-    let settings = RedisSettings {
-        topology,
-        timeout: config.store_timeout,
-        max_hold: config.max_hold,
-        retention: config.idempotency_retention,
-        key_prefix: config.key_prefix.clone(),
-        partitions: config.partitions(),
-        request_id_claims: config.request_id_claims,
-        audit_max_events: config.audit_max_events,
-        force_unlock_ttl: config.force_unlock_ttl,
-        durability: (config.durability_replicas > 0)
-            .then_some(DurabilitySettings { replicas: config.durability_replicas, timeout: config.durability_timeout }),
-    };
-    let store = RedisStore::connect(&settings).await.map_err(|source| RunError::Store { url: url.clone(), source })?;
+    let store = RedisStore::connect(&redis_settings(&config, urls))
+        .await
+        .map_err(|source| RunError::Store { url: url.clone(), source })?;
     let store = Arc::new(store);
 
     let ready = Arc::new(AtomicBool::new(true));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>().await;
-    // v1 for current tools, v1alpha for the many that still only speak it.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_error = |e: tonic_reflection::server::Error| RunError::Config(format!("reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut background = vec![
-        tokio::spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch, stop_rx.clone())),
-        tokio::spawn(watch_health(store.clone(), health, ready.clone(), stop_rx.clone())),
-        tokio::spawn(maintain_access(access.clone(), stop_rx.clone())),
-    ];
-
-    {
-        let (flusher, stop, retention) = (store.clone(), stop_rx.clone(), config.lock_health_retention);
-        background.push(tokio::spawn(async move { flusher.flush_lock_health(retention, stop).await }));
-        let rule = HealthRule { threshold: config.health_threshold, min_attempts: config.health_min_attempts };
-        let refresh = Refresh {
-            every: config.metrics_refresh,
-            stale_threshold: config.stale_threshold,
-            ingest_group: config.ingest_group.clone(),
-        };
-        background.push(tokio::spawn(refresh_gauges(store.clone(), refresh, rule, stop_rx.clone())));
-    }
-    if !config.invariant_check_interval.is_zero() {
-        let settings = crate::workers::auditor::Settings {
-            interval: config.invariant_check_interval,
-            sweep_bound: config.invariant_sweep_bound,
-        };
-        background.push(tokio::spawn(crate::workers::auditor::run(store.clone(), settings, stop_rx.clone())));
-    }
-    if !config.no_ingest {
-        let settings = IngestSettings {
-            group: config.ingest_group.clone(),
-            consumer: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            claim_idle: config.ingest_claim_idle,
-        };
-        let (store, stop) = (store.clone(), stop_rx.clone());
-        background.push(tokio::spawn(async move { store.consume_ingest(settings, stop).await }));
-    }
+    let events = EventHub::new(4096);
+    let mut background = spawn_workers(&config, &store, &access, health, &ready, &events, &stop_rx);
     let http_state = HttpState {
         store: store.clone(),
         access: access.clone(),
-        ready: ready.clone(),
+        ready,
         max_skus: config.max_ids_per_call,
         ingest_group: config.ingest_group.clone(),
     };
-    let http_addr = http_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-    let mut http_stop = stop_rx.clone();
-    background.push(tokio::spawn(async move {
-        let app = crate::http::router(http_state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    }));
-    let events = EventHub::new(4096);
-    let tailer = {
-        let (store, events, stop) = (store.clone(), events.clone(), stop_rx.clone());
-        let max_len = config.events_max_len;
-        tokio::spawn(async move { store.tail_events(events, max_len, stop).await })
-    };
-    background.push(tailer);
-    let events_for_shutdown = events.clone();
-    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events))
+    let http_addr = listeners.http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+    background.push(tokio::spawn(serve_http(listeners.http, http_state, stop_rx.clone())));
+    if let Some(probe_addr) = config.probe_listen {
+        let probes = TcpListener::bind(probe_addr)
+            .await
+            .map_err(|e| RunError::Config(format!("--probe-listen {probe_addr}: {e}")))?;
+        background.push(tokio::spawn(serve_probes(probes, health_service.clone(), stop_rx.clone())));
+    }
+
+    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events.clone()))
         .max_decoding_message_size(config.max_request_bytes);
     let policy = ForceUnlockPolicy {
         stale_threshold: config.stale_threshold,
@@ -224,34 +120,17 @@ pub async fn run(
     };
     let admin =
         AdminServiceServer::new(AdminApi::new(store, policy)).max_decoding_message_size(config.max_request_bytes);
-    let listen = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let listen = listeners.grpc.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%listen, http = %http_addr, redis = %url, "stocklock serving");
 
-    if let Some(probe_addr) = config.probe_listen {
-        let probe_listener = tokio::net::TcpListener::bind(probe_addr)
-            .await
-            .map_err(|e| RunError::Config(format!("--probe-listen {probe_addr}: {e}")))?;
-        let (probes, mut probe_stop) = (health_service.clone(), stop_rx.clone());
-        background.push(tokio::spawn(async move {
-            let served = Server::builder()
-                .add_service(probes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(probe_listener), async move {
-                    let _ = probe_stop.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "probe listener failed");
-            }
-        }));
-    }
-
-    let mut drain_rx = stop_rx.clone();
     let mut builder = Server::builder().tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     } else {
         tracing::warn!("TLS is off (no --tls-cert): traffic and tokens travel in plaintext; for local use only");
     }
+    let mut drain = stop_rx.clone();
     let server = builder
         .layer(crate::edge::telemetry::ObserveLayer)
         .layer(AccessLayer::new(access))
@@ -265,8 +144,8 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = drain_rx.wait_for(|stop| *stop).await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+            let _ = drain.wait_for(|stop| *stop).await;
         });
     tokio::pin!(server);
 
@@ -274,7 +153,7 @@ pub async fn run(
         result = &mut server => result,
         () = shutdown => {
             tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight calls");
-            events_for_shutdown.close();
+            events.close();
             let _ = stop_tx.send(true);
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(result) => result,
@@ -293,67 +172,162 @@ pub async fn run(
     Ok(result?)
 }
 
-/// The lock-health rule's settings.
-struct HealthRule {
-    threshold: f64,
-    min_attempts: u64,
+/// Authentication (when a token file is configured) and rate limits.
+fn access(config: &ServeConfig) -> Result<Access, RunError> {
+    let auth = match &config.auth_tokens {
+        Some(path) => Some(Authenticator::load(path).map_err(RunError::Config)?),
+        None => {
+            tracing::warn!("authentication is off (no --auth-tokens): any caller may do anything; for local use only");
+            None
+        }
+    };
+    Ok(Access::new(auth, std::num::NonZeroU32::new(config.query_rate_limit)))
 }
 
-/// What the gauge refresher reads, and how often.
-struct Refresh {
-    every: Duration,
-    stale_threshold: Duration,
-    ingest_group: String,
-}
-
-/// Keeps the gauges that need a look at Redis current, and applies the
-/// lock-health rule to the last two complete hours.
-async fn refresh_gauges(store: Arc<RedisStore>, refresh: Refresh, rule: HealthRule, mut stop: watch::Receiver<bool>) {
-    use crate::domain::{AdminStore, breaking_rule};
-    use crate::metrics::{METRICS, WarehouseLabels};
-    const HOUR_MS: i64 = 3_600_000;
-    let mut unhealthy = std::collections::BTreeSet::new();
-    let mut ticker = tokio::time::interval(refresh.every);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if let Ok(stats) = store.lock_stats(refresh.stale_threshold).await {
-            METRICS.live_locks.set(stats.live as i64);
-            METRICS.stale_locks.set(stats.stale as i64);
-        }
-        if let Ok(stats) = store.ingest_stats(&refresh.ingest_group).await {
-            METRICS.ingest_lag.set(stats.lag.unwrap_or(0) as i64);
-            METRICS.ingest_pending.set(stats.pending as i64);
-            METRICS.ingest_dead_letters.set(stats.dead_letters as i64);
-        }
-        if let Ok(lag) = store.sweeper_lag_ms().await {
-            METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
-        }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-        let current = now - now.rem_euclid(HOUR_MS);
-        let (earlier, later) = (current - 2 * HOUR_MS, current - HOUR_MS);
-        let cells = match (store.lock_health(earlier, earlier, None).await, store.lock_health(later, later, None).await)
-        {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => continue,
-        };
-        let breaking = breaking_rule(&cells.0, &cells.1, rule.threshold, rule.min_attempts);
-        for warehouse in breaking.difference(&unhealthy) {
-            tracing::warn!(
-                %warehouse,
-                threshold = rule.threshold,
-                "lock success rate under the health threshold for two consecutive hours"
-            );
-        }
-        for warehouse in unhealthy.union(&breaking) {
-            let value = i64::from(breaking.contains(warehouse));
-            METRICS.warehouse_unhealthy.get_or_create(&WarehouseLabels { warehouse: warehouse.clone() }).set(value);
-        }
-        unhealthy = breaking;
+/// The configured Redis URLs, or a private redis-server started for them
+/// (returned too: it stops when dropped).
+async fn redis_urls(config: &ServeConfig) -> Result<(Vec<String>, Option<EmbeddedRedis>), RunError> {
+    if !config.redis_url.is_empty() {
+        return Ok((config.redis_url.clone(), None));
     }
+    let redis = EmbeddedRedis::start(&config.redis_server_bin).await?;
+    tracing::warn!(
+        url = %redis.url(),
+        "no --redis-url given: started a private redis-server without persistence; all stock is lost when stocklock stops"
+    );
+    Ok((vec![redis.url()], Some(redis)))
+}
+
+/// The store's settings: the topology the mode and URLs name, and the
+/// limits and retention of the configuration.
+fn redis_settings(config: &ServeConfig, urls: Vec<String>) -> RedisSettings {
+    let topology = match config.redis_mode {
+        RedisMode::Standalone => Topology::Standalone { url: urls[0].clone() },
+        RedisMode::Cluster => Topology::Cluster {
+            nodes: urls,
+            username: config.redis_username.clone(),
+            password: config.redis_password.clone(),
+        },
+        RedisMode::Sentinel => Topology::Sentinel {
+            sentinels: urls,
+            master_name: config.redis_master_name.clone(),
+            poll: config.redis_failover_poll,
+            username: config.redis_username.clone(),
+            password: config.redis_password.clone(),
+        },
+    };
+    RedisSettings {
+        topology,
+        timeout: config.store_timeout,
+        max_hold: config.max_hold,
+        retention: config.idempotency_retention,
+        key_prefix: config.key_prefix.clone(),
+        partitions: config.partitions(),
+        request_id_claims: config.request_id_claims,
+        audit_max_events: config.audit_max_events,
+        force_unlock_ttl: config.force_unlock_ttl,
+        durability: (config.durability_replicas > 0)
+            .then_some(DurabilitySettings { replicas: config.durability_replicas, timeout: config.durability_timeout }),
+    }
+}
+
+/// Starts every background loop; each ends when `stop` turns true.
+fn spawn_workers(
+    config: &ServeConfig,
+    store: &Arc<RedisStore>,
+    access: &Arc<Access>,
+    health: HealthReporter,
+    ready: &Arc<AtomicBool>,
+    events: &EventHub,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch, stop.clone())),
+        tokio::spawn(health::run(store.clone(), health, ready.clone(), stop.clone())),
+        tokio::spawn(crate::edge::auth::maintain(access.clone(), stop.clone())),
+    ];
+    let gauges = gauges::Settings {
+        every: config.metrics_refresh,
+        stale_threshold: config.stale_threshold,
+        ingest_group: config.ingest_group.clone(),
+        rule: gauges::HealthRule { threshold: config.health_threshold, min_attempts: config.health_min_attempts },
+    };
+    tasks.push(tokio::spawn(gauges::run(store.clone(), gauges, stop.clone())));
+    if !config.invariant_check_interval.is_zero() {
+        let settings =
+            auditor::Settings { interval: config.invariant_check_interval, sweep_bound: config.invariant_sweep_bound };
+        tasks.push(tokio::spawn(auditor::run(store.clone(), settings, stop.clone())));
+    }
+    tasks.push(tokio::spawn(lock_health::run(store.clone(), config.lock_health_retention, stop.clone())));
+    if !config.no_ingest {
+        let consumer = IngestConsumer {
+            group: config.ingest_group.clone(),
+            consumer: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            claim_idle: config.ingest_claim_idle,
+        };
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move { ingest::run(store.as_ref(), consumer, stop).await }));
+    }
+    tasks.push(tokio::spawn(events::run(store.clone(), events.clone(), config.events_max_len, stop.clone())));
+    tasks
+}
+
+/// Serves the HTTP API until `stop`.
+async fn serve_http(listener: TcpListener, state: HttpState<RedisStore>, mut stop: watch::Receiver<bool>) {
+    let app = crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+/// Serves the health service alone on the probe listener until `stop`.
+async fn serve_probes<H>(listener: TcpListener, probes: H, mut stop: watch::Receiver<bool>)
+where
+    H: tonic::server::NamedService
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let served = Server::builder()
+        .add_service(probes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "probe listener failed");
+    }
+}
+
+/// Server reflection, v1 for current tools and v1alpha for the many that
+/// still only speak it.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    RunError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let error = |e: tonic_reflection::server::Error| RunError::Config(format!("reflection: {e}"));
+    Ok((builder().build_v1().map_err(error)?, builder().build_v1alpha().map_err(error)?))
 }
 
 /// The server's TLS settings, read from the configured PEM files.
@@ -370,70 +344,6 @@ fn tls_config(config: &ServeConfig) -> Result<Option<tonic::transport::ServerTls
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(tls))
-}
-
-/// Reloads the token file when it changes and forgets idle rate-limit state.
-async fn maintain_access(access: Arc<Access>, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(crate::edge::auth::RELOAD_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if let Some(auth) = access.authenticator() {
-            auth.reload_if_changed();
-        }
-        access.retain_recent();
-    }
-}
-
-/// Reports NOT_SERVING while Redis does not answer, and reloads the scripts
-/// before reporting SERVING again (a restarted Redis has none).
-async fn watch_health(
-    store: Arc<RedisStore>,
-    health: HealthReporter,
-    ready: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut serving = true;
-    let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
-        let ok = match store.ping().await {
-            Ok(()) if !serving => store.load_scripts().await.is_ok(),
-            Ok(()) => true,
-            Err(_) => false,
-        };
-        if ok != serving {
-            serving = ok;
-            ready.store(ok, Ordering::Relaxed);
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if ok {
-                tracing::info!("Redis answers again: SERVING");
-            } else {
-                tracing::warn!("Redis does not answer: NOT_SERVING");
-            }
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(
-                    <InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
-        }
-    }
-    // Tell load balancers to stop sending calls while the server drains.
-    ready.store(false, Ordering::Relaxed);
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health
-        .set_service_status(
-            <InventoryServiceServer<InventoryApi<RedisStore>> as tonic::server::NamedService>::NAME,
-            ServingStatus::NotServing,
-        )
-        .await;
 }
 
 /// The URL without a password, for logs.

@@ -138,8 +138,22 @@ pub struct LockStats {
     pub oldest_created_at_ms: Option<i64>,
 }
 
+/// Ingestion's backlog, for operators and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not yet acknowledged.
+    pub pending: u64,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: u64,
+}
+
 /// The storage port of the operations.
 pub trait AdminStore: StockStore {
+    /// The backlog of the ingestion stream's consumer `group`.
+    fn ingest_stats(&self, group: &str) -> impl Future<Output = Result<IngestStats, Error>> + Send;
+
     /// Records a pending request for `items` under `id`; returns the id of
     /// the request (the first call's, when this retries it).
     fn request_force_unlock(

@@ -2,10 +2,24 @@
 
 use std::collections::BTreeMap;
 
-/// Reasons that count against the service: the caller did nothing wrong and
-/// there was stock, yet the lock failed. Refusals on the merits (no stock,
-/// bad input, ...) are counted by reason but are the service working.
-pub const SERVICE_FAILURES: [&str; 4] = ["INV_LOCK_TIMEOUT", "STORE_UNAVAILABLE", "STORE_OUT_OF_MEMORY", "INTERNAL"];
+use super::Error;
+
+/// Whether `reason` counts against the service: the caller did nothing
+/// wrong and there was stock, yet the lock failed (the store timed out, was
+/// unreachable or out of memory, or an internal error). Refusals on the
+/// merits (no stock, bad input, ...) are counted by reason but are the
+/// service working.
+pub fn is_service_failure(reason: &str) -> bool {
+    let detail = String::new;
+    [
+        Error::StoreTimeout,
+        Error::StoreUnavailable { detail: detail() },
+        Error::StoreOutOfMemory,
+        Error::Internal { detail: detail() },
+    ]
+    .iter()
+    .any(|e| e.reason() == reason)
+}
 
 /// The success target the heatmap marks cells against.
 pub const SUCCESS_TARGET: f64 = 0.9995;
@@ -34,7 +48,7 @@ impl LockHealthCell {
 
     /// Attempts that failed for the service's own reasons.
     pub fn failures(&self) -> u64 {
-        SERVICE_FAILURES.iter().filter_map(|r| self.by_reason.get(*r)).sum()
+        self.by_reason.iter().filter(|(reason, _)| is_service_failure(reason)).map(|(_, count)| count).sum()
     }
 
     /// Share of attempts the service handled correctly (1 with no attempts).

@@ -400,8 +400,14 @@ pub trait StockStore: Send + Sync + 'static {
     /// Counts lock attempts (warehouse, outcome reason) for the hourly health
     /// figures; cheap and non-blocking, flushed in the background.
     fn record_lock_outcomes(&self, outcomes: &[(&str, &'static str)]);
+    /// Writes the counted outcomes, kept `retention`; on failure they are
+    /// kept for the next flush.
+    fn flush_lock_outcomes(&self, retention: Duration) -> impl Future<Output = Result<(), Error>> + Send;
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Makes the store ready to serve again after it answered nothing for a
+    /// while (a restarted Redis has no scripts loaded).
+    fn prepare(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Waits until the configured number of replicas hold every change this
     /// process completed so far, or the durability timeout passes; `None`
     /// when no durability is configured.

@@ -360,6 +360,21 @@ where
     }
 }
 
+/// Reloads the token file when it changes and forgets idle rate-limit state.
+pub async fn maintain(access: Arc<Access>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(RELOAD_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(auth) = access.authenticator() {
+            auth.reload_if_changed();
+        }
+        access.retain_recent();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

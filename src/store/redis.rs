@@ -54,7 +54,6 @@ use std::time::Duration;
 use self::call::millis;
 use self::cross::by_partition;
 pub use self::durability::DurabilitySettings;
-pub use self::ingest::{IngestSettings, IngestStats};
 pub use self::keys::{Keys, Partition, PartitionKeys, RecordKeys};
 use self::link::Link;
 pub use self::link::Topology;
@@ -276,6 +275,14 @@ impl StockStore for RedisStore {
         self.health.add(outcomes);
     }
 
+    async fn flush_lock_outcomes(&self, retention: Duration) -> Result<(), Error> {
+        self.write_lock_outcomes(retention).await
+    }
+
+    async fn prepare(&self) -> Result<(), Error> {
+        self.load_scripts().await
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
@@ -306,6 +313,10 @@ async fn check_layout(link: &Link, keys: &Keys, timeout: Duration) -> Result<(),
     }
     Ok(())
 }
+
+/// A connection of its own, for a worker's blocking reads of a stream (a
+/// blocking read would stall every call sharing the main connection).
+pub struct StreamReader(link::Conn);
 
 /// Record, token and nonce of each lock, as the scripts take them.
 fn lock_args(ids: &[LockId]) -> Vec<[String; 3]> {

@@ -16,7 +16,7 @@ use super::request_force_unlock::Part;
 use super::{Partition, RedisStore};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
+    IngestStats, LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -440,6 +440,10 @@ impl AdminStore for RedisStore {
         request_id: &RequestId,
     ) -> Result<Repair, Error> {
         self.repair(record, actor, reason, request_id).await
+    }
+
+    async fn ingest_stats(&self, group: &str) -> Result<IngestStats, Error> {
+        self.read_ingest_stats(group).await
     }
 
     async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, Error> {

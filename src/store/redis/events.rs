@@ -1,26 +1,20 @@
 //! The lifecycle event streams on Redis, one per partition: reading them,
-//! tailing them into the [`EventHub`], and trimming each to its configured
-//! length.
+//! and the [`EventStream`] port the tailer (`crate::workers::events`)
+//! follows them through.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::call::bounded;
-use super::link::Conn;
 use super::reply::malformed;
-use super::{Partition, RedisStore};
-use crate::domain::{Error, EventHub, EventId, LifecycleEvent, StreamPosition};
+use super::{Partition, RedisStore, StreamReader};
+use crate::domain::{Error, EventId, EventStream, LifecycleEvent, StreamPosition};
 
 /// How long one blocking read of the tailer waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
 
 /// Most events one read returns.
 const BATCH: usize = 1000;
-
-/// How often an idle tailer looks for watchers.
-const IDLE_CHECK: Duration = Duration::from_millis(50);
 
 /// A stream entry as Redis sends it: id, then field, value, field, value...
 pub(super) type StreamEntry = (String, Vec<String>);
@@ -112,95 +106,51 @@ impl RedisStore {
         let trimmed_through = trimmed_through.max(id("max-deleted-entry-id"));
         Ok(StreamPosition { last: id("last-generated-id"), trimmed_through })
     }
+}
 
-    /// Trims a partition's event stream to about `max_len` events.
-    async fn trim_events(&self, partition: Partition, max_len: u64) -> Result<(), Error> {
-        let mut conn = self.link.conn();
-        let mut trim = redis::cmd("XTRIM");
-        trim.arg(self.keys.events(partition)).arg("MAXLEN").arg("~").arg(max_len);
-        let _: i64 = self.bounded(trim.query_async(&mut conn)).await?;
+impl EventStream for RedisStore {
+    type Tail = StreamReader;
+
+    fn partitions(&self) -> usize {
+        self.keys.partitions()
+    }
+
+    async fn open_tail(&self) -> Result<StreamReader, Error> {
+        // A connection of its own: a blocking read would stall every call
+        // sharing the main one.
+        Ok(StreamReader(self.link.dedicated(BLOCK).await?.1))
+    }
+
+    async fn tail_events(
+        &self,
+        tail: &mut StreamReader,
+        partition: usize,
+        after: EventId,
+    ) -> Result<Vec<LifecycleEvent>, Error> {
+        let reply: Option<Vec<(String, Vec<StreamEntry>)>> = bounded(
+            BLOCK + self.timeout,
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(self.keys.events(partition))
+                .arg(after.to_string())
+                .query_async(&mut tail.0),
+        )
+        .await?;
+        let mut events = Vec::new();
+        for (_, entries) in reply.unwrap_or_default() {
+            events.extend(parse_entries(partition, entries)?);
+        }
+        Ok(events)
+    }
+
+    async fn trim_events(&self, partition: usize, max_len: u64) -> Result<(), Error> {
+        let _: i64 = self
+            .query(redis::cmd("XTRIM").arg(self.keys.events(partition)).arg("MAXLEN").arg("~").arg(max_len))
+            .await?;
         Ok(())
-    }
-
-    /// Tails every partition's event stream into `hub` until `stop`, and
-    /// trims each to about `max_len` events.
-    pub async fn tail_events(&self, hub: EventHub, max_len: u64, stop: watch::Receiver<bool>) {
-        let mut tailers = tokio::task::JoinSet::new();
-        for partition in 0..self.keys.partitions() {
-            let (store, hub, stop) = (self.clone(), hub.clone(), stop.clone());
-            tailers.spawn(async move { store.tail_partition(partition, hub, max_len, stop).await });
-        }
-        while tailers.join_next().await.is_some() {}
-    }
-
-    /// Tails one partition's stream, on a connection of its own (a blocking
-    /// read would stall every call sharing the main one).
-    async fn tail_partition(&self, partition: Partition, hub: EventHub, max_len: u64, mut stop: watch::Receiver<bool>) {
-        let mut conn: Option<Conn> = None;
-        let mut last = None;
-        let mut trimmed_at = tokio::time::Instant::now();
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            if trimmed_at.elapsed() > Duration::from_secs(1) {
-                trimmed_at = tokio::time::Instant::now();
-                if let Err(e) = self.trim_events(partition, max_len).await {
-                    // One per partition each second while Redis is away; health says so once.
-                    tracing::debug!(error = %e, "trimming the event stream failed");
-                }
-            }
-            if !hub.has_watchers() {
-                // Reading and decoding every event for nobody cost the service
-                // a tenth of its CPU under load. Watchers catch up from Redis
-                // themselves, so the tailer restarts from the newest event.
-                last = None;
-                conn = None;
-                tokio::select! {
-                    _ = tokio::time::sleep(IDLE_CHECK) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
-            let result = async {
-                let conn = match &mut conn {
-                    Some(conn) => conn,
-                    None => conn.insert(self.link.dedicated(BLOCK).await?.1),
-                };
-                let from = match last {
-                    Some(id) => id,
-                    None => *last.insert(self.read_event_position(partition).await?.last),
-                };
-                let reply: Option<Vec<(String, Vec<StreamEntry>)>> = bounded(
-                    BLOCK + self.timeout,
-                    redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .arg("BLOCK")
-                        .arg(BLOCK.as_millis() as u64)
-                        .arg("STREAMS")
-                        .arg(self.keys.events(partition))
-                        .arg(from.to_string())
-                        .query_async(conn),
-                )
-                .await?;
-                for (_, entries) in reply.unwrap_or_default() {
-                    for event in parse_entries(partition, entries)? {
-                        last = Some(event.id);
-                        hub.publish(event);
-                    }
-                }
-                Ok::<_, Error>(())
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "event stream tailer: retrying");
-                conn = None;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
     }
 }

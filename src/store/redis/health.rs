@@ -1,22 +1,18 @@
 //! Hourly lock-health counters in Redis: one hash per hour,
 //! `<warehouse>|<reason>` -> count, so every replica contributes and the
-//! figures survive restarts. Counts are batched in memory and flushed about
-//! once a second, off the request path; a crash loses at most that second.
+//! figures survive restarts. Counts are batched in memory and written by
+//! `crate::workers::lock_health` about once a second, off the request path;
+//! a crash loses at most that second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::watch;
 
 use super::RedisStore;
 use crate::domain::{Error, LockHealthCell};
 
 /// One hour in ms.
 pub(super) const HOUR_MS: i64 = 3_600_000;
-
-/// How often counts are written.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Counts not yet written: (hour start ms, warehouse, reason) -> count.
 #[derive(Default)]
@@ -49,32 +45,24 @@ impl Pending {
 }
 
 impl RedisStore {
-    /// Writes pending counts every second until `stop`, and once more after it.
-    pub async fn flush_lock_health(&self, retention: Duration, mut stop: watch::Receiver<bool>) {
-        loop {
-            let stopping = tokio::select! {
-                _ = tokio::time::sleep(FLUSH_EVERY) => false,
-                _ = stop.changed() => true,
-            };
-            let counts = self.health.take();
-            if !counts.is_empty() {
-                let mut pipe = redis::pipe();
-                for ((hour, warehouse, reason), count) in &counts {
-                    let key = self.keys.lock_health(*hour);
-                    pipe.hincr(&key, format!("{warehouse}|{reason}"), *count).ignore();
-                    pipe.pexpire(&key, retention.as_millis() as i64 + HOUR_MS).ignore();
-                }
-                let mut conn = self.link.conn();
-                let written: Result<(), Error> = self.bounded(pipe.query_async(&mut conn)).await;
-                if let Err(e) = written {
-                    tracing::warn!(error = %e, "lock health counts not written; keeping them for the next flush");
-                    self.health.put_back(counts);
-                }
-            }
-            if stopping {
-                return;
-            }
+    /// Writes the pending counts in one round trip; on failure they are
+    /// kept for the next flush.
+    pub(super) async fn write_lock_outcomes(&self, retention: Duration) -> Result<(), Error> {
+        let counts = self.health.take();
+        if counts.is_empty() {
+            return Ok(());
         }
+        let mut pipe = redis::pipe();
+        for ((hour, warehouse, reason), count) in &counts {
+            let key = self.keys.lock_health(*hour);
+            pipe.hincr(&key, format!("{warehouse}|{reason}"), *count).ignore();
+            pipe.pexpire(&key, retention.as_millis() as i64 + HOUR_MS).ignore();
+        }
+        let written: Result<(), Error> = self.query_pipe(&pipe).await;
+        if written.is_err() {
+            self.health.put_back(counts);
+        }
+        written
     }
 
     pub(super) async fn read_lock_health(

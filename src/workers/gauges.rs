@@ -1,0 +1,94 @@
+//! The gauges that need a look at the store, refreshed every few seconds,
+//! and the lock-health rule applied to the last two complete hours.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::{AdminStore, breaking_rule};
+use crate::metrics::{METRICS, WarehouseLabels};
+
+/// One hour in ms.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The lock-health rule: a warehouse whose lock success rate stays under
+/// `threshold` for two complete hours in a row, with at least
+/// `min_attempts` attempts in each, is unhealthy.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthRule {
+    /// Lowest healthy success rate, e.g. 0.999.
+    pub threshold: f64,
+    /// Fewer attempts in an hour say nothing about it.
+    pub min_attempts: u64,
+}
+
+/// What the refresher reads, and how often.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often the gauges are refreshed.
+    pub every: Duration,
+    /// Locks older than this are stale.
+    pub stale_threshold: Duration,
+    /// The ingestion consumer group whose backlog is reported.
+    pub ingest_group: String,
+    /// The lock-health rule.
+    pub rule: HealthRule,
+}
+
+/// Keeps the gauges that need a look at the store current, and applies the
+/// lock-health rule, until `stop`.
+pub async fn run<S: AdminStore>(store: Arc<S>, settings: Settings, mut stop: watch::Receiver<bool>) {
+    let mut unhealthy = BTreeSet::new();
+    let mut ticker = tokio::time::interval(settings.every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Ok(stats) = store.lock_stats(settings.stale_threshold).await {
+            METRICS.live_locks.set(stats.live as i64);
+            METRICS.stale_locks.set(stats.stale as i64);
+        }
+        if let Ok(stats) = store.ingest_stats(&settings.ingest_group).await {
+            METRICS.ingest_lag.set(stats.lag.unwrap_or(0) as i64);
+            METRICS.ingest_pending.set(stats.pending as i64);
+            METRICS.ingest_dead_letters.set(stats.dead_letters as i64);
+        }
+        if let Ok(lag) = store.sweeper_lag_ms().await {
+            METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
+        }
+        if let Some(breaking) = apply_rule(store.as_ref(), settings.rule, &unhealthy).await {
+            unhealthy = breaking;
+        }
+    }
+}
+
+/// Applies the lock-health rule to the last two complete hours: logs the
+/// warehouses that start breaking it, sets `stocklock_warehouse_unhealthy`
+/// for those that break it and those that stopped, and returns the set now
+/// breaking it (`None` when the counts could not be read).
+async fn apply_rule<S: AdminStore>(
+    store: &S,
+    rule: HealthRule,
+    unhealthy: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let current = now - now.rem_euclid(HOUR_MS);
+    let (earlier, later) = (current - 2 * HOUR_MS, current - HOUR_MS);
+    let (Ok(first), Ok(second)) =
+        (store.lock_health(earlier, earlier, None).await, store.lock_health(later, later, None).await)
+    else {
+        return None;
+    };
+    let breaking = breaking_rule(&first, &second, rule.threshold, rule.min_attempts);
+    for warehouse in breaking.difference(unhealthy) {
+        tracing::warn!(%warehouse, threshold = rule.threshold, "lock success rate under the health threshold for two consecutive hours");
+    }
+    for warehouse in unhealthy.union(&breaking) {
+        let value = i64::from(breaking.contains(warehouse));
+        METRICS.warehouse_unhealthy.get_or_create(&WarehouseLabels { warehouse: warehouse.clone() }).set(value);
+    }
+    Some(breaking)
+}
