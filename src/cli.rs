@@ -17,6 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::domain::reason;
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::inventory_service_client::InventoryServiceClient;
@@ -70,17 +71,19 @@ impl From<Status> for Failure {
         let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
         let code = match status.code() {
             Code::NotFound => exit::NOT_FOUND,
-            Code::Unauthenticated | Code::PermissionDenied if reason != "TWO_PERSON_RULE" => exit::DENIED,
+            Code::Unauthenticated | Code::PermissionDenied if reason != reason::TWO_PERSON_RULE => exit::DENIED,
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => exit::UNAVAILABLE,
             _ => exit::REFUSED,
         };
         let hint = match reason.as_str() {
-            "UNAUTHENTICATED" => Some("pass --token (or set STOCKLOCK_TOKEN) with an operator token"),
-            "ROLE_NOT_ALLOWED" => Some("this token's role may not do that; use an operator (or admin) token"),
-            "TWO_PERSON_RULE" => Some("a colleague has to approve: they run `stocklock admin unlock approve <id>`"),
-            "FORCE_UNLOCK_EXPIRED" => Some("the request was not approved in time; request it again"),
-            "FORCE_UNLOCK_NOT_PENDING" => Some("see its state with `stocklock admin unlock list`"),
-            "NO_LOCKS_MATCHED" => Some("check what the filter selects with `stocklock admin locks ...`"),
+            reason::UNAUTHENTICATED => Some("pass --token (or set STOCKLOCK_TOKEN) with an operator token"),
+            reason::ROLE_NOT_ALLOWED => Some("this token's role may not do that; use an operator (or admin) token"),
+            reason::TWO_PERSON_RULE => {
+                Some("a colleague has to approve: they run `stocklock admin unlock approve <id>`")
+            }
+            reason::FORCE_UNLOCK_EXPIRED => Some("the request was not approved in time; request it again"),
+            reason::FORCE_UNLOCK_NOT_PENDING => Some("see its state with `stocklock admin unlock list`"),
+            reason::NO_LOCKS_MATCHED => Some("check what the filter selects with `stocklock admin locks ...`"),
             _ if status.code() == Code::Unavailable => Some("is the service running at --addr, and its Redis up?"),
             _ => None,
         };

@@ -19,7 +19,7 @@ pub use admin::{
     AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, IngestStats,
     LockStats,
 };
-pub use error::{Error, LockEnd, Shortage};
+pub use error::{Error, LockEnd, Shortage, reason};
 pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
 pub use feeds::{EventStream, IngestConsumer, IngestEntry, IngestStream};
 pub use health::{LockHealthCell, SUCCESS_TARGET, breaking_rule, is_service_failure};

@@ -3,6 +3,40 @@
 
 use super::RecordKey;
 
+/// The machine-readable reasons callers see (`ErrorInfo.reason`), each
+/// spelled here once: [`Error::reason`] names them, the Redis store's reply
+/// tags use them, and clients such as the CLI match on them.
+#[allow(missing_docs)]
+pub mod reason {
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
+    pub const SKU_NOT_AVAILABLE_IN_WAREHOUSE: &str = "SKU_NOT_AVAILABLE_IN_WAREHOUSE";
+    pub const LOCK_NOT_FOUND: &str = "LOCK_NOT_FOUND";
+    pub const LOCK_EXPIRED: &str = "LOCK_EXPIRED";
+    pub const LOCK_HOLDER_MISMATCH: &str = "LOCK_HOLDER_MISMATCH";
+    pub const LOCK_FORCE_RELEASED: &str = "LOCK_FORCE_RELEASED";
+    pub const FORCE_UNLOCK_NOT_FOUND: &str = "FORCE_UNLOCK_NOT_FOUND";
+    pub const FORCE_UNLOCK_NOT_PENDING: &str = "FORCE_UNLOCK_NOT_PENDING";
+    pub const FORCE_UNLOCK_EXPIRED: &str = "FORCE_UNLOCK_EXPIRED";
+    pub const TWO_PERSON_RULE: &str = "TWO_PERSON_RULE";
+    pub const NO_LOCKS_MATCHED: &str = "NO_LOCKS_MATCHED";
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const OVERLOADED: &str = "OVERLOADED";
+    pub const DEADLINE_PASSED: &str = "DEADLINE_PASSED";
+    pub const LOCK_ALREADY_COMMITTED: &str = "LOCK_ALREADY_COMMITTED";
+    pub const BATCH_NOT_FOUND: &str = "BATCH_NOT_FOUND";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    pub const UNIT_SCALE_IN_USE: &str = "UNIT_SCALE_IN_USE";
+    pub const NEGATIVE_STOCK: &str = "NEGATIVE_STOCK";
+    pub const QUANTITY_EXCEEDS_LOCK: &str = "QUANTITY_EXCEEDS_LOCK";
+    pub const INV_LOCK_TIMEOUT: &str = "INV_LOCK_TIMEOUT";
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const STORE_OUT_OF_MEMORY: &str = "STORE_OUT_OF_MEMORY";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
 /// A line of a lock request that there is not enough stock for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shortage {
@@ -220,33 +254,33 @@ impl Error {
     /// The reason clients match on, as listed in the README's error table.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Self::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
-            Self::NotAvailable { .. } => "SKU_NOT_AVAILABLE_IN_WAREHOUSE",
-            Self::LockNotFound { .. } => "LOCK_NOT_FOUND",
-            Self::LockExpired { .. } => "LOCK_EXPIRED",
-            Self::HolderMismatch { .. } => "LOCK_HOLDER_MISMATCH",
-            Self::LockForceReleased { .. } => "LOCK_FORCE_RELEASED",
-            Self::ForceUnlockNotFound { .. } => "FORCE_UNLOCK_NOT_FOUND",
-            Self::ForceUnlockNotPending { .. } => "FORCE_UNLOCK_NOT_PENDING",
-            Self::ForceUnlockExpired { .. } => "FORCE_UNLOCK_EXPIRED",
-            Self::TwoPersonRule { .. } => "TWO_PERSON_RULE",
-            Self::NoLocksMatched => "NO_LOCKS_MATCHED",
-            Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::RoleNotAllowed { .. } => "ROLE_NOT_ALLOWED",
-            Self::RateLimited { .. } => "RATE_LIMITED",
-            Self::Overloaded { .. } => "OVERLOADED",
-            Self::DeadlinePassed => "DEADLINE_PASSED",
-            Self::LockAlreadyCommitted { .. } => "LOCK_ALREADY_COMMITTED",
-            Self::BatchNotFound { .. } => "BATCH_NOT_FOUND",
-            Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
-            Self::UnitScaleInUse { .. } => "UNIT_SCALE_IN_USE",
-            Self::NegativeStock { .. } => "NEGATIVE_STOCK",
-            Self::QuantityExceedsLock { .. } => "QUANTITY_EXCEEDS_LOCK",
-            Self::StoreTimeout => "INV_LOCK_TIMEOUT",
-            Self::StoreUnavailable { .. } => "STORE_UNAVAILABLE",
-            Self::StoreOutOfMemory => "STORE_OUT_OF_MEMORY",
-            Self::Internal { .. } => "INTERNAL",
+            Self::InvalidArgument { .. } => reason::INVALID_ARGUMENT,
+            Self::InsufficientStock { .. } => reason::INSUFFICIENT_STOCK,
+            Self::NotAvailable { .. } => reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE,
+            Self::LockNotFound { .. } => reason::LOCK_NOT_FOUND,
+            Self::LockExpired { .. } => reason::LOCK_EXPIRED,
+            Self::HolderMismatch { .. } => reason::LOCK_HOLDER_MISMATCH,
+            Self::LockForceReleased { .. } => reason::LOCK_FORCE_RELEASED,
+            Self::ForceUnlockNotFound { .. } => reason::FORCE_UNLOCK_NOT_FOUND,
+            Self::ForceUnlockNotPending { .. } => reason::FORCE_UNLOCK_NOT_PENDING,
+            Self::ForceUnlockExpired { .. } => reason::FORCE_UNLOCK_EXPIRED,
+            Self::TwoPersonRule { .. } => reason::TWO_PERSON_RULE,
+            Self::NoLocksMatched => reason::NO_LOCKS_MATCHED,
+            Self::Unauthenticated(_) => reason::UNAUTHENTICATED,
+            Self::RoleNotAllowed { .. } => reason::ROLE_NOT_ALLOWED,
+            Self::RateLimited { .. } => reason::RATE_LIMITED,
+            Self::Overloaded { .. } => reason::OVERLOADED,
+            Self::DeadlinePassed => reason::DEADLINE_PASSED,
+            Self::LockAlreadyCommitted { .. } => reason::LOCK_ALREADY_COMMITTED,
+            Self::BatchNotFound { .. } => reason::BATCH_NOT_FOUND,
+            Self::IdempotencyKeyReused { .. } => reason::IDEMPOTENCY_KEY_REUSED,
+            Self::UnitScaleInUse { .. } => reason::UNIT_SCALE_IN_USE,
+            Self::NegativeStock { .. } => reason::NEGATIVE_STOCK,
+            Self::QuantityExceedsLock { .. } => reason::QUANTITY_EXCEEDS_LOCK,
+            Self::StoreTimeout => reason::INV_LOCK_TIMEOUT,
+            Self::StoreUnavailable { .. } => reason::STORE_UNAVAILABLE,
+            Self::StoreOutOfMemory => reason::STORE_OUT_OF_MEMORY,
+            Self::Internal { .. } => reason::INTERNAL,
         }
     }
 }

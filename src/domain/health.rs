@@ -2,23 +2,18 @@
 
 use std::collections::BTreeMap;
 
-use super::Error;
+use super::reason;
 
 /// Whether `reason` counts against the service: the caller did nothing
 /// wrong and there was stock, yet the lock failed (the store timed out, was
 /// unreachable or out of memory, or an internal error). Refusals on the
 /// merits (no stock, bad input, ...) are counted by reason but are the
 /// service working.
-pub fn is_service_failure(reason: &str) -> bool {
-    let detail = String::new;
-    [
-        Error::StoreTimeout,
-        Error::StoreUnavailable { detail: detail() },
-        Error::StoreOutOfMemory,
-        Error::Internal { detail: detail() },
-    ]
-    .iter()
-    .any(|e| e.reason() == reason)
+pub fn is_service_failure(text: &str) -> bool {
+    matches!(
+        text,
+        reason::INV_LOCK_TIMEOUT | reason::STORE_UNAVAILABLE | reason::STORE_OUT_OF_MEMORY | reason::INTERNAL
+    )
 }
 
 /// The success target the heatmap marks cells against.

@@ -7,7 +7,7 @@
 //! to the domain error. Each `<op>.rs` reads the figures its script puts
 //! after a tag into [`Facts`], then asks the table.
 
-use crate::domain::{Error, LockEnd, RecordKey, Shortage, StockView, UnitScale};
+use crate::domain::{Error, LockEnd, RecordKey, Shortage, StockView, UnitScale, reason};
 
 /// The first element of every script reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,29 +56,30 @@ pub(super) enum Tag {
     TwoPersonRule,
 }
 
-/// Every tag and its spelling in Lua: the only place a tag is spelled in Rust.
+/// Every tag and its spelling in Lua; the refusals are the reasons callers
+/// see, spelled once in [`reason`].
 const TAGS: [(Tag, &str); 21] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
     (Tag::Missing, "MISSING"),
-    (Tag::IdempotencyKeyReused, "IDEMPOTENCY_KEY_REUSED"),
-    (Tag::SkuNotAvailableInWarehouse, "SKU_NOT_AVAILABLE_IN_WAREHOUSE"),
+    (Tag::IdempotencyKeyReused, reason::IDEMPOTENCY_KEY_REUSED),
+    (Tag::SkuNotAvailableInWarehouse, reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE),
     (Tag::InvalidQuantityScale, "INVALID_QUANTITY_SCALE"),
     (Tag::QuantityOutOfRange, "QUANTITY_OUT_OF_RANGE"),
-    (Tag::InsufficientStock, "INSUFFICIENT_STOCK"),
-    (Tag::LockNotFound, "LOCK_NOT_FOUND"),
-    (Tag::LockExpired, "LOCK_EXPIRED"),
-    (Tag::LockForceReleased, "LOCK_FORCE_RELEASED"),
-    (Tag::LockHolderMismatch, "LOCK_HOLDER_MISMATCH"),
-    (Tag::LockAlreadyCommitted, "LOCK_ALREADY_COMMITTED"),
-    (Tag::UnitScaleInUse, "UNIT_SCALE_IN_USE"),
-    (Tag::NegativeStock, "NEGATIVE_STOCK"),
-    (Tag::QuantityExceedsLock, "QUANTITY_EXCEEDS_LOCK"),
-    (Tag::ForceUnlockNotFound, "FORCE_UNLOCK_NOT_FOUND"),
-    (Tag::ForceUnlockNotPending, "FORCE_UNLOCK_NOT_PENDING"),
-    (Tag::ForceUnlockExpired, "FORCE_UNLOCK_EXPIRED"),
-    (Tag::TwoPersonRule, "TWO_PERSON_RULE"),
+    (Tag::InsufficientStock, reason::INSUFFICIENT_STOCK),
+    (Tag::LockNotFound, reason::LOCK_NOT_FOUND),
+    (Tag::LockExpired, reason::LOCK_EXPIRED),
+    (Tag::LockForceReleased, reason::LOCK_FORCE_RELEASED),
+    (Tag::LockHolderMismatch, reason::LOCK_HOLDER_MISMATCH),
+    (Tag::LockAlreadyCommitted, reason::LOCK_ALREADY_COMMITTED),
+    (Tag::UnitScaleInUse, reason::UNIT_SCALE_IN_USE),
+    (Tag::NegativeStock, reason::NEGATIVE_STOCK),
+    (Tag::QuantityExceedsLock, reason::QUANTITY_EXCEEDS_LOCK),
+    (Tag::ForceUnlockNotFound, reason::FORCE_UNLOCK_NOT_FOUND),
+    (Tag::ForceUnlockNotPending, reason::FORCE_UNLOCK_NOT_PENDING),
+    (Tag::ForceUnlockExpired, reason::FORCE_UNLOCK_EXPIRED),
+    (Tag::TwoPersonRule, reason::TWO_PERSON_RULE),
 ];
 
 /// What a refusal is about: the request's own identifiers, and the figures
