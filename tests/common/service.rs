@@ -54,10 +54,14 @@ pub async fn serve(redis_url: &str, extra: &[&str]) -> TestService {
     let listeners = listeners(listener).await;
     let http_addr = listeners.http.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::spawn(stocklock::server::run(config, listeners, async {
+    let mut handle = tokio::spawn(stocklock::server::run(config, listeners, async {
         let _ = rx.await;
     }));
-    let client = connect(addr).await;
+    // Up: it answers health. Or it stopped: say why, at once.
+    let client = tokio::select! {
+        client = connect(addr) => client,
+        ended = &mut handle => panic!("stocklock on {addr} stopped before it served: {ended:?}"),
+    };
     TestService {
         client,
         redis: None,
@@ -78,7 +82,8 @@ pub async fn listeners(grpc: tokio::net::TcpListener) -> stocklock::server::List
 
 pub async fn connect(addr: std::net::SocketAddr) -> Client {
     let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(5));
-    for _ in 0..200 {
+    // Generous: a loaded 2-core machine may take seconds to start a cluster's service.
+    for _ in 0..1200 {
         if let Ok(channel) = endpoint.connect().await {
             // The listener accepts before the service is wired; wait for health.
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
