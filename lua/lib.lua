@@ -27,6 +27,14 @@
 
 local MAX_EXACT = 9007199254740991
 
+-- Every call does bounded work, whatever a record holds: one call settles
+-- at most SETTLE_LIMIT expired locks (the sweeper calls again while a record
+-- has more) and trims at most TRIM_LIMIT old tombstones. Until they are
+-- settled, expired locks past the first SETTLE_LIMIT still count as locked:
+-- availability is then understated for a moment, never overstated.
+local SETTLE_LIMIT = 50
+local TRIM_LIMIT = 200
+
 local function fmt(n)
   return string.format('%d', n)
 end
@@ -117,15 +125,17 @@ local function read_stock(rec)
   }
 end
 
--- Expired locks of a record (expires_at <= now): their tokens and summed
--- quantity. Reads only, so a script can decide before it writes.
+-- Expired locks of a record (expires_at <= now), the earliest SETTLE_LIMIT
+-- of them: their tokens and summed quantity. Reads only, so a script can
+-- decide before it writes.
 local function find_expired(rec, now)
-  local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now)
+  local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now, 'LIMIT', 0, SETTLE_LIMIT)
   local sum = 0
-  for _, token in ipairs(tokens) do
-    local packed = redis.call('HGET', rec.locks, token)
-    if packed then
-      sum = sum + unpack_lock(packed).qty
+  if #tokens > 0 then
+    for _, packed in ipairs(redis.call('HMGET', rec.locks, unpack(tokens))) do
+      if packed then
+        sum = sum + unpack_lock(packed).qty
+      end
     end
   end
   return tokens, sum
@@ -174,27 +184,53 @@ end
 
 -- Keeps tombstones of ended locks for `retention` ms, so a late Renew or
 -- Release learns what happened instead of a bare "not found".
+-- Drops tombstones older than `retention`, at most TRIM_LIMIT a call (each
+-- call adds fewer, so trimming keeps up), and keeps the set itself no longer.
+local function trim_ended(rec, now, retention)
+  local old = redis.call('ZRANGEBYSCORE', rec.ended, '-inf', now - retention, 'LIMIT', 0, TRIM_LIMIT)
+  if #old > 0 then
+    redis.call('ZREM', rec.ended, unpack(old))
+  end
+  redis.call('PEXPIRE', rec.ended, retention)
+end
+
 local function end_lock(rec, token, mark, now, retention)
   redis.call('HDEL', rec.locks, token)
   redis.call('ZREM', rec.exp, token)
   redis.call('ZADD', rec.ended, now, token .. ':' .. mark)
-  redis.call('ZREMRANGEBYSCORE', rec.ended, '-inf', now - retention)
-  redis.call('PEXPIRE', rec.ended, retention)
+  trim_ended(rec, now, retention)
 end
 
 -- Returns expired locks' quantity to the record (the write half of
--- find_expired), with one `expire` event per lock in `events`.
+-- find_expired), with one `expire` event per lock in `events`. The lock set,
+-- the tombstones and the figures are written once for all of them.
 local function drop_expired(events, rec, tokens, now, retention)
+  if #tokens == 0 then
+    return
+  end
+  local s = read_stock(rec)
+  local packed = redis.call('HMGET', rec.locks, unpack(tokens))
+  local tombstones = {}
   for _, token in ipairs(tokens) do
-    local packed = redis.call('HGET', rec.locks, token)
-    local before = stored_available(rec)
-    end_lock(rec, token, 'E', now, retention)
-    if packed then
-      local l = unpack_lock(packed)
-      redis.call('HINCRBY', rec.stock, 'locked', -l.qty)
-      redis.call('HINCRBY', rec.stock, 'version', 1)
-      emit(events, 'expire', rec, before, lock_fields(rec, token, l, read_stock(rec).unit_scale))
+    tombstones[#tombstones + 1] = now
+    tombstones[#tombstones + 1] = token .. ':E'
+  end
+  redis.call('HDEL', rec.locks, unpack(tokens))
+  redis.call('ZREM', rec.exp, unpack(tokens))
+  redis.call('ZADD', rec.ended, unpack(tombstones))
+  trim_ended(rec, now, retention)
+  local changed = false
+  for i, token in ipairs(tokens) do
+    if packed[i] then
+      local l = unpack_lock(packed[i])
+      local before = math.max(available_of(s, s.locked), 0)
+      s.locked, s.version = s.locked - l.qty, s.version + 1
+      emit(events, 'expire', rec, before, lock_fields(rec, token, l, s.unit_scale), s)
+      changed = true
     end
+  end
+  if changed then
+    redis.call('HSET', rec.stock, 'locked', fmt(s.locked), 'version', fmt(s.version))
   end
 end
 

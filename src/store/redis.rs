@@ -38,6 +38,7 @@ mod keys;
 mod link;
 mod list_locks;
 mod lock;
+mod read_lock;
 mod read_locks;
 mod reject_force_unlock;
 mod release;

@@ -1,11 +1,11 @@
-//! `lua/read_locks.lua`: one atomic read of a record's locks, for GetLock,
-//! ListLocks and the lock statistics.
+//! `lua/read_locks.lua`: one atomic read of a record's locks, for ListLocks
+//! and the lock statistics.
 
 use std::time::Duration;
 
-use super::reply::{Facts, Tag, malformed};
+use super::reply::malformed;
 use super::{RedisStore, scripts};
-use crate::domain::{Error, LockEnd, LockId, LockView, RecordKey, UnitScale};
+use crate::domain::{Error, LockId, LockView, RecordKey, UnitScale};
 
 impl RedisStore {
     /// A record's live locks as of Redis time, in token order, and that time.
@@ -29,44 +29,10 @@ impl RedisStore {
         views.sort_by_key(|v| v.lock_id.token);
         Ok((views, now))
     }
-
-    /// One lock, live; or the error that says how it ended while its
-    /// tombstone is kept.
-    pub(super) async fn read_lock(&self, lock_id: &LockId) -> Result<LockView, Error> {
-        let (locks, _) = self.record_locks(&lock_id.record).await?;
-        let facts = Facts { lock_id: lock_id.to_string(), ..Facts::default() };
-        if let Some(lock) = locks.into_iter().find(|l| l.lock_id.token == lock_id.token) {
-            return if lock.lock_id.nonce == lock_id.nonce { Ok(lock) } else { Err(Tag::LockNotFound.error(facts)) };
-        }
-        let keys = self.keys.record(&lock_id.record);
-        let mut pipe = redis::pipe();
-        for mark in ["E", "R", "C", "F"] {
-            pipe.zscore(&keys.ended, format!("{}:{mark}", lock_id.token));
-        }
-        // Still in the locks hash but past its expiry is expired too, since
-        // record_locks leaves expired locks out.
-        pipe.zscore(&keys.exp, lock_id.token);
-        let marks: Vec<Option<f64>> = self.query_pipe(&pipe).await?;
-        let found = |i: usize| marks.get(i).is_some_and(Option::is_some);
-        let (tag, ended) = if found(0) {
-            (Tag::LockExpired, None)
-        } else if found(1) {
-            (Tag::LockNotFound, Some(LockEnd::Released))
-        } else if found(2) {
-            (Tag::LockNotFound, Some(LockEnd::Committed))
-        } else if found(3) {
-            (Tag::LockForceReleased, None)
-        } else if found(4) {
-            (Tag::LockExpired, None)
-        } else {
-            (Tag::LockNotFound, None)
-        };
-        Err(tag.error(Facts { ended, ..facts }))
-    }
 }
 
 /// A lock as `pack_lock` in `lua/lib.lua` writes it.
-fn unpack_lock(
+pub(super) fn unpack_lock(
     record: &RecordKey,
     token: u64,
     packed: &str,

@@ -37,6 +37,8 @@ pub(super) static ADJUST_STOCK: LazyLock<Script> = script!("adjust_stock.lua");
 /// GetAvailability and friends. The flag line (Redis 7) marks it read-only,
 /// so Redis runs it even while it refuses writes for lack of memory.
 pub(super) static GET_STOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "get_stock.lua");
+/// One lock, for GetLock.
+pub(super) static READ_LOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "read_lock.lua");
 /// One atomic read of a record's locks.
 pub(super) static READ_LOCKS: LazyLock<Script> = script!("#!lua flags=no-writes\n", "read_locks.lua");
 /// The sweeper's step for one record.
@@ -57,8 +59,9 @@ pub(super) static CHECK_RECORD: LazyLock<Script> = script!("#!lua flags=no-write
 pub(super) static REPAIR_RECORD: LazyLock<Script> = script!("repair_record.lua");
 
 /// Every script, for loading at start-up.
-pub(super) fn all() -> [&'static Script; 15] {
+pub(super) fn all() -> [&'static Script; 16] {
     [
+        &READ_LOCK,
         &READ_LOCKS,
         &CHECK_RECORD,
         &REPAIR_RECORD,

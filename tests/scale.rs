@@ -1,0 +1,117 @@
+//! One record holding many live locks (a flash sale): every call stays
+//! bounded, so reads of one lock work, an expiry wave is settled in bounded
+//! steps, and the books balance afterwards. These tests assert behaviour at
+//! scale, never timings; the load tool measures those.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::stream::{self, StreamExt};
+use stocklock::pb;
+use tonic::Code;
+
+/// How many locks the hot record holds.
+const LOCKS: usize = 20_000;
+
+/// Locks `count` single units of `sku` with `ttl`, `concurrency` calls at a time.
+async fn lock_many(svc: &TestService, sku: &str, count: usize, ttl: Duration) -> Vec<pb::Lock> {
+    stream::iter(0..count)
+        .map(|i| {
+            let mut client = svc.client.clone();
+            let mut request = lock_request(sku, "WH", "1", &format!("{sku}-{i}"));
+            request.ttl = millis(ttl.as_millis() as i64);
+            async move { client.lock(request).await.unwrap().into_inner().lock.unwrap() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+/// The lifecycle events of one action in every partition.
+async fn count_events(svc: &TestService, action: &str) -> usize {
+    let mut conn = svc.redis_conn().await;
+    let mut found = 0;
+    for partition in 0..svc.keys().partitions() {
+        let mut after = "-".to_owned();
+        loop {
+            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(svc.keys().events(partition))
+                .arg(&after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let Some((last, _)) = entries.last() else { break };
+            after = format!("({last}");
+            found += entries.iter().filter(|(_, fields)| fields[..2] == ["action", action]).count();
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once() {
+    let svc = start_with(&["--min-ttl", "1s", "--sweep-interval", "50ms", "--max-queue-wait", "30s"]).await;
+    svc.stock("HOT", "WH", "1000000").await;
+    // Every lock lives long enough for all of them to be taken, then they
+    // expire together.
+    let locks = lock_many(&svc, "HOT", LOCKS, Duration::from_secs(20)).await;
+    let record = svc.record("HOT", "WH").await;
+    assert_eq!((record.locked.as_str(), record.live_locks), ("20000", LOCKS as u32));
+
+    // One lock reads in O(1) among 20,000.
+    let one = &locks[LOCKS / 2];
+    let read =
+        svc.client.clone().get_lock(pb::GetLockRequest { lock_id: one.lock_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(read.lock.unwrap().fencing_token, one.fencing_token);
+
+    // The wave: every lock settled by the sweeper, in bounded steps, once.
+    let swept = eventually(Duration::from_secs(90), || async {
+        let mut conn = svc.redis_conn().await;
+        let locked: i64 = redis::cmd("HGET")
+            .arg(svc.record_keys("HOT", "WH").stock)
+            .arg("locked")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        locked == 0
+    })
+    .await;
+    assert!(swept, "the expired locks were not all swept");
+    assert_eq!(count_events(&svc, "expire").await, LOCKS, "each lock expires exactly once");
+    let record = svc.record("HOT", "WH").await;
+    assert_eq!((record.available.as_str(), record.locked.as_str(), record.live_locks), ("1000000", "0", 0));
+    // An expired lock still says how it ended.
+    let gone = svc.client.clone().get_lock(pb::GetLockRequest { lock_id: one.lock_id.clone() }).await.unwrap_err();
+    assert_eq!((gone.code(), reason(&gone).as_str()), (Code::FailedPrecondition, "LOCK_EXPIRED"), "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_during_an_unswept_wave_never_oversells() {
+    // No sweeper runs (a very long interval): the wave is settled only by
+    // the calls that touch the record, each a bounded step at a time.
+    let svc = start_with(&["--min-ttl", "1s", "--sweep-interval", "1h", "--max-queue-wait", "30s"]).await;
+    svc.stock("WAVE", "WH", "500").await;
+    lock_many(&svc, "WAVE", 500, Duration::from_secs(1)).await;
+    let sold_out = svc.lock("WAVE", "WH", "1", "too-early").await.unwrap_err();
+    assert_eq!(reason(&sold_out), "INSUFFICIENT_STOCK");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Every lock has expired, but more than one call's worth is unswept:
+    // locks succeed as steps settle the wave, and never take more than the
+    // 500 units there are.
+    let mut granted = 0;
+    for i in 0..600 {
+        match svc.lock("WAVE", "WH", "1", &format!("after-{i}")).await {
+            Ok(_) => granted += 1,
+            Err(status) => assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}"),
+        }
+    }
+    assert_eq!(granted, 500, "every unit is sold once the wave is settled, and no more");
+    let record = svc.record("WAVE", "WH").await;
+    assert_eq!((record.locked.as_str(), record.available.as_str()), ("500", "0"));
+}
