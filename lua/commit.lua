@@ -1,8 +1,8 @@
 -- commit.lua: turns a live lock into a deduction: physical and locked both
 -- drop by the committed quantity; a smaller quantity releases the rest.
 --
--- KEYS[1..4]  partition keys: idempotency record, due index, event stream, audit (unused)
--- KEYS[5..8]  the lock's record: stock, locks, exp, ended
+-- KEYS[1..5]  partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[6..9]  the lock's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  quantity mantissa, or "" to commit the whole lock
@@ -29,7 +29,7 @@
 local pk = partition_keys()
 local fingerprint, holder = ARGV[1], ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rec = record_at(5, ARGV[7])
+local rec = record_at(6, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
 
 local replay = idem_lookup(pk.idem, fingerprint)
@@ -44,7 +44,7 @@ if not lock then
     return record_reply(rec, now, { 'ALREADY_COMMITTED' })
   end
   if why == 'LOCK_EXPIRED' then
-    drop_expired(pk.events, rec, find_expired(rec, now), now, tomb_retention)
+    drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
     refresh_due(pk.due, rec)
   end
   return { why, ended }
@@ -66,9 +66,9 @@ if ARGV[3] ~= '' then
   end
 end
 
-settle(pk.events, rec, now, tomb_retention)
+settle(pk, rec, now, tomb_retention)
 local before = stored_available(rec)
-end_lock(rec, token, 'C', now, tomb_retention)
+end_lock(pk, rec, token, lock, 'C', now, tomb_retention)
 redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)

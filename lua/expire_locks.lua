@@ -2,9 +2,9 @@
 -- of every lock that expired to availability. Idempotent, so any number of
 -- replicas may sweep the same record at once.
 --
--- KEYS[1..4]  partition keys: idempotency record (unused), due index, event stream,
---             audit stream (unused)
--- KEYS[5..8]  the record: stock, locks, exp, ended
+-- KEYS[1..5]  partition keys: idempotency record (unused), due index, event stream,
+--             audit stream (unused), lock index
+-- KEYS[6..9]  the record: stock, locks, exp, ended
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     tombstone retention ms
 --
@@ -13,9 +13,9 @@
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_expired, drop_expired, refresh_due
 
 local pk = partition_keys()
-local rec = record_at(5, ARGV[1])
+local rec = record_at(6, ARGV[1])
 local now = now_ms()
 local expired = find_expired(rec, now)
-drop_expired(pk.events, rec, expired, now, tonumber(ARGV[2]))
+drop_expired(pk, rec, expired, now, tonumber(ARGV[2]))
 refresh_due(pk.due, rec)
 return { 'OK', fmt(#expired) }

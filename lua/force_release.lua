@@ -2,9 +2,9 @@
 -- lock of it that is still live, fences them (a later Renew or Commit by the
 -- old holder fails with LOCK_FORCE_RELEASED), and audits it.
 --
--- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit stream
--- KEYS[5]          the request's hash
--- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit stream, lock index
+-- KEYS[6]          the request's hash
+-- KEYS[7 + 4k ..]  lock k's record: stock, locks, exp, ended
 -- ARGV[1]  fingerprint
 -- ARGV[2]  approver
 -- ARGV[3]  mode: 'approve' (two-person rule) or 'policy' (stale locks, single step)
@@ -26,7 +26,7 @@
 -- end_lock, refresh_due, lock_fields, read_stock, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local request_key = KEYS[5]
+local request_key = KEYS[6]
 local fingerprint, approver, mode, comment = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local count = (#ARGV - 9) / 3
@@ -48,13 +48,13 @@ end
 local reply = { 'OK', fmt(now) }
 local released, skipped = {}, {}
 for k = 0, count - 1 do
-  local rec = record_at(6 + 4 * k, ARGV[10 + 3 * k])
+  local rec = record_at(7 + 4 * k, ARGV[10 + 3 * k])
   local token, nonce = ARGV[11 + 3 * k], ARGV[12 + 3 * k]
   local lock_id = rec.id .. '|' .. token .. '-' .. nonce
   local lock = find_lock(rec, token, nonce, now)
   if lock then
     local before = stored_available(rec)
-    end_lock(rec, token, 'F', now, tomb_retention)
+    end_lock(pk, rec, token, lock, 'F', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
     refresh_due(pk.due, rec)

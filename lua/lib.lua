@@ -59,9 +59,18 @@ end
 
 -- The partition keys of a writing script: KEYS[1] the request's idempotency
 -- record, KEYS[2] the sweeper's due index, KEYS[3] the lifecycle event
--- stream, KEYS[4] the audit stream. Its own keys follow from KEYS[5].
+-- stream, KEYS[4] the audit stream, KEYS[5] the lock index (see
+-- lock_member). Its own keys follow from KEYS[6].
 local function partition_keys()
-  return { idem = KEYS[1], due = KEYS[2], events = KEYS[3], audit = KEYS[4] }
+  return { idem = KEYS[1], due = KEYS[2], events = KEYS[3], audit = KEYS[4], locks = KEYS[5] }
+end
+
+-- A live lock's member in its partition's lock index, a sorted set read by
+-- lexical range: creation time (ms, 15 digits), record id, token. Ordered
+-- by age, stable while the lock lives, so ListLocks pages through it with a
+-- cursor and the statistics count stale locks by range, in O(log n).
+local function lock_member(rec, token, created)
+  return string.format('%015d', created) .. '|' .. rec.id .. '|' .. token
 end
 
 local function now_ms()
@@ -194,7 +203,8 @@ local function trim_ended(rec, now, retention)
   redis.call('PEXPIRE', rec.ended, retention)
 end
 
-local function end_lock(rec, token, mark, now, retention)
+local function end_lock(pk, rec, token, l, mark, now, retention)
+  redis.call('ZREM', pk.locks, lock_member(rec, token, l.created))
   redis.call('HDEL', rec.locks, token)
   redis.call('ZREM', rec.exp, token)
   redis.call('ZADD', rec.ended, now, token .. ':' .. mark)
@@ -202,9 +212,10 @@ local function end_lock(rec, token, mark, now, retention)
 end
 
 -- Returns expired locks' quantity to the record (the write half of
--- find_expired), with one `expire` event per lock in `events`. The lock set,
--- the tombstones and the figures are written once for all of them.
-local function drop_expired(events, rec, tokens, now, retention)
+-- find_expired), with one `expire` event per lock in the event stream. The
+-- lock set, its index, the tombstones and the figures are written once for
+-- all of them. `pk` are the partition keys.
+local function drop_expired(pk, rec, tokens, now, retention)
   if #tokens == 0 then
     return
   end
@@ -219,25 +230,27 @@ local function drop_expired(events, rec, tokens, now, retention)
   redis.call('ZREM', rec.exp, unpack(tokens))
   redis.call('ZADD', rec.ended, unpack(tombstones))
   trim_ended(rec, now, retention)
-  local changed = false
+  local changed, members = false, {}
   for i, token in ipairs(tokens) do
     if packed[i] then
       local l = unpack_lock(packed[i])
       local before = math.max(available_of(s, s.locked), 0)
       s.locked, s.version = s.locked - l.qty, s.version + 1
-      emit(events, 'expire', rec, before, lock_fields(rec, token, l, s.unit_scale), s)
+      emit(pk.events, 'expire', rec, before, lock_fields(rec, token, l, s.unit_scale), s)
+      members[#members + 1] = lock_member(rec, token, l.created)
       changed = true
     end
   end
   if changed then
+    redis.call('ZREM', pk.locks, unpack(members))
     redis.call('HSET', rec.stock, 'locked', fmt(s.locked), 'version', fmt(s.version))
   end
 end
 
 -- Drops the record's expired locks now: every write starts from live figures.
-local function settle(events, rec, now, retention)
+local function settle(pk, rec, now, retention)
   local expired = find_expired(rec, now)
-  drop_expired(events, rec, expired, now, retention)
+  drop_expired(pk, rec, expired, now, retention)
 end
 
 -- Sums the quantity of a record's locks (expired but unswept ones included)

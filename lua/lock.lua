@@ -1,9 +1,9 @@
 -- lock.lua: locks one line (Lock) or every line of a batch (BatchLock), all or nothing.
 --
--- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit (unused)
--- KEYS[5]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
+-- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[6]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
--- KEYS[6 + 4k ..]  line k's record: stock, locks, exp, ended
+-- KEYS[7 + 4k ..]  line k's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -28,10 +28,10 @@
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
--- available_of, drop_expired, pack_lock, lock_fields, emit, refresh_due, idem_lookup, idem_store
+-- available_of, drop_expired, pack_lock, lock_member, lock_fields, emit, refresh_due, idem_lookup, idem_store
 
 local pk = partition_keys()
-local batch_key = KEYS[5]
+local batch_key = KEYS[6]
 local fingerprint = ARGV[1]
 local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
@@ -51,7 +51,7 @@ local now = now_ms()
 local lines = {}
 local short = {}
 for k = 0, line_count - 1 do
-  local rec = record_at(6 + 4 * k, ARGV[11 + 3 * k])
+  local rec = record_at(7 + 4 * k, ARGV[11 + 3 * k])
   local s = read_stock(rec)
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
@@ -82,7 +82,7 @@ for _, line in ipairs(lines) do
   local rec = line.rec
   local s = line.stock
   if #line.expired > 0 then
-    drop_expired(pk.events, rec, line.expired, now, tomb_retention)
+    drop_expired(pk, rec, line.expired, now, tomb_retention)
     s = read_stock(rec)
   end
   -- One write for the three counters; the figures are known, so the event
@@ -96,6 +96,7 @@ for _, line in ipairs(lines) do
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
   }))
   redis.call('ZADD', rec.exp, expires, token)
+  redis.call('ZADD', pk.locks, 0, lock_member(rec, token, now))
   if #line.expired > 0 then
     refresh_due(pk.due, rec)
   else

@@ -2,8 +2,8 @@
 -- lock_id, or every lock of a batch). Checks every lock before the first write:
 -- one lock that may not be released fails the whole call and changes nothing.
 --
--- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit (unused)
--- KEYS[5 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  idempotency retention ms
@@ -33,7 +33,7 @@ end
 local now = now_ms()
 local items = {}
 for k = 0, count - 1 do
-  local rec = record_at(5 + 4 * k, ARGV[5 + 3 * k])
+  local rec = record_at(6 + 4 * k, ARGV[5 + 3 * k])
   local token = ARGV[6 + 3 * k]
   local lock, why, ended = find_lock(rec, token, ARGV[7 + 3 * k], now)
   if lock and holder ~= '' and lock.holder ~= holder then
@@ -55,9 +55,9 @@ for _, item in ipairs(items) do
   local outcome, qty = 'ALREADY_RELEASED', 0
   if item.lock then
     outcome, qty = 'RELEASED', item.lock.qty
-    settle(pk.events, rec, now, tomb_retention)
+    settle(pk, rec, now, tomb_retention)
     local before = stored_available(rec)
-    end_lock(rec, item.token, 'R', now, tomb_retention)
+    end_lock(pk, rec, item.token, item.lock, 'R', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
     emit(pk.events, 'release', rec, before, lock_fields(rec, item.token, item.lock, tonumber(unit_scale)))
@@ -65,7 +65,7 @@ for _, item in ipairs(items) do
     outcome = 'FORCE_RELEASED'
   elseif item.why == 'LOCK_EXPIRED' then
     outcome = 'ALREADY_EXPIRED'
-    drop_expired(pk.events, rec, find_expired(rec, now), now, tomb_retention)
+    drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
   end
   refresh_due(pk.due, rec)
   for _, v in ipairs({ outcome, fmt(qty), unit_scale }) do

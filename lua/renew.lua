@@ -1,8 +1,8 @@
 -- renew.lua: the heartbeat. Extends each named lock to now + ttl, capped at
 -- the lock's maximum total hold time. Each lock gets its own result.
 --
--- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit (unused)
--- KEYS[5 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  holder
 -- ARGV[3]  ttl ms, or 0 for each lock's own ttl
@@ -38,7 +38,7 @@ local now = now_ms()
 local reply = { 'OK' }
 local renewed = 0
 for k = 0, count - 1 do
-  local rec = record_at(5 + 4 * k, ARGV[6 + 3 * k])
+  local rec = record_at(6 + 4 * k, ARGV[6 + 3 * k])
   local token, nonce = ARGV[7 + 3 * k], ARGV[8 + 3 * k]
   local lock, why, ended = find_lock(rec, token, nonce, now)
   if lock and lock.holder ~= holder then
@@ -67,7 +67,7 @@ for k = 0, count - 1 do
   else
     if why == 'LOCK_EXPIRED' then
       -- Expired but not swept yet: return its quantity now.
-      drop_expired(pk.events, rec, find_expired(rec, now), now, tomb_retention)
+      drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
       refresh_due(pk.due, rec)
     end
     for _, v in ipairs({ why, ended, '0' }) do

@@ -4,8 +4,8 @@
 -- otherwise hold stock forever); an expiry without a lock is dropped; then
 -- `locked` is set to the sum of the live locks.
 --
--- KEYS[1..4]  partition keys: idempotency record, due index, event stream, audit stream
--- KEYS[5..8]  the record: stock, locks, exp, ended
+-- KEYS[1..5]  partition keys: idempotency record, due index, event stream, audit stream, lock index
+-- KEYS[6..9]  the record: stock, locks, exp, ended
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     request fingerprint
 -- ARGV[3]     idempotency (and tombstone) retention ms
@@ -18,11 +18,11 @@
 --          then the record (see record_reply)}, {'REPLAY', ...},
 --          {'IDEMPOTENCY_KEY_REUSED'} or {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}.
 --
--- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, sum_locks,
+-- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, sum_locks, lock_member,
 -- find_expired, drop_expired, refresh_due, audit, emit, record_reply, idem_lookup, idem_store
 
 local pk = partition_keys()
-local rec = record_at(5, ARGV[1])
+local rec = record_at(6, ARGV[1])
 local fingerprint, retention = ARGV[2], tonumber(ARGV[3])
 
 local replay = idem_lookup(pk.idem, fingerprint)
@@ -42,6 +42,11 @@ local available_before = math.max(available_of(s, s.locked), 0)
 local sum, fixed = sum_locks(rec, function(token, l)
   redis.call('ZADD', rec.exp, now + l.ttl, token)
 end)
+-- Every lock is in its partition's lock index.
+local all = redis.call('HGETALL', rec.locks)
+for i = 1, #all, 2 do
+  redis.call('ZADD', pk.locks, 0, lock_member(rec, all[i], unpack_lock(all[i + 1]).created))
+end
 local dropped = 0
 for _, token in ipairs(redis.call('ZRANGE', rec.exp, 0, -1)) do
   if redis.call('HEXISTS', rec.locks, token) == 0 then
@@ -52,7 +57,7 @@ end
 
 -- Then the figure: locked is the sum of the live locks, after the sweep.
 redis.call('HSET', rec.stock, 'locked', fmt(sum))
-drop_expired(pk.events, rec, find_expired(rec, now), now, retention)
+drop_expired(pk, rec, find_expired(rec, now), now, retention)
 refresh_due(pk.due, rec)
 redis.call('HINCRBY', rec.stock, 'version', 1)
 local locked_after = read_stock(rec).locked

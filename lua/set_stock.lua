@@ -2,11 +2,11 @@
 -- A snapshot not newer than the stored source_version is ignored (stale):
 -- events arrive out of order, and the newest one must win.
 --
--- KEYS[1..4]  partition keys: idempotency record (unused without a request_id),
---             due index, event stream, audit stream
--- KEYS[5]     the SKU's set of warehouses
--- KEYS[6]     the partition's set of record ids, for the auditor
--- KEYS[7..10] the record: stock, locks, exp, ended
+-- KEYS[1..5]  partition keys: idempotency record (unused without a request_id),
+--             due index, event stream, audit stream, lock index
+-- KEYS[6]     the SKU's set of warehouses
+-- KEYS[7]     the partition's set of record ids, for the auditor
+-- KEYS[8..11] the record: stock, locks, exp, ended
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
@@ -32,8 +32,8 @@
 -- find_expired, drop_expired, refresh_due, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local whs_key, records_key = KEYS[5], KEYS[6]
-local rec = record_at(7, ARGV[10])
+local whs_key, records_key = KEYS[6], KEYS[7]
+local rec = record_at(8, ARGV[10])
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint = ARGV[7]
@@ -63,7 +63,7 @@ if s then
   if unit_scale ~= s.unit_scale and s.locked - expired_sum > 0 then
     return { 'UNIT_SCALE_IN_USE', fmt(s.unit_scale) }
   end
-  drop_expired(pk.events, rec, expired, now, tomb_retention)
+  drop_expired(pk, rec, expired, now, tomb_retention)
   refresh_due(pk.due, rec)
   redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
     'unit_scale', unit_scale, 'source_version', source_version)

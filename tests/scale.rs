@@ -59,7 +59,7 @@ async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once()
     svc.stock("HOT", "WH", "1000000").await;
     // Every lock lives long enough for all of them to be taken, then they
     // expire together.
-    let locks = lock_many(&svc, "HOT", LOCKS, Duration::from_secs(20)).await;
+    let locks = lock_many(&svc, "HOT", LOCKS, Duration::from_secs(30)).await;
     let record = svc.record("HOT", "WH").await;
     assert_eq!((record.locked.as_str(), record.live_locks), ("20000", LOCKS as u32));
 
@@ -68,6 +68,30 @@ async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once()
     let read =
         svc.client.clone().get_lock(pb::GetLockRequest { lock_id: one.lock_id.clone() }).await.unwrap().into_inner();
     assert_eq!(read.lock.unwrap().fencing_token, one.fencing_token);
+
+    // ListLocks pages through every lock exactly once, a bounded read a page.
+    let mut seen = std::collections::HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = svc
+            .client
+            .clone()
+            .list_locks(pb::ListLocksRequest { sku: "HOT".into(), page_size: 1000, page_token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        for lock in page.locks {
+            assert!(seen.insert(lock.fencing_token), "lock {} listed twice", lock.lock_id);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), LOCKS);
+    // The statistics count them from the index, exactly.
+    let stats = svc.admin().await.get_lock_stats(pb::GetLockStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.live_locks, LOCKS as u64, "{stats:?}");
 
     // The wave: every lock settled by the sweeper, in bounded steps, once.
     let swept = eventually(Duration::from_secs(90), || async {

@@ -82,3 +82,15 @@ async fn an_unreachable_redis_fails_start_up_quickly() {
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn data_of_an_older_layout_is_refused_not_misread() {
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    // What the previous layout left: the partition count, no layout version.
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("sl:partitions").arg(1).query_async(&mut conn).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let result = stocklock::server::run(config(&redis.url(), &[]), listeners(listener).await, async {}).await;
+    let message = result.expect_err("old data is refused").to_string();
+    assert!(message.contains("layout 1") && message.contains("--key-prefix"), "{message}");
+}

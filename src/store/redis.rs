@@ -39,7 +39,6 @@ mod link;
 mod list_locks;
 mod lock;
 mod read_lock;
-mod read_locks;
 mod reject_force_unlock;
 mod release;
 mod renew;
@@ -297,10 +296,35 @@ impl StockStore for RedisStore {
     }
 }
 
+/// The version of the data layout this store reads and writes: 2 added the
+/// partitions' lock indexes. Stored on first start; data of another version
+/// is refused, not misread.
+const LAYOUT_VERSION: &str = "2";
+
 /// Records the partition count on first start and refuses another one
 /// later: with another count every SKU would look for its keys elsewhere.
 async fn check_layout(link: &Link, keys: &Keys, timeout: Duration) -> Result<(), Error> {
     let mut conn = link.conn();
+    // Data of another layout would be misread: refuse it, with what to do.
+    let version: Option<String> =
+        call::bounded(timeout, redis::cmd("GET").arg(keys.layout_version()).query_async(&mut conn)).await?;
+    let older: Option<String> = match version {
+        Some(_) => None,
+        None => call::bounded(timeout, redis::cmd("GET").arg(keys.layout()).query_async(&mut conn)).await?,
+    };
+    if version.as_deref().is_some_and(|v| v != LAYOUT_VERSION) || older.is_some() {
+        let found = version.unwrap_or_else(|| "1".to_owned());
+        return Err(Error::invalid(
+            "redis_url",
+            format!(
+                "holds stocklock data of layout {found}, which this version ({LAYOUT_VERSION}) cannot read; \
+                 start on an empty Redis or another --key-prefix"
+            ),
+        ));
+    }
+    let mut mark = redis::cmd("SET");
+    mark.arg(keys.layout_version()).arg(LAYOUT_VERSION).arg("NX");
+    let _: Option<String> = call::bounded(timeout, mark.query_async(&mut conn)).await?;
     let mut set = redis::cmd("SET");
     set.arg(keys.layout()).arg(keys.partitions()).arg("NX").arg("GET");
     let stored: Option<usize> = call::bounded(timeout, set.query_async(&mut conn)).await?;

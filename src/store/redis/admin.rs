@@ -16,7 +16,7 @@ use super::request_force_unlock::Part;
 use super::{Partition, RedisStore};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    IngestStats, LockFilter, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
+    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -463,24 +463,6 @@ impl AdminStore for RedisStore {
     }
 
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
-        let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
-        let filter = LockFilter::default();
-        let mut at = Some((0, 0));
-        while let Some(batch) = at {
-            let (records, next) = self.record_chunk(&filter, batch).await?;
-            for record in records {
-                let (locks, now) = self.record_locks(&record).await?;
-                for lock in locks {
-                    stats.live += 1;
-                    if now - lock.created_at_ms >= i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX) {
-                        stats.stale += 1;
-                    }
-                    stats.oldest_created_at_ms =
-                        Some(stats.oldest_created_at_ms.map_or(lock.created_at_ms, |o| o.min(lock.created_at_ms)));
-                }
-            }
-            at = next;
-        }
-        Ok(stats)
+        self.index_stats(stale_after).await
     }
 }

@@ -48,7 +48,7 @@ impl RedisStore {
     ) -> ScriptInvocation<'static> {
         let keys = self.keys.partition_keys(partition, idempotency);
         let mut inv = script.prepare_invoke();
-        inv.key(keys.idempotency).key(keys.due).key(keys.events).key(keys.audit);
+        inv.key(keys.idempotency).key(keys.due).key(keys.events).key(keys.audit).key(keys.locks);
         inv
     }
 

@@ -64,6 +64,8 @@ pub struct PartitionKeys {
     pub events: String,
     /// The audit stream.
     pub audit: String,
+    /// The lock index: every live lock by age (see [`Keys::lock_index`]).
+    pub locks: String,
 }
 
 impl Keys {
@@ -111,6 +113,7 @@ impl Keys {
             due: self.due(partition),
             events: self.events(partition),
             audit: self.audit(partition),
+            locks: self.lock_index(partition),
         }
     }
 
@@ -151,6 +154,13 @@ impl Keys {
     /// The partition's forced-unlock requests by creation time.
     pub fn force_unlock_index(&self, partition: Partition) -> String {
         format!("{}:fu:index", self.base(partition))
+    }
+
+    /// The partition's lock index: a sorted set of every live lock as
+    /// `created_ms (15 digits)|sku|warehouse|token`, read by lexical range, so
+    /// in age order. ListLocks pages through it; the lock statistics count it.
+    pub fn lock_index(&self, partition: Partition) -> String {
+        format!("{}:lockidx", self.base(partition))
     }
 
     /// The partition's audit trail (a stream).
@@ -228,6 +238,11 @@ impl Keys {
         format!("{}:partitions", self.prefix)
     }
 
+    /// The version of the data layout (see the store's `LAYOUT_VERSION`).
+    pub fn layout_version(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+
     /// A lease that lets one replica at a time do `name`'s periodic work.
     pub fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.prefix)
@@ -267,8 +282,13 @@ mod tests {
         let record_keys = keys.record(&record);
         assert_eq!(record_keys.stock, "sl:{p0.0}:SKU-1:w:WH-A:stock");
         let partition_keys = keys.partition_keys(0, None);
-        let partition =
-            [&partition_keys.idempotency, &partition_keys.due, &partition_keys.events, &partition_keys.audit];
+        let partition = [
+            &partition_keys.idempotency,
+            &partition_keys.due,
+            &partition_keys.events,
+            &partition_keys.audit,
+            &partition_keys.locks,
+        ];
         for key in record_keys
             .in_script_order()
             .into_iter()

@@ -1,145 +1,243 @@
-//! ListLocks: pages of live locks, record by record, over the partitions'
-//! due indexes (only records with live locks are in them).
+//! ListLocks and the lock statistics, over each partition's lock index
+//! ([`super::Keys::lock_index`]): every call reads a bounded range of it,
+//! whatever a record or a partition holds.
 
+use std::time::Duration;
+
+use super::read_lock::unpack_lock;
+use super::reply::malformed;
 use super::{Partition, RedisStore};
-use crate::domain::StockStore as _;
-use crate::domain::{Error, LockFilter, LockPage, LockView, RecordKey};
+use crate::domain::{Error, LockFilter, LockPage, LockStats, LockView, RecordKey, UnitScale};
+
+/// Index members one round trip reads.
+const SCAN: usize = 500;
+
+/// Most index members one ListLocks call looks at; a short page with a
+/// token is a valid page.
+const SCAN_BUDGET: usize = 2_000;
+
+/// A lock index member: `created (15 digits)|sku|warehouse|token`.
+struct Member {
+    created_at_ms: i64,
+    record: RecordKey,
+    token: u64,
+}
+
+impl Member {
+    fn parse(text: &str) -> Option<Self> {
+        let (created, rest) = text.split_once('|')?;
+        let (record, token) = rest.rsplit_once('|')?;
+        Some(Self {
+            created_at_ms: created.parse().ok()?,
+            record: RecordKey::parse_id(record)?,
+            token: token.parse().ok()?,
+        })
+    }
+}
+
+/// The lexical bound just above every member created at or before `ms`.
+fn created_through(ms: i64) -> String {
+    format!("({:015}", ms.saturating_add(1).max(0))
+}
 
 impl RedisStore {
-    /// One page of live locks that match `filter`, from `page_token` on.
+    /// One page of live locks that match `filter`, from `page_token` on, in
+    /// age order within each partition, every lock that lives throughout
+    /// exactly once.
     pub(super) async fn list_page(
         &self,
         filter: LockFilter,
         page_size: usize,
         page_token: Option<String>,
     ) -> Result<LockPage, Error> {
-        let mut position = match page_token {
-            Some(token) => Some(PagePosition::decode(&token)?),
-            None => None,
+        let bad = || Error::invalid("page_token", "is not a token returned by ListLocks");
+        // A filter by SKU reads only its partition.
+        let partitions: Vec<Partition> = match &filter.sku {
+            Some(sku) => vec![self.keys.partition_of(sku)],
+            None => (0..self.keys.partitions()).collect(),
         };
-        let mut at = position.as_ref().map_or((0, 0), |p| (p.partition, p.cursor));
-        if at.0 >= self.keys.partitions() {
-            return Err(Error::invalid("page_token", "is not a token returned by ListLocks"));
-        }
+        let (mut at, mut after) = match page_token {
+            None => (0, None),
+            Some(token) => {
+                let (partition, member) = token.split_once(':').ok_or_else(bad)?;
+                let partition: Partition = partition.parse().map_err(|_| bad())?;
+                let at = partitions.iter().position(|&p| p == partition).ok_or_else(bad)?;
+                Member::parse(member).ok_or_else(bad)?;
+                (at, Some(member.to_owned()))
+            }
+        };
         let mut locks = Vec::new();
-        // Bound the work of one call; a short page with a token is a valid page.
-        let mut records_left = 2_000usize;
-        loop {
-            let (records, next) = self.record_chunk(&filter, at).await?;
-            let (partition, cursor) = at;
-            for record in records {
-                if let Some(p) = &position
-                    && record < p.record
-                {
-                    continue;
-                }
-                let after_token = position.take().filter(|p| p.record == record).map_or(0, |p| p.after_token);
-                let (record_locks, now) = self.record_locks(&record).await?;
-                for lock in record_locks {
-                    if lock.lock_id.token <= after_token || !matches(&filter, &lock, now) {
-                        continue;
-                    }
-                    let token = lock.lock_id.token;
-                    locks.push(lock);
-                    if locks.len() == page_size {
-                        let next = PagePosition { partition, cursor, record: record.clone(), after_token: token };
-                        return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
-                    }
-                }
-                records_left -= 1;
-                if records_left == 0 {
-                    let next = PagePosition { partition, cursor, record: record.clone(), after_token: u64::MAX };
-                    return Ok(LockPage { locks, next_page_token: Some(next.encode()) });
+        let mut examined = 0;
+        while let Some(&partition) = partitions.get(at) {
+            let now = self.time_of(partition).await?;
+            let max = filter.older_than.map_or_else(|| "+".to_owned(), |age| created_through(now - millis_i64(age)));
+            let min = after.as_ref().map_or_else(|| "-".to_owned(), |m| format!("({m}"));
+            let range = redis::cmd("ZRANGEBYLEX")
+                .arg(self.keys.lock_index(partition))
+                .arg(&min)
+                .arg(&max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SCAN)
+                .clone();
+            let members: Vec<String> = self.query(&range).await?;
+            examined += members.len();
+            let exhausted = members.len() < SCAN;
+            let wanted: Vec<(String, Member)> = members
+                .into_iter()
+                .filter_map(|text| Member::parse(&text).map(|m| (text, m)))
+                .filter(|(_, m)| {
+                    filter.sku.as_ref().is_none_or(|s| *s == m.record.sku)
+                        && filter.warehouse.as_ref().is_none_or(|w| *w == m.record.warehouse)
+                })
+                .collect();
+            let live = self.read_members(wanted.iter().map(|(_, m)| m), now).await?;
+            let mut last_seen = None;
+            for ((text, _), lock) in wanted.iter().zip(live) {
+                last_seen = Some(text);
+                let Some(lock) = lock.filter(|l| matches(&filter, l)) else { continue };
+                locks.push(lock);
+                if locks.len() == page_size {
+                    return Ok(LockPage { locks, next_page_token: Some(format!("{partition}:{text}")) });
                 }
             }
-            let Some(next) = next else { return Ok(LockPage { locks, next_page_token: None }) };
-            at = next;
-            position = None;
+            if exhausted {
+                at += 1;
+                after = None;
+                continue;
+            }
+            // More in this partition: go on after the last member read (the
+            // range's last, which the filter may have left out).
+            let last = match last_seen {
+                Some(text) => text.clone(),
+                None => self.last_member(partition, &min, &max).await?.unwrap_or_default(),
+            };
+            after = Some(last);
+            if examined >= SCAN_BUDGET {
+                return Ok(LockPage { locks, next_page_token: after.map(|m| format!("{partition}:{m}")) });
+            }
         }
+        Ok(LockPage { locks, next_page_token: None })
     }
 
-    /// The chunk of records to list locks of at `at` (a partition, and a
-    /// cursor in its due index), and where the next chunk is (`None` after
-    /// the last partition's last chunk).
-    pub(super) async fn record_chunk(
+    /// The `SCAN`-th member of the range, where the next read starts.
+    async fn last_member(&self, partition: Partition, min: &str, max: &str) -> Result<Option<String>, Error> {
+        let range = redis::cmd("ZRANGEBYLEX")
+            .arg(self.keys.lock_index(partition))
+            .arg(min)
+            .arg(max)
+            .arg("LIMIT")
+            .arg(SCAN - 1)
+            .arg(1)
+            .clone();
+        let last: Vec<String> = self.query(&range).await?;
+        Ok(last.into_iter().next())
+    }
+
+    /// The live locks the members name, `None` for those that ended or
+    /// expired by `now`; one pipeline, all in one partition.
+    async fn read_members<'a>(
         &self,
-        filter: &LockFilter,
-        at: ChunkAt,
-    ) -> Result<(Vec<RecordKey>, Option<ChunkAt>), Error> {
-        let (partition, cursor) = at;
-        let mut records = match (&filter.sku, &filter.warehouse) {
-            // A filter by SKU names its records without the due index.
-            (Some(sku), Some(warehouse)) => {
-                return Ok((vec![RecordKey::new(sku.clone(), warehouse.clone())], None));
-            }
-            (Some(sku), None) => {
-                let warehouses = self.warehouses_of(sku).await?;
-                let records: Vec<RecordKey> = warehouses.into_iter().map(|w| RecordKey::new(sku.clone(), w)).collect();
-                (records, None)
-            }
-            (None, _) => {
-                // Only records with live locks are in the due index.
-                let scan = redis::cmd("ZSCAN").arg(self.keys.due(partition)).arg(cursor).arg("COUNT").arg(200).clone();
-                let (next, members): (u64, Vec<String>) = self.query(&scan).await?;
-                // ZSCAN answers member, score, member, score...
-                let records: Vec<RecordKey> =
-                    members.iter().step_by(2).filter_map(|id| RecordKey::parse_id(id)).collect();
-                let next = match next {
-                    0 if partition + 1 == self.keys.partitions() => None,
-                    0 => Some((partition + 1, 0)),
-                    next => Some((partition, next)),
-                };
-                (records, next)
-            }
-        };
-        if let Some(warehouse) = &filter.warehouse {
-            records.0.retain(|r: &RecordKey| &r.warehouse == warehouse);
+        members: impl Iterator<Item = &'a Member>,
+        now: i64,
+    ) -> Result<Vec<Option<LockView>>, Error> {
+        let members: Vec<&Member> = members.collect();
+        if members.is_empty() {
+            return Ok(Vec::new());
         }
-        records.0.sort();
-        records.0.dedup();
-        Ok(records)
+        let mut pipe = redis::pipe();
+        for m in &members {
+            let keys = self.keys.record(&m.record);
+            pipe.hget(&keys.locks, m.token).zscore(&keys.exp, m.token).hget(&keys.stock, "unit_scale");
+        }
+        let replies: Vec<(Option<String>, Option<f64>, Option<u32>)> = {
+            let flat: Vec<redis::Value> = self.query_pipe(&pipe).await?;
+            flat.chunks(3).map(|c| Ok((value(&c[0])?, value(&c[1])?, value(&c[2])?))).collect::<Result<_, Error>>()?
+        };
+        let mut locks = Vec::with_capacity(members.len());
+        for (m, (packed, expires, scale)) in members.into_iter().zip(replies) {
+            let (Some(packed), Some(expires)) = (packed, expires) else {
+                locks.push(None);
+                continue;
+            };
+            let expires_at_ms = expires as i64;
+            if expires_at_ms <= now {
+                locks.push(None);
+                continue;
+            }
+            let unit_scale =
+                UnitScale::new(scale.unwrap_or(0), "unit_scale").map_err(|_| malformed("a bad unit scale"))?;
+            locks.push(Some(unpack_lock(&m.record, m.token, &packed, expires_at_ms, unit_scale)?));
+        }
+        Ok(locks)
+    }
+
+    /// Redis time (ms) on the shard of `partition`.
+    async fn time_of(&self, partition: Partition) -> Result<i64, Error> {
+        // TIME has no key; on a cluster, a pipeline with a key of the
+        // partition runs it on that partition's shard.
+        let pipe = redis::pipe().exists(self.keys.lock_index(partition)).cmd("TIME").clone();
+        let (_, time): (bool, (i64, i64)) = self.query_pipe(&pipe).await?;
+        Ok(time.0 * 1000 + time.1 / 1000)
+    }
+
+    /// Live locks (every lock not yet settled), stale ones, and the oldest,
+    /// from each partition's lock index in O(log n).
+    pub(super) async fn index_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
+        let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
+        for partition in 0..self.keys.partitions() {
+            let index = self.keys.lock_index(partition);
+            let now = self.time_of(partition).await?;
+            let pipe = redis::pipe()
+                .zcard(&index)
+                .cmd("ZLEXCOUNT")
+                .arg(&index)
+                .arg("-")
+                .arg(created_through(now - millis_i64(stale_after)))
+                .cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(0)
+                .clone();
+            let (live, stale, first): (u64, u64, Vec<String>) = self.query_pipe(&pipe).await?;
+            stats.live += live;
+            stats.stale += stale;
+            if let Some(oldest) = first.first().and_then(|m| Member::parse(m)) {
+                let at = oldest.created_at_ms;
+                stats.oldest_created_at_ms = Some(stats.oldest_created_at_ms.map_or(at, |o| o.min(at)));
+            }
+        }
+        Ok(stats)
     }
 }
 
-fn matches(filter: &LockFilter, lock: &LockView, now_ms: i64) -> bool {
+fn value<T: redis::FromRedisValue>(v: &redis::Value) -> Result<T, Error> {
+    redis::from_redis_value(v.clone()).map_err(|e| malformed(&e.to_string()))
+}
+
+fn millis_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The filters the index range does not apply.
+fn matches(filter: &LockFilter, lock: &LockView) -> bool {
     filter.order_id.as_ref().is_none_or(|o| o.as_str() == lock.order_id)
         && filter.holder.as_ref().is_none_or(|h| h.as_str() == lock.holder)
-        && filter
-            .older_than
-            .is_none_or(|age| now_ms - lock.created_at_ms >= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Where a chunk of records to list is: a partition, and a ZSCAN cursor of
-/// its due index.
-pub(super) type ChunkAt = (Partition, u64);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Where a ListLocks page ends: the record chunk (a partition and a ZSCAN
-/// cursor of its due index), the record, and the last token returned from it.
-struct PagePosition {
-    partition: Partition,
-    cursor: u64,
-    record: RecordKey,
-    after_token: u64,
-}
-
-impl PagePosition {
-    fn encode(&self) -> String {
-        format!("{}:{}:{}:{}", self.partition, self.cursor, self.after_token, self.record)
-    }
-
-    fn decode(token: &str) -> Result<Self, Error> {
-        let bad = || Error::invalid("page_token", "is not a token returned by ListLocks");
-        let mut parts = token.splitn(4, ':');
-        let (Some(partition), Some(cursor), Some(after), Some(record)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        Ok(Self {
-            partition: partition.parse().map_err(|_| bad())?,
-            cursor: cursor.parse().map_err(|_| bad())?,
-            after_token: after.parse().map_err(|_| bad())?,
-            record: RecordKey::parse_id(record).ok_or_else(bad)?,
-        })
+    #[test]
+    fn members_parse_and_sort_by_age() {
+        let m = Member::parse("001700000000123|SKU-1|WH-A|42").unwrap();
+        assert_eq!((m.created_at_ms, m.record.to_string().as_str(), m.token), (1_700_000_000_123, "SKU-1|WH-A", 42));
+        assert!(Member::parse("x|SKU|WH|1").is_none());
+        assert!(Member::parse("000000000000001|SKU|WH").is_none());
+        // The bound for "created at or before" takes exactly those members.
+        let bound = created_through(1_700_000_000_123);
+        let (inside, outside) = ("001700000000123|S|W|1", "001700000000124|S|W|1");
+        assert!(inside < &bound[1..] && outside > &bound[1..]);
     }
 }

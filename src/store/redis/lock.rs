@@ -32,7 +32,7 @@ impl LockCall {
     pub fn new(keys: &Keys, partition: Partition, cmd: &LockCommand, limits: LockLimits, nonce: &str) -> Self {
         let mut key_list: Vec<String> = {
             let pk = keys.partition_keys(partition, Some((lock_method(cmd), &cmd.request_id)));
-            vec![pk.idempotency, pk.due, pk.events, pk.audit]
+            vec![pk.idempotency, pk.due, pk.events, pk.audit, pk.locks]
         };
         key_list.push(match &cmd.batch_id {
             Some(batch) => keys.batch(partition, batch),

@@ -1,9 +1,10 @@
 //! `lua/read_lock.lua`: one lock, for GetLock, in O(1).
 
-use super::read_locks::unpack_lock;
-use super::reply::{Facts, Tag, lock_end};
+use std::time::Duration;
+
+use super::reply::{Facts, Tag, lock_end, malformed};
 use super::{RedisStore, scripts};
-use crate::domain::{Error, LockId, LockView};
+use crate::domain::{Error, LockId, LockView, RecordKey, UnitScale};
 
 impl RedisStore {
     /// One lock, live; or the error that says how it ended while its
@@ -27,4 +28,32 @@ impl RedisStore {
             _ => Err(reply.unexpected()),
         }
     }
+}
+
+/// A lock as `pack_lock` in `lua/lib.lua` writes it.
+pub(super) fn unpack_lock(
+    record: &RecordKey,
+    token: u64,
+    packed: &str,
+    expires_at_ms: i64,
+    unit_scale: UnitScale,
+) -> Result<LockView, Error> {
+    // qty|created|max_expires|ttl|holder|order_id|nonce|batch_id
+    let f: Vec<&str> = packed.split('|').collect();
+    let [qty, created, max_expires, ttl, holder, order_id, nonce, batch_id] = f[..] else {
+        return Err(malformed("a bad lock record"));
+    };
+    let int = |s: &str| s.parse::<i64>().map_err(|_| malformed("a bad lock figure"));
+    Ok(LockView {
+        lock_id: LockId { record: record.clone(), token, nonce: nonce.to_owned() },
+        quantity: int(qty)?,
+        unit_scale,
+        created_at_ms: int(created)?,
+        expires_at_ms,
+        max_expires_at_ms: int(max_expires)?,
+        ttl: Duration::from_millis(int(ttl)?.unsigned_abs()),
+        order_id: order_id.to_owned(),
+        holder: holder.to_owned(),
+        batch_id: (!batch_id.is_empty()).then(|| batch_id.to_owned()),
+    })
 }

@@ -39,8 +39,6 @@ pub(super) static ADJUST_STOCK: LazyLock<Script> = script!("adjust_stock.lua");
 pub(super) static GET_STOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "get_stock.lua");
 /// One lock, for GetLock.
 pub(super) static READ_LOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "read_lock.lua");
-/// One atomic read of a record's locks.
-pub(super) static READ_LOCKS: LazyLock<Script> = script!("#!lua flags=no-writes\n", "read_locks.lua");
 /// The sweeper's step for one record.
 pub(super) static EXPIRE_LOCKS: LazyLock<Script> = script!("expire_locks.lua");
 /// The sweeper's look-up of records with expired locks.
@@ -59,10 +57,9 @@ pub(super) static CHECK_RECORD: LazyLock<Script> = script!("#!lua flags=no-write
 pub(super) static REPAIR_RECORD: LazyLock<Script> = script!("repair_record.lua");
 
 /// Every script, for loading at start-up.
-pub(super) fn all() -> [&'static Script; 16] {
+pub(super) fn all() -> [&'static Script; 15] {
     [
         &READ_LOCK,
-        &READ_LOCKS,
         &CHECK_RECORD,
         &REPAIR_RECORD,
         &REQUEST_FORCE_UNLOCK,
