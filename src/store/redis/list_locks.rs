@@ -83,6 +83,9 @@ impl RedisStore {
             let members: Vec<String> = self.query(&range).await?;
             examined += members.len();
             let exhausted = members.len() < SCAN;
+            // The next read starts after the range's last member, whether
+            // the filter keeps it or not.
+            let range_end = members.last().cloned();
             let wanted: Vec<(String, Member)> = members
                 .into_iter()
                 .filter_map(|text| Member::parse(&text).map(|m| (text, m)))
@@ -92,9 +95,7 @@ impl RedisStore {
                 })
                 .collect();
             let live = self.read_members(wanted.iter().map(|(_, m)| m), now).await?;
-            let mut last_seen = None;
             for ((text, _), lock) in wanted.iter().zip(live) {
-                last_seen = Some(text);
                 let Some(lock) = lock.filter(|l| matches(&filter, l)) else { continue };
                 locks.push(lock);
                 if locks.len() == page_size {
@@ -106,32 +107,12 @@ impl RedisStore {
                 after = None;
                 continue;
             }
-            // More in this partition: go on after the last member read (the
-            // range's last, which the filter may have left out).
-            let last = match last_seen {
-                Some(text) => text.clone(),
-                None => self.last_member(partition, &min, &max).await?.unwrap_or_default(),
-            };
-            after = Some(last);
+            after = range_end;
             if examined >= SCAN_BUDGET {
                 return Ok(LockPage { locks, next_page_token: after.map(|m| format!("{partition}:{m}")) });
             }
         }
         Ok(LockPage { locks, next_page_token: None })
-    }
-
-    /// The `SCAN`-th member of the range, where the next read starts.
-    async fn last_member(&self, partition: Partition, min: &str, max: &str) -> Result<Option<String>, Error> {
-        let range = redis::cmd("ZRANGEBYLEX")
-            .arg(self.keys.lock_index(partition))
-            .arg(min)
-            .arg(max)
-            .arg("LIMIT")
-            .arg(SCAN - 1)
-            .arg(1)
-            .clone();
-        let last: Vec<String> = self.query(&range).await?;
-        Ok(last.into_iter().next())
     }
 
     /// The live locks the members name, `None` for those that ended or
