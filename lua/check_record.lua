@@ -1,16 +1,24 @@
--- check_record.lua: the invariant auditor's look at one record. Writes nothing.
+-- check_record.lua: one slice of the invariant auditor's look at a record.
+-- Writes nothing, and reads at most about ARGV[2] locks: the auditor walks a
+-- record of any size in slices (src/store/redis/check_record.rs) and trusts
+-- the sum only when the record's version stayed the same from the first
+-- slice to the last.
 --
 -- KEYS[1..4]  the record: stock, locks, exp, ended
+-- ARGV[1]     HSCAN cursor over the lock set ('0' starts)
+-- ARGV[2]     locks per slice (an HSCAN COUNT, so a hint Redis may exceed a little)
 --
 -- Returns {'MISSING'} when the record does not exist, else
---   {'OK', locked, sum_of_locks, locks_without_expiry, expiries_without_lock,
---    overdue_ms, available, unit_scale}
--- where locked is the stored figure, sum_of_locks the quantity of every lock
--- in the record (expired but unswept ones included: the sweep takes them out
--- of both), overdue_ms how long ago the oldest unswept lock expired (0 if
--- none), and available the stored figures' available (negative = oversold).
+--   {'OK', version, next_cursor, locked, lock_count, expiry_count, overdue_ms,
+--    available, unit_scale, then per lock of the slice: token, quantity,
+--    '1' if it has an expiry entry else '0'}
+-- where locked is the stored figure, lock_count and expiry_count the sizes of
+-- the lock set and the expiry index (equal on a healthy record), overdue_ms
+-- how long ago the oldest unswept lock expired (0 if none), and available the
+-- stored figures' available (negative = oversold). HSCAN may return a lock
+-- twice across slices; the caller counts each token once.
 --
--- lib.lua: now_ms, fmt, record_at, read_stock, sum_locks, available_of
+-- lib.lua: now_ms, fmt, record_at, read_stock, unpack_lock, available_of
 
 local rec = record_at(1, '')
 local s = read_stock(rec)
@@ -18,14 +26,27 @@ if not s then
   return { 'MISSING' }
 end
 local now = now_ms()
-local sum, without_expiry, count = sum_locks(rec)
-local expiries_without_lock = redis.call('ZCARD', rec.exp) - (count - without_expiry)
 local overdue = 0
 local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
 if first[1] and tonumber(first[2]) < now then
   overdue = now - tonumber(first[2])
 end
-return {
-  'OK', fmt(s.locked), fmt(sum), fmt(without_expiry), fmt(expiries_without_lock), fmt(overdue),
-  fmt(available_of(s, s.locked)), fmt(s.unit_scale),
+local scan = redis.call('HSCAN', rec.locks, ARGV[1], 'COUNT', ARGV[2])
+local out = {
+  'OK', fmt(s.version), scan[1], fmt(s.locked), fmt(redis.call('HLEN', rec.locks)),
+  fmt(redis.call('ZCARD', rec.exp)), fmt(overdue), fmt(available_of(s, s.locked)), fmt(s.unit_scale),
 }
+local pairs_ = scan[2]
+if #pairs_ > 0 then
+  local tokens = {}
+  for i = 1, #pairs_, 2 do
+    tokens[#tokens + 1] = pairs_[i]
+  end
+  local scores = redis.call('ZMSCORE', rec.exp, unpack(tokens))
+  for i, token in ipairs(tokens) do
+    out[#out + 1] = token
+    out[#out + 1] = fmt(unpack_lock(pairs_[2 * i]).qty)
+    out[#out + 1] = scores[i] and '1' or '0'
+  end
+end
+return out

@@ -253,26 +253,6 @@ local function settle(pk, rec, now, retention)
   drop_expired(pk, rec, expired, now, retention)
 end
 
--- Sums the quantity of a record's locks (expired but unswept ones included)
--- and counts the locks that have no expiry entry, calling
--- on_missing(token, lock) for each of those when given. Also returns how
--- many locks there are. For the invariant auditor and the repair.
-local function sum_locks(rec, on_missing)
-  local sum, missing = 0, 0
-  local packed = redis.call('HGETALL', rec.locks)
-  for i = 1, #packed, 2 do
-    local l = unpack_lock(packed[i + 1])
-    sum = sum + l.qty
-    if not redis.call('ZSCORE', rec.exp, packed[i]) then
-      missing = missing + 1
-      if on_missing then
-        on_missing(packed[i], l)
-      end
-    end
-  end
-  return sum, missing, #packed / 2
-end
-
 -- Points the sweeper's due index at the record's earliest expiry.
 local function refresh_due(due_key, rec)
   local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')

@@ -1,8 +1,10 @@
--- repair_record.lua: an operator's repair of a drifted record from its lock
--- set, in one atomic step with its audit entry. Expired locks are swept
--- first; a lock without an expiry entry gets one at now + its ttl (it would
--- otherwise hold stock forever); an expiry without a lock is dropped; then
--- `locked` is set to the sum of the live locks.
+-- repair_record.lua: the last step of an operator's repair of a drifted
+-- record, in one atomic step with its audit entry: `locked` becomes the sum
+-- of the record's locks, which the caller summed slice by slice with
+-- repair_slice.lua (that also mended the expiry index) while the record's
+-- version stayed ARGV[8]. If the record changed since, nothing is written.
+-- Then expired locks are settled (at most SETTLE_LIMIT; the sweeper takes the
+-- rest) and the due index points at the earliest expiry.
 --
 -- KEYS[1..5]  partition keys: idempotency record, due index, event stream, audit stream, lock index
 -- KEYS[6..9]  the record: stock, locks, exp, ended
@@ -13,12 +15,17 @@
 -- ARGV[5]     reason
 -- ARGV[6]     request_id
 -- ARGV[7]     most audit events kept
+-- ARGV[8]     the version the sum was read at
+-- ARGV[9]     the sum of the record's locks
+-- ARGV[10]    expiries the slices gave to locks that lacked one
+-- ARGV[11]    expiries without a lock the slices dropped
 --
 -- Returns {'OK', locked_before, locked_after, fixed_expiries, dropped_expiries,
 --          then the record (see record_reply)}, {'REPLAY', ...},
+--          {'STALE'} when the record changed since it was summed,
 --          {'IDEMPOTENCY_KEY_REUSED'} or {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}.
 --
--- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, sum_locks, lock_member,
+-- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of,
 -- find_expired, drop_expired, refresh_due, audit, emit, record_reply, idem_lookup, idem_store
 
 local pk = partition_keys()
@@ -33,29 +40,13 @@ local s = read_stock(rec)
 if not s then
   return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE' }
 end
+if s.version ~= tonumber(ARGV[8]) then
+  return { 'STALE' }
+end
 local now = now_ms()
-local locked_before = s.locked
+local locked_before, sum = s.locked, tonumber(ARGV[9])
 local available_before = math.max(available_of(s, s.locked), 0)
 
--- Structure first: every lock has an expiry, every expiry a lock. The same
--- pass sums the locks for the figure.
-local sum, fixed = sum_locks(rec, function(token, l)
-  redis.call('ZADD', rec.exp, now + l.ttl, token)
-end)
--- Every lock is in its partition's lock index.
-local all = redis.call('HGETALL', rec.locks)
-for i = 1, #all, 2 do
-  redis.call('ZADD', pk.locks, 0, lock_member(rec, all[i], unpack_lock(all[i + 1]).created))
-end
-local dropped = 0
-for _, token in ipairs(redis.call('ZRANGE', rec.exp, 0, -1)) do
-  if redis.call('HEXISTS', rec.locks, token) == 0 then
-    redis.call('ZREM', rec.exp, token)
-    dropped = dropped + 1
-  end
-end
-
--- Then the figure: locked is the sum of the live locks, after the sweep.
 redis.call('HSET', rec.stock, 'locked', fmt(sum))
 drop_expired(pk, rec, find_expired(rec, now), now, retention)
 refresh_due(pk.due, rec)
@@ -67,9 +58,9 @@ audit(pk.audit, ARGV[7], {
   'action', 'record.repair', 'actor', ARGV[4], 'sku', string.sub(ARGV[1], 1, at - 1),
   'warehouse_id', string.sub(ARGV[1], at + 1), 'request_id', ARGV[6], 'reason', ARGV[5],
   'd.locked', decimal(locked_before, s.unit_scale) .. ' -> ' .. decimal(locked_after, s.unit_scale),
-  'd.fixed_expiries', fmt(fixed), 'd.dropped_expiries', fmt(dropped),
+  'd.fixed_expiries', ARGV[10], 'd.dropped_expiries', ARGV[11],
 })
 emit(pk.events, 'record.repair', rec, available_before, { 'reason', ARGV[5] })
 
-local reply = { 'OK', fmt(locked_before), fmt(locked_after), fmt(fixed), fmt(dropped) }
+local reply = { 'OK', fmt(locked_before), fmt(locked_after), ARGV[10], ARGV[11] }
 return idem_store(pk.idem, fingerprint, record_reply(rec, now, reply), retention)

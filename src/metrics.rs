@@ -125,6 +125,9 @@ pub struct Metrics {
     pub invariant_violations: Family<ViolationLabels, Gauge>,
     /// Records the auditor's last pass checked.
     pub invariant_records: Gauge,
+    /// Records that changed while the auditor's last pass read them, so their
+    /// `locked` was not compared with the sum of their locks.
+    pub invariant_unsummed_records: Gauge,
     /// Completed auditor passes.
     pub invariant_passes: Counter,
 }
@@ -163,6 +166,7 @@ impl Metrics {
             shed: Family::default(),
             invariant_violations: Family::default(),
             invariant_records: Gauge::default(),
+            invariant_unsummed_records: Gauge::default(),
             invariant_passes: Counter::default(),
         };
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
@@ -227,6 +231,11 @@ impl Metrics {
             "invariant_records",
             "Stock records the auditor's last pass checked",
             metrics.invariant_records.clone(),
+        );
+        registry.register(
+            "invariant_unsummed_records",
+            "Stock records that changed while the auditor's last pass read them, so their locked figure was not compared",
+            metrics.invariant_unsummed_records.clone(),
         );
         registry.register("invariant_passes", "Completed invariant auditor passes", metrics.invariant_passes.clone());
         // Every label value exists from the start: dashboards and alerts see

@@ -139,3 +139,63 @@ async fn a_lock_during_an_unswept_wave_never_oversells() {
     let record = svc.record("WAVE", "WH").await;
     assert_eq!((record.locked.as_str(), record.available.as_str()), ("500", "0"));
 }
+
+/// The auditor's four invariant gauges from one scrape, in the order
+/// locked_drift, broken_expiry_index, late_expiry, oversold.
+async fn violations(svc: &TestService) -> Vec<f64> {
+    let metrics = scrape(svc).await;
+    ["locked_drift", "broken_expiry_index", "late_expiry", "oversold"]
+        .iter()
+        .map(|kind| metrics.get(&format!("stocklock_invariant_violations{{kind=\"{kind}\"}}")).copied().unwrap_or(-1.0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_and_a_repair_read_a_hot_record_in_slices() {
+    let svc = start_with(&["--invariant-check-interval", "200ms", "--max-queue-wait", "30s"]).await;
+    svc.stock("AUDIT", "WH", "1000000").await;
+    let locks = lock_many(&svc, "AUDIT", LOCKS, Duration::from_secs(600)).await;
+
+    // Behind the service's back: `locked` drifts by 3, 250 locks lose their
+    // expiry entry (they would never expire) and 100 expiries name no lock.
+    let keys = svc.record_keys("AUDIT", "WH");
+    let mut conn = svc.redis_conn().await;
+    let mut broken = redis::pipe();
+    broken.cmd("HINCRBY").arg(&keys.stock).arg("locked").arg(3).ignore();
+    for lock in &locks[..250] {
+        broken.cmd("ZREM").arg(&keys.exp).arg(lock.fencing_token.to_string()).ignore();
+    }
+    for orphan in 0..100 {
+        broken.cmd("ZADD").arg(&keys.exp).arg(i64::MAX / 2).arg(format!("{}", 10_000_000 + orphan)).ignore();
+    }
+    let () = broken.query_async(&mut conn).await.unwrap();
+
+    // The auditor sums 20,000 locks slice by slice and finds both faults.
+    let found = eventually(Duration::from_secs(30), || async { violations(&svc).await == [1.0, 1.0, 0.0, 0.0] }).await;
+    assert!(found, "the auditor reports drift and a broken index: {:?}", violations(&svc).await);
+
+    // The repair mends them in slices too, and sets the figure from the sum.
+    let mut admin = svc.admin().await;
+    let request = pb::RepairRecordRequest {
+        sku: "AUDIT".into(),
+        warehouse_id: "WH".into(),
+        reason: "scale test".into(),
+        request_id: "repair-1".into(),
+        operator: "alice".into(),
+    };
+    let mended = admin.repair_record(request).await.unwrap().into_inner();
+    assert_eq!(
+        (mended.locked_before.as_str(), mended.locked_after.as_str(), mended.fixed_expiries, mended.dropped_expiries),
+        ("20003", "20000", 250, 100)
+    );
+    let record = svc.record("AUDIT", "WH").await;
+    assert_eq!((record.locked.as_str(), record.live_locks), ("20000", LOCKS as u32));
+    let fixed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&keys.exp)
+        .arg(locks[0].fencing_token.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(fixed.is_some(), "a lock that lost its expiry has one again");
+    assert!(eventually(Duration::from_secs(30), || async { violations(&svc).await == [0.0; 4] }).await);
+}

@@ -7,6 +7,7 @@
 //! delay are never hidden (no coordinated omission).
 //! Closed loop (`--concurrency`): N calls in flight. Warm-up is excluded.
 
+mod probe;
 mod report;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use rand_distr::{Distribution, Zipf};
 use report::{Recorder, Report};
 use stocklock::embedded_redis::EmbeddedRedis;
 use stocklock::pb;
+use stocklock::pb::admin_service_client::AdminServiceClient;
 use stocklock::pb::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -61,6 +63,9 @@ enum Scenario {
     Query,
     /// The gRPC health Check: the transport's own ceiling.
     Check,
+    /// An expiry wave: --wave-locks locks on one record, all expiring at one
+    /// instant, then Lock at --rate on the other records while it is swept.
+    Wave,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,9 +130,28 @@ struct RunArgs {
     /// Zipf exponent of SKU popularity.
     #[arg(long, default_value_t = 1.1)]
     zipf_s: f64,
-    /// Run redis-benchmark with the service's own lock script as the physical limit.
+    /// Run redis-benchmark of the service's own lock script and of a minimal
+    /// lock script (the floor) after the run.
     #[arg(long)]
     redis_benchmark: bool,
+    /// Redis slow-log threshold for the measured run (needs --spawn or --redis-port).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    slowlog: Duration,
+    /// Also read locks the way operators and dashboards do, once per interval:
+    /// GetLock of a recent lock, a ListLocks page of the hottest SKU, GetLockStats.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    admin_every: Option<Duration>,
+    /// Wave scenario: locks on the wave's record.
+    #[arg(long, default_value_t = 200_000)]
+    wave_locks: usize,
+    /// Wave scenario: the wave expires this long after the run starts (the
+    /// locks are taken before; each one's TTL ends at that instant).
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    wave_at: Duration,
+    /// Wave scenario, with --spawn: stop the service (every sweeper) just
+    /// before the wave expires and start it again this much later.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wave_pause: Option<Duration>,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -153,6 +177,10 @@ struct Shared {
     next: AtomicU64,
     /// Committed units per record (index), for the end-of-run check.
     committed: Vec<AtomicU64>,
+    /// Units completed, warm-up included (the memory figure's denominator).
+    completed: AtomicU64,
+    /// The id of a recent lock, for --admin-every.
+    recent_lock: Mutex<String>,
     zipf: Zipf<f64>,
 }
 
@@ -178,6 +206,8 @@ impl Shared {
         let records = self.args.skus * self.args.warehouses;
         match self.args.scenario {
             Scenario::Hot => 0,
+            // Record 0 holds the wave; the measured locks go elsewhere.
+            Scenario::Wave => rand::rng().random_range(1..records.max(2)),
             Scenario::Zipf => (self.zipf.sample(&mut rand::rng()) as usize - 1).min(records - 1),
             _ => rand::rng().random_range(0..records),
         }
@@ -256,7 +286,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         warehouse_id: w,
         quantity: "1".into(),
         ttl: Some(prost_types::Duration {
-            seconds: if args.scenario == Scenario::Lock { args.lock_ttl.as_secs() as i64 } else { 60 },
+            seconds: if lock_only(args.scenario) { args.lock_ttl.as_secs() as i64 } else { 60 },
             nanos: 0,
         }),
         order_id: request_id.clone(),
@@ -270,7 +300,11 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         }
         Err(s) => return shared.record(scheduled, "lock", scheduled, Err(err(s))),
     };
-    if args.scenario == Scenario::Lock {
+    if args.admin_every.is_some() {
+        lock.lock_id.clone_into(&mut shared.recent_lock.lock().expect("lock poisoned"));
+    }
+    if lock_only(args.scenario) {
+        shared.completed.fetch_add(1, Ordering::Relaxed);
         return;
     }
     for r in 0..args.renews {
@@ -295,6 +329,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         let result = client.commit(request).await;
         if result.is_ok() {
             shared.committed[index].fetch_add(1, Ordering::Relaxed);
+            shared.completed.fetch_add(1, Ordering::Relaxed);
         }
         shared.record(scheduled, "commit", started, result.map(drop).map_err(err));
     } else {
@@ -305,7 +340,41 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
             ..Default::default()
         };
         let result = client.release(request).await;
+        if result.is_ok() {
+            shared.completed.fetch_add(1, Ordering::Relaxed);
+        }
         shared.record(scheduled, "release", started, result.map(drop).map_err(err));
+    }
+}
+
+/// Scenarios whose units are one Lock, left to expire.
+fn lock_only(scenario: Scenario) -> bool {
+    matches!(scenario, Scenario::Lock | Scenario::Wave)
+}
+
+/// What operators and dashboards read while orders run (--admin-every):
+/// GetLock of a recent lock, a ListLocks page of the hottest SKU, and
+/// GetLockStats, once per interval each, until `stop`.
+async fn admin_reads(shared: Arc<Shared>, admin: AdminServiceClient<Channel>, every: Duration, stop: Arc<AtomicBool>) {
+    let mut client = shared.client();
+    let mut admin = admin;
+    let (hot_sku, _) = sku(0, &shared.args);
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let scheduled = Instant::now();
+        let lock_id = shared.recent_lock.lock().expect("lock poisoned").clone();
+        if !lock_id.is_empty() {
+            let result = client.get_lock(pb::GetLockRequest { lock_id }).await;
+            shared.record(scheduled, "get_lock", scheduled, result.map(drop).map_err(|s| reason_of(&s)));
+        }
+        let started = Instant::now();
+        let request = pb::ListLocksRequest { sku: hot_sku.clone(), page_size: 100, ..Default::default() };
+        let result = client.list_locks(request).await;
+        shared.record(scheduled, "list_locks", started, result.map(drop).map_err(|s| reason_of(&s)));
+        let started = Instant::now();
+        let result = admin.get_lock_stats(pb::GetLockStatsRequest {}).await;
+        shared.record(scheduled, "lock_stats", started, result.map(drop).map_err(|s| reason_of(&s)));
     }
 }
 
@@ -340,6 +409,8 @@ struct Spawned {
     child: tokio::process::Child,
     redis: EmbeddedRedis,
     target: String,
+    command: Vec<String>,
+    bin: PathBuf,
 }
 
 async fn spawn_service(args: &RunArgs) -> anyhow::Result<Spawned> {
@@ -350,23 +421,36 @@ async fn spawn_service(args: &RunArgs) -> anyhow::Result<Spawned> {
     };
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
     let (grpc, http) = (free()?, free()?);
-    let mut command = tokio::process::Command::new(&bin);
-    command
-        .args([
-            "serve",
-            "--redis-url",
-            &redis.url(),
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .args(args.serve_args.split_whitespace())
+    let mut command: Vec<String> = ["serve", "--redis-url", &redis.url(), "--listen", &format!("127.0.0.1:{grpc}")]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    command.extend(["--http-listen".to_owned(), format!("127.0.0.1:{http}")]);
+    command.extend(args.serve_args.split_whitespace().map(str::to_owned));
+    let child = start_service(&bin, &command)?;
+    Ok(Spawned { child, redis, target: format!("http://127.0.0.1:{grpc}"), command, bin })
+}
+
+fn start_service(bin: &std::path::Path, command: &[String]) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(bin)
+        .args(command)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Spawned { child, redis, target: format!("http://127.0.0.1:{grpc}") })
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+impl Spawned {
+    /// Stops the service (its sweeper with it) for `pause`, then starts it
+    /// again on the same Redis and addresses.
+    async fn pause(&mut self, pause: Duration) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        tokio::time::sleep(pause).await;
+        self.child = start_service(&self.bin, &self.command)?;
+        connect(&self.target, 1).await?;
+        Ok(())
+    }
 }
 
 async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
@@ -453,8 +537,9 @@ async fn check_stock(client: &mut InventoryServiceClient<Channel>, shared: &Shar
     })
 }
 
-/// `redis-benchmark` of the lock script on the service's Redis: locks per second.
-async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Channel>) -> anyhow::Result<f64> {
+/// `redis-benchmark` of the lock script and of the minimal lock script on
+/// the service's Redis: calls per second.
+async fn floor(probe: &mut probe::Probe, client: &mut InventoryServiceClient<Channel>) -> anyhow::Result<probe::Floor> {
     let request = pb::SetStockRequest {
         sku: "BENCH".into(),
         warehouse_id: "WH".into(),
@@ -463,22 +548,7 @@ async fn physical_limit(redis_port: u16, client: &mut InventoryServiceClient<Cha
         ..Default::default()
     };
     client.set_stock(request).await?;
-    let command = lock_benchmark_command()?;
-    let output = tokio::process::Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &redis_port.to_string(), "-c", "50", "-n", "200000", "-r", "1000000000", "-q"])
-        .args(&command)
-        .output()
-        .await
-        .context("running redis-benchmark (apt-get install redis-tools)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rate = text
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[1] == "requests")
-        .and_then(|w| w[0].parse::<f64>().ok())
-        .with_context(|| format!("unexpected redis-benchmark output: {text}"))?;
-    Ok(rate)
+    probe.floor(&lock_benchmark_command()?).await
 }
 
 /// The command line of one Lock of a unit of `BENCH|WH` through the
@@ -508,6 +578,71 @@ fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
     line.extend(call.keys);
     line.extend(call.args);
     Ok(line)
+}
+
+/// The wave scenario's set-up: --wave-locks locks on record 0, 64 at a
+/// time, each with the TTL that ends at `wave_at`, so they all expire
+/// within a millisecond or two of each other.
+async fn build_wave(shared: &Arc<Shared>, wave_at: Instant) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (shared, taken) = (shared.clone(), taken.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = shared.client();
+            let (s, w) = sku(0, &shared.args);
+            while (taken.fetch_add(1, Ordering::Relaxed) as usize) < shared.args.wave_locks {
+                let ttl = wave_at.saturating_duration_since(Instant::now());
+                if ttl < Duration::from_secs(2) {
+                    bail!("the wave was not built in time: raise --wave-at");
+                }
+                let id = format!("wave-{}-{}", std::process::id(), shared.next.fetch_add(1, Ordering::Relaxed));
+                let request = pb::LockRequest {
+                    sku: s.clone(),
+                    warehouse_id: w.clone(),
+                    quantity: "1".into(),
+                    ttl: Some(prost_types::Duration {
+                        seconds: ttl.as_secs() as i64,
+                        nanos: ttl.subsec_nanos() as i32,
+                    }),
+                    order_id: id.clone(),
+                    request_id: id,
+                    holder: "loadtest-wave".into(),
+                };
+                client.lock(request).await.map_err(|s| anyhow::anyhow!("a wave lock failed: {}", reason_of(&s)))?;
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    if !args.quiet {
+        eprintln!("wave: {} locks on {}|{} expire together", args.wave_locks, sku(0, args).0, sku(0, args).1);
+    }
+    Ok(())
+}
+
+/// How long after `wave_at` record 0 had nothing locked, polled every 50 ms
+/// for up to `limit`.
+async fn wave_settled(
+    mut client: InventoryServiceClient<Channel>,
+    args: &RunArgs,
+    wave_at: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let (s, w) = sku(0, args);
+    while wave_at.elapsed() < limit {
+        let request = pb::GetAvailabilityRequest { sku: s.clone(), warehouse_id: w.clone() };
+        if let Ok(r) = client.get_availability(request).await
+            && r.into_inner().records.first().is_some_and(|r| r.locked == "0")
+        {
+            return Some(wave_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// Runs one measured phase, open or closed loop.
@@ -587,14 +722,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.rate.is_none() && args.concurrency.is_none() && args.sweep.is_empty() {
         bail!("say how to load: --rate N (open loop), --concurrency N (closed loop) or --sweep R1,R2,...");
     }
+    if args.wave_pause.is_some() && !args.spawn {
+        bail!("--wave-pause stops the service, so it needs --spawn");
+    }
     let args = Arc::new(args);
-    let spawned = if args.spawn { Some(spawn_service(&args).await?) } else { None };
+    let mut spawned = if args.spawn { Some(spawn_service(&args).await?) } else { None };
     let target = spawned.as_ref().map_or(args.target.clone(), |s| s.target.clone());
     let channels = connect(&target, args.connections).await?;
     let mut admin = InventoryServiceClient::new(channels[0].clone());
     setup_stock(&mut admin, &args).await?;
     let redis_port = spawned.as_ref().map(|s| s.redis.port()).or(args.redis_port);
-    let service_pid = spawned.as_ref().and_then(|s| s.child.id());
+    let mut probe = match redis_port {
+        Some(port) => Some(probe::Probe::connect(port).await?),
+        None => None,
+    };
+    // The standalone service with the default prefix keeps one partition.
+    let streams = vec![stocklock::store::redis::Keys::new("sl", 1).events(0)];
 
     let rates: Vec<Option<f64>> =
         if args.sweep.is_empty() { vec![args.rate] } else { args.sweep.iter().copied().map(Some).collect() };
@@ -609,18 +752,91 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             measure_from: Instant::now() + args.warmup,
             next: AtomicU64::new(0),
             committed: (0..records).map(|_| AtomicU64::new(0)).collect(),
+            completed: AtomicU64::new(0),
+            recent_lock: Mutex::new(String::new()),
             zipf: Zipf::new(records as f64, args.zipf_s).context("zipf")?,
         });
-        let (cpu0, service0) = (cpu_seconds(std::process::id()), service_pid.and_then(cpu_seconds));
+        let before = match probe.as_mut() {
+            Some(probe) => Some(probe.snapshot(&streams).await?),
+            None => None,
+        };
+        let mut shared = shared;
+        let mut wave_at = None;
+        if args.scenario == Scenario::Wave {
+            let at = Instant::now() + args.wave_at;
+            build_wave(&shared, at).await?;
+            match (args.wave_pause, spawned.as_mut()) {
+                (Some(pause), Some(spawned)) => {
+                    tokio::time::sleep(at.saturating_duration_since(Instant::now() + Duration::from_secs(1))).await;
+                    spawned.pause(pause).await?;
+                }
+                _ => tokio::time::sleep(at.saturating_duration_since(Instant::now() + args.warmup)).await,
+            }
+            wave_at = Some(at);
+            // The measured phase starts now (its warm-up before the wave when not paused).
+            let mut fresh = Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("the wave's tasks still run"))?;
+            fresh.measure_from = Instant::now() + args.warmup;
+            shared = Arc::new(fresh);
+        }
+        if let Some(probe) = probe.as_mut() {
+            probe.start_slowlog(args.slowlog.as_micros() as u64).await?;
+        }
+        let (cpu0, service0) =
+            (cpu_seconds(std::process::id()), spawned.as_ref().and_then(|s| s.child.id()).and_then(cpu_seconds));
+        let service_pid = spawned.as_ref().and_then(|s| s.child.id());
+        let stop_admin = Arc::new(AtomicBool::new(false));
+        let admin_reads = args.admin_every.map(|every| {
+            let client = AdminServiceClient::new(channels[0].clone());
+            tokio::spawn(admin_reads(shared.clone(), client, every, stop_admin.clone()))
+        });
+        let settled = wave_at.map(|at| {
+            let client = admin.clone();
+            let limit = args.warmup + args.duration + Duration::from_secs(60);
+            let args = args.clone();
+            tokio::spawn(async move { wave_settled(client, &args, at, limit).await })
+        });
         let wall = Instant::now();
         phase(shared.clone(), rate, args.concurrency, args.warmup + args.duration, args.quiet).await;
         let elapsed = wall.elapsed().as_secs_f64();
+        stop_admin.store(true, Ordering::Relaxed);
+        if let Some(task) = admin_reads {
+            let _ = task.await;
+        }
         let cores = |before: Option<f64>, pid: Option<u32>| Some((pid.and_then(cpu_seconds)? - before?) / elapsed);
+        let slowlog = match probe.as_mut() {
+            Some(probe) => Some(probe.slowlog(args.slowlog.as_micros() as u64).await?),
+            None => None,
+        };
         let recorder = shared.recorder.lock().expect("lock poisoned").clone();
-        // Let every lock of the lock-only scenario expire and be swept before
+        // Redis memory while the locks of a long-TTL run are still live, or
+        // once the orders are done: what a unit of work leaves behind.
+        let memory = match (probe.as_mut(), before) {
+            (Some(probe), Some(before)) => {
+                Some(probe.snapshot(&streams).await?.since(&before, shared.completed.load(Ordering::Relaxed)))
+            }
+            _ => None,
+        };
+        let wave = match settled {
+            Some(task) => Some(match task.await? {
+                Some(after) => format!(
+                    "{} locks on one record expired together{}; all of its stock was back {:.1} s after they expired",
+                    args.wave_locks,
+                    args.wave_pause.map_or(String::new(), |p| format!(
+                        " while the service was stopped for {}",
+                        humantime::format_duration(p)
+                    )),
+                    after.as_secs_f64()
+                ),
+                None => {
+                    format!("{} locks on one record expired together; their stock was NOT all back", args.wave_locks)
+                }
+            }),
+            None => None,
+        };
+        // Let every lock of the lock-only scenarios expire and be swept before
         // the stock check; with a long TTL they are meant to stay (memory).
-        let leave_locks = args.scenario == Scenario::Lock && args.lock_ttl > Duration::from_secs(30);
-        if args.scenario == Scenario::Lock && !leave_locks {
+        let leave_locks = lock_only(args.scenario) && args.lock_ttl > Duration::from_secs(30);
+        if lock_only(args.scenario) && !leave_locks {
             tokio::time::sleep(args.lock_ttl + Duration::from_secs(2)).await;
         }
         let mut report = Report {
@@ -635,6 +851,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             service_cpu_cores: cores(service0, service_pid),
             service_rss_mib: service_pid.and_then(rss_mib),
             physical_limit_per_second: None,
+            minimal_script_per_second: None,
+            slowlog,
+            memory,
+            wave,
             stock_check: if leave_locks {
                 "skipped: the locks are left live (--lock-ttl over 30 s)".into()
             } else {
@@ -643,8 +863,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             machine: machine(),
         };
         if args.redis_benchmark {
-            let port = redis_port.context("--redis-benchmark needs --spawn or --redis-port")?;
-            report.physical_limit_per_second = Some(physical_limit(port, &mut admin).await?);
+            let probe = probe.as_mut().context("--redis-benchmark needs --spawn or --redis-port")?;
+            let floor = floor(probe, &mut admin).await?;
+            report.physical_limit_per_second = Some(floor.lock_script);
+            report.minimal_script_per_second = Some(floor.minimal_script);
         }
         print!("{}", report.table());
         if let Some(path) = &args.hdr {

@@ -60,6 +60,19 @@ pub struct Report {
     pub service_rss_mib: Option<f64>,
     /// `redis-benchmark` of the service's own lock script on the same Redis.
     pub physical_limit_per_second: Option<f64>,
+    /// `redis-benchmark` of a minimal lock script (TIME, HMGET, HINCRBY,
+    /// HSET, ZADD) on the same Redis: the floor any lock script pays.
+    #[serde(default)]
+    pub minimal_script_per_second: Option<f64>,
+    /// Redis's slow log over the measured run.
+    #[serde(default)]
+    pub slowlog: Option<crate::probe::SlowLog>,
+    /// Redis memory the run left, per unit and per lifecycle event.
+    #[serde(default)]
+    pub memory: Option<crate::probe::Memory>,
+    /// What became of the expiry wave (wave scenario).
+    #[serde(default)]
+    pub wave: Option<String>,
     /// What the end-of-run check found.
     pub stock_check: String,
     pub machine: String,
@@ -139,6 +152,36 @@ impl Report {
                 "physical limit (redis-benchmark -c 50 EVALSHA lock script): {limit:.0}/s; Lock reached {:.0}%",
                 100.0 * lock / limit
             );
+        }
+        if let (Some(minimal), Some(limit)) = (self.minimal_script_per_second, self.physical_limit_per_second) {
+            let _ = writeln!(
+                out,
+                "floor (redis-benchmark -c 50 of a minimal 5-command lock script): {minimal:.0}/s; the lock script runs at {:.2} of it",
+                limit / minimal
+            );
+        }
+        if let Some(slowlog) = &self.slowlog {
+            let _ = writeln!(
+                out,
+                "Redis slow log (calls over {} us) during the run: {} entries{}",
+                slowlog.threshold_us,
+                slowlog.entries,
+                if slowlog.slowest.is_empty() {
+                    String::new()
+                } else {
+                    format!("; slowest: {}", slowlog.slowest.join("; "))
+                }
+            );
+        }
+        if let Some(memory) = &self.memory {
+            let _ = writeln!(
+                out,
+                "Redis memory: {:.0} B per completed unit ({} units) besides events; {} events at {:.0} B each; {:+} keys",
+                memory.bytes_per_unit, memory.units, memory.events, memory.bytes_per_event, memory.keys_added
+            );
+        }
+        if let Some(wave) = &self.wave {
+            let _ = writeln!(out, "wave: {wave}");
         }
         let _ = writeln!(out, "stock check: {}", self.stock_check);
         let _ = writeln!(out, "machine: {}", self.machine);
@@ -327,6 +370,10 @@ mod tests {
             service_cpu_cores: None,
             service_rss_mib: None,
             physical_limit_per_second: None,
+            minimal_script_per_second: None,
+            slowlog: None,
+            memory: None,
+            wave: None,
             stock_check: "ok".into(),
             machine: "test".into(),
         };

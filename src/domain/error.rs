@@ -20,6 +20,7 @@ pub mod reason {
     pub const FORCE_UNLOCK_EXPIRED: &str = "FORCE_UNLOCK_EXPIRED";
     pub const TWO_PERSON_RULE: &str = "TWO_PERSON_RULE";
     pub const NO_LOCKS_MATCHED: &str = "NO_LOCKS_MATCHED";
+    pub const RECORD_BUSY: &str = "RECORD_BUSY";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
@@ -142,6 +143,15 @@ pub enum Error {
     /// A forced-unlock selector matched no live lock.
     #[error("no live lock matches the selector")]
     NoLocksMatched,
+    /// A repair read the record's locks in slices, and the record changed
+    /// during every attempt, so no sum of one state exists. Nothing changed.
+    #[error(
+        "the record changed while its locks were summed, {attempts} times; nothing was changed, retry when it is quieter"
+    )]
+    RecordBusy {
+        /// How many sums were tried.
+        attempts: u32,
+    },
     /// No or bad credentials.
     #[error("{0}")]
     Unauthenticated(String),
@@ -266,6 +276,7 @@ impl Error {
             Self::ForceUnlockExpired { .. } => reason::FORCE_UNLOCK_EXPIRED,
             Self::TwoPersonRule { .. } => reason::TWO_PERSON_RULE,
             Self::NoLocksMatched => reason::NO_LOCKS_MATCHED,
+            Self::RecordBusy { .. } => reason::RECORD_BUSY,
             Self::Unauthenticated(_) => reason::UNAUTHENTICATED,
             Self::RoleNotAllowed { .. } => reason::ROLE_NOT_ALLOWED,
             Self::RateLimited { .. } => reason::RATE_LIMITED,

@@ -109,6 +109,10 @@ impl From<Error> for Status {
                 info(&mut details, reason, &[]);
                 Code::FailedPrecondition
             }
+            Error::RecordBusy { attempts } => {
+                info(&mut details, reason, &[("attempts", attempts.to_string())]);
+                Code::Aborted
+            }
             Error::Unauthenticated(_) => {
                 info(&mut details, reason, &[]);
                 Code::Unauthenticated

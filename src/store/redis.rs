@@ -141,10 +141,16 @@ impl RedisStore {
         })
     }
 
+    /// Every script's file name and SHA1, as EVALSHA names it (in Redis's
+    /// slow log, say).
+    pub fn script_shas() -> Vec<(&'static str, &'static str)> {
+        scripts::all().into_iter().map(|(name, script)| (name, script.get_hash())).collect()
+    }
+
     /// Loads every script (SCRIPT LOAD). Calls recover from a flushed script
     /// cache by themselves; this only saves the first call a round trip.
     pub async fn load_scripts(&self) -> Result<(), Error> {
-        for script in scripts::all() {
+        for (_, script) in scripts::all() {
             let mut conn = self.link.conn();
             self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
         }

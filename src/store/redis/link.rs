@@ -310,7 +310,7 @@ async fn open(client: Client, timeout: Duration, epoch_key: &str, bump_epoch: bo
         epoch.unwrap_or(0)
     };
     // On a cluster, SCRIPT LOAD goes to every node.
-    for script in scripts::all() {
+    for (_, script) in scripts::all() {
         bounded(timeout, script.prepare_invoke().load_async(&mut conn)).await?;
     }
     let addr = client.addr();

@@ -53,26 +53,30 @@ pub(super) static REJECT_FORCE_UNLOCK: LazyLock<Script> = script!("reject_force_
 
 /// The invariant auditor's look at one record.
 pub(super) static CHECK_RECORD: LazyLock<Script> = script!("#!lua flags=no-writes\n", "check_record.lua");
-/// RepairRecord.
+/// RepairRecord's slices: the expiry index mended and the locks summed.
+pub(super) static REPAIR_SLICE: LazyLock<Script> = script!("repair_slice.lua");
+/// RepairRecord's last step: the figure set from the sum.
 pub(super) static REPAIR_RECORD: LazyLock<Script> = script!("repair_record.lua");
 
-/// Every script, for loading at start-up.
-pub(super) fn all() -> [&'static Script; 15] {
+/// Every script by its file name, for loading at start-up and for naming
+/// an EVALSHA in Redis's slow log.
+pub(super) fn all() -> [(&'static str, &'static Script); 16] {
     [
-        &READ_LOCK,
-        &CHECK_RECORD,
-        &REPAIR_RECORD,
-        &REQUEST_FORCE_UNLOCK,
-        &FORCE_RELEASE,
-        &REJECT_FORCE_UNLOCK,
-        &LOCK,
-        &RENEW,
-        &RELEASE,
-        &COMMIT,
-        &SET_STOCK,
-        &ADJUST_STOCK,
-        &GET_STOCK,
-        &EXPIRE_LOCKS,
-        &DUE_RECORDS,
+        ("read_lock.lua", &READ_LOCK),
+        ("check_record.lua", &CHECK_RECORD),
+        ("repair_slice.lua", &REPAIR_SLICE),
+        ("repair_record.lua", &REPAIR_RECORD),
+        ("request_force_unlock.lua", &REQUEST_FORCE_UNLOCK),
+        ("force_release.lua", &FORCE_RELEASE),
+        ("reject_force_unlock.lua", &REJECT_FORCE_UNLOCK),
+        ("lock.lua", &LOCK),
+        ("renew.lua", &RENEW),
+        ("release.lua", &RELEASE),
+        ("commit.lua", &COMMIT),
+        ("set_stock.lua", &SET_STOCK),
+        ("adjust_stock.lua", &ADJUST_STOCK),
+        ("get_stock.lua", &GET_STOCK),
+        ("expire_locks.lua", &EXPIRE_LOCKS),
+        ("due_records.lua", &DUE_RECORDS),
     ]
 }
