@@ -1,9 +1,10 @@
 -- commit.lua: turns a live lock into a deduction: physical and locked both
 -- drop by the committed quantity; a smaller quantity releases the rest.
 --
--- KEYS[1..5]  partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[1..5]  partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
 -- KEYS[6..9]  the lock's record: stock, locks, exp, ended
--- ARGV[1]  request fingerprint
+-- ARGV[1]  unused (''): Commit is idempotent by the lock's own state (a retry finds the lock committed: ALREADY_COMMITTED),
+--          so no record of the call is kept
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  quantity mantissa, or "" to commit the whole lock
 -- ARGV[4]  quantity scale
@@ -16,26 +17,19 @@
 -- Returns
 --   {'OK', committed, released, then the record (see record_reply)}
 --   {'ALREADY_COMMITTED', then the record}   committed by an earlier call; nothing changed
---   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 --   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
 --   {'LOCK_HOLDER_MISMATCH'}
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
 -- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
--- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_fields, emit,
--- idem_lookup, idem_store
+-- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_fields, emit
 
 local pk = partition_keys()
-local fingerprint, holder = ARGV[1], ARGV[2]
+local holder = ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rec = record_at(6, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
-
-local replay = idem_lookup(pk.idem, fingerprint)
-if replay then
-  return replay
-end
 
 local now = now_ms()
 local lock, why, ended = find_lock(rec, token, nonce, now)
@@ -80,4 +74,4 @@ end
 emit(pk.events, 'commit', rec, before, fields)
 
 local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })
-return idem_store(pk.idem, fingerprint, reply, idem_retention)
+return reply

@@ -2,9 +2,10 @@
 -- lock_id, or every lock of a batch). Checks every lock before the first write:
 -- one lock that may not be released fails the whole call and changes nothing.
 --
--- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[1..5]       partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
 -- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
--- ARGV[1]  request fingerprint
+-- ARGV[1]  unused (''): Release is idempotent by the lock's own state (a retry finds the locks released: ALREADY_RELEASED),
+--          so no record of the call is kept
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  idempotency retention ms
 -- ARGV[4]  tombstone retention ms
@@ -14,21 +15,15 @@
 --   {'OK', then per lock: outcome, quantity, unit_scale}
 --       outcome RELEASED, ALREADY_RELEASED, ALREADY_EXPIRED or FORCE_RELEASED
 --       (quantity "0" unless RELEASED)
---   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 --   {reason, k}  reason LOCK_NOT_FOUND, LOCK_ALREADY_COMMITTED or LOCK_HOLDER_MISMATCH for lock k
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, settle, stored_available, end_lock,
--- emit, lock_fields, find_expired, drop_expired, refresh_due, idem_lookup, idem_store
+-- emit, lock_fields, find_expired, drop_expired, refresh_due
 
 local pk = partition_keys()
-local fingerprint, holder = ARGV[1], ARGV[2]
+local holder = ARGV[2]
 local idem_retention, tomb_retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = (#ARGV - 4) / 3
-
-local replay = idem_lookup(pk.idem, fingerprint)
-if replay then
-  return replay
-end
 
 local now = now_ms()
 local items = {}
@@ -73,4 +68,4 @@ for _, item in ipairs(items) do
   end
 end
 
-return idem_store(pk.idem, fingerprint, reply, idem_retention)
+return reply

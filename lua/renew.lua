@@ -1,9 +1,10 @@
 -- renew.lua: the heartbeat. Extends each named lock to now + ttl, capped at
 -- the lock's maximum total hold time. Each lock gets its own result.
 --
--- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit (unused), lock index
+-- KEYS[1..5]       partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
 -- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
--- ARGV[1]  request fingerprint
+-- ARGV[1]  unused (''): Renew is idempotent by the lock's own state (a retry renews again, from now),
+--          so no record of the call is kept
 -- ARGV[2]  holder
 -- ARGV[3]  ttl ms, or 0 for each lock's own ttl
 -- ARGV[4]  idempotency retention ms
@@ -15,24 +16,18 @@
 --       refusal: LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_FORCE_RELEASED or
 --       LOCK_HOLDER_MISMATCH, with how the lock ended (see find_lock) in
 --       place of expires_at and '0' for capped
---   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 -- An expired lock is never resurrected: it is dropped (its quantity returns)
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at
 -- least one lock was renewed; a call that renewed nothing leaves no trace.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, refresh_due, lock_fields,
--- read_stock, stored_available, emit, find_expired, drop_expired, idem_lookup, idem_store
+-- read_stock, stored_available, emit, find_expired, drop_expired
 
 local pk = partition_keys()
-local fingerprint, holder = ARGV[1], ARGV[2]
+local holder = ARGV[2]
 local ttl_override = tonumber(ARGV[3])
 local idem_retention, tomb_retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 local count = (#ARGV - 5) / 3
-
-local replay = idem_lookup(pk.idem, fingerprint)
-if replay then
-  return replay
-end
 
 local now = now_ms()
 local reply = { 'OK' }
@@ -79,4 +74,4 @@ end
 if renewed == 0 then
   return reply
 end
-return idem_store(pk.idem, fingerprint, reply, idem_retention)
+return reply

@@ -76,13 +76,16 @@ async fn a_retried_batch_returns_the_same_batch() {
 }
 
 #[tokio::test]
-async fn retried_renew_release_and_commit_change_nothing() {
+async fn retried_renew_release_and_commit_are_idempotent_by_the_locks_state() {
+    // No record of these calls is kept (issue 14: Redis bytes per order): the
+    // lock's own state answers a retry.
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let a = svc.lock("SKU-1", "WH-A", "2", "r1").await.unwrap().lock.unwrap();
     let b = svc.lock("SKU-1", "WH-A", "3", "r2").await.unwrap().lock.unwrap();
     let mut client = svc.client.clone();
 
+    // A retried renew renews again, from now: the same lock, the same stock.
     let renew = pb::RenewRequest {
         lock_ids: vec![a.lock_id.clone()],
         holder: "order-service".into(),
@@ -91,14 +94,12 @@ async fn retried_renew_release_and_commit_change_nothing() {
         ..Default::default()
     };
     let first = client.renew(renew.clone()).await.unwrap().into_inner();
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let retry = client.renew(renew.clone()).await.unwrap().into_inner();
-    assert!(retry.replayed);
-    assert_eq!(first.results, retry.results, "a retried renew does not move the expiry again");
-    let mut other = renew;
-    other.ttl = secs(40);
-    expect_error(client.renew(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(first.results.len(), retry.results.len());
+    assert!(retry.results.iter().all(|r| r.renewed), "{retry:?}");
+    assert_eq!(svc.record("SKU-1", "WH-A").await.locked, "5");
 
+    // A retried commit finds the lock committed: nothing is deducted twice.
     let commit = pb::CommitRequest {
         lock_id: a.lock_id.clone(),
         quantity: "1".into(),
@@ -106,18 +107,17 @@ async fn retried_renew_release_and_commit_change_nothing() {
         ..Default::default()
     };
     let first = client.commit(commit.clone()).await.unwrap().into_inner();
+    assert!(first.committed_now);
     let retry = client.commit(commit.clone()).await.unwrap().into_inner();
-    assert!(retry.replayed && retry.committed_now);
+    assert!(!retry.committed_now, "{retry:?}");
     assert_eq!(first.record, retry.record);
     assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "9");
-    let other = pb::CommitRequest { quantity: "2".into(), ..commit };
-    expect_error(client.commit(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
+    // A retried release finds the lock released: nothing is given back twice.
     let first = svc.release(&b.lock_id, "rel").await.unwrap();
+    assert_eq!(first.results[0].outcome(), pb::ReleaseOutcome::Released);
     let retry = svc.release(&b.lock_id, "rel").await.unwrap();
-    assert!(retry.replayed);
-    assert_eq!(first.results, retry.results);
-    assert_eq!(retry.results[0].outcome(), pb::ReleaseOutcome::Released);
+    assert_eq!(retry.results[0].outcome(), pb::ReleaseOutcome::AlreadyReleased);
     let record = svc.record("SKU-1", "WH-A").await;
     assert_eq!((record.physical.as_str(), record.locked.as_str(), record.available.as_str()), ("9", "0", "9"));
 }

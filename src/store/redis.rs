@@ -59,8 +59,6 @@ use self::link::Link;
 pub use self::link::Topology;
 pub use self::lock::{LockCall, LockLimits};
 use self::lock::{lock_fingerprint, lock_method};
-use self::release::release_fingerprint;
-use self::renew::renew_fingerprint;
 use crate::domain::{
     AdjustOutcome, AdjustStockCommand, CommitCommand, CommitOutcome, Error, EventId, LifecycleEvent, LockCommand,
     LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseOutcome,
@@ -207,8 +205,7 @@ impl StockStore for RedisStore {
             let group = numbers.iter().map(|&i| ids[i].clone()).collect();
             self.renew_group(partition, &cmd, group)
         });
-        let fp = || renew_fingerprint(&cmd, &ids);
-        let (items, replayed) = self.claimed("renew", &cmd.request_id, fp, scattered).await?;
+        let (items, replayed) = scattered.await?;
         Ok(RenewOutcome { items, replayed })
     }
 
@@ -219,8 +216,7 @@ impl StockStore for RedisStore {
             let cmd = &cmd;
             async move { self.release_group(partition, cmd, &group).await }
         });
-        let fp = || release_fingerprint(&cmd, &ids);
-        let (items, replayed) = self.claimed("release", &cmd.request_id, fp, scattered).await?;
+        let (items, replayed) = scattered.await?;
         Ok(ReleaseOutcome { items, replayed })
     }
 

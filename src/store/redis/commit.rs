@@ -1,23 +1,23 @@
 //! `lua/commit.lua`: turns a lock into a deduction.
 
-use super::call::fingerprint;
 use super::reply::{Facts, Tag, lock_end};
 use super::{RedisStore, scripts, signed_args};
 use crate::domain::{CommitCommand, CommitOutcome, Error, format_scaled};
 
 impl RedisStore {
-    /// Commits the lock `cmd` names (all of it, or `cmd.quantity`).
+    /// Commits the lock `cmd` names (all of it, or `cmd.quantity`). Commit is
+    /// idempotent by the lock's own state (a retry finds it committed:
+    /// `committed_now` false), so no record of the call is kept.
     pub(super) async fn commit_lock(&self, cmd: &CommitCommand) -> Result<CommitOutcome, Error> {
         let id = &cmd.lock_id;
         let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
         let [mantissa, scale] = cmd.quantity.map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
         let lock_id = id.to_string();
-        let fp = fingerprint(&[&lock_id, holder, &mantissa, &scale]);
 
         let partition = self.keys.partition_of(&id.record.sku);
-        let mut inv = self.writing(&scripts::COMMIT, partition, Some(("commit", &cmd.request_id)));
+        let mut inv = self.writing(&scripts::COMMIT, partition, None);
         self.add_record(&mut inv, &id.record);
-        inv.arg(&fp)
+        inv.arg("")
             .arg(holder)
             .arg(&mantissa)
             .arg(&scale)
@@ -26,7 +26,7 @@ impl RedisStore {
             .arg(id.record.to_string())
             .arg(id.token)
             .arg(&id.nonce);
-        let mut reply = self.claimed("commit", &cmd.request_id, || fp.clone(), self.run_script("commit", &inv)).await?;
+        let mut reply = self.run_script("commit", &inv).await?;
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
             Tag::Ok => (reply.int()?, reply.int()?, true),

@@ -1,24 +1,24 @@
 //! `lua/release.lua`: gives the locks of one partition back, all or none.
 
-use super::call::fingerprint;
 use super::reply::{Facts, Tag, malformed};
 use super::{Partition, RedisStore, lock_args, scripts};
 use crate::domain::{Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
 
 impl RedisStore {
-    /// Releases `ids`, all in `partition`, in one script; the flag says
-    /// whether the call was a replay.
+    /// Releases `ids`, all in `partition`, in one script. Release is
+    /// idempotent by the locks' own state (a retry finds them released:
+    /// ALREADY_RELEASED), so no record of the call is kept.
     pub(super) async fn release_group(
         &self,
         partition: Partition,
         cmd: &ReleaseCommand,
         ids: &[LockId],
     ) -> Result<(Vec<ReleaseItem>, bool), Error> {
-        let mut inv = self.writing(&scripts::RELEASE, partition, Some(("release", &cmd.request_id)));
+        let mut inv = self.writing(&scripts::RELEASE, partition, None);
         for id in ids {
             self.add_record(&mut inv, &id.record);
         }
-        inv.arg(release_fingerprint(cmd, ids))
+        inv.arg("")
             .arg(cmd.holder.as_ref().map_or("", |h| h.as_str()))
             .arg(self.retention_ms)
             .arg(self.retention_ms);
@@ -53,10 +53,3 @@ impl RedisStore {
     }
 }
 
-/// The fingerprint of a Release of `ids`.
-pub(super) fn release_fingerprint(cmd: &ReleaseCommand, ids: &[LockId]) -> String {
-    let lock_args = lock_args(ids);
-    let mut parts = vec![cmd.holder.as_ref().map_or("", |h| h.as_str())];
-    parts.extend(lock_args.iter().flatten().map(String::as_str));
-    fingerprint(&parts)
-}

@@ -1,24 +1,25 @@
 //! `lua/renew.lua`: the heartbeat of the locks of one partition.
 
-use super::call::{fingerprint, millis};
+use super::call::millis;
 use super::reply::{Facts, Reply, Tag, lock_end, malformed};
 use super::{Partition, RedisStore, lock_args, scripts};
 use crate::domain::{Error, LockEnd, LockId, RenewCommand, RenewItem, Renewed};
 
 impl RedisStore {
     /// Renews `ids`, all in `partition`, in one script. Each lock gets its
-    /// own result; the flag says whether the call was a replay.
+    /// own result. Renew is idempotent by the locks' own state (a retry
+    /// renews again, from now), so no record of the call is kept.
     pub(super) async fn renew_group(
         &self,
         partition: Partition,
         cmd: &RenewCommand,
         ids: Vec<LockId>,
     ) -> Result<(Vec<RenewItem>, bool), Error> {
-        let mut inv = self.writing(&scripts::RENEW, partition, Some(("renew", &cmd.request_id)));
+        let mut inv = self.writing(&scripts::RENEW, partition, None);
         for id in &ids {
             self.add_record(&mut inv, &id.record);
         }
-        inv.arg(renew_fingerprint(cmd, &ids))
+        inv.arg("")
             .arg(cmd.holder.as_str())
             .arg(cmd.ttl.map_or(0, millis))
             .arg(self.retention_ms)
@@ -82,15 +83,6 @@ impl Item {
         };
         Ok(Self { status, detail, ended, capped })
     }
-}
-
-/// The fingerprint of a Renew of `ids`.
-pub(super) fn renew_fingerprint(cmd: &RenewCommand, ids: &[LockId]) -> String {
-    let ttl_ms = cmd.ttl.map_or(0, millis).to_string();
-    let lock_args = lock_args(ids);
-    let mut parts = vec![cmd.holder.as_str(), &ttl_ms];
-    parts.extend(lock_args.iter().flatten().map(String::as_str));
-    fingerprint(&parts)
 }
 
 #[cfg(test)]
