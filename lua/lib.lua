@@ -14,7 +14,11 @@
 --                source_version fence
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  fencing token -> expires_at_ms
---   ended  zset  "token:X" -> ended_at_ms, X = E(xpired) R(eleased) C(ommitted) F(orce-released)
+--   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased), C(ommitted)
+--                or F(orce-released). A call about one lock names its token's bucket;
+--                other calls name a bucket no script touches. An expired lock leaves
+--                no tombstone: a token up to the record's fence that is neither live
+--                nor in its bucket expired (see ended_mark).
 -- Quantities are integers scaled by 10^unit_scale. Lua numbers are doubles,
 -- exact below 2^53, and every figure is checked to stay below that bound.
 -- Replies are arrays of strings, so they survive a cjson round trip in the
@@ -29,11 +33,10 @@ local MAX_EXACT = 9007199254740991
 
 -- Every call does bounded work, whatever a record holds: one call settles
 -- at most SETTLE_LIMIT expired locks (the sweeper calls again while a record
--- has more) and trims at most TRIM_LIMIT old tombstones. Until they are
--- settled, expired locks past the first SETTLE_LIMIT still count as locked:
+-- has more); tombstones expire with their bucket. Until they are settled,
+-- expired locks past the first SETTLE_LIMIT still count as locked:
 -- availability is then understated for a moment, never overstated.
 local SETTLE_LIMIT = 50
-local TRIM_LIMIT = 200
 
 local function fmt(n)
   return string.format('%d', n)
@@ -191,24 +194,16 @@ local function lock_fields(rec, token, l, unit_scale)
   }
 end
 
--- Keeps tombstones of ended locks for `retention` ms, so a late Renew or
--- Release learns what happened instead of a bare "not found".
--- Drops tombstones older than `retention`, at most TRIM_LIMIT a call (each
--- call adds fewer, so trimming keeps up), and keeps the set itself no longer.
-local function trim_ended(rec, now, retention)
-  local old = redis.call('ZRANGEBYSCORE', rec.ended, '-inf', now - retention, 'LIMIT', 0, TRIM_LIMIT)
-  if #old > 0 then
-    redis.call('ZREM', rec.ended, unpack(old))
-  end
-  redis.call('PEXPIRE', rec.ended, retention)
-end
-
+-- Ends a live lock `l` by `mark` (R, C or F): out of the lock set, the
+-- expiry index and the lock index, with a tombstone kept `retention` ms
+-- after the last one of its bucket, so a late Renew or Release learns what
+-- happened instead of a bare "not found".
 local function end_lock(pk, rec, token, l, mark, now, retention)
   redis.call('ZREM', pk.locks, lock_member(rec, token, l.created))
   redis.call('HDEL', rec.locks, token)
   redis.call('ZREM', rec.exp, token)
-  redis.call('ZADD', rec.ended, now, token .. ':' .. mark)
-  trim_ended(rec, now, retention)
+  redis.call('HSET', rec.ended, token, mark)
+  redis.call('PEXPIRE', rec.ended, retention)
 end
 
 -- Returns expired locks' quantity to the record (the write half of
@@ -221,15 +216,8 @@ local function drop_expired(pk, rec, tokens, now, retention)
   end
   local s = read_stock(rec)
   local packed = redis.call('HMGET', rec.locks, unpack(tokens))
-  local tombstones = {}
-  for _, token in ipairs(tokens) do
-    tombstones[#tombstones + 1] = now
-    tombstones[#tombstones + 1] = token .. ':E'
-  end
   redis.call('HDEL', rec.locks, unpack(tokens))
   redis.call('ZREM', rec.exp, unpack(tokens))
-  redis.call('ZADD', rec.ended, unpack(tombstones))
-  trim_ended(rec, now, retention)
   local changed, members = false, {}
   for i, token in ipairs(tokens) do
     if packed[i] then
@@ -263,12 +251,17 @@ local function refresh_due(due_key, rec)
   end
 end
 
--- Which way a lock that is no longer live ended: 'E', 'R', 'C', 'F' or nil.
+-- Which way a lock that is no longer live ended: 'R', 'C', 'F' by its
+-- tombstone; else 'E' if the record issued its token (an expired lock leaves
+-- no tombstone, and neither does one whose tombstone outlived the retention);
+-- else nil: no such lock was ever taken.
 local function ended_mark(rec, token)
-  for _, mark in ipairs({ 'E', 'R', 'C', 'F' }) do
-    if redis.call('ZSCORE', rec.ended, token .. ':' .. mark) then
-      return mark
-    end
+  local mark = redis.call('HGET', rec.ended, token)
+  if mark then
+    return mark
+  end
+  if tonumber(token) <= tonumber(redis.call('HGET', rec.stock, 'fence') or '0') then
+    return 'E'
   end
   return nil
 end

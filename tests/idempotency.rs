@@ -158,10 +158,42 @@ async fn idempotency_records_expire_after_the_retention() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
     svc.lock("SKU-1", "WH-A", "1", "r1").await.unwrap();
+    // Lock records live in a hash per generation (a retention long), which
+    // expires when the generation after it ends: between one and two
+    // retentions after the call.
     let mut conn = svc.redis_conn().await;
-    let r1 = stocklock::domain::RequestId::parse("r1", "request_id").unwrap();
-    let key = svc.keys().idempotency(svc.partition("SKU-1"), "lock", &r1);
-    let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
-    let day = 24 * 3600 * 1000;
-    assert!(ttl > day - 60_000 && ttl <= day, "idempotency record kept for {ttl} ms");
+    let day: u64 = 24 * 3600 * 1000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let key = svc.keys().lock_idempotency(svc.partition("SKU-1"), now / day);
+    let ttl: u64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl >= day && ttl <= 2 * day + 60_000, "idempotency record kept for {ttl} ms");
+    let fields: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut conn).await.unwrap();
+    assert_eq!(fields, 1, "one field for the one Lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_across_an_idempotency_generation_replays() {
+    // Lock records live in a hash per generation of one retention; a retry
+    // looks in its own generation and the one before. With a 1 s retention
+    // the generations turn every second, so retries 0 to 900 ms after their
+    // lock cross a boundary about half the time, and every one must replay.
+    let svc = start_with(&["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"]).await;
+    svc.stock("SKU-1", "WH-A", "1000").await;
+    let mut crossed = 0;
+    for i in 0..24u64 {
+        let request_id = format!("gen-{i}");
+        let mut request = lock_request("SKU-1", "WH-A", "1", &request_id);
+        request.ttl = millis(1000);
+        let mut client = svc.client.clone();
+        let first = client.lock(request.clone()).await.unwrap().into_inner();
+        let generation = |ms: u128| ms / 1000;
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        tokio::time::sleep(std::time::Duration::from_millis(i * 37 % 900)).await;
+        let retry = client.lock(request).await.unwrap().into_inner();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        crossed += u32::from(generation(now) != generation(at));
+        assert!(retry.replayed, "retry {i} locked again");
+        assert_eq!(retry.lock.unwrap().lock_id, first.lock.unwrap().lock_id);
+    }
+    assert!(crossed > 0, "no retry crossed a generation");
 }

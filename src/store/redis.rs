@@ -299,9 +299,10 @@ impl StockStore for RedisStore {
 }
 
 /// The version of the data layout this store reads and writes: 2 added the
-/// partitions' lock indexes. Stored on first start; data of another version
+/// partitions' lock indexes; 3 keeps Lock idempotency records in a hash per
+/// generation and tombstones in buckets of tokens. Stored on first start; data of another version
 /// is refused, not misread.
-const LAYOUT_VERSION: &str = "2";
+const LAYOUT_VERSION: &str = "3";
 
 /// Records the partition count on first start and refuses another one
 /// later: with another count every SKU would look for its keys elsewhere.

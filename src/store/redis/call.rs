@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::reply::{Reply, Tag};
 use super::{Partition, RedisStore};
-use crate::domain::{Error, RecordKey, RequestId};
+use crate::domain::{Error, LockId, RecordKey, RequestId};
 
 impl RedisStore {
     /// `call` within the store timeout; an error that looks like a failover
@@ -55,6 +55,14 @@ impl RedisStore {
     /// Adds a record's four keys to `inv`, in script order.
     pub(super) fn add_record(&self, inv: &mut ScriptInvocation<'_>, record: &RecordKey) {
         for key in self.keys.record(record).in_script_order() {
+            inv.key(key);
+        }
+    }
+
+    /// Adds the four keys of a lock's record to `inv`, in script order: the
+    /// record's, with the tombstone bucket of the lock's token.
+    pub(super) fn add_lock_record(&self, inv: &mut ScriptInvocation<'_>, id: &LockId) {
+        for key in self.keys.lock_record(&id.record, id.token).in_script_order() {
             inv.key(key);
         }
     }

@@ -16,7 +16,7 @@ impl RedisStore {
 
         let partition = self.keys.partition_of(&id.record.sku);
         let mut inv = self.writing(&scripts::COMMIT, partition, None);
-        self.add_record(&mut inv, &id.record);
+        self.add_lock_record(&mut inv, id);
         inv.arg("")
             .arg(holder)
             .arg(&mantissa)

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use super::lock::{LockCall, request_digest, unix_ms};
 use super::reply::malformed;
 use super::{Partition, RedisStore};
 use crate::domain::{
@@ -158,11 +159,16 @@ impl RedisStore {
             };
             let result = async {
                 self.release_group(*partition, &release, &ids).await?;
-                let mut forget = redis::cmd("DEL");
-                forget
-                    .arg(self.keys.idempotency(*partition, "batch_lock", &cmd.request_id))
-                    .arg(self.keys.batch(*partition, batch_id));
-                self.query::<()>(&forget).await
+                // The record is in the generation of Redis's clock, which is
+                // within one of this replica's.
+                let mut forget = redis::pipe();
+                let request = request_digest(cmd);
+                let generation = LockCall::generation(unix_ms(), self.retention_ms);
+                for g in generation.saturating_sub(1)..=generation + 1 {
+                    forget.cmd("HDEL").arg(self.keys.lock_idempotency(*partition, g)).arg(&request).ignore();
+                }
+                forget.cmd("DEL").arg(self.keys.batch(*partition, batch_id)).ignore();
+                self.query_pipe::<()>(&forget).await
             }
             .await;
             if let Err(e) = result {

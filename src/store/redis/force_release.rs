@@ -31,7 +31,7 @@ impl RedisStore {
         let mut inv = self.writing(&scripts::FORCE_RELEASE, partition, Some(("approve_force_unlock", request_id)));
         inv.key(self.keys.force_unlock(partition, &request.id));
         for id in &mine {
-            self.add_record(&mut inv, &id.record);
+            self.add_lock_record(&mut inv, id);
         }
         inv.arg(&fp)
             .arg(approver)

@@ -41,9 +41,18 @@ pub struct RecordKeys {
     pub locks: String,
     /// Sorted set: fencing token -> expiry (ms).
     pub exp: String,
-    /// Sorted set of tombstones: `token:mark` -> when the lock ended (ms).
+    /// Hash of tombstones of the locks whose token is in one bucket of
+    /// [`TOMBSTONE_BUCKET`] tokens: token -> how the lock ended (`R`eleased,
+    /// `C`ommitted, `F`orce-released; an expired lock leaves none). A call
+    /// about one lock names its token's bucket ([`Keys::lock_record`]); the
+    /// others name bucket `-`, which no script touches. A bucket stays a
+    /// compact listpack and expires a retention after its last tombstone.
     pub ended: String,
 }
+
+/// Tokens per tombstone bucket: at most Redis's `hash-max-listpack-entries`
+/// (128 by default), so a bucket keeps its compact encoding.
+pub(super) const TOMBSTONE_BUCKET: u64 = 128;
 
 impl RecordKeys {
     /// The keys in the order every script takes a record's keys.
@@ -91,14 +100,23 @@ impl Keys {
         &self.bases[partition]
     }
 
-    /// A stock record's keys.
+    /// A stock record's keys, for a call about the record (not one lock).
     pub fn record(&self, record: &RecordKey) -> RecordKeys {
+        self.record_with_bucket(record, "-")
+    }
+
+    /// The keys of the record of the lock `token`, with its tombstone bucket.
+    pub fn lock_record(&self, record: &RecordKey, token: u64) -> RecordKeys {
+        self.record_with_bucket(record, &(token / TOMBSTONE_BUCKET).to_string())
+    }
+
+    fn record_with_bucket(&self, record: &RecordKey, bucket: &str) -> RecordKeys {
         let base = format!("{}:{}:w:{}", self.base(self.partition_of(&record.sku)), record.sku, record.warehouse);
         RecordKeys {
             stock: format!("{base}:stock"),
             locks: format!("{base}:locks"),
             exp: format!("{base}:exp"),
-            ended: format!("{base}:ended"),
+            ended: format!("{base}:ended:{bucket}"),
         }
     }
 
@@ -144,6 +162,15 @@ impl Keys {
     /// in each.
     pub fn idempotency(&self, partition: Partition, method: &str, request_id: &RequestId) -> String {
         format!("{}:idem:{method}:{request_id}", self.base(partition))
+    }
+
+    /// The partition's Lock and BatchLock idempotency records of one
+    /// generation (time / retention): a hash of request digest -> content
+    /// digest and answer (see `lua/lock.lua`). A generation's hash expires
+    /// two generations after it starts, so a record lives between one and
+    /// two retentions, at a hash field's cost instead of a key's.
+    pub fn lock_idempotency(&self, partition: Partition, generation: u64) -> String {
+        format!("{}:idem:lock:g{generation}", self.base(partition))
     }
 
     /// A forced-unlock request (it lives with the records it unlocks).

@@ -28,12 +28,22 @@ pub struct LockLimits {
 }
 
 impl LockCall {
-    /// The call for `cmd`'s lines, all in `partition`, under `nonce`.
-    pub fn new(keys: &Keys, partition: Partition, cmd: &LockCommand, limits: LockLimits, nonce: &str) -> Self {
+    /// The call for `cmd`'s lines, all in `partition`, under `nonce`, in
+    /// idempotency generation `generation` (see [`generation`]).
+    pub fn new(
+        keys: &Keys,
+        partition: Partition,
+        cmd: &LockCommand,
+        limits: LockLimits,
+        nonce: &str,
+        generation: u64,
+    ) -> Self {
         let mut key_list: Vec<String> = {
-            let pk = keys.partition_keys(partition, Some((lock_method(cmd), &cmd.request_id)));
-            vec![pk.idempotency, pk.due, pk.events, pk.audit, pk.locks]
+            let pk = keys.partition_keys(partition, None);
+            let idempotency = keys.lock_idempotency(partition, generation);
+            vec![idempotency, pk.due, pk.events, pk.audit, pk.locks]
         };
+        key_list.push(keys.lock_idempotency(partition, generation.saturating_sub(1)));
         key_list.push(match &cmd.batch_id {
             Some(batch) => keys.batch(partition, batch),
             None => keys.unused(partition),
@@ -42,7 +52,7 @@ impl LockCall {
             key_list.extend(keys.record(&line.record).in_script_order().map(str::to_owned));
         }
         let mut args = vec![
-            lock_fingerprint(cmd),
+            lock_fingerprint(cmd)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
             limits.max_hold_ms.to_string(),
             cmd.holder.to_string(),
@@ -52,9 +62,18 @@ impl LockCall {
             limits.retention_ms.to_string(),
             nonce.to_owned(),
             limits.token_floor.to_string(),
+            request_digest(cmd),
+            generation.to_string(),
+            limits.retention_ms.max(1).to_string(),
         ];
         args.extend(line_args(cmd));
         Self { keys: key_list, args }
+    }
+
+    /// The idempotency generation of the instant `unix_ms`, for records kept
+    /// `retention_ms`.
+    pub fn generation(unix_ms: u64, retention_ms: u64) -> u64 {
+        unix_ms / retention_ms.max(1)
     }
 
     /// The SHA1 the script is called by (EVALSHA).
@@ -78,7 +97,23 @@ impl RedisStore {
             retention_ms: self.retention_ms,
             token_floor: self.link.token_floor(),
         };
-        let call = LockCall::new(&self.keys, partition, cmd, limits, nonce);
+        let mut generation = LockCall::generation(unix_ms(), limits.retention_ms);
+        let mut reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
+        if reply.tag == Tag::Generation {
+            // This replica's clock and Redis's disagree about the generation
+            // (near its boundary): Redis's clock decides.
+            generation = reply.uint()?;
+            reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
+        }
+        if reply.tag != Tag::Ok {
+            return Err(refusal(&mut reply, cmd, numbers)?);
+        }
+        granted(reply, cmd)
+    }
+}
+
+impl RedisStore {
+    async fn lock_call(&self, call: LockCall) -> Result<Reply, Error> {
         let mut inv = scripts::LOCK.prepare_invoke();
         for key in call.keys {
             inv.key(key);
@@ -86,11 +121,7 @@ impl RedisStore {
         for arg in call.args {
             inv.arg(arg);
         }
-        let mut reply = self.run_script("lock", &inv).await?;
-        if reply.tag != Tag::Ok {
-            return Err(refusal(&mut reply, cmd, numbers)?);
-        }
-        granted(reply, cmd)
+        self.run_script("lock", &inv).await
     }
 }
 
@@ -173,6 +204,13 @@ pub(super) fn lock_method(cmd: &LockCommand) -> &'static str {
     if cmd.batch_id.is_some() { "batch_lock" } else { "lock" }
 }
 
+/// This replica's clock, ms since the Unix epoch.
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Record, quantity mantissa and scale of each line, as lock.lua takes them.
 fn line_args(cmd: &LockCommand) -> Vec<String> {
     cmd.lines
@@ -191,4 +229,13 @@ pub(super) fn lock_fingerprint(cmd: &LockCommand) -> String {
     let mut parts = vec![lock_method(cmd), &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
     parts.extend(line_args.iter().map(String::as_str));
     fingerprint(&parts)
+}
+
+/// Which request a Lock or BatchLock is, for its idempotency record: 64 bits
+/// of a digest of method and request_id, as 16 hex digits. Two request ids
+/// share a digest with odds of about n^2 / 2^65 (n requests in a retention);
+/// even then the content digest beside it tells them apart (a refusal as
+/// IDEMPOTENCY_KEY_REUSED, never another request's lock).
+pub(super) fn request_digest(cmd: &LockCommand) -> String {
+    fingerprint(&[lock_method(cmd), cmd.request_id.as_str()])[..16].to_owned()
 }

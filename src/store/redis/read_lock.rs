@@ -11,7 +11,7 @@ impl RedisStore {
     /// tombstone is kept.
     pub(super) async fn read_lock(&self, lock_id: &LockId) -> Result<LockView, Error> {
         let mut inv = scripts::READ_LOCK.prepare_invoke();
-        self.add_record(&mut inv, &lock_id.record);
+        self.add_lock_record(&mut inv, lock_id);
         inv.arg(lock_id.token).arg(&lock_id.nonce);
         let mut reply = self.run_script("read_lock", &inv).await?;
         match reply.tag {

@@ -16,12 +16,9 @@ impl RedisStore {
     ) -> Result<(Vec<ReleaseItem>, bool), Error> {
         let mut inv = self.writing(&scripts::RELEASE, partition, None);
         for id in ids {
-            self.add_record(&mut inv, &id.record);
+            self.add_lock_record(&mut inv, id);
         }
-        inv.arg("")
-            .arg(cmd.holder.as_ref().map_or("", |h| h.as_str()))
-            .arg(self.retention_ms)
-            .arg(self.retention_ms);
+        inv.arg("").arg(cmd.holder.as_ref().map_or("", |h| h.as_str())).arg(self.retention_ms).arg(self.retention_ms);
         for args in lock_args(ids) {
             inv.arg(&args[..]);
         }
@@ -52,4 +49,3 @@ impl RedisStore {
         Ok((items, reply.replayed))
     }
 }
-

@@ -17,7 +17,7 @@ impl RedisStore {
     ) -> Result<(Vec<RenewItem>, bool), Error> {
         let mut inv = self.writing(&scripts::RENEW, partition, None);
         for id in &ids {
-            self.add_record(&mut inv, &id.record);
+            self.add_lock_record(&mut inv, id);
         }
         inv.arg("")
             .arg(cmd.holder.as_str())

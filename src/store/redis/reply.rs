@@ -20,6 +20,9 @@ pub(super) enum Tag {
     Stale,
     /// The record a read-only check looked at does not exist (not an error).
     Missing,
+    /// A Lock named another idempotency generation than Redis's clock gives;
+    /// the right one follows (not an error: the call is made again).
+    Generation,
     /// The request_id was used before with other content.
     IdempotencyKeyReused,
     /// No stock record for the SKU in the warehouse.
@@ -58,11 +61,12 @@ pub(super) enum Tag {
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 21] = [
+const TAGS: [(Tag, &str); 22] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
     (Tag::Missing, "MISSING"),
+    (Tag::Generation, "GENERATION"),
     (Tag::IdempotencyKeyReused, reason::IDEMPOTENCY_KEY_REUSED),
     (Tag::SkuNotAvailableInWarehouse, reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE),
     (Tag::InvalidQuantityScale, "INVALID_QUANTITY_SCALE"),
@@ -151,7 +155,7 @@ impl Tag {
             Self::ForceUnlockNotPending => Error::ForceUnlockNotPending { id, state: detail },
             Self::ForceUnlockExpired => Error::ForceUnlockExpired { id },
             Self::TwoPersonRule => Error::TwoPersonRule { requester: detail },
-            Self::Ok | Self::AlreadyCommitted | Self::Stale | Self::Missing => {
+            Self::Ok | Self::AlreadyCommitted | Self::Stale | Self::Missing | Self::Generation => {
                 malformed(&format!("{} taken for a refusal", self.as_str()))
             }
         }
@@ -272,8 +276,9 @@ mod tests {
 
     #[test]
     fn every_refusal_is_spelled_as_the_reason_the_caller_sees() {
-        let refusals =
-            TAGS.iter().filter(|(tag, _)| !matches!(tag, Tag::Ok | Tag::AlreadyCommitted | Tag::Stale | Tag::Missing));
+        let refusals = TAGS.iter().filter(|(tag, _)| {
+            !matches!(tag, Tag::Ok | Tag::AlreadyCommitted | Tag::Stale | Tag::Missing | Tag::Generation)
+        });
         for (tag, spelled) in refusals {
             let facts = Facts { record: Some((record(), None)), ..Facts::default() };
             let error = tag.error(facts);
@@ -287,7 +292,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_not_errors() {
-        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing] {
+        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation] {
             assert!(matches!(tag.error(Facts::default()), Error::Internal { .. }));
         }
     }
