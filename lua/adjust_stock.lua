@@ -68,6 +68,6 @@ for _, field in ipairs(fields) do
 end
 redis.call('HINCRBY', rec.stock, 'version', 1)
 audit(pk.audit, ARGV[10], event)
-emit(pk.events, 'stock.adjust', rec, available_before, { 'reason', ARGV[14] })
+emit(pk.events, 'stock.adjust', rec, available_before, nil, ARGV[14])
 
 return idem_store(pk.idem, fingerprint, record_reply(rec, now_ms(), { 'OK' }), idem_retention)

@@ -23,7 +23,7 @@
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
 -- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
--- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_fields, emit
+-- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_event, emit
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -67,11 +67,7 @@ redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)
 refresh_due(pk.due, rec)
-local fields = lock_fields(rec, token, lock, unit_scale)
-for _, v in ipairs({ 'committed', decimal(qty, unit_scale), 'released', decimal(lock.qty - qty, unit_scale) }) do
-  fields[#fields + 1] = v
-end
-emit(pk.events, 'commit', rec, before, fields)
+emit(pk.events, 'commit', rec, before, lock_event(token, lock), fmt(qty))
 
 local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })
 return reply

@@ -23,7 +23,7 @@
 --   {'REPLAY', ...} / {'IDEMPOTENCY_KEY_REUSED'}
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, pending_request, find_lock, stored_available,
--- end_lock, refresh_due, lock_fields, read_stock, emit, audit, idem_lookup, idem_store
+-- end_lock, refresh_due, lock_event, read_stock, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
 local request_key = KEYS[6]
@@ -58,10 +58,7 @@ for k = 0, count - 1 do
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
     refresh_due(pk.due, rec)
-    local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
-    fields[#fields + 1] = 'actor'
-    fields[#fields + 1] = approver
-    emit(pk.events, 'force_release', rec, before, fields)
+    emit(pk.events, 'force_release', rec, before, lock_event(token, lock), approver)
     released[#released + 1] = lock_id
     reply[#reply + 1] = '1'
   else

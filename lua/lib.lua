@@ -164,34 +164,34 @@ local function stored_available(rec)
 end
 
 -- Appends an event about `rec` to the lifecycle event stream `events` (an
--- outbox): the action, the record's figures after the change (`after`, or
--- read when nil), `available_before`, and `fields` (a flat name, value list).
--- A change appends its event in the same atomic step, so an event exists if
--- and only if its change happened.
-local function emit(events, action, rec, available_before, fields, after)
-  local at = string.find(rec.id, '|', 1, true)
+-- outbox). A change appends its event in the same atomic step, so an event
+-- exists if and only if its change happened.
+--
+-- Every event has the same fields in the same order, so a stream stores
+-- their names once per node, not per event, and every figure is a scaled
+-- integer (listpacks store those in a few bytes): action, record
+-- ("sku|warehouse"), unit_scale, then the record after the change
+-- (physical, reserved, in_transit, locked, version), available_before, the
+-- lock (token, nonce, quantity, holder, order_id, batch_id; '' when the event
+-- is about no lock), and detail: expires_at ms (lock, renew), the committed
+-- quantity (commit; the rest was released), the approver (force_release),
+-- source_version (stock.set) or the reason (stock.adjust, record.repair).
+-- What follows from these is left out: available (physical - locked -
+-- reserved + in_transit, floored at 0), the lock id (record|token-nonce) and
+-- decimals. `after` is the record after the change, or nil to read it.
+local function emit(events, action, rec, available_before, lock, detail, after)
   local s = after or read_stock(rec)
-  local scale = s.unit_scale
-  local event = {
-    'action', action, 'sku', string.sub(rec.id, 1, at - 1), 'warehouse_id', string.sub(rec.id, at + 1),
-    'available_before', decimal(available_before, scale),
-    'available', decimal(math.max(available_of(s, s.locked), 0), scale),
-    'locked', decimal(s.locked, scale), 'physical', decimal(s.physical, scale),
-    'reserved', decimal(s.reserved, scale), 'in_transit', decimal(s.in_transit, scale),
-    'version', fmt(s.version),
-  }
-  for _, v in ipairs(fields) do
-    event[#event + 1] = v
-  end
-  redis.call('XADD', events, '*', unpack(event))
+  local l = lock or {}
+  redis.call('XADD', events, '*', 'action', action, 'record', rec.id, 'unit_scale', fmt(s.unit_scale),
+    'physical', fmt(s.physical), 'reserved', fmt(s.reserved), 'in_transit', fmt(s.in_transit),
+    'locked', fmt(s.locked), 'version', fmt(s.version), 'available_before', fmt(available_before),
+    'token', l.token or '', 'nonce', l.nonce or '', 'quantity', l.qty and fmt(l.qty) or '',
+    'holder', l.holder or '', 'order_id', l.order_id or '', 'batch_id', l.batch_id or '', 'detail', detail or '')
 end
 
--- The event fields that describe one lock.
-local function lock_fields(rec, token, l, unit_scale)
-  return {
-    'lock_id', rec.id .. '|' .. token .. '-' .. l.nonce, 'fencing_token', tostring(token),
-    'quantity', decimal(l.qty, unit_scale), 'holder', l.holder, 'order_id', l.order_id,
-  }
+-- A lock as emit takes it: the packed lock `l` and its token.
+local function lock_event(token, l)
+  return { token = token, nonce = l.nonce, qty = l.qty, holder = l.holder, order_id = l.order_id, batch_id = l.batch_id }
 end
 
 -- Ends a live lock `l` by `mark` (R, C or F): out of the lock set, the
@@ -224,7 +224,7 @@ local function drop_expired(pk, rec, tokens, now, retention)
       local l = unpack_lock(packed[i])
       local before = math.max(available_of(s, s.locked), 0)
       s.locked, s.version = s.locked - l.qty, s.version + 1
-      emit(pk.events, 'expire', rec, before, lock_fields(rec, token, l, s.unit_scale), s)
+      emit(pk.events, 'expire', rec, before, lock_event(token, l), nil, s)
       members[#members + 1] = lock_member(rec, token, l.created)
       changed = true
     end

@@ -42,7 +42,7 @@
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
--- available_of, drop_expired, pack_lock, lock_member, lock_fields, emit, refresh_due, split
+-- available_of, drop_expired, pack_lock, lock_member, emit, refresh_due, split
 
 local pk = partition_keys()
 local previous_idem, batch_key = KEYS[6], KEYS[7]
@@ -132,11 +132,8 @@ for _, line in ipairs(lines) do
     -- A new lock can only bring the record's earliest expiry forward.
     redis.call('ZADD', pk.due, 'LT', expires, rec.id)
   end
-  local fields = lock_fields(rec, token, { qty = line.qty, nonce = nonce, holder = holder, order_id = order_id }, s.unit_scale)
-  for _, v in ipairs({ 'expires_at', fmt(expires), 'batch_id', batch_id }) do
-    fields[#fields + 1] = v
-  end
-  emit(pk.events, 'lock', rec, math.max(line.available, 0), fields, s)
+  local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
+  emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, fmt(expires), s)
   -- A batch may name the same record only once, so `available` is exact per line.
   for _, v in ipairs({ s.fence, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)

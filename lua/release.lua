@@ -18,7 +18,7 @@
 --   {reason, k}  reason LOCK_NOT_FOUND, LOCK_ALREADY_COMMITTED or LOCK_HOLDER_MISMATCH for lock k
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, settle, stored_available, end_lock,
--- emit, lock_fields, find_expired, drop_expired, refresh_due
+-- emit, lock_event, find_expired, drop_expired, refresh_due
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -55,7 +55,7 @@ for _, item in ipairs(items) do
     end_lock(pk, rec, item.token, item.lock, 'R', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
-    emit(pk.events, 'release', rec, before, lock_fields(rec, item.token, item.lock, tonumber(unit_scale)))
+    emit(pk.events, 'release', rec, before, lock_event(item.token, item.lock))
   elseif item.why == 'LOCK_FORCE_RELEASED' then
     outcome = 'FORCE_RELEASED'
   elseif item.why == 'LOCK_EXPIRED' then

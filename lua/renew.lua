@@ -20,7 +20,7 @@
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at
 -- least one lock was renewed; a call that renewed nothing leaves no trace.
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, refresh_due, lock_fields,
+-- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, refresh_due, lock_event,
 -- read_stock, stored_available, emit, find_expired, drop_expired
 
 local pk = partition_keys()
@@ -51,10 +51,7 @@ for k = 0, count - 1 do
     end
     redis.call('ZADD', rec.exp, expires, token)
     refresh_due(pk.due, rec)
-    local fields = lock_fields(rec, token, lock, read_stock(rec).unit_scale)
-    fields[#fields + 1] = 'expires_at'
-    fields[#fields + 1] = fmt(expires)
-    emit(pk.events, 'renew', rec, stored_available(rec), fields)
+    emit(pk.events, 'renew', rec, stored_available(rec), lock_event(token, lock), fmt(expires))
     renewed = renewed + 1
     for _, v in ipairs({ 'OK', fmt(expires), capped }) do
       reply[#reply + 1] = v

@@ -60,7 +60,7 @@ audit(pk.audit, ARGV[7], {
   'd.locked', decimal(locked_before, s.unit_scale) .. ' -> ' .. decimal(locked_after, s.unit_scale),
   'd.fixed_expiries', ARGV[10], 'd.dropped_expiries', ARGV[11],
 })
-emit(pk.events, 'record.repair', rec, available_before, { 'reason', ARGV[5] })
+emit(pk.events, 'record.repair', rec, available_before, nil, ARGV[5])
 
 local reply = { 'OK', fmt(locked_before), fmt(locked_after), ARGV[10], ARGV[11] }
 return idem_store(pk.idem, fingerprint, record_reply(rec, now, reply), retention)

@@ -75,7 +75,7 @@ else
   redis.call('SADD', records_key, ARGV[10])
 end
 
-emit(pk.events, 'stock.set', rec, available_before, { 'source_version', fmt(source_version) })
+emit(pk.events, 'stock.set', rec, available_before, nil, fmt(source_version))
 audit(pk.audit, ARGV[12], {
   'action', 'stock.set', 'actor', ARGV[11], 'sku', ARGV[14], 'warehouse_id', ARGV[6], 'request_id', ARGV[13],
   'd.physical', before.physical .. ' -> ' .. decimal(tonumber(physical), unit_scale),

@@ -240,7 +240,12 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_FORCE_UNLOCK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub force_unlock_ttl: Duration,
 
-    /// Most lifecycle events kept in each partition's event stream; older ones are trimmed.
+    /// How long lifecycle events are kept in the event streams; older ones
+    /// are trimmed. Size Redis for events/s x this x about 100 B.
+    #[arg(long, env = "STOCKLOCK_EVENTS_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub events_retention: Duration,
+
+    /// A cap on the lifecycle events kept in each partition's stream, whatever their age.
     #[arg(long, env = "STOCKLOCK_EVENTS_MAX_LEN", default_value_t = 1_000_000)]
     pub events_max_len: u64,
 
@@ -293,6 +298,7 @@ impl ServeConfig {
             ("--min-ttl", self.min_ttl),
             ("--sweep-interval", self.sweep_interval),
             ("--idempotency-retention", self.idempotency_retention),
+            ("--events-retention", self.events_retention),
         ];
         for (name, value) in positive {
             if value.is_zero() {

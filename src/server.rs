@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{RedisMode, ServeConfig};
-use crate::domain::{Error, EventHub, IngestConsumer};
+use crate::domain::{Error, EventHub, EventRetention, IngestConsumer};
 use crate::edge::admission::{Admission, AdmissionLayer};
 use crate::edge::auth::{Access, AccessLayer, Authenticator};
 use crate::embedded_redis::EmbeddedRedis;
@@ -268,7 +268,8 @@ fn spawn_workers(
         let (store, stop) = (store.clone(), stop.clone());
         tasks.push(tokio::spawn(async move { ingest::run(store.as_ref(), consumer, stop).await }));
     }
-    tasks.push(tokio::spawn(events::run(store.clone(), events.clone(), config.events_max_len, stop.clone())));
+    let keep = EventRetention { max_age: config.events_retention, max_len: config.events_max_len };
+    tasks.push(tokio::spawn(events::run(store.clone(), events.clone(), keep, stop.clone())));
     tasks
 }
 

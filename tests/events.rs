@@ -10,8 +10,31 @@ use common::*;
 use futures::StreamExt;
 use stocklock::pb;
 
-/// Every event in the streams, as (id, fields): oldest first within a
-/// partition; partitions merged by time (the same ms in two partitions has no order).
+/// The fields every event has, in this order (a fixed schema: a stream
+/// stores the names once per node).
+const SCHEMA: [&str; 16] = [
+    "action",
+    "record",
+    "unit_scale",
+    "physical",
+    "reserved",
+    "in_transit",
+    "locked",
+    "version",
+    "available_before",
+    "token",
+    "nonce",
+    "quantity",
+    "holder",
+    "order_id",
+    "batch_id",
+    "detail",
+];
+
+/// Every event in the streams, as (id, fields) with the derived figures
+/// watchers see (sku, warehouse_id, available, lock_id, decimals): oldest
+/// first within a partition; partitions merged by time (the same ms in two
+/// partitions has no order).
 async fn events(svc: &TestService) -> Vec<(String, HashMap<String, String>)> {
     let mut conn = svc.redis_conn().await;
     let mut all = Vec::new();
@@ -23,11 +46,25 @@ async fn events(svc: &TestService) -> Vec<(String, HashMap<String, String>)> {
             .query_async(&mut conn)
             .await
             .unwrap();
-        all.extend(
-            entries
-                .into_iter()
-                .map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())),
-        );
+        for (id, flat) in entries {
+            let names: Vec<&str> = flat.iter().step_by(2).map(String::as_str).collect();
+            assert_eq!(names, SCHEMA, "every event has the fixed schema");
+            let event = stocklock::domain::LifecycleEvent {
+                partition,
+                id: stocklock::domain::EventId::parse(&id).unwrap(),
+                fields: flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect(),
+            };
+            let mut view: HashMap<String, String> = event.fields.clone().into_iter().collect();
+            let (sku, warehouse) = event.record();
+            view.insert("sku".into(), sku.into());
+            view.insert("warehouse_id".into(), warehouse.into());
+            view.insert("available".into(), event.available());
+            view.insert("lock_id".into(), event.lock_id());
+            for figure in ["physical", "reserved", "in_transit", "locked", "available_before", "quantity"] {
+                view.insert(figure.into(), event.decimal(figure));
+            }
+            all.push((id, view));
+        }
     }
     all.sort_by_key(|(id, _): &(String, HashMap<String, String>)| {
         id.split('-').next().unwrap().parse::<u64>().unwrap()
@@ -103,10 +140,11 @@ async fn every_change_appends_exactly_one_event_with_its_figures() {
         (field(1, "holder"), field(1, "order_id"), field(1, "quantity")),
         ("order-service".into(), "order-r1".into(), "3".into())
     );
-    assert_eq!(field(1, "fencing_token"), a.fencing_token.to_string());
+    assert_eq!(field(1, "token"), a.fencing_token.to_string());
+    // A commit's detail is what it committed; the rest of the lock was released.
     assert_eq!(
-        (field(3, "committed"), field(3, "released"), field(3, "physical"), field(3, "available")),
-        ("2".into(), "1".into(), "8".into(), "8".into())
+        (field(3, "detail"), field(3, "quantity"), field(3, "physical"), field(3, "available")),
+        ("2".into(), "3".into(), "8".into(), "8".into())
     );
     assert_eq!((field(5, "lock_id"), field(5, "available")), (b.lock_id.clone(), "8".into()));
     assert_eq!((field(7, "reserved"), field(7, "available")), ("1".into(), "6".into()));
@@ -150,7 +188,7 @@ async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
         let mine: Vec<_> = all.iter().filter(|(_, f)| f["sku"] == sku).cloned().collect();
         assert_eq!(actions(&mine), ["stock.set", "lock", "force_release"], "{sku}");
         assert_eq!(mine[1].1["batch_id"], locks.batch_id);
-        assert_eq!(mine[2].1["actor"], "bob");
+        assert_eq!(mine[2].1["detail"], "bob", "a forced release's detail is its approver");
     }
 }
 
@@ -242,4 +280,21 @@ async fn shutdown_ends_watch_streams_instead_of_waiting_for_them() {
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?} for the watcher", started.elapsed());
     let end = stream.next().await;
     assert!(matches!(end, Some(Err(ref s)) if s.code() == tonic::Code::Unavailable) || end.is_none(), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_kept_for_the_retention_not_by_count() {
+    let svc = start_with(&["--events-retention", "1s"]).await;
+    svc.stock("S", "W", "1000000").await;
+    // 300 events fill three stream nodes (100 entries each); trimming by age
+    // drops whole nodes once every entry in them is older than the retention.
+    for i in 0..300 {
+        svc.lock("S", "W", "1", &format!("old-{i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    svc.lock("S", "W", "1", "new").await.unwrap();
+    let trimmed = eventually(Duration::from_secs(10), || async { events(&svc).await.len() < 100 }).await;
+    let left = events(&svc).await;
+    assert!(trimmed, "{} events left", left.len());
+    assert_eq!(left.last().unwrap().1["order_id"], "order-new", "the newest event stays");
 }

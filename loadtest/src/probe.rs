@@ -23,7 +23,7 @@ pub struct SlowLog {
     pub slowest: Vec<String>,
 }
 
-/// Redis memory the measured run left behind.
+/// Redis memory the measured run left behind, by MEMORY USAGE of its keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Memory {
     /// Completed units (orders, or locks for the lock-only scenarios).
@@ -36,6 +36,9 @@ pub struct Memory {
     pub bytes_per_event: f64,
     /// Keys the run added.
     pub keys_added: i64,
+    /// What INFO's used_memory grew by (allocator and keyspace overheads included).
+    #[serde(default)]
+    pub used_memory_added: i64,
 }
 
 /// Redis's figures at one instant, for a difference later.
@@ -43,6 +46,7 @@ pub struct Memory {
 pub struct Snapshot {
     used: u64,
     streams: u64,
+    other: u64,
     events: u64,
     keys: i64,
 }
@@ -102,9 +106,10 @@ impl Probe {
         Ok(SlowLog { threshold_us, entries, slowest })
     }
 
-    /// Used memory, the event streams' share and length, and the key count.
-    /// The streams are measured exactly (MEMORY USAGE ... SAMPLES 0), which
-    /// is slow on a long stream: take it outside the slow log's window.
+    /// The bytes of every key (MEMORY USAGE ... SAMPLES 0: exact, and slow
+    /// on big keys, so take it outside the slow log's window), split into
+    /// the event streams `streams` and the rest, the streams' length, and
+    /// the key count. Also INFO's used_memory, for the record.
     pub async fn snapshot(&mut self, streams: &[String]) -> anyhow::Result<Snapshot> {
         let info: String = redis::cmd("INFO").arg("memory").query_async(&mut self.conn).await?;
         let used = info
@@ -112,15 +117,31 @@ impl Probe {
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse().ok())
             .context("INFO memory without used_memory")?;
-        let (mut bytes, mut events) = (0, 0);
-        for key in streams {
-            let usage: Option<u64> =
-                redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query_async(&mut self.conn).await?;
-            bytes += usage.unwrap_or(0);
-            events += redis::cmd("XLEN").arg(key).query_async::<u64>(&mut self.conn).await?;
+        let (mut stream_bytes, mut other_bytes, mut events, mut keys) = (0, 0, 0, 0);
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(&mut self.conn).await?;
+            let mut pipe = redis::pipe();
+            for key in &batch {
+                pipe.cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(&mut self.conn).await?;
+            for (key, size) in batch.iter().zip(sizes) {
+                keys += 1;
+                if streams.contains(key) {
+                    stream_bytes += size.unwrap_or(0);
+                    events += redis::cmd("XLEN").arg(key).query_async::<u64>(&mut self.conn).await?;
+                } else {
+                    other_bytes += size.unwrap_or(0);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        let keys = redis::cmd("DBSIZE").query_async(&mut self.conn).await?;
-        Ok(Snapshot { used, streams: bytes, events, keys })
+        Ok(Snapshot { used, streams: stream_bytes, other: other_bytes, events, keys })
     }
 
     /// `redis-benchmark -c 50` of the lock script `lock_command` (an EVALSHA
@@ -193,13 +214,14 @@ impl Snapshot {
     pub fn since(&self, before: &Snapshot, units: u64) -> Memory {
         let events = self.events.saturating_sub(before.events);
         let stream_bytes = self.streams as f64 - before.streams as f64;
-        let other = self.used as f64 - before.used as f64 - stream_bytes;
+        let other = self.other as f64 - before.other as f64;
         Memory {
             units,
             bytes_per_unit: if units > 0 { other / units as f64 } else { 0.0 },
             events,
             bytes_per_event: if events > 0 { stream_bytes / events as f64 } else { 0.0 },
             keys_added: self.keys - before.keys,
+            used_memory_added: self.used as i64 - before.used as i64,
         }
     }
 }

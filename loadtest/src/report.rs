@@ -176,8 +176,13 @@ impl Report {
         if let Some(memory) = &self.memory {
             let _ = writeln!(
                 out,
-                "Redis memory: {:.0} B per completed unit ({} units) besides events; {} events at {:.0} B each; {:+} keys",
-                memory.bytes_per_unit, memory.units, memory.events, memory.bytes_per_event, memory.keys_added
+                "Redis memory: {:.0} B per completed unit ({} units) besides events; {} events at {:.0} B each; {:+} keys; used_memory {:+.1} MB",
+                memory.bytes_per_unit,
+                memory.units,
+                memory.events,
+                memory.bytes_per_event,
+                memory.keys_added,
+                memory.used_memory_added as f64 / 1e6
             );
         }
         if let Some(wave) = &self.wave {

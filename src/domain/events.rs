@@ -13,14 +13,51 @@ pub struct LifecycleEvent {
     pub partition: usize,
     /// The stream entry id, `<ms>-<seq>`, ordered within its partition.
     pub id: EventId,
-    /// Its fields: action, sku, warehouse_id, available, ... (see lua/lib.lua `emit`).
+    /// Its fields as stored: action, record, unit_scale, the figures as
+    /// scaled integers, ... (see lua/lib.lua `emit`).
     pub fields: BTreeMap<String, String>,
 }
 
 impl LifecycleEvent {
-    /// A field, or "" when absent.
+    /// A field as stored, or "" when absent.
     pub fn field(&self, name: &str) -> &str {
         self.fields.get(name).map_or("", String::as_str)
+    }
+
+    /// The SKU and warehouse of the record the event is about.
+    pub fn record(&self) -> (&str, &str) {
+        let record = self.field("record");
+        record.split_once('|').unwrap_or((record, ""))
+    }
+
+    fn scaled(&self, name: &str) -> Option<i64> {
+        self.field(name).parse().ok()
+    }
+
+    fn unit_scale(&self) -> u32 {
+        self.field("unit_scale").parse().unwrap_or(0)
+    }
+
+    /// A figure (physical, locked, quantity, ...) as a decimal, or "" when
+    /// the event has none.
+    pub fn decimal(&self, name: &str) -> String {
+        self.scaled(name).map_or_else(String::new, |v| super::format_scaled(v, self.unit_scale()))
+    }
+
+    /// Available after the change: physical - locked - reserved + in_transit,
+    /// floored at zero, as a decimal.
+    pub fn available(&self) -> String {
+        let figure = |name| self.scaled(name).unwrap_or(0);
+        let available = figure("physical") - figure("locked") - figure("reserved") + figure("in_transit");
+        super::format_scaled(available.max(0), self.unit_scale())
+    }
+
+    /// The lock id of a lock event (record|token-nonce), or "".
+    pub fn lock_id(&self) -> String {
+        match self.field("token") {
+            "" => String::new(),
+            token => format!("{}|{token}-{}", self.field("record"), self.field("nonce")),
+        }
     }
 }
 

@@ -85,6 +85,16 @@ pub trait EventStream: StockStore {
         after: EventId,
     ) -> impl Future<Output = Result<Vec<LifecycleEvent>, Error>> + Send;
 
-    /// Trims `partition`'s stream to about `max_len` events.
-    fn trim_events(&self, partition: usize, max_len: u64) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Trims `partition`'s stream to what `keep` keeps, about.
+    fn trim_events(&self, partition: usize, keep: EventRetention) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Which lifecycle events a stream keeps: those younger than `max_age`, and
+/// at most about `max_len` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRetention {
+    /// Events older than this are trimmed.
+    pub max_age: std::time::Duration,
+    /// A cap on the count, whatever their age.
+    pub max_len: u64,
 }

@@ -101,8 +101,10 @@ async fn follow<S: StockStore>(
     tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let wanted =
-        |e: &LifecycleEvent| records.contains(&(e.field("sku").to_owned(), e.field("warehouse_id").to_owned()));
+    let wanted = |e: &LifecycleEvent| {
+        let (sku, warehouse) = e.record();
+        records.contains(&(sku.to_owned(), warehouse.to_owned()))
+    };
     loop {
         // Catch up from Redis.
         let partitions: Vec<usize> = from.partitions().collect();

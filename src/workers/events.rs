@@ -1,12 +1,12 @@
 //! The event tailer: follows every partition's lifecycle event stream into
 //! the service's [`EventHub`] while someone watches, and trims each stream
-//! to its configured length.
+//! by age (and a cap on its length).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::{Error, EventHub, EventStream};
+use crate::domain::{Error, EventHub, EventRetention, EventStream};
 
 /// How often an idle tailer looks for watchers.
 const IDLE_CHECK: Duration = Duration::from_millis(50);
@@ -18,11 +18,11 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(500);
 
 /// Tails every partition's event stream into `hub` until `stop`, and trims
-/// each to about `max_len` events.
+/// each to what `keep` keeps.
 pub async fn run<S: EventStream + Sync + 'static>(
     store: std::sync::Arc<S>,
     hub: EventHub,
-    max_len: u64,
+    keep: EventRetention,
     stop: watch::Receiver<bool>,
 ) where
     S::Tail: 'static,
@@ -30,7 +30,7 @@ pub async fn run<S: EventStream + Sync + 'static>(
     let mut tailers = tokio::task::JoinSet::new();
     for partition in 0..store.partitions() {
         let (store, hub, stop) = (store.clone(), hub.clone(), stop.clone());
-        tailers.spawn(async move { tail_partition(store.as_ref(), partition, hub, max_len, stop).await });
+        tailers.spawn(async move { tail_partition(store.as_ref(), partition, hub, keep, stop).await });
     }
     while tailers.join_next().await.is_some() {}
 }
@@ -40,7 +40,7 @@ async fn tail_partition<S: EventStream>(
     store: &S,
     partition: usize,
     hub: EventHub,
-    max_len: u64,
+    keep: EventRetention,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tail: Option<S::Tail> = None;
@@ -52,7 +52,7 @@ async fn tail_partition<S: EventStream>(
         }
         if trimmed_at.elapsed() > TRIM_EVERY {
             trimmed_at = tokio::time::Instant::now();
-            if let Err(e) = store.trim_events(partition, max_len).await {
+            if let Err(e) = store.trim_events(partition, keep).await {
                 // One per partition each second while Redis is away; health says so once.
                 tracing::debug!(error = %e, "trimming the event stream failed");
             }

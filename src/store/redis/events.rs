@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::call::bounded;
 use super::reply::malformed;
 use super::{Partition, RedisStore, StreamReader};
-use crate::domain::{Error, EventId, EventStream, LifecycleEvent, StreamPosition};
+use crate::domain::{Error, EventId, EventRetention, EventStream, LifecycleEvent, StreamPosition};
 
 /// How long one blocking read of the tailer waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -147,10 +147,15 @@ impl EventStream for RedisStore {
         Ok(events)
     }
 
-    async fn trim_events(&self, partition: usize, max_len: u64) -> Result<(), Error> {
-        let _: i64 = self
-            .query(redis::cmd("XTRIM").arg(self.keys.events(partition)).arg("MAXLEN").arg("~").arg(max_len))
-            .await?;
-        Ok(())
+    async fn trim_events(&self, partition: usize, keep: EventRetention) -> Result<(), Error> {
+        // Entry ids are Redis time; this replica's clock is near enough for a
+        // retention of minutes or more. With `~`, Redis drops whole nodes and
+        // at most 100 nodes' worth a call: bounded work.
+        let oldest = super::lock::unix_ms().saturating_sub(u64::try_from(keep.max_age.as_millis()).unwrap_or(u64::MAX));
+        let key = self.keys.events(partition);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XTRIM").arg(&key).arg("MINID").arg("~").arg(oldest).ignore();
+        pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(keep.max_len).ignore();
+        self.query_pipe::<()>(&pipe).await
     }
 }
