@@ -11,7 +11,9 @@
 --
 -- A stock record is four keys:
 --   stock  hash  physical reserved in_transit locked unit_scale version
---                source_version fence
+--                source_version fence, and due: never later than the record's
+--                earliest expiry (absent without locks), as in the due index,
+--                so a Lock looks for expired locks only when some may be
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  fencing token -> expires_at_ms
 --   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased), C(ommitted)
@@ -127,13 +129,14 @@ end
 
 -- Reads a record's stock hash; nil when the record does not exist.
 local function read_stock(rec)
-  local v = redis.call('HMGET', rec.stock, 'physical', 'reserved', 'in_transit', 'locked', 'unit_scale', 'version', 'source_version', 'fence')
+  local v = redis.call('HMGET', rec.stock, 'physical', 'reserved', 'in_transit', 'locked', 'unit_scale', 'version', 'source_version', 'fence', 'due')
   if not v[5] then
     return nil
   end
   return {
     physical = tonumber(v[1]), reserved = tonumber(v[2]), in_transit = tonumber(v[3]), locked = tonumber(v[4]),
     unit_scale = tonumber(v[5]), version = tonumber(v[6]), source_version = tonumber(v[7]), fence = tonumber(v[8] or '0'),
+    due = v[9] and tonumber(v[9]),
   }
 end
 
@@ -241,13 +244,16 @@ local function settle(pk, rec, now, retention)
   drop_expired(pk, rec, expired, now, retention)
 end
 
--- Points the sweeper's due index at the record's earliest expiry.
+-- Points the sweeper's due index, and the record's own `due`, at the
+-- record's earliest expiry.
 local function refresh_due(due_key, rec)
   local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
   if first[1] then
     redis.call('ZADD', due_key, first[2], rec.id)
+    redis.call('HSET', rec.stock, 'due', first[2])
   else
     redis.call('ZREM', due_key, rec.id)
+    redis.call('HDEL', rec.stock, 'due')
   end
 end
 

@@ -89,7 +89,11 @@ for k = 0, line_count - 1 do
   if not qty then
     return { err, fmt(k), fmt(s.unit_scale) }
   end
-  local expired, expired_sum = find_expired(rec, now)
+  -- Only a record whose earliest expiry has come can have expired locks.
+  local expired, expired_sum = {}, 0
+  if s.due and s.due <= now then
+    expired, expired_sum = find_expired(rec, now)
+  end
   local available = available_of(s, s.locked - expired_sum)
   if qty > available then
     for _, v in ipairs({ k, qty, math.max(available, 0), s.unit_scale }) do
@@ -119,7 +123,14 @@ for _, line in ipairs(lines) do
   -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
   local token = fmt(math.max(s.fence + 1, token_floor))
   s.fence, s.locked, s.version = tonumber(token), s.locked + line.qty, s.version + 1
-  redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version))
+  -- A new lock can only bring the record's earliest expiry forward.
+  local earlier = not s.due or expires < s.due
+  if earlier then
+    redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version), 'due', fmt(expires))
+    redis.call('ZADD', pk.due, 'LT', expires, rec.id)
+  else
+    redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version))
+  end
   redis.call('HSET', rec.locks, token, pack_lock({
     qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
@@ -128,9 +139,6 @@ for _, line in ipairs(lines) do
   redis.call('ZADD', pk.locks, 0, lock_member(rec, token, now))
   if #line.expired > 0 then
     refresh_due(pk.due, rec)
-  else
-    -- A new lock can only bring the record's earliest expiry forward.
-    redis.call('ZADD', pk.due, 'LT', expires, rec.id)
   end
   local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
   emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, fmt(expires), s)

@@ -18,7 +18,7 @@
 --   locks:    {'OK', version, next_cursor, fixed, then per lock: token, quantity, '1'}
 --   expiries: {'OK', version, next_cursor, dropped}
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, unpack_lock, lock_member
+-- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, unpack_lock, lock_member, refresh_due
 
 local pk = partition_keys()
 local rec = record_at(6, ARGV[4])
@@ -40,12 +40,12 @@ if ARGV[1] == 'locks' then
   end
   local now = now_ms()
   local scores = redis.call('ZMSCORE', rec.exp, unpack(tokens))
-  local fixed, earliest, members = 0, nil, {}
+  local fixed, members = 0, {}
   for i, token in ipairs(tokens) do
     local l = unpack_lock(found[2 * i])
     if not scores[i] then
       redis.call('ZADD', rec.exp, now + l.ttl, token)
-      fixed, earliest = fixed + 1, math.min(earliest or math.huge, now + l.ttl)
+      fixed = fixed + 1
     end
     members[#members + 1] = 0
     members[#members + 1] = lock_member(rec, token, l.created)
@@ -54,8 +54,8 @@ if ARGV[1] == 'locks' then
     out[#out + 1] = '1'
   end
   redis.call('ZADD', pk.locks, unpack(members))
-  if earliest then
-    redis.call('ZADD', pk.due, 'LT', earliest, rec.id)
+  if fixed > 0 then
+    refresh_due(pk.due, rec)
   end
   out[4] = fmt(fixed)
   return out
