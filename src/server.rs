@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{RedisMode, ServeConfig};
@@ -124,7 +124,11 @@ pub async fn run(
     let listen = listeners.grpc.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%listen, http = %http_addr, redis = %url, "stocklock serving");
 
-    let mut builder = Server::builder().tcp_nodelay(true);
+    // The builder's tcp_nodelay applies only to listeners it opens itself;
+    // ours come from outside, so the incoming stream sets it on each
+    // accepted socket. Without it, Nagle held back the tail of a response
+    // until the client's delayed ACK: 40 ms stalls on larger replies.
+    let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     } else {
@@ -144,7 +148,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)), async move {
             let _ = drain.wait_for(|stop| *stop).await;
         });
     tokio::pin!(server);
@@ -276,6 +280,12 @@ fn spawn_workers(
 /// Serves the HTTP API until `stop`.
 async fn serve_http(listener: TcpListener, state: HttpState<RedisStore>, mut stop: watch::Receiver<bool>) {
     let app = crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // As for gRPC: no Nagle delay on the tail of a response.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
@@ -302,7 +312,7 @@ where
 {
     let served = Server::builder()
         .add_service(probes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
         .await;

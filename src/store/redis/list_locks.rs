@@ -16,6 +16,10 @@ const SCAN: usize = 500;
 /// token is a valid page.
 const SCAN_BUDGET: usize = 2_000;
 
+/// Locks read per pipeline: what the page still needs, within these bounds.
+const READ_MIN: usize = 16;
+const READ_MAX: usize = 100;
+
 /// A lock index member: `created (15 digits)|sku|warehouse|token`.
 struct Member {
     created_at_ms: i64,
@@ -94,12 +98,21 @@ impl RedisStore {
                         && filter.warehouse.as_ref().is_none_or(|w| *w == m.record.warehouse)
                 })
                 .collect();
-            let live = self.read_members(wanted.iter().map(|(_, m)| m), now).await?;
-            for ((text, _), lock) in wanted.iter().zip(live) {
-                let Some(lock) = lock.filter(|l| matches(&filter, l)) else { continue };
-                locks.push(lock);
-                if locks.len() == page_size {
-                    return Ok(LockPage { locks, next_page_token: Some(format!("{partition}:{text}")) });
+            // Read only as many locks as the page still needs, a pipeline at a
+            // time: one big pipeline would hold the shared connection (and
+            // every call queued behind it) while its replies are parsed.
+            let mut rest = &wanted[..];
+            while !rest.is_empty() {
+                let (chunk, after_chunk) =
+                    rest.split_at((page_size - locks.len()).clamp(READ_MIN, READ_MAX).min(rest.len()));
+                rest = after_chunk;
+                let live = self.read_members(chunk.iter().map(|(_, m)| m), now).await?;
+                for ((text, _), lock) in chunk.iter().zip(live) {
+                    let Some(lock) = lock.filter(|l| matches(&filter, l)) else { continue };
+                    locks.push(lock);
+                    if locks.len() == page_size {
+                        return Ok(LockPage { locks, next_page_token: Some(format!("{partition}:{text}")) });
+                    }
                 }
             }
             if exhausted {
