@@ -8,7 +8,8 @@
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     tombstone retention ms
 --
--- Returns {'OK', the number of locks that expired}.
+-- Returns {'OK', the number of locks that expired, '1' if more have expired
+-- (the step settles at most SETTLE_LIMIT) else '0'}.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_expired, drop_expired, refresh_due
 
@@ -17,5 +18,5 @@ local rec = record_at(6, ARGV[1])
 local now = now_ms()
 local expired = find_expired(rec, now)
 drop_expired(pk, rec, expired, now, tonumber(ARGV[2]))
-refresh_due(pk.due, rec)
-return { 'OK', fmt(#expired) }
+local due = refresh_due(pk.due, rec)
+return { 'OK', fmt(#expired), (due and due <= now) and '1' or '0' }

@@ -38,7 +38,7 @@ local MAX_EXACT = 9007199254740991
 -- has more); tombstones expire with their bucket. Until they are settled,
 -- expired locks past the first SETTLE_LIMIT still count as locked:
 -- availability is then understated for a moment, never overstated.
-local SETTLE_LIMIT = 50
+local SETTLE_LIMIT = 25
 
 local function fmt(n)
   return string.format('%d', n)
@@ -245,16 +245,17 @@ local function settle(pk, rec, now, retention)
 end
 
 -- Points the sweeper's due index, and the record's own `due`, at the
--- record's earliest expiry.
+-- record's earliest expiry; returns it (ms), or nil without locks.
 local function refresh_due(due_key, rec)
   local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
   if first[1] then
     redis.call('ZADD', due_key, first[2], rec.id)
     redis.call('HSET', rec.stock, 'due', first[2])
-  else
-    redis.call('ZREM', due_key, rec.id)
-    redis.call('HDEL', rec.stock, 'due')
+    return tonumber(first[2])
   end
+  redis.call('ZREM', due_key, rec.id)
+  redis.call('HDEL', rec.stock, 'due')
+  return nil
 end
 
 -- Which way a lock that is no longer live ended: 'R', 'C', 'F' by its

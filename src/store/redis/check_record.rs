@@ -8,7 +8,7 @@ use super::{RedisStore, scripts};
 use crate::domain::{Error, RecordCheck, RecordKey};
 
 /// Locks read per call. Each call costs Redis about a microsecond per lock.
-pub(super) const CHECK_SLICE: usize = 200;
+pub(super) const CHECK_SLICE: usize = 100;
 
 /// A walk over a record's lock set, slice by slice: the locks it saw, each
 /// once (HSCAN may repeat one after a rehash), and whether the record's

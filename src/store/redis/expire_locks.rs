@@ -3,6 +3,9 @@
 use super::{Partition, RedisStore, scripts};
 use crate::domain::{Error, RecordKey};
 
+/// Steps one sweep takes on one record before it moves on to the next.
+const STEPS_PER_RECORD: usize = 20;
+
 impl RedisStore {
     /// Expires the due locks of up to `max_records` records of one partition;
     /// how many locks expired.
@@ -14,11 +17,18 @@ impl RedisStore {
                 let _: () = self.query(redis::cmd("ZREM").arg(self.keys.due(partition)).arg(&id)).await?;
                 continue;
             };
-            let mut inv = self.writing(&scripts::EXPIRE_LOCKS, partition, None);
-            self.add_record(&mut inv, &record);
-            inv.arg(&id).arg(self.retention_ms);
-            let mut reply = self.eval(&inv).await?;
-            expired += usize::try_from(reply.uint()?).unwrap_or(usize::MAX);
+            // An expiry wave on one record takes many bounded steps: take a
+            // few in a row, without asking the due index again in between.
+            for _ in 0..STEPS_PER_RECORD {
+                let mut inv = self.writing(&scripts::EXPIRE_LOCKS, partition, None);
+                self.add_record(&mut inv, &record);
+                inv.arg(&id).arg(self.retention_ms);
+                let mut reply = self.eval(&inv).await?;
+                expired += usize::try_from(reply.uint()?).unwrap_or(usize::MAX);
+                if reply.int()? == 0 {
+                    break;
+                }
+            }
         }
         Ok(expired)
     }
