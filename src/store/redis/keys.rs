@@ -42,7 +42,7 @@ pub struct RecordKeys {
     /// Sorted set: fencing token -> expiry (ms).
     pub exp: String,
     /// Hash of tombstones of the locks whose token is in one bucket of
-    /// [`TOMBSTONE_BUCKET`] tokens: token -> how the lock ended (`R`eleased,
+    /// 128 tokens: token -> how the lock ended (`R`eleased,
     /// `C`ommitted, `F`orce-released; an expired lock leaves none). A call
     /// about one lock names its token's bucket ([`Keys::lock_record`]); the
     /// others name bucket `-`, which no script touches. A bucket stays a

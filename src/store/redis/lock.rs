@@ -29,7 +29,7 @@ pub struct LockLimits {
 
 impl LockCall {
     /// The call for `cmd`'s lines, all in `partition`, under `nonce`, in
-    /// idempotency generation `generation` (see [`generation`]).
+    /// idempotency generation `generation` (see [`LockCall::generation`]).
     pub fn new(
         keys: &Keys,
         partition: Partition,
