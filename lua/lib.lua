@@ -322,7 +322,9 @@ local function find_lock(rec, token, nonce, now)
     if l.nonce ~= nonce then
       return nil, 'LOCK_NOT_FOUND', ''
     end
-    l.expires = tonumber(redis.call('ZSCORE', rec.exp, token))
+    -- A lock that lost its expiry entry (drift the auditor reports) lasts at
+    -- most to its maximum hold.
+    l.expires = tonumber(redis.call('ZSCORE', rec.exp, token) or l.max_expires)
     if l.expires <= now then
       return nil, 'LOCK_EXPIRED', ''
     end

@@ -164,7 +164,8 @@ async fn idempotency_records_expire_after_the_retention() {
     let mut conn = svc.redis_conn().await;
     let day: u64 = 24 * 3600 * 1000;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let key = svc.keys().lock_idempotency(svc.partition("SKU-1"), now / day);
+    let digest = sha1_smol::Sha1::from("lock\u{1f}r1").digest().to_string();
+    let key = svc.keys().lock_idempotency(svc.partition("SKU-1"), now / day, &digest[..16]);
     let ttl: u64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl >= day && ttl <= 2 * day + 60_000, "idempotency record kept for {ttl} ms");
     let fields: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut conn).await.unwrap();

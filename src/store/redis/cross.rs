@@ -158,17 +158,19 @@ impl RedisStore {
                 request_id: undo,
             };
             let result = async {
-                self.release_group(*partition, &release, &ids).await?;
-                // The record is in the generation of Redis's clock, which is
-                // within one of this replica's.
+                // Forget first, then release: if the release then fails, the
+                // locks are held until their TTL, never replayed to a retry
+                // as held after they were given back. The record is in the
+                // generation of Redis's clock, within one of this replica's.
                 let mut forget = redis::pipe();
                 let request = request_digest(cmd);
                 let generation = LockCall::generation(unix_ms(), self.retention_ms);
                 for g in generation.saturating_sub(1)..=generation + 1 {
-                    forget.cmd("HDEL").arg(self.keys.lock_idempotency(*partition, g)).arg(&request).ignore();
+                    forget.cmd("HDEL").arg(self.keys.lock_idempotency(*partition, g, &request)).arg(&request).ignore();
                 }
                 forget.cmd("DEL").arg(self.keys.batch(*partition, batch_id)).ignore();
-                self.query_pipe::<()>(&forget).await
+                self.query_pipe::<()>(&forget).await?;
+                self.release_group(*partition, &release, &ids).await.map(drop)
             }
             .await;
             if let Err(e) = result {

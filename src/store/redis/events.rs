@@ -13,6 +13,14 @@ use crate::domain::{Error, EventId, EventRetention, EventStream, LifecycleEvent,
 /// How long one blocking read of the tailer waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// Most trim calls per stream each time it is trimmed (about once a second).
+const TRIM_CALLS: usize = 20;
+
+/// What one approximate XTRIM removes at most (Redis's default limit with
+/// `~`: 100 nodes of 100 entries); a call that removed this much may have
+/// left more.
+const TRIM_FULL: u64 = 10_000;
+
 /// Most events one read returns.
 const BATCH: usize = 1000;
 
@@ -150,12 +158,19 @@ impl EventStream for RedisStore {
     async fn trim_events(&self, partition: usize, keep: EventRetention) -> Result<(), Error> {
         // Entry ids are Redis time; this replica's clock is near enough for a
         // retention of minutes or more. With `~`, Redis drops whole nodes and
-        // at most 100 nodes' worth a call: bounded work.
+        // at most 100 nodes' worth (10,000 entries) a call: bounded work, so
+        // a busy stream is trimmed in several calls.
         let oldest = super::lock::unix_ms().saturating_sub(u64::try_from(keep.max_age.as_millis()).unwrap_or(u64::MAX));
         let key = self.keys.events(partition);
-        let mut pipe = redis::pipe();
-        pipe.cmd("XTRIM").arg(&key).arg("MINID").arg("~").arg(oldest).ignore();
-        pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(keep.max_len).ignore();
-        self.query_pipe::<()>(&pipe).await
+        for _ in 0..TRIM_CALLS {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XTRIM").arg(&key).arg("MINID").arg("~").arg(oldest);
+            pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(keep.max_len);
+            let (by_age, by_count): (u64, u64) = self.query_pipe(&pipe).await?;
+            if by_age + by_count < TRIM_FULL {
+                break;
+            }
+        }
+        Ok(())
     }
 }

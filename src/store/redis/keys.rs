@@ -165,12 +165,16 @@ impl Keys {
     }
 
     /// The partition's Lock and BatchLock idempotency records of one
-    /// generation (time / retention): a hash of request digest -> content
-    /// digest and answer (see `lua/lock.lua`). A generation's hash expires
-    /// two generations after it starts, so a record lives between one and
-    /// two retentions, at a hash field's cost instead of a key's.
-    pub fn lock_idempotency(&self, partition: Partition, generation: u64) -> String {
-        format!("{}:idem:lock:g{generation}", self.base(partition))
+    /// generation (time / retention) whose request digest (16 hex digits)
+    /// starts like `request`'s: a hash of request digest -> content digest
+    /// and answer (see `lua/lock.lua`). A generation's hashes expire two
+    /// generations after it starts, so a record lives between one and two
+    /// retentions, at a hash field's cost instead of a key's. A generation
+    /// is split over 4,096 hashes by the digest's first three digits, so no
+    /// one hash grows (or is freed when it expires) in one long step.
+    pub fn lock_idempotency(&self, partition: Partition, generation: u64, request: &str) -> String {
+        let shard = request.get(..3).unwrap_or(request);
+        format!("{}:idem:lock:g{generation}:{shard}", self.base(partition))
     }
 
     /// A forced-unlock request (it lives with the records it unlocks).

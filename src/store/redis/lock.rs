@@ -40,10 +40,10 @@ impl LockCall {
     ) -> Self {
         let mut key_list: Vec<String> = {
             let pk = keys.partition_keys(partition, None);
-            let idempotency = keys.lock_idempotency(partition, generation);
+            let idempotency = keys.lock_idempotency(partition, generation, &request_digest(cmd));
             vec![idempotency, pk.due, pk.events, pk.audit, pk.locks]
         };
-        key_list.push(keys.lock_idempotency(partition, generation.saturating_sub(1)));
+        key_list.push(keys.lock_idempotency(partition, generation.saturating_sub(1), &request_digest(cmd)));
         key_list.push(match &cmd.batch_id {
             Some(batch) => keys.batch(partition, batch),
             None => keys.unused(partition),
@@ -99,9 +99,12 @@ impl RedisStore {
         };
         let mut generation = LockCall::generation(unix_ms(), limits.retention_ms);
         let mut reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
-        if reply.tag == Tag::Generation {
+        for _ in 0..3 {
+            if reply.tag != Tag::Generation {
+                break;
+            }
             // This replica's clock and Redis's disagree about the generation
-            // (near its boundary): Redis's clock decides.
+            // (near its boundary): Redis's clock decides. Nothing was written.
             generation = reply.uint()?;
             reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
         }
