@@ -8,7 +8,7 @@
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  quantity mantissa, or "" to commit the whole lock
 -- ARGV[4]  quantity scale
--- ARGV[5]  idempotency retention ms
+-- ARGV[5]  unused (the idempotency retention, when these calls kept records)
 -- ARGV[6]  tombstone retention ms
 -- ARGV[7]  record id "sku|warehouse"
 -- ARGV[8]  fencing token
@@ -27,7 +27,7 @@
 
 local pk = partition_keys()
 local holder = ARGV[2]
-local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
+local tomb_retention = tonumber(ARGV[6])
 local rec = record_at(6, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
 

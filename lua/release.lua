@@ -7,7 +7,7 @@
 -- ARGV[1]  unused (''): Release is idempotent by the lock's own state (a retry finds the locks released: ALREADY_RELEASED),
 --          so no record of the call is kept
 -- ARGV[2]  holder, or "" to skip the holder check
--- ARGV[3]  idempotency retention ms
+-- ARGV[3]  unused (the idempotency retention, when these calls kept records)
 -- ARGV[4]  tombstone retention ms
 -- ARGV[5 + 3k ..]  lock k: record id "sku|warehouse", fencing token, nonce
 --
@@ -22,7 +22,7 @@
 
 local pk = partition_keys()
 local holder = ARGV[2]
-local idem_retention, tomb_retention = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tomb_retention = tonumber(ARGV[4])
 local count = (#ARGV - 4) / 3
 
 local now = now_ms()

@@ -7,7 +7,7 @@
 --          so no record of the call is kept
 -- ARGV[2]  holder
 -- ARGV[3]  ttl ms, or 0 for each lock's own ttl
--- ARGV[4]  idempotency retention ms
+-- ARGV[4]  unused (the idempotency retention, when these calls kept records)
 -- ARGV[5]  tombstone retention ms
 -- ARGV[6 + 3k ..]  lock k: record id "sku|warehouse", fencing token, nonce
 --
@@ -26,7 +26,7 @@
 local pk = partition_keys()
 local holder = ARGV[2]
 local ttl_override = tonumber(ARGV[3])
-local idem_retention, tomb_retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tomb_retention = tonumber(ARGV[5])
 local count = (#ARGV - 5) / 3
 
 local now = now_ms()

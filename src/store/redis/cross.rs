@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use super::lock::{LockCall, request_digest, unix_ms};
+use super::lock::{LockCall, request_digest};
 use super::reply::malformed;
 use super::{Partition, RedisStore};
 use crate::domain::{
@@ -164,7 +164,7 @@ impl RedisStore {
                 // generation of Redis's clock, within one of this replica's.
                 let mut forget = redis::pipe();
                 let request = request_digest(cmd);
-                let generation = LockCall::generation(unix_ms(), self.retention_ms);
+                let generation = LockCall::current_generation(self.retention_ms);
                 for g in generation.saturating_sub(1)..=generation + 1 {
                     forget.cmd("HDEL").arg(self.keys.lock_idempotency(*partition, g, &request)).arg(&request).ignore();
                 }

@@ -76,6 +76,11 @@ impl LockCall {
         unix_ms / retention_ms.max(1)
     }
 
+    /// The idempotency generation of now, by this machine's clock.
+    pub fn current_generation(retention_ms: u64) -> u64 {
+        Self::generation(unix_ms(), retention_ms)
+    }
+
     /// The SHA1 the script is called by (EVALSHA).
     pub fn script_sha() -> &'static str {
         scripts::LOCK.get_hash()
@@ -97,7 +102,7 @@ impl RedisStore {
             retention_ms: self.retention_ms,
             token_floor: self.link.token_floor(),
         };
-        let mut generation = LockCall::generation(unix_ms(), limits.retention_ms);
+        let mut generation = LockCall::current_generation(limits.retention_ms);
         let mut reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
         for _ in 0..3 {
             if reply.tag != Tag::Generation {
