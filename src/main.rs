@@ -5,6 +5,12 @@ use anyhow::Context;
 use clap::Parser;
 use stocklock::config::{Cli, Command, ServeConfig};
 
+/// mimalloc rather than the system's malloc: under load glibc's malloc and
+/// free (with its fastbin consolidation on the response buffers) took a
+/// fifth of the service's CPU per Lock (`perf`; see the README, "Measuring it").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::Rng;
 use rand_distr::{Distribution, Zipf};
@@ -103,6 +103,12 @@ struct RunArgs {
     /// Extra `stocklock serve` flags for --spawn, e.g. "--worker-threads 1".
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     serve_args: String,
+    /// With --spawn: Redis on a core of its own (the last), the service and
+    /// this load generator on the others, as in production, where Redis runs
+    /// on its own machine and no other process preempts its scripts
+    /// (`taskset`, needs 2 cores or more).
+    #[arg(long, requires = "spawn")]
+    pin_redis: bool,
     /// Redis of the service (for redis-benchmark and the memory figure) when not spawned.
     #[arg(long)]
     redis_port: Option<u16>,
@@ -393,7 +399,7 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn machine() -> String {
+fn machine(pinned: bool) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -401,7 +407,11 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores ({cpu}), service, Redis and load generator on the same machine")
+    if pinned {
+        format!("{cores} cores ({cpu}): Redis pinned to a core of its own, the service and load generator on the rest")
+    } else {
+        format!("{cores} cores ({cpu}), service, Redis and load generator on the same machine")
+    }
 }
 
 /// A spawned service and its Redis.
@@ -411,6 +421,8 @@ struct Spawned {
     target: String,
     command: Vec<String>,
     bin: PathBuf,
+    /// The cores of the service and the load generator, with --pin-redis.
+    others: Option<String>,
 }
 
 async fn spawn_service(args: &RunArgs) -> anyhow::Result<Spawned> {
@@ -428,7 +440,32 @@ async fn spawn_service(args: &RunArgs) -> anyhow::Result<Spawned> {
     command.extend(["--http-listen".to_owned(), format!("127.0.0.1:{http}")]);
     command.extend(args.serve_args.split_whitespace().map(str::to_owned));
     let child = start_service(&bin, &command)?;
-    Ok(Spawned { child, redis, target: format!("http://127.0.0.1:{grpc}"), command, bin })
+    let others = if args.pin_redis { Some(pin_redis(&redis)?) } else { None };
+    let spawned = Spawned { child, redis, target: format!("http://127.0.0.1:{grpc}"), command, bin, others };
+    spawned.pin_service()?;
+    Ok(spawned)
+}
+
+/// Pins Redis to the last core and this process to the others, which it returns.
+fn pin_redis(redis: &EmbeddedRedis) -> anyhow::Result<String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(cores >= 2, "--pin-redis needs 2 cores or more, this machine has {cores}");
+    let others = if cores == 2 { "0".to_owned() } else { format!("0-{}", cores - 2) };
+    pin(redis.pid().context("redis-server has exited")?, &(cores - 1).to_string())?;
+    pin(std::process::id(), &others)?;
+    Ok(others)
+}
+
+/// Pins every thread of `pid` to `cores` (a taskset list: "0", "0-2"); the
+/// threads it starts later inherit it.
+fn pin(pid: u32, cores: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cores, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    ensure!(status.success(), "taskset -a -p -c {cores} {pid}: {status}");
+    Ok(())
 }
 
 fn start_service(bin: &std::path::Path, command: &[String]) -> anyhow::Result<tokio::process::Child> {
@@ -442,12 +479,21 @@ fn start_service(bin: &std::path::Path, command: &[String]) -> anyhow::Result<to
 }
 
 impl Spawned {
+    /// With --pin-redis, keeps the service off Redis's core.
+    fn pin_service(&self) -> anyhow::Result<()> {
+        match (&self.others, self.child.id()) {
+            (Some(cores), Some(pid)) => pin(pid, cores),
+            _ => Ok(()),
+        }
+    }
+
     /// Stops the service (its sweeper with it) for `pause`, then starts it
     /// again on the same Redis and addresses.
     async fn pause(&mut self, pause: Duration) -> anyhow::Result<()> {
         self.child.kill().await?;
         tokio::time::sleep(pause).await;
         self.child = start_service(&self.bin, &self.command)?;
+        self.pin_service()?;
         connect(&self.target, 1).await?;
         Ok(())
     }
@@ -861,7 +907,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 check_stock(&mut admin, &shared).await?
             },
-            machine: machine(),
+            machine: machine(args.pin_redis),
         };
         if args.redis_benchmark {
             let probe = probe.as_mut().context("--redis-benchmark needs --spawn or --redis-port")?;

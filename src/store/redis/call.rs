@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::{Cmd, RedisError, Script, ToRedisArgs};
 use tracing::Instrument;
 
 use super::reply::{Reply, Tag};
@@ -45,15 +45,15 @@ impl RedisStore {
         script: &'static Script,
         partition: Partition,
         idempotency: Option<(&str, &RequestId)>,
-    ) -> ScriptInvocation<'static> {
+    ) -> Invocation {
         let keys = self.keys.partition_keys(partition, idempotency);
-        let mut inv = script.prepare_invoke();
+        let mut inv = Invocation::new(script);
         inv.key(keys.idempotency).key(keys.due).key(keys.events).key(keys.audit).key(keys.locks);
         inv
     }
 
     /// Adds a record's four keys to `inv`, in script order.
-    pub(super) fn add_record(&self, inv: &mut ScriptInvocation<'_>, record: &RecordKey) {
+    pub(super) fn add_record(&self, inv: &mut Invocation, record: &RecordKey) {
         for key in self.keys.record(record).in_script_order() {
             inv.key(key);
         }
@@ -61,7 +61,7 @@ impl RedisStore {
 
     /// Adds the four keys of a lock's record to `inv`, in script order: the
     /// record's, with the tombstone bucket of the lock's token.
-    pub(super) fn add_lock_record(&self, inv: &mut ScriptInvocation<'_>, id: &LockId) {
+    pub(super) fn add_lock_record(&self, inv: &mut Invocation, id: &LockId) {
         for key in self.keys.lock_record(&id.record, id.token).in_script_order() {
             inv.key(key);
         }
@@ -69,7 +69,7 @@ impl RedisStore {
 
     /// One EVALSHA of a request's script, timed as `op` in a child span and
     /// in the Redis metrics.
-    pub(super) async fn run_script(&self, op: &'static str, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
+    pub(super) async fn run_script(&self, op: &'static str, invocation: &Invocation) -> Result<Reply, Error> {
         let started = std::time::Instant::now();
         let result = self
             .eval(invocation)
@@ -88,16 +88,20 @@ impl RedisStore {
     /// One EVALSHA, untimed: for the background loops (the sweeper runs every
     /// few hundred ms in every partition of every replica; its calls would
     /// drown the request spans and metrics).
-    pub(super) async fn eval(&self, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
+    pub(super) async fn eval(&self, invocation: &Invocation) -> Result<Reply, Error> {
         let mut conn = self.link.conn();
-        // invoke_async loads the script on NOSCRIPT and retries once; a
-        // SCRIPT FLUSH (or a failover) between the load and the retry gives
-        // NOSCRIPT again. Each round is a round trip to Redis, and the store
-        // timeout bounds them all, so it goes on until it runs or time is up.
+        let command = invocation.command();
+        // On NOSCRIPT (Redis restarted or flushed its scripts) load the
+        // script and run it again; a SCRIPT FLUSH (or a failover) between the
+        // load and the run gives NOSCRIPT again. Each round is a round trip to
+        // Redis, and the store timeout bounds them all, so it goes on until it
+        // runs or time is up.
         let call = async {
             loop {
-                match invocation.invoke_async(&mut conn).await {
-                    Err(e) if e.code() == Some("NOSCRIPT") => {}
+                match command.query_async(&mut conn).await {
+                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                        invocation.script.load_async(&mut conn).await?;
+                    }
                     result => return result,
                 }
             }
@@ -147,6 +151,52 @@ impl RedisStore {
     }
 }
 
+/// One call of a script, built in place: keys and arguments are packed into
+/// two buffers as they are added, and into one EVALSHA command when it is
+/// sent. (redis-rs's `ScriptInvocation` allocates a vector per key and
+/// argument, then copies them all into the command: on the Lock path that
+/// was most of the service's own work per call.)
+pub(super) struct Invocation {
+    script: &'static Script,
+    keys: Cmd,
+    args: Cmd,
+}
+
+impl Invocation {
+    /// A call of `script`, with no keys or arguments yet.
+    pub(super) fn new(script: &'static Script) -> Self {
+        Self { script, keys: Cmd::new(), args: Cmd::new() }
+    }
+
+    /// Adds `KEYS[n+1]`.
+    pub(super) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.arg(key);
+        self
+    }
+
+    /// Adds `ARGV[n+1]`.
+    pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.arg(arg);
+        self
+    }
+
+    /// `EVALSHA sha numkeys key... arg...`.
+    fn command(&self) -> Cmd {
+        let parts = || self.keys.args_iter().chain(self.args.args_iter());
+        let bytes: usize = parts().map(|a| if let redis::Arg::Simple(b) = a { b.len() } else { 0 }).sum();
+        let (keys, args) = (self.keys.args_iter().len(), self.args.args_iter().len());
+        let sha = self.script.get_hash();
+        let mut cmd = Cmd::with_capacity(3 + keys + args, bytes + sha.len() + 16);
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
+        for part in parts() {
+            if let redis::Arg::Simple(bytes) = part {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
+}
+
 /// `call` within `limit`, its error mapped to the domain's.
 pub(super) async fn bounded<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
@@ -192,6 +242,40 @@ pub(super) fn millis(d: Duration) -> u64 {
 
 /// A stable digest of a request's content, stored with its idempotency record
 /// so a reused request_id with other content is told apart from a retry.
+/// The SHA-1 of the parts joined by U+001F, in hex (the join is hashed
+/// piece by piece, never built).
 pub(super) fn fingerprint(parts: &[&str]) -> String {
-    sha1_smol::Sha1::from(parts.join("\u{1f}")).digest().to_string()
+    let mut sha = sha1_smol::Sha1::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            sha.update(b"\x1f");
+        }
+        sha.update(part.as_bytes());
+    }
+    hex(&sha.digest().bytes())
+}
+
+/// Lower-case hex of `bytes`.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Part of the data layout: stored fingerprints must stay comparable
+    /// across versions, so the digest is pinned to SHA-1 of the joined parts.
+    #[test]
+    fn fingerprints_are_sha1_of_the_joined_parts() {
+        assert_eq!(fingerprint(&["lock", "30000", "h", "o-1"]), "e73fcb7261edb51daa4e17bec05a70753b73799a");
+        assert_eq!(fingerprint(&[]), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
 }

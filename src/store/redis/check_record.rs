@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use super::call::Invocation;
 use super::reply::{Reply, Tag};
 use super::{RedisStore, scripts};
 use crate::domain::{Error, RecordCheck, RecordKey};
@@ -60,7 +61,7 @@ impl RedisStore {
         let mut walk = LockWalk::new();
         let mut cursor = "0".to_owned();
         loop {
-            let mut inv = scripts::CHECK_RECORD.prepare_invoke();
+            let mut inv = Invocation::new(&scripts::CHECK_RECORD);
             self.add_record(&mut inv, &record);
             inv.arg(&cursor).arg(CHECK_SLICE);
             let mut reply = self.run_script("check_record", &inv).await?;

@@ -1,5 +1,6 @@
 //! `lua/due_records.lua`: the records of a partition with expired locks.
 
+use super::call::Invocation;
 use super::{Partition, RedisStore, scripts};
 use crate::domain::Error;
 
@@ -7,7 +8,7 @@ impl RedisStore {
     /// Up to `max_records` ids ("sku|warehouse") of records of `partition`
     /// that have a lock expired by Redis time.
     pub(super) async fn due_records(&self, partition: Partition, max_records: usize) -> Result<Vec<String>, Error> {
-        let mut inv = scripts::DUE_RECORDS.prepare_invoke();
+        let mut inv = Invocation::new(&scripts::DUE_RECORDS);
         inv.key(self.keys.due(partition)).arg(max_records);
         let mut reply = self.eval(&inv).await?;
         let mut ids = Vec::new();

@@ -1,12 +1,13 @@
 //! `lua/get_stock.lua`: records as of now, counting live locks only.
 
+use super::call::Invocation;
 use super::{RedisStore, scripts};
 use crate::domain::{Error, RecordKey, StockView};
 
 impl RedisStore {
     /// Reads `records`, all in one partition, in one script.
     pub(super) async fn get_stock_group(&self, records: &[RecordKey]) -> Result<Vec<Option<StockView>>, Error> {
-        let mut inv = scripts::GET_STOCK.prepare_invoke();
+        let mut inv = Invocation::new(&scripts::GET_STOCK);
         for record in records {
             self.add_record(&mut inv, record);
         }

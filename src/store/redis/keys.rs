@@ -29,6 +29,8 @@ pub struct Keys {
     prefix: String,
     /// `{prefix}:{tag}` of each partition.
     bases: Arc<[String]>,
+    /// Each partition's own keys, built once: every writing call names them.
+    shared: Arc<[PartitionKeys]>,
 }
 
 /// The four keys of one stock record.
@@ -82,8 +84,18 @@ impl Keys {
     /// `partitions` partitions (at least 1).
     pub fn new(prefix: &str, partitions: usize) -> Self {
         let partitions = partitions.max(1);
-        let bases = (0..partitions).map(|p| format!("{prefix}:{{{}}}", tag(p, partitions))).collect();
-        Self { prefix: prefix.to_owned(), bases }
+        let bases: Arc<[String]> = (0..partitions).map(|p| format!("{prefix}:{{{}}}", tag(p, partitions))).collect();
+        let shared = bases
+            .iter()
+            .map(|base| PartitionKeys {
+                idempotency: format!("{base}:unused"),
+                due: format!("{base}:due"),
+                events: format!("{base}:events"),
+                audit: format!("{base}:audit"),
+                locks: format!("{base}:lockidx"),
+            })
+            .collect();
+        Self { prefix: prefix.to_owned(), bases, shared }
     }
 
     /// How many partitions there are.
@@ -123,23 +135,18 @@ impl Keys {
     /// The partition keys a writing script takes first; `idempotency` names
     /// the request's method and id, when it has one.
     pub fn partition_keys(&self, partition: Partition, idempotency: Option<(&str, &RequestId)>) -> PartitionKeys {
-        PartitionKeys {
-            idempotency: match idempotency {
-                Some((method, request_id)) => self.idempotency(partition, method, request_id),
-                None => self.unused(partition),
-            },
-            due: self.due(partition),
-            events: self.events(partition),
-            audit: self.audit(partition),
-            locks: self.lock_index(partition),
+        let mut keys = self.shared[partition].clone();
+        if let Some((method, request_id)) = idempotency {
+            keys.idempotency = self.idempotency(partition, method, request_id);
         }
+        keys
     }
 
     /// A key of the partition that no script reads or writes: it fills the
     /// place of an optional key (a Lock's batch record, the idempotency record
     /// of a request without a request_id), so every script keeps one KEYS order.
     pub fn unused(&self, partition: Partition) -> String {
-        format!("{}:unused", self.base(partition))
+        self.shared[partition].idempotency.clone()
     }
 
     /// The set of warehouses that have a record of `sku`.
@@ -154,7 +161,7 @@ impl Keys {
 
     /// The partition's sweeper index: record id -> earliest expiry of its locks.
     pub fn due(&self, partition: Partition) -> String {
-        format!("{}:due", self.base(partition))
+        self.shared[partition].due.clone()
     }
 
     /// The idempotency record of one request in one partition; request ids
@@ -191,17 +198,17 @@ impl Keys {
     /// `created_ms (15 digits)|sku|warehouse|token`, read by lexical range, so
     /// in age order. ListLocks pages through it; the lock statistics count it.
     pub fn lock_index(&self, partition: Partition) -> String {
-        format!("{}:lockidx", self.base(partition))
+        self.shared[partition].locks.clone()
     }
 
     /// The partition's audit trail (a stream).
     pub fn audit(&self, partition: Partition) -> String {
-        format!("{}:audit", self.base(partition))
+        self.shared[partition].audit.clone()
     }
 
     /// The partition's lifecycle event stream: one event per change, written by the change.
     pub fn events(&self, partition: Partition) -> String {
-        format!("{}:events", self.base(partition))
+        self.shared[partition].events.clone()
     }
 
     /// The lines of a batch that one partition's script locked.
@@ -313,6 +320,13 @@ mod tests {
         let record_keys = keys.record(&record);
         assert_eq!(record_keys.stock, "sl:{p0.0}:SKU-1:w:WH-A:stock");
         let partition_keys = keys.partition_keys(0, None);
+        assert_eq!(
+            [&partition_keys.idempotency, &partition_keys.due, &partition_keys.events, &partition_keys.audit],
+            ["sl:{p0.0}:unused", "sl:{p0.0}:due", "sl:{p0.0}:events", "sl:{p0.0}:audit"]
+        );
+        assert_eq!(partition_keys.locks, "sl:{p0.0}:lockidx");
+        let request_id = RequestId::parse("r-1", "request_id").unwrap();
+        assert_eq!(keys.partition_keys(0, Some(("renew", &request_id))).idempotency, "sl:{p0.0}:idem:renew:r-1");
         let partition = [
             &partition_keys.idempotency,
             &partition_keys.due,

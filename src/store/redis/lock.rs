@@ -1,6 +1,6 @@
 //! `lua/lock.lua`: Lock and the part of a BatchLock in one partition.
 
-use super::call::{fingerprint, millis};
+use super::call::{Invocation, fingerprint, millis};
 use super::reply::{Facts, Reply, Tag, malformed};
 use super::{Keys, Partition, RedisStore, scripts};
 use crate::domain::{BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, Shortage};
@@ -38,21 +38,29 @@ impl LockCall {
         nonce: &str,
         generation: u64,
     ) -> Self {
-        let mut key_list: Vec<String> = {
-            let pk = keys.partition_keys(partition, None);
-            let idempotency = keys.lock_idempotency(partition, generation, &request_digest(cmd));
-            vec![idempotency, pk.due, pk.events, pk.audit, pk.locks]
-        };
-        key_list.push(keys.lock_idempotency(partition, generation.saturating_sub(1), &request_digest(cmd)));
-        key_list.push(match &cmd.batch_id {
-            Some(batch) => keys.batch(partition, batch),
-            None => keys.unused(partition),
-        });
+        let request = request_digest(cmd);
+        let line_args = line_args(cmd);
+        let mut key_list = Vec::with_capacity(7 + 4 * cmd.lines.len());
+        let pk = keys.partition_keys(partition, None);
+        key_list.extend([
+            keys.lock_idempotency(partition, generation, &request),
+            pk.due,
+            pk.events,
+            pk.audit,
+            pk.locks,
+            keys.lock_idempotency(partition, generation.saturating_sub(1), &request),
+            match &cmd.batch_id {
+                Some(batch) => keys.batch(partition, batch),
+                None => pk.idempotency,
+            },
+        ]);
         for line in &cmd.lines {
-            key_list.extend(keys.record(&line.record).in_script_order().map(str::to_owned));
+            let record = keys.record(&line.record);
+            key_list.extend([record.stock, record.locks, record.exp, record.ended]);
         }
-        let mut args = vec![
-            lock_fingerprint(cmd)[..16].to_owned(),
+        let mut args = Vec::with_capacity(13 + line_args.len());
+        args.extend([
+            content_fingerprint(cmd, &line_args)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
             limits.max_hold_ms.to_string(),
             cmd.holder.to_string(),
@@ -62,11 +70,11 @@ impl LockCall {
             limits.retention_ms.to_string(),
             nonce.to_owned(),
             limits.token_floor.to_string(),
-            request_digest(cmd),
+            request,
             generation.to_string(),
             limits.retention_ms.max(1).to_string(),
-        ];
-        args.extend(line_args(cmd));
+        ]);
+        args.extend(line_args);
         Self { keys: key_list, args }
     }
 
@@ -122,11 +130,11 @@ impl RedisStore {
 
 impl RedisStore {
     async fn lock_call(&self, call: LockCall) -> Result<Reply, Error> {
-        let mut inv = scripts::LOCK.prepare_invoke();
-        for key in call.keys {
+        let mut inv = Invocation::new(&scripts::LOCK);
+        for key in &call.keys {
             inv.key(key);
         }
-        for arg in call.args {
+        for arg in &call.args {
             inv.arg(arg);
         }
         self.run_script("lock", &inv).await
@@ -232,8 +240,12 @@ fn line_args(cmd: &LockCommand) -> Vec<String> {
 
 /// The fingerprint of a Lock or BatchLock's content.
 pub(super) fn lock_fingerprint(cmd: &LockCommand) -> String {
+    content_fingerprint(cmd, &line_args(cmd))
+}
+
+/// [`lock_fingerprint`], given the command's [`line_args`].
+fn content_fingerprint(cmd: &LockCommand, line_args: &[String]) -> String {
     let ttl_ms = millis(cmd.ttl).to_string();
-    let line_args = line_args(cmd);
     let mut parts = vec![lock_method(cmd), &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
     parts.extend(line_args.iter().map(String::as_str));
     fingerprint(&parts)

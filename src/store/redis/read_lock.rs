@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::call::Invocation;
 use super::reply::{Facts, Tag, lock_end, malformed};
 use super::{RedisStore, scripts};
 use crate::domain::{Error, LockId, LockView, RecordKey, UnitScale};
@@ -10,7 +11,7 @@ impl RedisStore {
     /// One lock, live; or the error that says how it ended while its
     /// tombstone is kept.
     pub(super) async fn read_lock(&self, lock_id: &LockId) -> Result<LockView, Error> {
-        let mut inv = scripts::READ_LOCK.prepare_invoke();
+        let mut inv = Invocation::new(&scripts::READ_LOCK);
         self.add_lock_record(&mut inv, lock_id);
         inv.arg(lock_id.token).arg(&lock_id.nonce);
         let mut reply = self.run_script("read_lock", &inv).await?;
