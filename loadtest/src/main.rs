@@ -27,6 +27,11 @@ use stocklock::pb::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+/// The allocator the service uses: the generator shares the machine with
+/// it, and glibc's malloc would take CPU from both.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The ErrorInfo reason of a failed call, or its code.
 fn reason_of(status: &tonic::Status) -> String {
     status.get_details_error_info().map_or_else(|| format!("{:?}", status.code()), |info| info.reason)
@@ -399,14 +404,14 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn machine(pinned: bool) -> String {
+/// The machine, for the report; `cores` counted before any pinning.
+fn machine(cores: usize, pinned: bool) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
             c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     if pinned {
         format!("{cores} cores ({cpu}): Redis pinned to a core of its own, the service and load generator on the rest")
     } else {
@@ -773,6 +778,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--wave-pause stops the service, so it needs --spawn");
     }
     let args = Arc::new(args);
+    let machine_cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut spawned = if args.spawn { Some(spawn_service(&args).await?) } else { None };
     let target = spawned.as_ref().map_or(args.target.clone(), |s| s.target.clone());
     let channels = connect(&target, args.connections).await?;
@@ -907,7 +913,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 check_stock(&mut admin, &shared).await?
             },
-            machine: machine(args.pin_redis),
+            machine: machine(machine_cores, args.pin_redis),
         };
         if args.redis_benchmark {
             let probe = probe.as_mut().context("--redis-benchmark needs --spawn or --redis-port")?;
