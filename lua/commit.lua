@@ -16,7 +16,9 @@
 --
 -- Returns
 --   {'OK', committed, released, then the record (see record_reply)}
---   {'ALREADY_COMMITTED', then the record}   committed by an earlier call; nothing changed
+--   {'ALREADY_COMMITTED', committed, released, then the record}   committed by an earlier call,
+--                                         with what it did ('' '' from a tombstone written before
+--                                         tombstones kept it); nothing changed
 --   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
 --   {'LOCK_HOLDER_MISMATCH'}
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
@@ -32,10 +34,11 @@ local rec = record_at(6, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
 
 local now = now_ms()
-local lock, why, ended = find_lock(rec, token, nonce, now)
+local lock, why, ended, detail = find_lock(rec, token, nonce, now)
 if not lock then
   if ended == 'COMMITTED' then
-    return record_reply(rec, now, { 'ALREADY_COMMITTED' })
+    local committed, released = string.match(detail, '^(%d+)|(%d+)$')
+    return record_reply(rec, now, { 'ALREADY_COMMITTED', committed or '', released or '' })
   end
   if why == 'LOCK_EXPIRED' then
     drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
@@ -62,7 +65,7 @@ end
 
 settle(pk, rec, now, tomb_retention)
 local before = stored_available(rec)
-end_lock(pk, rec, token, lock, 'C', now, tomb_retention)
+end_lock(pk, rec, token, lock, 'C' .. fmt(qty) .. '|' .. fmt(lock.qty - qty), now, tomb_retention)
 redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)

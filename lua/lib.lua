@@ -16,8 +16,8 @@
 --                so a Lock looks for expired locks only when some may be
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  fencing token -> expires_at_ms
---   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased), C(ommitted)
---                or F(orce-released). A call about one lock names its token's bucket;
+--   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased),
+--                C(ommitted) followed by "committed|released" (scaled), or F(orce-released). A call about one lock names its token's bucket;
 --                other calls name a bucket no script touches. An expired lock leaves
 --                no tombstone: a token up to the record's fence that is neither live
 --                nor in its bucket expired (see ended_mark).
@@ -259,13 +259,14 @@ local function refresh_due(due_key, rec)
 end
 
 -- Which way a lock that is no longer live ended: 'R', 'C', 'F' by its
--- tombstone; else 'E' if the record issued its token (an expired lock leaves
--- no tombstone, and neither does one whose tombstone outlived the retention);
--- else nil: no such lock was ever taken.
+-- tombstone, and what the tombstone says besides (a commit's
+-- "committed|released"); else 'E' if the record issued its token (an expired
+-- lock leaves no tombstone, and neither does one whose tombstone outlived
+-- the retention); else nil: no such lock was ever taken.
 local function ended_mark(rec, token)
   local mark = redis.call('HGET', rec.ended, token)
   if mark then
-    return mark
+    return string.sub(mark, 1, 1), string.sub(mark, 2)
   end
   if tonumber(token) <= tonumber(redis.call('HGET', rec.stock, 'fence') or '0') then
     return 'E'
@@ -314,7 +315,8 @@ end
 
 -- A live lock by token and nonce: the lock, or nil, the refusal and how the
 -- lock ended: LOCK_EXPIRED, LOCK_FORCE_RELEASED, or LOCK_NOT_FOUND with
--- 'RELEASED', 'COMMITTED' or '' (never existed, or its tombstone is gone).
+-- 'RELEASED', 'COMMITTED' (and the commit's "committed|released") or ''
+-- (never existed, or its tombstone is gone).
 local function find_lock(rec, token, nonce, now)
   local packed = redis.call('HGET', rec.locks, token)
   if packed then
@@ -330,13 +332,13 @@ local function find_lock(rec, token, nonce, now)
     end
     return l
   end
-  local mark = ended_mark(rec, token)
+  local mark, detail = ended_mark(rec, token)
   if mark == 'E' then
     return nil, 'LOCK_EXPIRED', ''
   elseif mark == 'R' then
     return nil, 'LOCK_NOT_FOUND', 'RELEASED'
   elseif mark == 'C' then
-    return nil, 'LOCK_NOT_FOUND', 'COMMITTED'
+    return nil, 'LOCK_NOT_FOUND', 'COMMITTED', detail
   elseif mark == 'F' then
     return nil, 'LOCK_FORCE_RELEASED', ''
   end

@@ -111,6 +111,13 @@ async fn retried_renew_release_and_commit_are_idempotent_by_the_locks_state() {
     let retry = client.commit(commit.clone()).await.unwrap().into_inner();
     assert!(!retry.committed_now, "{retry:?}");
     assert_eq!(first.record, retry.record);
+    // The retry says what the commit it found did, as the first answer did:
+    // a caller that lost that answer must not read "0 committed".
+    assert_eq!((first.committed_quantity.as_str(), first.released_quantity.as_str()), ("1", "1"));
+    assert_eq!(
+        (retry.committed_quantity.as_str(), retry.released_quantity.as_str()),
+        (first.committed_quantity.as_str(), first.released_quantity.as_str())
+    );
     assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "9");
 
     // A retried release finds the lock released: nothing is given back twice.

@@ -230,10 +230,11 @@ pub struct CommitCommand {
 /// What Commit did.
 #[derive(Clone, Debug)]
 pub struct CommitOutcome {
-    /// Deducted from physical (scaled; 0 when committed earlier).
-    pub committed: i64,
-    /// Returned to availability (scaled).
-    pub released: i64,
+    /// Deducted from physical (scaled). A retry answers what the commit it
+    /// found did; None only from a tombstone that predates those figures.
+    pub committed: Option<i64>,
+    /// Returned to availability (scaled); None as for `committed`.
+    pub released: Option<i64>,
     /// False when an earlier call had committed the lock.
     pub committed_now: bool,
     /// The record afterwards.

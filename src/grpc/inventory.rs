@@ -288,8 +288,8 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         let scale = outcome.record.unit_scale.get();
         Ok(Response::new(pb::CommitResponse {
             lock_id,
-            committed_quantity: convert::scaled(outcome.committed, scale),
-            released_quantity: convert::scaled(outcome.released, scale),
+            committed_quantity: outcome.committed.map_or_else(String::new, |q| convert::scaled(q, scale)),
+            released_quantity: outcome.released.map_or_else(String::new, |q| convert::scaled(q, scale)),
             committed_now: outcome.committed_now,
             record: Some(convert::record(&outcome.record)),
             replayed: outcome.replayed,

@@ -7,7 +7,8 @@ use crate::domain::{CommitCommand, CommitOutcome, Error, format_scaled};
 impl RedisStore {
     /// Commits the lock `cmd` names (all of it, or `cmd.quantity`). Commit is
     /// idempotent by the lock's own state (a retry finds it committed:
-    /// `committed_now` false), so no record of the call is kept.
+    /// `committed_now` false, with the figures of the commit it found), so
+    /// no record of the call is kept.
     pub(super) async fn commit_lock(&self, cmd: &CommitCommand) -> Result<CommitOutcome, Error> {
         let id = &cmd.lock_id;
         let holder = cmd.holder.as_ref().map_or("", |h| h.as_str());
@@ -29,8 +30,10 @@ impl RedisStore {
         let mut reply = self.run_script("commit", &inv).await?;
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
-            Tag::Ok => (reply.int()?, reply.int()?, true),
-            Tag::AlreadyCommitted => (0, 0, false),
+            Tag::Ok => (Some(reply.int()?), Some(reply.int()?), true),
+            // What the earlier commit did, from its tombstone (none from
+            // a tombstone written before tombstones kept it).
+            Tag::AlreadyCommitted => (optional_int(reply.text()?)?, optional_int(reply.text()?)?, false),
             Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
                 facts.field = "quantity".into();
                 return Err(reply.tag.error(facts));
@@ -55,4 +58,12 @@ impl RedisStore {
         let record = reply.record(id.record.clone())?;
         Ok(CommitOutcome { committed, released, committed_now, record, replayed })
     }
+}
+
+/// A scaled figure of a reply, or None for ''.
+fn optional_int(text: String) -> Result<Option<i64>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| super::reply::malformed("a figure that is not an integer"))
 }
