@@ -17,7 +17,8 @@
 --   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  fencing token -> expires_at_ms
 --   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased),
---                C(ommitted) followed by "committed|released" (scaled), or F(orce-released). A call about one lock names its token's bucket;
+--                C(ommitted) followed by "committed|released" (scaled), or
+--                F(orce-released). A call about one lock names its token's bucket;
 --                other calls name a bucket no script touches. An expired lock leaves
 --                no tombstone: a token up to the record's fence that is neither live
 --                nor in its bucket expired (see ended_mark).

@@ -241,9 +241,9 @@ pub(super) fn millis(d: Duration) -> u64 {
 }
 
 /// A stable digest of a request's content, stored with its idempotency record
-/// so a reused request_id with other content is told apart from a retry.
-/// The SHA-1 of the parts joined by U+001F, in hex (the join is hashed
-/// piece by piece, never built).
+/// so a reused request_id with other content is told apart from a retry: the
+/// SHA-1 of the parts joined by U+001F, in hex (hashed piece by piece; the
+/// joined text is never built).
 pub(super) fn fingerprint(parts: &[&str]) -> String {
     let mut sha = sha1_smol::Sha1::new();
     for (i, part) in parts.iter().enumerate() {
@@ -256,7 +256,7 @@ pub(super) fn fingerprint(parts: &[&str]) -> String {
 }
 
 /// Lower-case hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -33,7 +33,7 @@ impl RedisStore {
             Tag::Ok => (Some(reply.int()?), Some(reply.int()?), true),
             // What the earlier commit did, from its tombstone (none from
             // a tombstone written before tombstones kept it).
-            Tag::AlreadyCommitted => (optional_int(reply.text()?)?, optional_int(reply.text()?)?, false),
+            Tag::AlreadyCommitted => (reply.optional_int()?, reply.optional_int()?, false),
             Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
                 facts.field = "quantity".into();
                 return Err(reply.tag.error(facts));
@@ -58,12 +58,4 @@ impl RedisStore {
         let record = reply.record(id.record.clone())?;
         Ok(CommitOutcome { committed, released, committed_now, record, replayed })
     }
-}
-
-/// A scaled figure of a reply, or None for ''.
-fn optional_int(text: String) -> Result<Option<i64>, Error> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse().map(Some).map_err(|_| super::reply::malformed("a figure that is not an integer"))
 }

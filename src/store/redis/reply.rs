@@ -201,7 +201,13 @@ impl Reply {
     /// The next element as an integer.
     pub(super) fn int(&mut self) -> Result<i64, Error> {
         let text = self.text()?;
-        text.parse().map_err(|_| malformed(&format!("{text:?} where a number belongs")))
+        parse_int(&text)
+    }
+
+    /// The next element as an integer, or None for ''.
+    pub(super) fn optional_int(&mut self) -> Result<Option<i64>, Error> {
+        let text = self.text()?;
+        if text.is_empty() { Ok(None) } else { parse_int(&text).map(Some) }
     }
 
     /// The next element as a non-negative integer.
@@ -244,6 +250,11 @@ impl Reply {
     pub(super) fn unexpected(&self) -> Error {
         malformed(&format!("the unexpected tag {}", self.tag.as_str()))
     }
+}
+
+/// A reply's figure, which must be an integer.
+fn parse_int(text: &str) -> Result<i64, Error> {
+    text.parse().map_err(|_| malformed(&format!("{text:?} where a number belongs")))
 }
 
 /// An unexpected reply: a script and its decoder disagree, which is a bug.
