@@ -148,6 +148,11 @@ struct RunArgs {
     /// Redis slow-log threshold for the measured run (needs --spawn or --redis-port).
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     slowlog: Duration,
+    /// Before the run, spin one thread per core this long and count the
+    /// pauses over the slow-log threshold the idle machine itself makes
+    /// (hypervisor steal, interrupts): the slow log's floor on this machine.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stall_probe: Option<Duration>,
     /// Also read locks the way operators and dashboards do, once per interval:
     /// GetLock of a recent lock, a ListLocks page of the hottest SKU, GetLockStats.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -831,6 +836,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             fresh.measure_from = Instant::now() + args.warmup;
             shared = Arc::new(fresh);
         }
+        let stalls = match args.stall_probe {
+            Some(spin) => {
+                let threshold = args.slowlog;
+                Some(tokio::task::spawn_blocking(move || probe::stalls(machine_cores, spin, threshold)).await?)
+            }
+            None => None,
+        };
         if let Some(probe) = probe.as_mut() {
             probe.start_slowlog(args.slowlog.as_micros() as u64).await?;
         }
@@ -906,6 +918,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             physical_limit_per_second: None,
             minimal_script_per_second: None,
             slowlog,
+            stalls,
             memory,
             wave,
             stock_check: if leave_locks {

@@ -245,3 +245,73 @@ fn slow_call(entry: &redis::Value) -> Option<(u64, String)> {
         .collect();
     Some((us, words.join(" ")))
 }
+
+/// How often this machine stops a running thread for longer than a slow-log
+/// threshold while nothing else runs: hypervisor steal and interrupts that no
+/// work of Redis's causes, and that Redis's slow log counts all the same.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stalls {
+    /// Pauses longer than this were counted.
+    pub threshold_us: u64,
+    /// Spinning threads, one per core.
+    pub threads: usize,
+    /// How long each spun.
+    pub seconds: f64,
+    /// Pauses over the threshold, all threads together.
+    pub pauses: u64,
+    /// The longest pause.
+    pub max_us: u64,
+}
+
+/// Spins one thread per core for `spin` and counts the gaps between two
+/// readings of the clock that exceed `threshold` (as `redis-cli
+/// --intrinsic-latency` does for one thread): the floor of the slow log on
+/// this machine. Run it while the machine is otherwise idle.
+pub fn stalls(threads: usize, spin: std::time::Duration, threshold: std::time::Duration) -> Stalls {
+    let spinners: Vec<_> = (0..threads.max(1))
+        .map(|core| {
+            std::thread::spawn(move || {
+                pin_this_thread(core);
+                let start = std::time::Instant::now();
+                let (mut last, mut pauses, mut max) = (start, 0u64, std::time::Duration::ZERO);
+                while last - start < spin {
+                    let now = std::time::Instant::now();
+                    let gap = now - last;
+                    if gap > threshold {
+                        pauses += 1;
+                    }
+                    max = max.max(gap);
+                    last = now;
+                }
+                (pauses, max)
+            })
+        })
+        .collect();
+    let (mut pauses, mut max) = (0, std::time::Duration::ZERO);
+    for spinner in spinners {
+        let (p, m) = spinner.join().expect("a spinning thread panicked");
+        pauses += p;
+        max = max.max(m);
+    }
+    Stalls {
+        threshold_us: threshold.as_micros() as u64,
+        threads: threads.max(1),
+        seconds: spin.as_secs_f64(),
+        pauses,
+        max_us: max.as_micros() as u64,
+    }
+}
+
+/// Moves the calling thread to `core` (whatever the process is pinned to),
+/// so each spinner has a core; on failure the thread spins where it is.
+fn pin_this_thread(core: usize) {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()));
+    if let Some(tid) = tid {
+        let _ = std::process::Command::new("taskset")
+            .args(["-p", "-c", &core.to_string(), &tid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}

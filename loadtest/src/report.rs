@@ -67,6 +67,9 @@ pub struct Report {
     /// Redis's slow log over the measured run.
     #[serde(default)]
     pub slowlog: Option<crate::probe::SlowLog>,
+    /// The idle machine's own pauses before the run (`--stall-probe`).
+    #[serde(default)]
+    pub stalls: Option<crate::probe::Stalls>,
     /// Redis memory the run left, per unit and per lifecycle event.
     #[serde(default)]
     pub memory: Option<crate::probe::Memory>,
@@ -171,6 +174,13 @@ impl Report {
                 } else {
                     format!("; slowest: {}", slowlog.slowest.join("; "))
                 }
+            );
+        }
+        if let Some(stalls) = &self.stalls {
+            let _ = writeln!(
+                out,
+                "machine stalls (idle, before the run): {} spinning threads saw {} pauses over {} us in {:.0} s (longest {} us), a floor for the slow log",
+                stalls.threads, stalls.pauses, stalls.threshold_us, stalls.seconds, stalls.max_us
             );
         }
         if let Some(memory) = &self.memory {
@@ -377,6 +387,7 @@ mod tests {
             physical_limit_per_second: None,
             minimal_script_per_second: None,
             slowlog: None,
+            stalls: None,
             memory: None,
             wave: None,
             stock_check: "ok".into(),
