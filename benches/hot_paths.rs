@@ -40,7 +40,7 @@ fn validation(c: &mut Criterion) {
 fn keys(c: &mut Criterion) {
     let keys = Keys::new("sl", 1);
     let record = RecordKey::new(Sku::parse("SKU-123456", "sku").unwrap(), WarehouseId::parse("WH-EU-1", "w").unwrap());
-    c.bench_function("build a record's keys", |b| b.iter(|| keys.record(black_box(&record))));
+    c.bench_function("build a record's keys", |b| b.iter(|| keys.record(black_box(&record), black_box(7))));
 }
 
 fn status_mapping(c: &mut Criterion) {

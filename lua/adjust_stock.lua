@@ -1,7 +1,7 @@
 -- adjust_stock.lua: applies signed deltas to physical, reserved and in_transit.
 --
--- KEYS[1..5]  partition keys: idempotency record, due index (unused), event stream, audit stream, lock index
--- KEYS[6..9]  the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record, due index (unused), event stream, audit stream
+-- KEYS[5..]   the whole record (see whole_record_at)
 -- ARGV[1]     request fingerprint
 -- ARGV[2]     idempotency retention ms
 -- ARGV[3..8]  (mantissa, scale) of the physical, reserved and in_transit deltas
@@ -19,11 +19,11 @@
 --   {'NEGATIVE_STOCK', field}   a decrease would take the field below zero
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 --
--- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, decimal, record_at, read_stock, scale_qty,
+-- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, decimal, whole_record_at, read_stock, scale_qty,
 -- available_of, record_reply, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local rec = record_at(6, ARGV[12] .. '|' .. ARGV[13])
+local rec = whole_record_at(5, ARGV[12] .. '|' .. ARGV[13])
 local fingerprint, idem_retention = ARGV[1], tonumber(ARGV[2])
 local fields = { 'physical', 'reserved', 'in_transit' }
 

@@ -4,8 +4,9 @@
 -- the sum only when the record's version stayed the same from the first
 -- slice to the last.
 --
--- KEYS[1..4]  the record: stock, locks, exp, ended
--- ARGV[1]     HSCAN cursor over the lock set ('0' starts)
+-- KEYS[1..5]  one shard of the record: stock, locks, exp, ended, idx (the
+--             caller walks the shards one after the other)
+-- ARGV[1]     HSCAN cursor over the shard's lock set ('0' starts)
 -- ARGV[2]     locks per slice (an HSCAN COUNT, so a hint Redis may exceed a little)
 --
 -- Returns {'MISSING'} when the record does not exist, else

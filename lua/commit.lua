@@ -1,8 +1,8 @@
 -- commit.lua: turns a live lock into a deduction: physical and locked both
 -- drop by the committed quantity; a smaller quantity releases the rest.
 --
--- KEYS[1..5]  partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
--- KEYS[6..9]  the lock's record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record (unused), due index, event stream, audit (unused)
+-- KEYS[5..9]  the lock's record in its shard: stock, locks, exp, ended, idx
 -- ARGV[1]  unused (''): Commit is idempotent by the lock's own state (a retry finds the lock committed: ALREADY_COMMITTED),
 --          so no record of the call is kept
 -- ARGV[2]  holder, or "" to skip the holder check
@@ -25,12 +25,12 @@
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
 -- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
--- drop_expired, refresh_due, scale_qty, settle, stored_available, end_lock, lock_event, emit
+-- drop_expired, scale_qty, settle, stored_available, end_lock, lock_event, emit
 
 local pk = partition_keys()
 local holder = ARGV[2]
 local tomb_retention = tonumber(ARGV[6])
-local rec = record_at(6, ARGV[7])
+local rec = record_at(5, ARGV[7])
 local token, nonce = ARGV[8], ARGV[9]
 
 local now = now_ms()
@@ -42,7 +42,6 @@ if not lock then
   end
   if why == 'LOCK_EXPIRED' then
     drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
-    refresh_due(pk.due, rec)
   end
   return { why, ended }
 end
@@ -69,7 +68,6 @@ end_lock(pk, rec, token, lock, 'C' .. fmt(qty) .. '|' .. fmt(lock.qty - qty), no
 redis.call('HINCRBY', rec.stock, 'physical', -qty)
 redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
 redis.call('HINCRBY', rec.stock, 'version', 1)
-refresh_due(pk.due, rec)
 emit(pk.events, 'commit', rec, before, lock_event(token, lock), fmt(qty))
 
 local reply = record_reply(rec, now, { 'OK', fmt(qty), fmt(lock.qty - qty) })

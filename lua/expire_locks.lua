@@ -2,21 +2,20 @@
 -- of every lock that expired to availability. Idempotent, so any number of
 -- replicas may sweep the same record at once.
 --
--- KEYS[1..5]  partition keys: idempotency record (unused), due index, event stream,
---             audit stream (unused), lock index
--- KEYS[6..9]  the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record (unused), due index, event stream,
+--             audit stream (unused)
+-- KEYS[5..]   the whole record (see whole_record_at)
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     tombstone retention ms
 --
 -- Returns {'OK', the number of locks that expired, '1' if more have expired
 -- (the step settles at most SETTLE_LIMIT) else '0'}.
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, find_expired, drop_expired, refresh_due
+-- lib.lua: partition_keys, now_ms, fmt, whole_record_at, settle, refresh_due
 
 local pk = partition_keys()
-local rec = record_at(6, ARGV[1])
+local rec = whole_record_at(5, ARGV[1])
 local now = now_ms()
-local expired = find_expired(rec, now)
-drop_expired(pk, rec, expired, now, tonumber(ARGV[2]))
+local count = settle(pk, rec, now, tonumber(ARGV[2]))
 local due = refresh_due(pk.due, rec)
-return { 'OK', fmt(#expired), (due and due <= now) and '1' or '0' }
+return { 'OK', fmt(count), (due and due <= now) and '1' or '0' }

@@ -2,9 +2,9 @@
 -- lock of it that is still live, fences them (a later Renew or Commit by the
 -- old holder fails with LOCK_FORCE_RELEASED), and audits it.
 --
--- KEYS[1..5]       partition keys: idempotency record, due index, event stream, audit stream, lock index
--- KEYS[6]          the request's hash
--- KEYS[7 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..4]       partition keys: idempotency record, due index, event stream, audit stream
+-- KEYS[5]          the request's hash
+-- KEYS[6 + 5k ..]  lock k's record in its shard: stock, locks, exp, ended, idx
 -- ARGV[1]  fingerprint
 -- ARGV[2]  approver
 -- ARGV[3]  mode: 'approve' (two-person rule) or 'policy' (stale locks, single step)
@@ -23,10 +23,10 @@
 --   {'REPLAY', ...} / {'IDEMPOTENCY_KEY_REUSED'}
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, pending_request, find_lock, stored_available,
--- end_lock, refresh_due, lock_event, read_stock, emit, audit, idem_lookup, idem_store
+-- end_lock, lock_event, read_stock, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local request_key = KEYS[6]
+local request_key = KEYS[5]
 local fingerprint, approver, mode, comment = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_retention, tomb_retention = tonumber(ARGV[5]), tonumber(ARGV[6])
 local count = (#ARGV - 9) / 3
@@ -48,7 +48,7 @@ end
 local reply = { 'OK', fmt(now) }
 local released, skipped = {}, {}
 for k = 0, count - 1 do
-  local rec = record_at(7 + 4 * k, ARGV[10 + 3 * k])
+  local rec = record_at(6 + 5 * k, ARGV[10 + 3 * k])
   local token, nonce = ARGV[11 + 3 * k], ARGV[12 + 3 * k]
   local lock_id = rec.id .. '|' .. token .. '-' .. nonce
   local lock = find_lock(rec, token, nonce, now)
@@ -57,7 +57,6 @@ for k = 0, count - 1 do
     end_lock(pk, rec, token, lock, 'F', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
-    refresh_due(pk.due, rec)
     emit(pk.events, 'force_release', rec, before, lock_event(token, lock), approver)
     released[#released + 1] = lock_id
     reply[#reply + 1] = '1'

@@ -6,16 +6,27 @@
 -- the like, see src/store/redis/keys.rs), so a script runs on one shard of a
 -- Redis Cluster. One KEYS order for every script: first the partition keys
 -- (those a writing script always takes, in this order, see partition_keys),
--- then the script's own keys, then the records, four keys each. Read-only
--- scripts take records only.
+-- then the script's own keys, then the records. Read-only scripts take
+-- records only.
 --
--- A stock record is four keys:
+-- A record's live locks are spread over LOCK_SHARDS shards by their nonce
+-- (src/store/redis/keys.rs, lock_shard), so that no structure grows with
+-- the number of live locks on one record beyond 1/16 of it: a hash or
+-- sorted set that doubles allocates its new table within one call. A call
+-- about one lock, or a Lock (every lock of one call shares its nonce), takes
+-- the record as five keys, its shard's view (record_at); a call about every
+-- lock of a record takes it whole (whole_record_at).
+--
 --   stock  hash  physical reserved in_transit locked unit_scale version
---                source_version fence, and due: never later than the record's
---                earliest expiry (absent without locks), as in the due index,
---                so a Lock looks for expired locks only when some may be
---   locks  hash  fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
---   exp    zset  fencing token -> expires_at_ms
+--                source_version fence, live (locks neither ended nor settled),
+--                and due: never later than the record's earliest expiry
+--                (absent without locks), as in the due index, so a Lock looks
+--                for expired locks only when some may be. A call that sees one
+--                shard only moves due earlier (lower_due); the sweeper, which
+--                sees them all, sets it exactly (refresh_due)
+--   locks  hash  (per shard) fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
+--   exp    zset  (per shard) fencing token -> expires_at_ms
+--   idx    zset  (per shard, of the partition) the lock index, see lock_member
 --   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased),
 --                C(ommitted) followed by "committed|released" (scaled), or
 --                F(orce-released). A call about one lock names its token's bucket;
@@ -41,6 +52,9 @@ local MAX_EXACT = 9007199254740991
 -- availability is then understated for a moment, never overstated.
 local SETTLE_LIMIT = 25
 
+-- Lock shards per record (LOCK_SHARDS in src/store/redis/keys.rs).
+local LOCK_SHARDS = 16
+
 local function fmt(n)
   return string.format('%d', n)
 end
@@ -65,16 +79,16 @@ end
 
 -- The partition keys of a writing script: KEYS[1] the request's idempotency
 -- record, KEYS[2] the sweeper's due index, KEYS[3] the lifecycle event
--- stream, KEYS[4] the audit stream, KEYS[5] the lock index (see
--- lock_member). Its own keys follow from KEYS[6].
+-- stream, KEYS[4] the audit stream. Its own keys follow from KEYS[5].
 local function partition_keys()
-  return { idem = KEYS[1], due = KEYS[2], events = KEYS[3], audit = KEYS[4], locks = KEYS[5] }
+  return { idem = KEYS[1], due = KEYS[2], events = KEYS[3], audit = KEYS[4] }
 end
 
--- A live lock's member in its partition's lock index, a sorted set read by
--- lexical range: creation time (ms, 15 digits), record id, token. Ordered
--- by age, stable while the lock lives, so ListLocks pages through it with a
--- cursor and the statistics count stale locks by range, in O(log n).
+-- A live lock's member in its shard of the partition's lock index, a sorted
+-- set read by lexical range: creation time (ms, 15 digits), record id,
+-- token. Ordered by age, stable while the lock lives, so ListLocks pages
+-- through the shards with one cursor and the statistics count stale locks
+-- by range, in O(log n).
 local function lock_member(rec, token, created)
   return string.format('%015d', created) .. '|' .. rec.id .. '|' .. token
 end
@@ -84,10 +98,25 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A record's four keys, starting at KEYS[i], and its id "sku|warehouse".
+-- One shard's view of a record: five keys starting at KEYS[i] (stock,
+-- locks, exp, ended, idx), and its id "sku|warehouse".
 local function record_at(i, id)
-  return { stock = KEYS[i], locks = KEYS[i + 1], exp = KEYS[i + 2], ended = KEYS[i + 3], id = id }
+  return { stock = KEYS[i], locks = KEYS[i + 1], exp = KEYS[i + 2], ended = KEYS[i + 3], idx = KEYS[i + 4], id = id }
 end
+
+-- A whole record: stock and ended at KEYS[i], KEYS[i + 1], then each
+-- shard's locks, exp and idx; `views` are the shards' views (as record_at).
+local function whole_record_at(i, id)
+  local rec = { stock = KEYS[i], ended = KEYS[i + 1], id = id, views = {} }
+  for j = 0, LOCK_SHARDS - 1 do
+    local k = i + 2 + 3 * j
+    rec.views[j + 1] = { stock = rec.stock, ended = rec.ended, id = id, locks = KEYS[k], exp = KEYS[k + 1], idx = KEYS[k + 2] }
+  end
+  return rec
+end
+
+-- Keys a whole record takes.
+local WHOLE_RECORD_KEYS = 2 + 3 * LOCK_SHARDS
 
 -- Scales a decimal (mantissa, scale) to the record's unit scale.
 -- Returns the scaled integer, or nil and the reason it does not fit.
@@ -130,22 +159,22 @@ end
 
 -- Reads a record's stock hash; nil when the record does not exist.
 local function read_stock(rec)
-  local v = redis.call('HMGET', rec.stock, 'physical', 'reserved', 'in_transit', 'locked', 'unit_scale', 'version', 'source_version', 'fence', 'due')
+  local v = redis.call('HMGET', rec.stock, 'physical', 'reserved', 'in_transit', 'locked', 'unit_scale', 'version', 'source_version', 'fence', 'due', 'live')
   if not v[5] then
     return nil
   end
   return {
     physical = tonumber(v[1]), reserved = tonumber(v[2]), in_transit = tonumber(v[3]), locked = tonumber(v[4]),
     unit_scale = tonumber(v[5]), version = tonumber(v[6]), source_version = tonumber(v[7]), fence = tonumber(v[8] or '0'),
-    due = v[9] and tonumber(v[9]),
+    due = v[9] and tonumber(v[9]), live = tonumber(v[10] or '0'),
   }
 end
 
--- Expired locks of a record (expires_at <= now), the earliest SETTLE_LIMIT
--- of them: their tokens and summed quantity. Reads only, so a script can
--- decide before it writes.
-local function find_expired(rec, now)
-  local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now, 'LIMIT', 0, SETTLE_LIMIT)
+-- Expired locks of a record's shard (expires_at <= now), the earliest
+-- `limit` (SETTLE_LIMIT by default) of them: their tokens and summed
+-- quantity. Reads only, so a script can decide before it writes.
+local function find_expired(rec, now, limit)
+  local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now, 'LIMIT', 0, limit or SETTLE_LIMIT)
   local sum = 0
   if #tokens > 0 then
     for _, packed in ipairs(redis.call('HMGET', rec.locks, unpack(tokens))) do
@@ -203,17 +232,18 @@ end
 -- after the last one of its bucket, so a late Renew or Release learns what
 -- happened instead of a bare "not found".
 local function end_lock(pk, rec, token, l, mark, now, retention)
-  redis.call('ZREM', pk.locks, lock_member(rec, token, l.created))
+  redis.call('ZREM', rec.idx, lock_member(rec, token, l.created))
   redis.call('HDEL', rec.locks, token)
   redis.call('ZREM', rec.exp, token)
+  redis.call('HINCRBY', rec.stock, 'live', -1)
   redis.call('HSET', rec.ended, token, mark)
   redis.call('PEXPIRE', rec.ended, retention)
 end
 
 -- Returns expired locks' quantity to the record (the write half of
--- find_expired), with one `expire` event per lock in the event stream. The
--- lock set, its index, the tombstones and the figures are written once for
--- all of them. `pk` are the partition keys.
+-- find_expired, on the same shard's view), with one `expire` event per lock
+-- in the event stream. The lock set, its index, the tombstones and the
+-- figures are written once for all of them. `pk` are the partition keys.
 local function drop_expired(pk, rec, tokens, now, retention)
   if #tokens == 0 then
     return
@@ -227,32 +257,86 @@ local function drop_expired(pk, rec, tokens, now, retention)
     if packed[i] then
       local l = unpack_lock(packed[i])
       local before = math.max(available_of(s, s.locked), 0)
-      s.locked, s.version = s.locked - l.qty, s.version + 1
+      s.locked, s.version, s.live = s.locked - l.qty, s.version + 1, s.live - 1
       emit(pk.events, 'expire', rec, before, lock_event(token, l), nil, s)
       members[#members + 1] = lock_member(rec, token, l.created)
       changed = true
     end
   end
   if changed then
-    redis.call('ZREM', pk.locks, unpack(members))
-    redis.call('HSET', rec.stock, 'locked', fmt(s.locked), 'version', fmt(s.version))
+    redis.call('ZREM', rec.idx, unpack(members))
+    redis.call('HSET', rec.stock, 'locked', fmt(s.locked), 'version', fmt(s.version), 'live', fmt(s.live))
   end
 end
 
--- Drops the record's expired locks now: every write starts from live figures.
+-- The shard views of `rec`: all of a whole record's, or the one view.
+local function views_of(rec)
+  return rec.views or { rec }
+end
+
+-- Expired locks of the record's shards, SETTLE_LIMIT in all, shard by
+-- shard: a list of {view, tokens}, their summed quantity and their count.
+-- Only a record whose `due` (ms, or nil) has come can have any. Reads only.
+local function find_expired_all(rec, now, due)
+  local found, sum, budget = {}, 0, SETTLE_LIMIT
+  if not due or due > now then
+    return found, 0, 0
+  end
+  for _, view in ipairs(views_of(rec)) do
+    if budget == 0 then
+      break
+    end
+    local tokens, qty = find_expired(view, now, budget)
+    if #tokens > 0 then
+      found[#found + 1] = { view = view, tokens = tokens }
+      sum, budget = sum + qty, budget - #tokens
+    end
+  end
+  return found, sum, SETTLE_LIMIT - budget
+end
+
+-- Drops what find_expired_all found.
+local function drop_expired_all(pk, found, now, retention)
+  for _, f in ipairs(found) do
+    drop_expired(pk, f.view, f.tokens, now, retention)
+  end
+end
+
+-- Drops expired locks of the record's shards now (SETTLE_LIMIT in all), so
+-- a write starts from live figures; returns how many it dropped.
 local function settle(pk, rec, now, retention)
-  local expired = find_expired(rec, now)
-  drop_expired(pk, rec, expired, now, retention)
+  local due = redis.call('HGET', rec.stock, 'due')
+  local found, _, count = find_expired_all(rec, now, due and tonumber(due))
+  drop_expired_all(pk, found, now, retention)
+  return count
+end
+
+-- Moves the record's `due`, and its entry in the sweeper's due index,
+-- earlier to `expires` if it is later (or absent): what a call that sees
+-- one shard can do when it gives a lock an expiry.
+local function lower_due(due_key, rec, s, expires)
+  if not s.due or expires < s.due then
+    redis.call('HSET', rec.stock, 'due', fmt(expires))
+    redis.call('ZADD', due_key, 'LT', expires, rec.id)
+    s.due = expires
+  end
 end
 
 -- Points the sweeper's due index, and the record's own `due`, at the
--- record's earliest expiry; returns it (ms), or nil without locks.
+-- earliest expiry of a whole record's shards; returns it (ms), or nil
+-- without locks.
 local function refresh_due(due_key, rec)
-  local first = redis.call('ZRANGE', rec.exp, 0, 0, 'WITHSCORES')
-  if first[1] then
-    redis.call('ZADD', due_key, first[2], rec.id)
-    redis.call('HSET', rec.stock, 'due', first[2])
-    return tonumber(first[2])
+  local earliest
+  for _, view in ipairs(rec.views) do
+    local first = redis.call('ZRANGE', view.exp, 0, 0, 'WITHSCORES')
+    if first[1] and (not earliest or tonumber(first[2]) < earliest) then
+      earliest = tonumber(first[2])
+    end
+  end
+  if earliest then
+    redis.call('ZADD', due_key, earliest, rec.id)
+    redis.call('HSET', rec.stock, 'due', fmt(earliest))
+    return earliest
   end
   redis.call('ZREM', due_key, rec.id)
   redis.call('HDEL', rec.stock, 'due')
@@ -277,10 +361,19 @@ end
 
 -- The record's figures as reply strings, counting only live locks:
 -- physical reserved in_transit locked unit_scale version source_version live_locks.
+-- Expired locks not settled yet are looked for in the shards the call holds
+-- (all of a whole record), SETTLE_LIMIT per shard; any beyond still count,
+-- so availability is understated for a moment, never overstated.
 local function record_reply(rec, now, out)
   local s = read_stock(rec)
-  local expired, expired_sum = find_expired(rec, now)
-  local live = redis.call('HLEN', rec.locks) - #expired
+  local expired_count, expired_sum = 0, 0
+  if s.due and s.due <= now then
+    for _, view in ipairs(views_of(rec)) do
+      local tokens, sum = find_expired(view, now)
+      expired_count, expired_sum = expired_count + #tokens, expired_sum + sum
+    end
+  end
+  local live = s.live - expired_count
   for _, v in ipairs({ s.physical, s.reserved, s.in_transit, s.locked - expired_sum, s.unit_scale, s.version, s.source_version, live }) do
     out[#out + 1] = fmt(v)
   end

@@ -1,11 +1,12 @@
 -- lock.lua: locks one line (Lock) or every line of a batch (BatchLock), all or nothing.
 --
--- KEYS[1..5]       partition keys: this generation's idempotency hash, due index, event stream,
---                  audit (unused), lock index
--- KEYS[6]          the previous generation's idempotency hash
--- KEYS[7]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
+-- KEYS[1..4]       partition keys: this generation's idempotency hash, due index, event stream,
+--                  audit (unused)
+-- KEYS[5]          the previous generation's idempotency hash
+-- KEYS[6]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
--- KEYS[8 + 4k ..]  line k's record: stock, locks, exp, ended
+-- KEYS[7 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
+--                  ended, idx); wide (ARGV[15]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -20,7 +21,17 @@
 -- ARGV[11] the request's digest (16 hex digits of method and request_id)
 -- ARGV[12] the idempotency generation KEYS[1] belongs to: unix ms / ARGV[13]
 -- ARGV[13] the generation's length: the idempotency retention ms
--- ARGV[14 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+-- ARGV[14] the lock shard of this call's locks (0..LOCK_SHARDS-1): each lock's token is the
+--          smallest above the record's last one with token % LOCK_SHARDS = the shard, so
+--          a lock id names its shard (src/store/redis/keys.rs)
+-- ARGV[15] '1' for a wide call (every record whole), else '0'
+-- ARGV[16 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+--
+-- Expired locks never count: a narrow call settles those of its shard; when
+-- a line is short and other shards may hold expired locks too (the record's
+-- due has come), it answers {'SETTLE'} without writing, and the caller calls
+-- again wide, which settles the record's expired locks (SETTLE_LIMIT in all)
+-- before it locks. So the usual Lock names 5 keys a line, not 50.
 --
 -- Idempotency: a granted call leaves one field in its generation's hash,
 -- request digest -> content digest .. "now|max_expires|batch_id|nonce|" and
@@ -32,6 +43,7 @@
 --
 -- Returns
 --   {'GENERATION', generation}                see Idempotency
+--   {'SETTLE'}                               call again wide (narrow calls only)
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
 --    then per line: token, qty, available, unit_scale}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
@@ -42,10 +54,11 @@
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
--- available_of, drop_expired, pack_lock, lock_member, emit, refresh_due, split
+-- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all, refresh_due,
+-- available_of, pack_lock, lock_member, emit, lower_due, split
 
 local pk = partition_keys()
-local previous_idem, batch_key = KEYS[6], KEYS[7]
+local previous_idem, batch_key = KEYS[5], KEYS[6]
 local fingerprint = ARGV[1]
 local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
@@ -53,7 +66,9 @@ local tomb_retention = tonumber(ARGV[8])
 local nonce = ARGV[9]
 local token_floor = tonumber(ARGV[10])
 local request, generation, generation_ms = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local line_count = (#ARGV - 13) / 3
+local shard = tonumber(ARGV[14])
+local wide = ARGV[15] == '1'
+local line_count = (#ARGV - 15) / 3
 
 local now = now_ms()
 if fingerprint ~= '' then
@@ -79,28 +94,38 @@ end
 -- Check every line before the first write.
 local lines = {}
 local short = {}
+local unsettled = false
 for k = 0, line_count - 1 do
-  local rec = record_at(8 + 4 * k, ARGV[14 + 3 * k])
-  local s = read_stock(rec)
+  -- `rec` is the record as the call names it, `view` the shard the lock goes to.
+  local rec, view
+  if wide then
+    rec = whole_record_at(7 + WHOLE_RECORD_KEYS * k, ARGV[16 + 3 * k])
+    view = rec.views[shard + 1]
+  else
+    rec = record_at(7 + 5 * k, ARGV[16 + 3 * k])
+    view = rec
+  end
+  local s = read_stock(view)
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
   end
-  local qty, err = scale_qty(tonumber(ARGV[15 + 3 * k]), tonumber(ARGV[16 + 3 * k]), s.unit_scale)
+  local qty, err = scale_qty(tonumber(ARGV[17 + 3 * k]), tonumber(ARGV[18 + 3 * k]), s.unit_scale)
   if not qty then
     return { err, fmt(k), fmt(s.unit_scale) }
   end
   -- Only a record whose earliest expiry has come can have expired locks.
-  local expired, expired_sum = {}, 0
-  if s.due and s.due <= now then
-    expired, expired_sum = find_expired(rec, now)
-  end
+  local expired, expired_sum = find_expired_all(rec, now, s.due)
   local available = available_of(s, s.locked - expired_sum)
   if qty > available then
+    unsettled = unsettled or (not wide and s.due and s.due <= now) or false
     for _, v in ipairs({ k, qty, math.max(available, 0), s.unit_scale }) do
       short[#short + 1] = fmt(v)
     end
   end
-  lines[#lines + 1] = { rec = rec, stock = s, qty = qty, expired = expired, expired_sum = expired_sum, available = available }
+  lines[#lines + 1] = { rec = rec, view = view, stock = s, qty = qty, expired = expired, available = available }
+end
+if unsettled then
+  return { 'SETTLE' }
 end
 if #short > 0 then
   table.insert(short, 1, 'INSUFFICIENT_STOCK')
@@ -112,34 +137,31 @@ local max_expires = now + max_hold
 local reply = { 'OK', fmt(now), fmt(expires), fmt(max_expires), batch_id, nonce }
 local lock_refs = {}
 for _, line in ipairs(lines) do
-  local rec = line.rec
+  local rec = line.view
   local s = line.stock
   if #line.expired > 0 then
-    drop_expired(pk, rec, line.expired, now, tomb_retention)
+    drop_expired_all(pk, line.expired, now, tomb_retention)
     s = read_stock(rec)
+  end
+  if wide then
+    -- Every shard is at hand: due becomes exact again.
+    s.due = refresh_due(pk.due, line.rec)
   end
   -- One write for the three counters; the figures are known, so the event
   -- needs no read either (the profile of this script is its Redis calls).
   -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
-  local token = fmt(math.max(s.fence + 1, token_floor))
-  s.fence, s.locked, s.version = tonumber(token), s.locked + line.qty, s.version + 1
+  local next_token = math.max(s.fence + 1, token_floor)
+  local token = fmt(next_token + (shard - next_token % LOCK_SHARDS) % LOCK_SHARDS)
+  s.fence, s.locked, s.version, s.live = tonumber(token), s.locked + line.qty, s.version + 1, s.live + 1
+  redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version), 'live', fmt(s.live))
   -- A new lock can only bring the record's earliest expiry forward.
-  local earlier = not s.due or expires < s.due
-  if earlier then
-    redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version), 'due', fmt(expires))
-    redis.call('ZADD', pk.due, 'LT', expires, rec.id)
-  else
-    redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version))
-  end
+  lower_due(pk.due, rec, s, expires)
   redis.call('HSET', rec.locks, token, pack_lock({
     qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
   }))
   redis.call('ZADD', rec.exp, expires, token)
-  redis.call('ZADD', pk.locks, 0, lock_member(rec, token, now))
-  if #line.expired > 0 then
-    refresh_due(pk.due, rec)
-  end
+  redis.call('ZADD', rec.idx, 0, lock_member(rec, token, now))
   local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
   emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, fmt(expires), s)
   -- A batch may name the same record only once, so `available` is exact per line.

@@ -1,7 +1,7 @@
 -- read_lock.lua: one lock, for GetLock: O(1) whatever the record holds.
 -- Writes nothing.
 --
--- KEYS[1..4]  the lock's record: stock, locks, exp, ended
+-- KEYS[1..5]  the lock's record in its shard: stock, locks, exp, ended, idx (unused)
 -- ARGV[1]     fencing token
 -- ARGV[2]     nonce
 --

@@ -1,9 +1,9 @@
 -- reject_force_unlock.lua: rejects (or, by its requester, withdraws) a pending
 -- forced-unlock request, and audits it.
 --
--- KEYS[1..5]  partition keys: idempotency record, due index (unused), event stream (unused),
---             audit stream, lock index
--- KEYS[6]     the request's hash
+-- KEYS[1..4]  partition keys: idempotency record, due index (unused), event stream (unused),
+--             audit stream
+-- KEYS[5]     the request's hash
 -- ARGV[1]  fingerprint
 -- ARGV[2]  actor
 -- ARGV[3]  reason
@@ -18,7 +18,7 @@
 -- lib.lua: partition_keys, now_ms, fmt, pending_request, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local request_key = KEYS[6]
+local request_key = KEYS[5]
 local fingerprint, actor, reason = ARGV[1], ARGV[2], ARGV[3]
 
 local replay = idem_lookup(pk.idem, fingerprint)

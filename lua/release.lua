@@ -2,8 +2,8 @@
 -- lock_id, or every lock of a batch). Checks every lock before the first write:
 -- one lock that may not be released fails the whole call and changes nothing.
 --
--- KEYS[1..5]       partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
--- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..4]       partition keys: idempotency record (unused), due index, event stream, audit (unused)
+-- KEYS[5 + 5k ..]  lock k's record in its shard: stock, locks, exp, ended, idx
 -- ARGV[1]  unused (''): Release is idempotent by the lock's own state (a retry finds the locks released: ALREADY_RELEASED),
 --          so no record of the call is kept
 -- ARGV[2]  holder, or "" to skip the holder check
@@ -18,7 +18,7 @@
 --   {reason, k}  reason LOCK_NOT_FOUND, LOCK_ALREADY_COMMITTED or LOCK_HOLDER_MISMATCH for lock k
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, settle, stored_available, end_lock,
--- emit, lock_event, find_expired, drop_expired, refresh_due
+-- emit, lock_event, find_expired, drop_expired
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -28,7 +28,7 @@ local count = (#ARGV - 4) / 3
 local now = now_ms()
 local items = {}
 for k = 0, count - 1 do
-  local rec = record_at(6 + 4 * k, ARGV[5 + 3 * k])
+  local rec = record_at(5 + 5 * k, ARGV[5 + 3 * k])
   local token = ARGV[6 + 3 * k]
   local lock, why, ended = find_lock(rec, token, ARGV[7 + 3 * k], now)
   if lock and holder ~= '' and lock.holder ~= holder then
@@ -62,7 +62,6 @@ for _, item in ipairs(items) do
     outcome = 'ALREADY_EXPIRED'
     drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
   end
-  refresh_due(pk.due, rec)
   for _, v in ipairs({ outcome, fmt(qty), unit_scale }) do
     reply[#reply + 1] = v
   end

@@ -1,8 +1,8 @@
 -- renew.lua: the heartbeat. Extends each named lock to now + ttl, capped at
 -- the lock's maximum total hold time. Each lock gets its own result.
 --
--- KEYS[1..5]       partition keys: idempotency record (unused), due index, event stream, audit (unused), lock index
--- KEYS[6 + 4k ..]  lock k's record: stock, locks, exp, ended
+-- KEYS[1..4]       partition keys: idempotency record (unused), due index, event stream, audit (unused)
+-- KEYS[5 + 5k ..]  lock k's record in its shard: stock, locks, exp, ended, idx
 -- ARGV[1]  unused (''): Renew is idempotent by the lock's own state (a retry renews again, from now),
 --          so no record of the call is kept
 -- ARGV[2]  holder
@@ -20,8 +20,8 @@
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at
 -- least one lock was renewed; a call that renewed nothing leaves no trace.
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, refresh_due, lock_event,
--- read_stock, stored_available, emit, find_expired, drop_expired
+-- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, lower_due, lock_event,
+-- read_stock, available_of, emit, find_expired, drop_expired
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -33,7 +33,7 @@ local now = now_ms()
 local reply = { 'OK' }
 local renewed = 0
 for k = 0, count - 1 do
-  local rec = record_at(6 + 4 * k, ARGV[6 + 3 * k])
+  local rec = record_at(5 + 5 * k, ARGV[6 + 3 * k])
   local token, nonce = ARGV[7 + 3 * k], ARGV[8 + 3 * k]
   local lock, why, ended = find_lock(rec, token, nonce, now)
   if lock and lock.holder ~= holder then
@@ -50,8 +50,10 @@ for k = 0, count - 1 do
       expires, capped = lock.max_expires, '1'
     end
     redis.call('ZADD', rec.exp, expires, token)
-    refresh_due(pk.due, rec)
-    emit(pk.events, 'renew', rec, stored_available(rec), lock_event(token, lock), fmt(expires))
+    -- A shorter TTL than before brings the expiry forward.
+    local s = read_stock(rec)
+    lower_due(pk.due, rec, s, expires)
+    emit(pk.events, 'renew', rec, math.max(available_of(s, s.locked), 0), lock_event(token, lock), fmt(expires), s)
     renewed = renewed + 1
     for _, v in ipairs({ 'OK', fmt(expires), capped }) do
       reply[#reply + 1] = v
@@ -60,7 +62,6 @@ for k = 0, count - 1 do
     if why == 'LOCK_EXPIRED' then
       -- Expired but not swept yet: return its quantity now.
       drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
-      refresh_due(pk.due, rec)
     end
     for _, v in ipairs({ why, ended, '0' }) do
       reply[#reply + 1] = v

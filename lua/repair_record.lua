@@ -6,8 +6,8 @@
 -- Then expired locks are settled (at most SETTLE_LIMIT; the sweeper takes the
 -- rest) and the due index points at the earliest expiry.
 --
--- KEYS[1..5]  partition keys: idempotency record, due index, event stream, audit stream, lock index
--- KEYS[6..9]  the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record, due index, event stream, audit stream
+-- KEYS[5..]   the whole record (see whole_record_at)
 -- ARGV[1]     record id "sku|warehouse"
 -- ARGV[2]     request fingerprint
 -- ARGV[3]     idempotency (and tombstone) retention ms
@@ -19,17 +19,18 @@
 -- ARGV[9]     the sum of the record's locks
 -- ARGV[10]    expiries the slices gave to locks that lacked one
 -- ARGV[11]    expiries without a lock the slices dropped
+-- ARGV[12]    the number of the record's locks
 --
 -- Returns {'OK', locked_before, locked_after, fixed_expiries, dropped_expiries,
 --          then the record (see record_reply)}, {'REPLAY', ...},
 --          {'STALE'} when the record changed since it was summed,
 --          {'IDEMPOTENCY_KEY_REUSED'} or {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}.
 --
--- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of,
--- find_expired, drop_expired, refresh_due, audit, emit, record_reply, idem_lookup, idem_store
+-- lib.lua: partition_keys, now_ms, fmt, decimal, whole_record_at, read_stock, available_of,
+-- settle, refresh_due, audit, emit, record_reply, idem_lookup, idem_store
 
 local pk = partition_keys()
-local rec = record_at(6, ARGV[1])
+local rec = whole_record_at(5, ARGV[1])
 local fingerprint, retention = ARGV[2], tonumber(ARGV[3])
 
 local replay = idem_lookup(pk.idem, fingerprint)
@@ -47,8 +48,8 @@ local now = now_ms()
 local locked_before, sum = s.locked, tonumber(ARGV[9])
 local available_before = math.max(available_of(s, s.locked), 0)
 
-redis.call('HSET', rec.stock, 'locked', fmt(sum))
-drop_expired(pk, rec, find_expired(rec, now), now, retention)
+redis.call('HSET', rec.stock, 'locked', fmt(sum), 'live', ARGV[12])
+settle(pk, rec, now, retention)
 refresh_due(pk.due, rec)
 redis.call('HINCRBY', rec.stock, 'version', 1)
 local locked_after = read_stock(rec).locked

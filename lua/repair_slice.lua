@@ -4,9 +4,10 @@
 -- is safe to run again: it only adds what a lock lacks or drops what belongs
 -- to no lock, so it changes neither the figures nor the version.
 --
--- KEYS[1..5]  partition keys: idempotency record (unused), due index, event stream (unused),
---             audit stream (unused), lock index
--- KEYS[6..9]  the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record (unused), due index, event stream (unused),
+--             audit stream (unused)
+-- KEYS[5..9]  one shard of the record: stock, locks, exp, ended, idx (the
+--             caller walks the shards one after the other)
 -- ARGV[1]     'locks': give every lock of the slice an expiry (now + its ttl; it would
 --             otherwise hold stock forever) and its lock-index entry.
 --             'expiries': drop the slice's expiry entries that belong to no lock.
@@ -18,10 +19,10 @@
 --   locks:    {'OK', version, next_cursor, fixed, then per lock: token, quantity, '1'}
 --   expiries: {'OK', version, next_cursor, dropped}
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, unpack_lock, lock_member, refresh_due
+-- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, unpack_lock, lock_member, lower_due
 
 local pk = partition_keys()
-local rec = record_at(6, ARGV[4])
+local rec = record_at(5, ARGV[4])
 local s = read_stock(rec)
 if not s then
   return { 'MISSING' }
@@ -45,6 +46,7 @@ if ARGV[1] == 'locks' then
     local l = unpack_lock(found[2 * i])
     if not scores[i] then
       redis.call('ZADD', rec.exp, now + l.ttl, token)
+      lower_due(pk.due, rec, s, now + l.ttl)
       fixed = fixed + 1
     end
     members[#members + 1] = 0
@@ -53,10 +55,7 @@ if ARGV[1] == 'locks' then
     out[#out + 1] = fmt(l.qty)
     out[#out + 1] = '1'
   end
-  redis.call('ZADD', pk.locks, unpack(members))
-  if fixed > 0 then
-    refresh_due(pk.due, rec)
-  end
+  redis.call('ZADD', rec.idx, unpack(members))
   out[4] = fmt(fixed)
   return out
 end

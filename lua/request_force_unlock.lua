@@ -1,10 +1,10 @@
 -- request_force_unlock.lua: records a pending request to force-release locks,
 -- with the locks it would release as seen now, and audits it.
 --
--- KEYS[1..5]  partition keys: idempotency record, due index (unused), event stream (unused),
---             audit stream, lock index
--- KEYS[6]     the request's hash
--- KEYS[7]     the index of requests (zset, created_ms -> id)
+-- KEYS[1..4]  partition keys: idempotency record, due index (unused), event stream (unused),
+--             audit stream
+-- KEYS[5]     the request's hash
+-- KEYS[6]     the index of requests (zset, created_ms -> id)
 -- ARGV[1]  request fingerprint
 -- ARGV[2]  force-unlock request id
 -- ARGV[3]  requester
@@ -25,7 +25,7 @@
 -- lib.lua: partition_keys, now_ms, fmt, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local request_key, index_key = KEYS[6], KEYS[7]
+local request_key, index_key = KEYS[5], KEYS[6]
 local fingerprint = ARGV[1]
 
 local replay = idem_lookup(pk.idem, fingerprint)

@@ -2,11 +2,11 @@
 -- A snapshot not newer than the stored source_version is ignored (stale):
 -- events arrive out of order, and the newest one must win.
 --
--- KEYS[1..5]  partition keys: idempotency record (unused without a request_id),
---             due index, event stream, audit stream, lock index
--- KEYS[6]     the SKU's set of warehouses
--- KEYS[7]     the partition's set of record ids, for the auditor
--- KEYS[8..11] the record: stock, locks, exp, ended
+-- KEYS[1..4]  partition keys: idempotency record (unused without a request_id),
+--             due index, event stream, audit stream
+-- KEYS[5]     the SKU's set of warehouses
+-- KEYS[6]     the partition's set of record ids, for the auditor
+-- KEYS[7..]   the whole record (see whole_record_at)
 -- ARGV[1..3]  physical, reserved, in_transit, scaled by ARGV[4]
 -- ARGV[4]     unit_scale
 -- ARGV[5]     source_version
@@ -28,12 +28,12 @@
 -- Lowering physical below what is locked keeps every lock: the record then
 -- reports available 0 and the shortfall as oversold.
 --
--- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, read_stock, available_of, record_reply,
--- find_expired, drop_expired, refresh_due, emit, audit, idem_lookup, idem_store
+-- lib.lua: partition_keys, now_ms, fmt, decimal, whole_record_at, read_stock, available_of, record_reply,
+-- find_expired_all, drop_expired_all, refresh_due, emit, audit, idem_lookup, idem_store
 
 local pk = partition_keys()
-local whs_key, records_key = KEYS[6], KEYS[7]
-local rec = record_at(8, ARGV[10])
+local whs_key, records_key = KEYS[5], KEYS[6]
+local rec = whole_record_at(7, ARGV[10])
 local physical, reserved, in_transit = ARGV[1], ARGV[2], ARGV[3]
 local unit_scale, source_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint = ARGV[7]
@@ -59,11 +59,13 @@ if s then
   if source_version <= s.source_version then
     return record_reply(rec, now, { 'STALE' })
   end
-  local expired, expired_sum = find_expired(rec, now)
+  -- The scale may change only when no lock is left in the old one: every
+  -- lock has expired and this call settles them all.
+  local expired, expired_sum = find_expired_all(rec, now, s.due)
   if unit_scale ~= s.unit_scale and s.locked - expired_sum > 0 then
     return { 'UNIT_SCALE_IN_USE', fmt(s.unit_scale) }
   end
-  drop_expired(pk, rec, expired, now, tomb_retention)
+  drop_expired_all(pk, expired, now, tomb_retention)
   refresh_due(pk.due, rec)
   redis.call('HSET', rec.stock, 'physical', physical, 'reserved', reserved, 'in_transit', in_transit,
     'unit_scale', unit_scale, 'source_version', source_version)

@@ -450,8 +450,8 @@ async fn a_failed_primary_is_followed_to_its_promoted_replica() {
     let mut conn = svc.redis_conn().await;
     let mut deducted = 0;
     for sku in &skus {
-        let stocklock::store::redis::RecordKeys { stock: stock_key, locks: locks_key, .. } = svc.record_keys(sku, "W");
-        let locks: Vec<String> = redis::cmd("HVALS").arg(&locks_key).query_async(&mut conn).await.unwrap();
+        let stock_key = svc.stock_key(sku, "W");
+        let locks = svc.packed_locks(sku, "W").await;
         let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
         let (locked, physical): (i64, i64) =
             redis::cmd("HMGET").arg(&stock_key).arg("locked").arg("physical").query_async(&mut conn).await.unwrap();

@@ -98,9 +98,8 @@ async fn mixed_concurrent_operations_keep_the_books_balanced() {
 /// Reads the record's lock hash directly and checks the invariant.
 async fn assert_sum_of_locks_is_locked(svc: &TestService, sku: &str, warehouse: &str) {
     let mut conn = svc.redis_conn().await;
-    let stocklock::store::redis::RecordKeys { stock: stock_key, locks: locks_key, .. } =
-        svc.record_keys(sku, warehouse);
-    let locks: Vec<String> = redis::cmd("HVALS").arg(locks_key).query_async(&mut conn).await.unwrap();
+    let stock_key = svc.stock_key(sku, warehouse);
+    let locks = svc.packed_locks(sku, warehouse).await;
     let sum: i64 = locks.iter().map(|v| v.split('|').next().unwrap().parse::<i64>().unwrap()).sum();
     let locked: i64 = redis::cmd("HGET").arg(stock_key).arg("locked").query_async(&mut conn).await.unwrap();
     assert_eq!(sum, locked);

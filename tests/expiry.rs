@@ -24,7 +24,7 @@ async fn an_unrenewed_lock_returns_its_stock_within_ttl_plus_sweep() {
 
     // The sweeper, not a read, must bring `locked` back: watch the raw hash.
     let mut conn = svc.redis_conn().await;
-    let stock_key = svc.record_keys("SKU-1", "WH-A").stock;
+    let stock_key = svc.stock_key("SKU-1", "WH-A");
     loop {
         let locked: i64 = redis::cmd("HGET").arg(&stock_key).arg("locked").query_async(&mut conn).await.unwrap();
         if locked == 0 {
@@ -68,6 +68,26 @@ async fn an_expired_lock_never_counts_even_before_the_sweep() {
     assert_eq!(lock.available, "0");
     let record = svc.record("SKU-1", "WH-A").await;
     assert_eq!((record.locked.as_str(), record.live_locks), ("5", 1));
+}
+
+#[tokio::test]
+async fn a_lock_settles_expired_locks_of_every_shard_before_it_is_refused() {
+    // The sweeper practically never runs. Sixteen locks land in random lock
+    // shards and expire; a Lock sees only its own shard's at first, is short,
+    // and is called again with the whole record, which settles them all.
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+    svc.stock("SKU-1", "WH-A", "16").await;
+    for i in 0..16 {
+        let mut request = lock_request("SKU-1", "WH-A", "1", &format!("r{i}"));
+        request.ttl = millis(200);
+        svc.client.clone().lock(request).await.unwrap();
+    }
+    expect_error(svc.lock("SKU-1", "WH-A", "1", "early").await, Code::FailedPrecondition, "INSUFFICIENT_STOCK");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lock = svc.lock("SKU-1", "WH-A", "16", "all").await.unwrap();
+    assert_eq!(lock.available, "0");
+    let record = svc.record("SKU-1", "WH-A").await;
+    assert_eq!((record.locked.as_str(), record.live_locks), ("16", 1));
 }
 
 #[tokio::test]

@@ -57,25 +57,21 @@ async fn the_auditor_finds_drift_and_a_repair_mends_it_with_an_audit_entry() {
     // loses its expiry entry on another (it would never expire).
     let mut conn = svc.redis_conn().await;
     let _: () = redis::cmd("HSET")
-        .arg(&svc.record_keys("DRIFT", "WH-A").stock)
+        .arg(svc.stock_key("DRIFT", "WH-A"))
         .arg("locked")
         .arg(7)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let tokens: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&svc.record_keys("INDEX", "WH-A").exp)
-        .arg(0)
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("ZREM")
-        .arg(&svc.record_keys("INDEX", "WH-A").exp)
-        .arg(&tokens[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let mut shards = svc.record_keys("INDEX", "WH-A").into_iter();
+    let (exp, token) = loop {
+        let exp = shards.next().expect("a lock in some shard").exp;
+        let tokens: Vec<String> = redis::cmd("ZRANGE").arg(&exp).arg(0).arg(0).query_async(&mut conn).await.unwrap();
+        if let Some(token) = tokens.into_iter().next() {
+            break (exp, token);
+        }
+    };
+    let _: () = redis::cmd("ZREM").arg(&exp).arg(&token).query_async(&mut conn).await.unwrap();
     let found = eventually(Duration::from_secs(5), || async { violations(&svc).await == [1.0, 1.0, 0.0, 0.0] }).await;
     assert!(found, "the auditor reports both: {:?}", violations(&svc).await);
     assert_eq!(svc.available("DRIFT", "WH-A").await, "3", "the drift shows in availability");
@@ -125,7 +121,7 @@ async fn the_auditor_reports_locks_the_sweeper_left_behind_and_oversold_records(
     svc.stock("OVER", "WH-A", "1").await;
     let mut conn = svc.redis_conn().await;
     let _: () = redis::cmd("HSET")
-        .arg(&svc.record_keys("OVER", "WH-A").stock)
+        .arg(svc.stock_key("OVER", "WH-A"))
         .arg("reserved")
         .arg(3)
         .query_async(&mut conn)

@@ -69,8 +69,20 @@ async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once()
         svc.client.clone().get_lock(pb::GetLockRequest { lock_id: one.lock_id.clone() }).await.unwrap().into_inner();
     assert_eq!(read.lock.unwrap().fencing_token, one.fencing_token);
 
-    // ListLocks pages through every lock exactly once, a bounded read a page.
+    // No structure holds the record's locks in one piece: 16 shards of
+    // lock hashes and expiry indexes (a big hash or sorted set grows by
+    // allocating its whole new table in one call), each about 1/16 of it.
+    let mut conn = svc.redis_conn().await;
+    for keys in svc.record_keys("HOT", "WH") {
+        let (locks, expiries): (usize, usize) =
+            redis::pipe().hlen(&keys.locks).zcard(&keys.exp).query_async(&mut conn).await.unwrap();
+        assert!(locks == expiries && locks < LOCKS / 8, "{}: {locks} locks, {expiries} expiries", keys.locks);
+    }
+
+    // ListLocks pages through every lock exactly once, oldest first (the
+    // shards of the lock index merged), a bounded read a page.
     let mut seen = std::collections::HashSet::new();
+    let mut last_created = (0, 0);
     let mut page_token = String::new();
     loop {
         let page = svc
@@ -82,6 +94,9 @@ async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once()
             .into_inner();
         for lock in page.locks {
             assert!(seen.insert(lock.fencing_token), "lock {} listed twice", lock.lock_id);
+            let created = lock.created_at.map(|t| (t.seconds, t.nanos)).unwrap();
+            assert!(created >= last_created, "lock {} listed out of age order", lock.lock_id);
+            last_created = created;
         }
         if page.next_page_token.is_empty() {
             break;
@@ -96,12 +111,8 @@ async fn an_expiry_wave_on_a_hot_record_is_settled_completely_and_exactly_once()
     // The wave: every lock settled by the sweeper, in bounded steps, once.
     let swept = eventually(Duration::from_secs(90), || async {
         let mut conn = svc.redis_conn().await;
-        let locked: i64 = redis::cmd("HGET")
-            .arg(svc.record_keys("HOT", "WH").stock)
-            .arg("locked")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let locked: i64 =
+            redis::cmd("HGET").arg(svc.stock_key("HOT", "WH")).arg("locked").query_async(&mut conn).await.unwrap();
         locked == 0
     })
     .await;
@@ -158,15 +169,16 @@ async fn the_auditor_and_a_repair_read_a_hot_record_in_slices() {
 
     // Behind the service's back: `locked` drifts by 3, 250 locks lose their
     // expiry entry (they would never expire) and 100 expiries name no lock.
-    let keys = svc.record_keys("AUDIT", "WH");
+    let shards = svc.record_keys("AUDIT", "WH");
     let mut conn = svc.redis_conn().await;
     let mut broken = redis::pipe();
-    broken.cmd("HINCRBY").arg(&keys.stock).arg("locked").arg(3).ignore();
+    broken.cmd("HINCRBY").arg(&shards[0].stock).arg("locked").arg(3).ignore();
     for lock in &locks[..250] {
-        broken.cmd("ZREM").arg(&keys.exp).arg(lock.fencing_token.to_string()).ignore();
+        broken.cmd("ZREM").arg(&svc.lock_keys(&lock.lock_id).exp).arg(lock.fencing_token.to_string()).ignore();
     }
     for orphan in 0..100 {
-        broken.cmd("ZADD").arg(&keys.exp).arg(i64::MAX / 2).arg(format!("{}", 10_000_000 + orphan)).ignore();
+        let exp = &shards[orphan % shards.len()].exp;
+        broken.cmd("ZADD").arg(exp).arg(i64::MAX / 2).arg(format!("{}", 10_000_000 + orphan)).ignore();
     }
     let () = broken.query_async(&mut conn).await.unwrap();
 
@@ -191,7 +203,7 @@ async fn the_auditor_and_a_repair_read_a_hot_record_in_slices() {
     let record = svc.record("AUDIT", "WH").await;
     assert_eq!((record.locked.as_str(), record.live_locks), ("20000", LOCKS as u32));
     let fixed: Option<f64> = redis::cmd("ZSCORE")
-        .arg(&keys.exp)
+        .arg(&svc.lock_keys(&locks[0].lock_id).exp)
         .arg(locks[0].fencing_token.to_string())
         .query_async(&mut conn)
         .await

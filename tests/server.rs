@@ -94,11 +94,13 @@ async fn data_of_an_older_layout_is_refused_not_misread() {
     let message = result.expect_err("old data is refused").to_string();
     assert!(message.contains("layout 1") && message.contains("--key-prefix"), "{message}");
 
-    // What layout 2 left: its version mark.
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
-    let _: () = redis::cmd("SET").arg("sl:layout").arg("2").query_async(&mut conn).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let result = stocklock::server::run(config(&redis.url(), &[]), listeners(listener).await, async {}).await;
-    let message = result.expect_err("layout 2 is refused").to_string();
-    assert!(message.contains("layout 2") && message.contains("(3)"), "{message}");
+    // What layouts 2 and 3 left: their version marks.
+    for older in ["2", "3"] {
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("SET").arg("sl:layout").arg(older).query_async(&mut conn).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let result = stocklock::server::run(config(&redis.url(), &[]), listeners(listener).await, async {}).await;
+        let message = result.expect_err("an older layout is refused").to_string();
+        assert!(message.contains(&format!("layout {older}")) && message.contains("(4)"), "{message}");
+    }
 }

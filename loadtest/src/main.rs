@@ -630,7 +630,7 @@ fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
     };
     let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, token_floor: 0 };
     let generation = LockCall::current_generation(limits.retention_ms);
-    let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation);
+    let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, false);
     let mut line = vec!["EVALSHA".to_owned(), LockCall::script_sha().to_owned(), call.keys.len().to_string()];
     line.extend(call.keys);
     line.extend(call.args);

@@ -54,7 +54,7 @@ use std::time::Duration;
 use self::call::millis;
 use self::cross::by_partition;
 pub use self::durability::DurabilitySettings;
-pub use self::keys::{Keys, Partition, PartitionKeys, RecordKeys};
+pub use self::keys::{Keys, LOCK_SHARDS, Partition, PartitionKeys, RecordKeys, lock_shard, token_shard};
 use self::link::Link;
 pub use self::link::Topology;
 pub use self::lock::{LockCall, LockLimits};
@@ -300,9 +300,11 @@ impl StockStore for RedisStore {
 
 /// The version of the data layout this store reads and writes: 2 added the
 /// partitions' lock indexes; 3 keeps Lock idempotency records in a hash per
-/// generation and tombstones in buckets of tokens. Stored on first start; data of another version
-/// is refused, not misread.
-const LAYOUT_VERSION: &str = "3";
+/// generation and tombstones in buckets of tokens; 4 spreads a record's
+/// locks, expiries and lock-index entries over 16 shards by nonce, and
+/// counts its live locks. Stored on first start; data of another version is
+/// refused, not misread.
+const LAYOUT_VERSION: &str = "4";
 
 /// Records the partition count on first start and refuses another one
 /// later: with another count every SKU would look for its keys elsewhere.

@@ -129,9 +129,33 @@ impl TestService {
         stocklock::store::redis::Keys::new("sl", if self.cluster.is_some() { 16 } else { 1 })
     }
 
-    /// The keys of a record.
-    pub fn record_keys(&self, sku: &str, warehouse: &str) -> stocklock::store::redis::RecordKeys {
-        self.keys().record(&stocklock::domain::RecordKey::parse_id(&format!("{sku}|{warehouse}")).unwrap())
+    /// The keys of a record, one per lock shard (the stock hash is the
+    /// same in each).
+    pub fn record_keys(&self, sku: &str, warehouse: &str) -> Vec<stocklock::store::redis::RecordKeys> {
+        let record = stocklock::domain::RecordKey::parse_id(&format!("{sku}|{warehouse}")).unwrap();
+        (0..stocklock::store::redis::LOCK_SHARDS).map(|shard| self.keys().record(&record, shard)).collect()
+    }
+
+    /// A record's stock hash.
+    pub fn stock_key(&self, sku: &str, warehouse: &str) -> String {
+        self.record_keys(sku, warehouse).swap_remove(0).stock
+    }
+
+    /// The keys of the record shard of the lock `lock_id`.
+    pub fn lock_keys(&self, lock_id: &str) -> stocklock::store::redis::RecordKeys {
+        let id = stocklock::domain::LockId::parse(lock_id, "lock_id").unwrap();
+        self.keys().lock_record(&id.record, id.token)
+    }
+
+    /// Every packed lock of a record, over its shards, read behind the service.
+    pub async fn packed_locks(&self, sku: &str, warehouse: &str) -> Vec<String> {
+        let mut conn = self.redis_conn().await;
+        let mut all = Vec::new();
+        for keys in self.record_keys(sku, warehouse) {
+            let values: Vec<String> = redis::cmd("HVALS").arg(&keys.locks).query_async(&mut conn).await.unwrap();
+            all.extend(values);
+        }
+        all
     }
 
     /// The partition of `sku`.

@@ -17,7 +17,7 @@ impl RedisStore {
 
         let partition = self.keys.partition_of(&cmd.record.sku);
         let mut inv = self.writing(&scripts::ADJUST_STOCK, partition, Some(("adjust_stock", &cmd.request_id)));
-        self.add_record(&mut inv, &cmd.record);
+        self.add_whole_record(&mut inv, &cmd.record);
         inv.arg(&fp).arg(self.retention_ms);
         for delta in &deltas {
             inv.arg(&delta[..]);

@@ -48,19 +48,27 @@ impl RedisStore {
     ) -> Invocation {
         let keys = self.keys.partition_keys(partition, idempotency);
         let mut inv = Invocation::new(script);
-        inv.key(keys.idempotency).key(keys.due).key(keys.events).key(keys.audit).key(keys.locks);
+        inv.key(keys.idempotency).key(keys.due).key(keys.events).key(keys.audit);
         inv
     }
 
-    /// Adds a record's four keys to `inv`, in script order.
-    pub(super) fn add_record(&self, inv: &mut Invocation, record: &RecordKey) {
-        for key in self.keys.record(record).in_script_order() {
+    /// Adds every key of a record to `inv`, in script order (see
+    /// `whole_record_at` in `lua/lib.lua`).
+    pub(super) fn add_whole_record(&self, inv: &mut Invocation, record: &RecordKey) {
+        for key in self.keys.whole_record(record) {
             inv.key(key);
         }
     }
 
-    /// Adds the four keys of a lock's record to `inv`, in script order: the
-    /// record's, with the tombstone bucket of the lock's token.
+    /// Adds the five keys of one lock shard of a record to `inv`, in script order.
+    pub(super) fn add_record_shard(&self, inv: &mut Invocation, record: &RecordKey, shard: usize) {
+        for key in self.keys.record(record, shard).in_script_order() {
+            inv.key(key);
+        }
+    }
+
+    /// Adds the five keys of a lock's record to `inv`, in script order: the
+    /// record's in the lock's shard, with the tombstone bucket of its token.
     pub(super) fn add_lock_record(&self, inv: &mut Invocation, id: &LockId) {
         for key in self.keys.lock_record(&id.record, id.token).in_script_order() {
             inv.key(key);

@@ -1,9 +1,11 @@
 //! `lua/check_record.lua`: the invariant auditor's look at one record, in
-//! slices, so that a record of any size never holds Redis for long.
+//! slices of one lock shard at a time, so that a record of any size never
+//! holds Redis for long.
 
 use std::collections::HashSet;
 
 use super::call::Invocation;
+use super::keys::LOCK_SHARDS;
 use super::reply::{Reply, Tag};
 use super::{RedisStore, scripts};
 use crate::domain::{Error, RecordCheck, RecordKey};
@@ -40,6 +42,11 @@ impl LockWalk {
         self.steady
     }
 
+    /// How many locks it saw.
+    pub(super) fn count(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Takes a slice's `token, quantity, has_expiry` triples, to the end of `reply`.
     pub(super) fn locks(&mut self, reply: &mut Reply) -> Result<(), Error> {
         while !reply.is_done() {
@@ -59,39 +66,54 @@ impl RedisStore {
     /// change while it was read (a busy record is summed at a later pass).
     pub(super) async fn check_record(&self, record: RecordKey) -> Result<Option<RecordCheck>, Error> {
         let mut walk = LockWalk::new();
-        let mut cursor = "0".to_owned();
-        loop {
-            let mut inv = Invocation::new(&scripts::CHECK_RECORD);
-            self.add_record(&mut inv, &record);
-            inv.arg(&cursor).arg(CHECK_SLICE);
-            let mut reply = self.run_script("check_record", &inv).await?;
-            match reply.tag {
-                Tag::Ok => {}
-                // Deleted between the scan and the check.
-                Tag::Missing => return Ok(None),
-                _ => return Err(reply.unexpected()),
-            }
-            let steady = walk.version(reply.uint()?);
-            cursor = reply.text()?;
-            let locked = reply.int()?;
-            let (locks, expiries) = (reply.uint()?, reply.uint()?);
-            let (overdue_ms, available, unit_scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
-            walk.locks(&mut reply)?;
-            if cursor == "0" || !steady {
-                // Every lock has an expiry, so expiries beyond the locks that
-                // have one belong to no lock (the scripts change both at once).
-                let indexed = locks.saturating_sub(walk.without_expiry);
-                return Ok(Some(RecordCheck {
-                    record,
-                    locked,
-                    sum_of_locks: walk.steady.then_some(walk.sum),
-                    locks_without_expiry: walk.without_expiry,
-                    expiries_without_lock: expiries.saturating_sub(indexed),
-                    overdue_ms,
-                    available,
-                    unit_scale,
-                }));
+        // The lock and expiry counts and the oldest overdue expiry of the
+        // shards walked, each shard's as its last slice saw them.
+        let (mut locks, mut expiries, mut overdue_ms) = (0, 0, 0);
+        let mut last = None;
+        'shards: for shard in 0..LOCK_SHARDS {
+            let mut cursor = "0".to_owned();
+            loop {
+                let mut inv = Invocation::new(&scripts::CHECK_RECORD);
+                self.add_record_shard(&mut inv, &record, shard);
+                inv.arg(&cursor).arg(CHECK_SLICE);
+                let mut reply = self.run_script("check_record", &inv).await?;
+                match reply.tag {
+                    Tag::Ok => {}
+                    // Deleted between the scan and the check.
+                    Tag::Missing => return Ok(None),
+                    _ => return Err(reply.unexpected()),
+                }
+                let steady = walk.version(reply.uint()?);
+                cursor = reply.text()?;
+                let locked = reply.int()?;
+                let (shard_locks, shard_expiries) = (reply.uint()?, reply.uint()?);
+                let (shard_overdue, available, unit_scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
+                walk.locks(&mut reply)?;
+                last = Some((locked, available, unit_scale));
+                if cursor == "0" || !steady {
+                    locks += shard_locks;
+                    expiries += shard_expiries;
+                    overdue_ms = overdue_ms.max(shard_overdue);
+                    if steady {
+                        continue 'shards;
+                    }
+                    break 'shards;
+                }
             }
         }
+        let (locked, available, unit_scale) = last.expect("a record has lock shards");
+        // Every lock has an expiry, so expiries beyond the locks that have
+        // one belong to no lock (the scripts change both at once).
+        let indexed = locks.saturating_sub(walk.without_expiry);
+        Ok(Some(RecordCheck {
+            record,
+            locked,
+            sum_of_locks: walk.steady.then_some(walk.sum),
+            locks_without_expiry: walk.without_expiry,
+            expiries_without_lock: expiries.saturating_sub(indexed),
+            overdue_ms,
+            available,
+            unit_scale,
+        }))
     }
 }

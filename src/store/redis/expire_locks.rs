@@ -21,7 +21,7 @@ impl RedisStore {
             // few in a row, without asking the due index again in between.
             for _ in 0..STEPS_PER_RECORD {
                 let mut inv = self.writing(&scripts::EXPIRE_LOCKS, partition, None);
-                self.add_record(&mut inv, &record);
+                self.add_whole_record(&mut inv, &record);
                 inv.arg(&id).arg(self.retention_ms);
                 let mut reply = self.eval(&inv).await?;
                 expired += usize::try_from(reply.uint()?).unwrap_or(usize::MAX);

@@ -9,7 +9,7 @@ impl RedisStore {
     pub(super) async fn get_stock_group(&self, records: &[RecordKey]) -> Result<Vec<Option<StockView>>, Error> {
         let mut inv = Invocation::new(&scripts::GET_STOCK);
         for record in records {
-            self.add_record(&mut inv, record);
+            self.add_whole_record(&mut inv, record);
         }
         let mut reply = self.run_script("get_stock", &inv).await?;
         let mut views = Vec::with_capacity(records.len());

@@ -1,16 +1,18 @@
 //! ListLocks and the lock statistics, over each partition's lock index
-//! ([`super::Keys::lock_index`]): every call reads a bounded range of it,
-//! whatever a record or a partition holds.
+//! ([`super::Keys::lock_index`], in [`LOCK_SHARDS`] shards): every call
+//! reads a bounded range of each shard, whatever a record or a partition
+//! holds.
 
 use std::time::Duration;
 
+use super::keys::LOCK_SHARDS;
 use super::read_lock::unpack_lock;
 use super::reply::malformed;
 use super::{Partition, RedisStore};
 use crate::domain::{Error, LockFilter, LockPage, LockStats, LockView, RecordKey, UnitScale};
 
-/// Index members one round trip reads.
-const SCAN: usize = 500;
+/// Index members one round trip reads from each shard of a partition's index.
+const SCAN_PER_SHARD: usize = 32;
 
 /// Most index members one ListLocks call looks at; a short page with a
 /// token is a valid page.
@@ -20,21 +22,24 @@ const SCAN_BUDGET: usize = 2_000;
 const READ_MIN: usize = 16;
 const READ_MAX: usize = 100;
 
-/// A lock index member: `created (15 digits)|sku|warehouse|token`.
+/// A lock index member: `created (15 digits)|sku|warehouse|token`, and the
+/// shard of the index it is in (that of the lock).
 struct Member {
     created_at_ms: i64,
     record: RecordKey,
     token: u64,
+    shard: usize,
 }
 
 impl Member {
-    fn parse(text: &str) -> Option<Self> {
+    fn parse(text: &str, shard: usize) -> Option<Self> {
         let (created, rest) = text.split_once('|')?;
         let (record, token) = rest.rsplit_once('|')?;
         Some(Self {
             created_at_ms: created.parse().ok()?,
             record: RecordKey::parse_id(record)?,
             token: token.parse().ok()?,
+            shard,
         })
     }
 }
@@ -66,7 +71,7 @@ impl RedisStore {
                 let (partition, member) = token.split_once(':').ok_or_else(bad)?;
                 let partition: Partition = partition.parse().map_err(|_| bad())?;
                 let at = partitions.iter().position(|&p| p == partition).ok_or_else(bad)?;
-                Member::parse(member).ok_or_else(bad)?;
+                Member::parse(member, 0).ok_or_else(bad)?;
                 (at, Some(member.to_owned()))
             }
         };
@@ -76,23 +81,14 @@ impl RedisStore {
             let now = self.time_of(partition).await?;
             let max = filter.older_than.map_or_else(|| "+".to_owned(), |age| created_through(now - millis_i64(age)));
             let min = after.as_ref().map_or_else(|| "-".to_owned(), |m| format!("({m}"));
-            let range = redis::cmd("ZRANGEBYLEX")
-                .arg(self.keys.lock_index(partition))
-                .arg(&min)
-                .arg(&max)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(SCAN)
-                .clone();
-            let members: Vec<String> = self.query(&range).await?;
+            let (members, exhausted) = self.index_range(partition, &min, &max).await?;
             examined += members.len();
-            let exhausted = members.len() < SCAN;
             // The next read starts after the range's last member, whether
             // the filter keeps it or not.
-            let range_end = members.last().cloned();
+            let range_end = members.last().map(|(text, _)| text.clone());
             let wanted: Vec<(String, Member)> = members
                 .into_iter()
-                .filter_map(|text| Member::parse(&text).map(|m| (text, m)))
+                .filter_map(|(text, shard)| Member::parse(&text, shard).map(|m| (text, m)))
                 .filter(|(_, m)| {
                     filter.sku.as_ref().is_none_or(|s| *s == m.record.sku)
                         && filter.warehouse.as_ref().is_none_or(|w| *w == m.record.warehouse)
@@ -128,6 +124,40 @@ impl RedisStore {
         Ok(LockPage { locks, next_page_token: None })
     }
 
+    /// The members of the partition's lock index in the lexical range
+    /// `min..max`, the first ones of the merged shards in order, each with
+    /// its shard, and whether that is all of the range. Each shard gives
+    /// [`SCAN_PER_SHARD`]; the merge keeps only members up to the smallest
+    /// last member of the shards that gave that many, so that no member of
+    /// the range that a shard did not give yet is skipped.
+    async fn index_range(
+        &self,
+        partition: Partition,
+        min: &str,
+        max: &str,
+    ) -> Result<(Vec<(String, usize)>, bool), Error> {
+        let mut pipe = redis::pipe();
+        for shard in 0..LOCK_SHARDS {
+            pipe.cmd("ZRANGEBYLEX")
+                .arg(self.keys.lock_index(partition, shard))
+                .arg(min)
+                .arg(max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SCAN_PER_SHARD);
+        }
+        let shards: Vec<Vec<String>> = self.query_pipe(&pipe).await?;
+        let bound = shards.iter().filter(|m| m.len() == SCAN_PER_SHARD).filter_map(|m| m.last()).min().cloned();
+        let mut merged: Vec<(String, usize)> = shards
+            .into_iter()
+            .enumerate()
+            .flat_map(|(shard, members)| members.into_iter().map(move |m| (m, shard)))
+            .filter(|(m, _)| bound.as_ref().is_none_or(|b| m <= b))
+            .collect();
+        merged.sort_unstable();
+        Ok((merged, bound.is_none()))
+    }
+
     /// The live locks the members name, `None` for those that ended or
     /// expired by `now`; one pipeline, all in one partition.
     async fn read_members<'a>(
@@ -141,7 +171,7 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for m in &members {
-            let keys = self.keys.record(&m.record);
+            let keys = self.keys.record(&m.record, m.shard);
             pipe.hget(&keys.locks, m.token).zscore(&keys.exp, m.token).hget(&keys.stock, "unit_scale");
         }
         let replies: Vec<(Option<String>, Option<f64>, Option<u32>)> = {
@@ -170,35 +200,39 @@ impl RedisStore {
     async fn time_of(&self, partition: Partition) -> Result<i64, Error> {
         // TIME has no key; on a cluster, a pipeline with a key of the
         // partition runs it on that partition's shard.
-        let pipe = redis::pipe().exists(self.keys.lock_index(partition)).cmd("TIME").clone();
+        let pipe = redis::pipe().exists(self.keys.due(partition)).cmd("TIME").clone();
         let (_, time): (bool, (i64, i64)) = self.query_pipe(&pipe).await?;
         Ok(time.0 * 1000 + time.1 / 1000)
     }
 
     /// Live locks (every lock not yet settled), stale ones, and the oldest,
-    /// from each partition's lock index in O(log n).
+    /// from each shard of each partition's lock index in O(log n).
     pub(super) async fn index_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
         let mut stats = LockStats { live: 0, stale: 0, oldest_created_at_ms: None };
         for partition in 0..self.keys.partitions() {
-            let index = self.keys.lock_index(partition);
             let now = self.time_of(partition).await?;
-            let pipe = redis::pipe()
-                .zcard(&index)
-                .cmd("ZLEXCOUNT")
-                .arg(&index)
-                .arg("-")
-                .arg(created_through(now - millis_i64(stale_after)))
-                .cmd("ZRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(0)
-                .clone();
-            let (live, stale, first): (u64, u64, Vec<String>) = self.query_pipe(&pipe).await?;
-            stats.live += live;
-            stats.stale += stale;
-            if let Some(oldest) = first.first().and_then(|m| Member::parse(m)) {
-                let at = oldest.created_at_ms;
-                stats.oldest_created_at_ms = Some(stats.oldest_created_at_ms.map_or(at, |o| o.min(at)));
+            let stale_bound = created_through(now - millis_i64(stale_after));
+            let mut pipe = redis::pipe();
+            for shard in 0..LOCK_SHARDS {
+                let index = self.keys.lock_index(partition, shard);
+                pipe.zcard(&index)
+                    .cmd("ZLEXCOUNT")
+                    .arg(&index)
+                    .arg("-")
+                    .arg(&stale_bound)
+                    .cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(0);
+            }
+            let shards: Vec<(u64, u64, Vec<String>)> = self.query_pipe(&pipe).await?;
+            for (live, stale, first) in shards {
+                stats.live += live;
+                stats.stale += stale;
+                if let Some(oldest) = first.first().and_then(|m| Member::parse(m, 0)) {
+                    let at = oldest.created_at_ms;
+                    stats.oldest_created_at_ms = Some(stats.oldest_created_at_ms.map_or(at, |o| o.min(at)));
+                }
             }
         }
         Ok(stats)
@@ -225,10 +259,10 @@ mod tests {
 
     #[test]
     fn members_parse_and_sort_by_age() {
-        let m = Member::parse("001700000000123|SKU-1|WH-A|42").unwrap();
+        let m = Member::parse("001700000000123|SKU-1|WH-A|42", 3).unwrap();
         assert_eq!((m.created_at_ms, m.record.to_string().as_str(), m.token), (1_700_000_000_123, "SKU-1|WH-A", 42));
-        assert!(Member::parse("x|SKU|WH|1").is_none());
-        assert!(Member::parse("000000000000001|SKU|WH").is_none());
+        assert!(Member::parse("x|SKU|WH|1", 0).is_none());
+        assert!(Member::parse("000000000000001|SKU|WH", 0).is_none());
         // The bound for "created at or before" takes exactly those members.
         let bound = created_through(1_700_000_000_123);
         let (inside, outside) = ("001700000000123|S|W|1", "001700000000124|S|W|1");

@@ -1,6 +1,7 @@
 //! `lua/lock.lua`: Lock and the part of a BatchLock in one partition.
 
 use super::call::{Invocation, fingerprint, millis};
+use super::keys::{LOCK_SHARDS, lock_shard};
 use super::reply::{Facts, Reply, Tag, malformed};
 use super::{Keys, Partition, RedisStore, scripts};
 use crate::domain::{BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, Shortage};
@@ -29,7 +30,9 @@ pub struct LockLimits {
 
 impl LockCall {
     /// The call for `cmd`'s lines, all in `partition`, under `nonce`, in
-    /// idempotency generation `generation` (see [`LockCall::generation`]).
+    /// idempotency generation `generation` (see [`LockCall::generation`]);
+    /// `wide` names every record whole, so the script can settle expired
+    /// locks in every shard (it asks for that by answering SETTLE).
     pub fn new(
         keys: &Keys,
         partition: Partition,
@@ -37,28 +40,35 @@ impl LockCall {
         limits: LockLimits,
         nonce: &str,
         generation: u64,
+        wide: bool,
     ) -> Self {
         let request = request_digest(cmd);
         let line_args = line_args(cmd);
-        let mut key_list = Vec::with_capacity(7 + 4 * cmd.lines.len());
+        let per_line = if wide { 2 + 3 * LOCK_SHARDS } else { 5 };
+        let mut key_list = Vec::with_capacity(6 + per_line * cmd.lines.len());
         let pk = keys.partition_keys(partition, None);
         key_list.extend([
             keys.lock_idempotency(partition, generation, &request),
             pk.due,
             pk.events,
             pk.audit,
-            pk.locks,
             keys.lock_idempotency(partition, generation.saturating_sub(1), &request),
             match &cmd.batch_id {
                 Some(batch) => keys.batch(partition, batch),
                 None => pk.idempotency,
             },
         ]);
+        // Every lock of the call is in its nonce's shard.
+        let shard = lock_shard(nonce);
         for line in &cmd.lines {
-            let record = keys.record(&line.record);
-            key_list.extend([record.stock, record.locks, record.exp, record.ended]);
+            if wide {
+                key_list.extend(keys.whole_record(&line.record));
+            } else {
+                let record = keys.record(&line.record, shard);
+                key_list.extend([record.stock, record.locks, record.exp, record.ended, record.index]);
+            }
         }
-        let mut args = Vec::with_capacity(13 + line_args.len());
+        let mut args = Vec::with_capacity(15 + line_args.len());
         args.extend([
             content_fingerprint(cmd, &line_args)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
@@ -73,6 +83,8 @@ impl LockCall {
             request,
             generation.to_string(),
             limits.retention_ms.max(1).to_string(),
+            shard.to_string(),
+            if wide { "1" } else { "0" }.to_owned(),
         ]);
         args.extend(line_args);
         Self { keys: key_list, args }
@@ -111,15 +123,21 @@ impl RedisStore {
             token_floor: self.link.token_floor(),
         };
         let mut generation = LockCall::current_generation(limits.retention_ms);
-        let mut reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
-        for _ in 0..3 {
-            if reply.tag != Tag::Generation {
-                break;
+        let mut wide = false;
+        let call = |generation, wide| LockCall::new(&self.keys, partition, cmd, limits, nonce, generation, wide);
+        let mut reply = self.lock_call(call(generation, wide)).await?;
+        for _ in 0..4 {
+            match reply.tag {
+                // This replica's clock and Redis's disagree about the
+                // generation (near its boundary): Redis's clock decides.
+                Tag::Generation => generation = reply.uint()?,
+                // Short while other shards may hold expired locks: the
+                // whole records let the script settle them first.
+                Tag::Settle => wide = true,
+                _ => break,
             }
-            // This replica's clock and Redis's disagree about the generation
-            // (near its boundary): Redis's clock decides. Nothing was written.
-            generation = reply.uint()?;
-            reply = self.lock_call(LockCall::new(&self.keys, partition, cmd, limits, nonce, generation)).await?;
+            // Nothing was written: call again.
+            reply = self.lock_call(call(generation, wide)).await?;
         }
         if reply.tag != Tag::Ok {
             return Err(refusal(&mut reply, cmd, numbers)?);

@@ -5,6 +5,7 @@
 
 use super::call::fingerprint;
 use super::check_record::{CHECK_SLICE, LockWalk};
+use super::keys::LOCK_SHARDS;
 use super::reply::{Facts, Reply, Tag};
 use super::{RedisStore, scripts};
 use crate::domain::{Error, RecordKey, Repair, RequestId};
@@ -39,7 +40,7 @@ impl RedisStore {
             }
             let partition = self.keys.partition_of(&record.sku);
             let mut inv = self.writing(&scripts::REPAIR_RECORD, partition, Some(("repair_record", request_id)));
-            self.add_record(&mut inv, record);
+            self.add_whole_record(&mut inv, record);
             inv.arg(&record_id)
                 .arg(&fp)
                 .arg(self.retention_ms)
@@ -50,7 +51,8 @@ impl RedisStore {
                 .arg(version)
                 .arg(walk.sum)
                 .arg(fixed)
-                .arg(dropped);
+                .arg(dropped)
+                .arg(walk.count());
             let mut reply = self.run_script("repair_record", &inv).await?;
             match reply.tag {
                 Tag::Ok => {}
@@ -71,33 +73,41 @@ impl RedisStore {
         Err(Error::RecordBusy { attempts: REPAIR_ATTEMPTS })
     }
 
-    /// One walk of `repair_slice.lua` in `mode` over the whole record: the
-    /// locks it saw (mode `locks`), the version of the first slice, and what
-    /// it fixed or dropped; `None` when the record does not exist. A walk
-    /// over locks stops at the first slice that sees the record changed.
+    /// One walk of `repair_slice.lua` in `mode` over the whole record, lock
+    /// shard by lock shard: the locks it saw (mode `locks`), the version of
+    /// the first slice, and what it fixed or dropped; `None` when the record
+    /// does not exist. A walk over locks stops at the first slice that sees
+    /// the record changed.
     async fn repair_walk(&self, record: &RecordKey, mode: &str) -> Result<Option<(LockWalk, u64, u64)>, Error> {
         let partition = self.keys.partition_of(&record.sku);
         let (mut walk, mut first_version, mut mended) = (LockWalk::new(), None, 0);
-        let mut cursor = "0".to_owned();
-        loop {
-            let mut inv = self.writing(&scripts::REPAIR_SLICE, partition, None);
-            self.add_record(&mut inv, record);
-            inv.arg(mode).arg(&cursor).arg(CHECK_SLICE).arg(record.to_string());
-            let mut reply: Reply = self.run_script("repair_slice", &inv).await?;
-            match reply.tag {
-                Tag::Ok => {}
-                Tag::Missing => return Ok(None),
-                _ => return Err(reply.unexpected()),
-            }
-            let version = reply.uint()?;
-            first_version.get_or_insert(version);
-            let steady = walk.version(version);
-            cursor = reply.text()?;
-            mended += reply.uint()?;
-            walk.locks(&mut reply)?;
-            if cursor == "0" || (mode == "locks" && !steady) {
-                return Ok(Some((walk, first_version.unwrap_or(version), mended)));
+        for shard in 0..LOCK_SHARDS {
+            let mut cursor = "0".to_owned();
+            loop {
+                let mut inv = self.writing(&scripts::REPAIR_SLICE, partition, None);
+                self.add_record_shard(&mut inv, record, shard);
+                inv.arg(mode).arg(&cursor).arg(CHECK_SLICE).arg(record.to_string());
+                let mut reply: Reply = self.run_script("repair_slice", &inv).await?;
+                match reply.tag {
+                    Tag::Ok => {}
+                    Tag::Missing => return Ok(None),
+                    _ => return Err(reply.unexpected()),
+                }
+                let version = reply.uint()?;
+                let first = *first_version.get_or_insert(version);
+                let steady = walk.version(version);
+                cursor = reply.text()?;
+                mended += reply.uint()?;
+                walk.locks(&mut reply)?;
+                if mode == "locks" && !steady {
+                    return Ok(Some((walk, first, mended)));
+                }
+                if cursor == "0" {
+                    break;
+                }
             }
         }
+        let first = first_version.expect("a record has lock shards");
+        Ok(Some((walk, first, mended)))
     }
 }

@@ -23,6 +23,10 @@ pub(super) enum Tag {
     /// A Lock named another idempotency generation than Redis's clock gives;
     /// the right one follows (not an error: the call is made again).
     Generation,
+    /// A Lock line was short while the record may hold expired locks in
+    /// shards the call did not name: call again with the records whole
+    /// (not an error; nothing was written).
+    Settle,
     /// The request_id was used before with other content.
     IdempotencyKeyReused,
     /// No stock record for the SKU in the warehouse.
@@ -61,12 +65,13 @@ pub(super) enum Tag {
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 22] = [
+const TAGS: [(Tag, &str); 23] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
     (Tag::Missing, "MISSING"),
     (Tag::Generation, "GENERATION"),
+    (Tag::Settle, "SETTLE"),
     (Tag::IdempotencyKeyReused, reason::IDEMPOTENCY_KEY_REUSED),
     (Tag::SkuNotAvailableInWarehouse, reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE),
     (Tag::InvalidQuantityScale, "INVALID_QUANTITY_SCALE"),
@@ -155,7 +160,7 @@ impl Tag {
             Self::ForceUnlockNotPending => Error::ForceUnlockNotPending { id, state: detail },
             Self::ForceUnlockExpired => Error::ForceUnlockExpired { id },
             Self::TwoPersonRule => Error::TwoPersonRule { requester: detail },
-            Self::Ok | Self::AlreadyCommitted | Self::Stale | Self::Missing | Self::Generation => {
+            Self::Ok | Self::AlreadyCommitted | Self::Stale | Self::Missing | Self::Generation | Self::Settle => {
                 malformed(&format!("{} taken for a refusal", self.as_str()))
             }
         }
@@ -288,7 +293,7 @@ mod tests {
     #[test]
     fn every_refusal_is_spelled_as_the_reason_the_caller_sees() {
         let refusals = TAGS.iter().filter(|(tag, _)| {
-            !matches!(tag, Tag::Ok | Tag::AlreadyCommitted | Tag::Stale | Tag::Missing | Tag::Generation)
+            !matches!(tag, Tag::Ok | Tag::AlreadyCommitted | Tag::Stale | Tag::Missing | Tag::Generation | Tag::Settle)
         });
         for (tag, spelled) in refusals {
             let facts = Facts { record: Some((record(), None)), ..Facts::default() };
@@ -303,7 +308,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_not_errors() {
-        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation] {
+        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation, Tag::Settle] {
             assert!(matches!(tag.error(Facts::default()), Error::Internal { .. }));
         }
     }

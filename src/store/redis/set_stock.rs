@@ -21,7 +21,7 @@ impl RedisStore {
         let idempotency = cmd.request_id.as_ref().map(|r| ("set_stock", r));
         let mut inv = self.writing(&scripts::SET_STOCK, partition, idempotency);
         inv.key(self.keys.warehouses(&cmd.record.sku)).key(self.keys.records(partition));
-        self.add_record(&mut inv, &cmd.record);
+        self.add_whole_record(&mut inv, &cmd.record);
         inv.arg(&figures[..])
             .arg(&unit_scale)
             .arg(&source_version)
