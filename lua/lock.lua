@@ -16,7 +16,7 @@
 -- ARGV[7]  idempotency retention ms (unused: ARGV[13] is the generation length)
 -- ARGV[8]  tombstone retention ms
 -- ARGV[9]  nonce (random, makes lock ids unguessable and unique across data loss)
--- ARGV[10] token floor: the fencing epoch << 32; tokens are never below it, so
+-- ARGV[10] token floor: the fencing epoch << 36; tokens are never below it, so
 --          tokens issued after a failover are above every one issued before
 -- ARGV[11] the request's digest (16 hex digits of method and request_id)
 -- ARGV[12] the idempotency generation KEYS[1] belongs to: unix ms / ARGV[13]

@@ -32,9 +32,12 @@ use super::call::bounded;
 use super::scripts;
 use crate::domain::Error;
 
-/// Tokens of one epoch occupy the low 32 bits; epochs the 21 above (2^53 in all,
-/// what a Lua number holds exactly).
-pub(super) const EPOCH_SHIFT: u32 = 32;
+/// Tokens of one epoch occupy the low 36 bits; epochs the 17 above (2^53 in
+/// all, what a Lua number holds exactly). A lock takes the next token of its
+/// lock shard, 8 to 12 tokens on from the record's last one on average
+/// (see `keys::RecordKeys`), so an epoch holds some 8 billion locks of one
+/// record, and 131,072 epochs (failovers) fit.
+pub(super) const EPOCH_SHIFT: u32 = 36;
 
 /// How the store finds its primary.
 #[derive(Clone, Debug)]

@@ -24,7 +24,7 @@ pub struct LockLimits {
     pub max_hold_ms: u64,
     /// How long idempotency records and tombstones are kept (ms).
     pub retention_ms: u64,
-    /// The smallest fencing token to issue (the fencing epoch << 32).
+    /// The smallest fencing token to issue (the fencing epoch << 36).
     pub token_floor: u64,
 }
 
