@@ -27,7 +27,7 @@
 --   locks  hash  (per shard) fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  (per shard) fencing token -> expires_at_ms
 --   idx    zset  (per shard, of the partition) the lock index, see lock_member
---   ended  hash  tombstones of one bucket of 128 tokens: token -> R(eleased),
+--   ended  hash  tombstones of one bucket of 512 tokens: token -> R(eleased),
 --                C(ommitted) followed by "committed|released" (scaled), or
 --                F(orce-released). A call about one lock names its token's bucket;
 --                other calls name a bucket no script touches. An expired lock leaves
@@ -171,19 +171,21 @@ local function read_stock(rec)
 end
 
 -- Expired locks of a record's shard (expires_at <= now), the earliest
--- `limit` (SETTLE_LIMIT by default) of them: their tokens and summed
--- quantity. Reads only, so a script can decide before it writes.
+-- `limit` (SETTLE_LIMIT by default) of them: their tokens, the summed
+-- quantity and the number of those that are locks (an expiry entry without
+-- a lock is drift the auditor reports). Reads only, so a script can decide
+-- before it writes.
 local function find_expired(rec, now, limit)
   local tokens = redis.call('ZRANGEBYSCORE', rec.exp, '-inf', now, 'LIMIT', 0, limit or SETTLE_LIMIT)
-  local sum = 0
+  local sum, locks = 0, 0
   if #tokens > 0 then
     for _, packed in ipairs(redis.call('HMGET', rec.locks, unpack(tokens))) do
       if packed then
-        sum = sum + unpack_lock(packed).qty
+        sum, locks = sum + unpack_lock(packed).qty, locks + 1
       end
     end
   end
-  return tokens, sum
+  return tokens, sum, locks
 end
 
 local function available_of(s, locked)
@@ -242,8 +244,9 @@ end
 
 -- Returns expired locks' quantity to the record (the write half of
 -- find_expired, on the same shard's view), with one `expire` event per lock
--- in the event stream. The lock set, its index, the tombstones and the
--- figures are written once for all of them. `pk` are the partition keys.
+-- in the event stream. The lock set, its index and the figures are written
+-- once for all of them; an expired lock leaves no tombstone. `pk` are the
+-- partition keys.
 local function drop_expired(pk, rec, tokens, now, retention)
   if #tokens == 0 then
     return
@@ -275,24 +278,25 @@ local function views_of(rec)
 end
 
 -- Expired locks of the record's shards, SETTLE_LIMIT in all, shard by
--- shard: a list of {view, tokens}, their summed quantity and their count.
--- Only a record whose `due` (ms, or nil) has come can have any. Reads only.
+-- shard: a list of {view, tokens}, their summed quantity, the number of
+-- tokens and how many of them are locks. Only a record whose `due` (ms, or
+-- nil) has come can have any. Reads only.
 local function find_expired_all(rec, now, due)
-  local found, sum, budget = {}, 0, SETTLE_LIMIT
+  local found, sum, locks, budget = {}, 0, 0, SETTLE_LIMIT
   if not due or due > now then
-    return found, 0, 0
+    return found, 0, 0, 0
   end
   for _, view in ipairs(views_of(rec)) do
     if budget == 0 then
       break
     end
-    local tokens, qty = find_expired(view, now, budget)
+    local tokens, qty, n = find_expired(view, now, budget)
     if #tokens > 0 then
       found[#found + 1] = { view = view, tokens = tokens }
-      sum, budget = sum + qty, budget - #tokens
+      sum, locks, budget = sum + qty, locks + n, budget - #tokens
     end
   end
-  return found, sum, SETTLE_LIMIT - budget
+  return found, sum, SETTLE_LIMIT - budget, locks
 end
 
 -- Drops what find_expired_all found.
@@ -345,9 +349,11 @@ end
 
 -- Which way a lock that is no longer live ended: 'R', 'C', 'F' by its
 -- tombstone, and what the tombstone says besides (a commit's
--- "committed|released"); else 'E' if the record issued its token (an expired
--- lock leaves no tombstone, and neither does one whose tombstone outlived
--- the retention); else nil: no such lock was ever taken.
+-- "committed|released"); else 'E' if its token is not above the record's
+-- fence (an expired lock leaves no tombstone, and neither does one whose
+-- tombstone outlived the retention; a token the record skipped, as each
+-- lock takes the next token of its shard, reads the same); else nil: no such
+-- lock was ever taken.
 local function ended_mark(rec, token)
   local mark = redis.call('HGET', rec.ended, token)
   if mark then
@@ -362,18 +368,12 @@ end
 -- The record's figures as reply strings, counting only live locks:
 -- physical reserved in_transit locked unit_scale version source_version live_locks.
 -- Expired locks not settled yet are looked for in the shards the call holds
--- (all of a whole record), SETTLE_LIMIT per shard; any beyond still count,
--- so availability is understated for a moment, never overstated.
+-- (all of a whole record), SETTLE_LIMIT in all; any beyond still count, so
+-- availability is understated for a moment, never overstated.
 local function record_reply(rec, now, out)
   local s = read_stock(rec)
-  local expired_count, expired_sum = 0, 0
-  if s.due and s.due <= now then
-    for _, view in ipairs(views_of(rec)) do
-      local tokens, sum = find_expired(view, now)
-      expired_count, expired_sum = expired_count + #tokens, expired_sum + sum
-    end
-  end
-  local live = s.live - expired_count
+  local _, expired_sum, _, expired_locks = find_expired_all(rec, now, s.due)
+  local live = math.max(s.live - expired_locks, 0)
   for _, v in ipairs({ s.physical, s.reserved, s.in_transit, s.locked - expired_sum, s.unit_scale, s.version, s.source_version, live }) do
     out[#out + 1] = fmt(v)
   end

@@ -6,7 +6,7 @@
 -- KEYS[6]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
 -- KEYS[7 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
---                  ended, idx); wide (ARGV[15]), the whole record (see whole_record_at)
+--                  ended, idx); wide (see ARGV[15]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -16,7 +16,7 @@
 -- ARGV[7]  idempotency retention ms (unused: ARGV[13] is the generation length)
 -- ARGV[8]  tombstone retention ms
 -- ARGV[9]  nonce (random, makes lock ids unguessable and unique across data loss)
--- ARGV[10] token floor: the fencing epoch << 36; tokens are never below it, so
+-- ARGV[10] token floor: the fencing epoch << 32; tokens are never below it, so
 --          tokens issued after a failover are above every one issued before
 -- ARGV[11] the request's digest (16 hex digits of method and request_id)
 -- ARGV[12] the idempotency generation KEYS[1] belongs to: unix ms / ARGV[13]
@@ -24,14 +24,15 @@
 -- ARGV[14] the lock shard of this call's locks (0..LOCK_SHARDS-1): each lock's token is the
 --          smallest above the record's last one with token % LOCK_SHARDS = the shard, so
 --          a lock id names its shard (src/store/redis/keys.rs)
--- ARGV[15] '1' for a wide call (every record whole), else '0'
+-- ARGV[15] per line, '1' if it names its record wide, else '0' (one character a line)
 -- ARGV[16 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
 --
--- Expired locks never count: a narrow call settles those of its shard; when
--- a line is short and other shards may hold expired locks too (the record's
--- due has come), it answers {'SETTLE'} without writing, and the caller calls
--- again wide, which settles the record's expired locks (SETTLE_LIMIT in all)
--- before it locks. So the usual Lock names 5 keys a line, not 50.
+-- Expired locks never count: a narrow line settles those of its shard; when
+-- it is short and other shards may hold expired locks too (the record's due
+-- has come), the call answers {'SETTLE', line...} without writing, and the
+-- caller calls again with those lines wide, which settles their records'
+-- expired locks (SETTLE_LIMIT each) before it locks. So a Lock names 5 keys
+-- a line, and 50 only for a short line of a record with expired locks.
 --
 -- Idempotency: a granted call leaves one field in its generation's hash,
 -- request digest -> content digest .. "now|max_expires|batch_id|nonce|" and
@@ -43,7 +44,7 @@
 --
 -- Returns
 --   {'GENERATION', generation}                see Idempotency
---   {'SETTLE'}                               call again wide (narrow calls only)
+--   {'SETTLE', line...}                      call again with these lines wide
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
 --    then per line: token, qty, available, unit_scale}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
@@ -54,7 +55,7 @@
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
--- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all, refresh_due,
+-- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all,
 -- available_of, pack_lock, lock_member, emit, lower_due, split
 
 local pk = partition_keys()
@@ -67,7 +68,7 @@ local nonce = ARGV[9]
 local token_floor = tonumber(ARGV[10])
 local request, generation, generation_ms = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
 local shard = tonumber(ARGV[14])
-local wide = ARGV[15] == '1'
+local wide_lines = ARGV[15]
 local line_count = (#ARGV - 15) / 3
 
 local now = now_ms()
@@ -94,16 +95,20 @@ end
 -- Check every line before the first write.
 local lines = {}
 local short = {}
-local unsettled = false
+local unsettled = {}
+local key = 7
 for k = 0, line_count - 1 do
   -- `rec` is the record as the call names it, `view` the shard the lock goes to.
   local rec, view
+  local wide = string.sub(wide_lines, k + 1, k + 1) == '1'
   if wide then
-    rec = whole_record_at(7 + WHOLE_RECORD_KEYS * k, ARGV[16 + 3 * k])
+    rec = whole_record_at(key, ARGV[16 + 3 * k])
     view = rec.views[shard + 1]
+    key = key + WHOLE_RECORD_KEYS
   else
-    rec = record_at(7 + 5 * k, ARGV[16 + 3 * k])
+    rec = record_at(key, ARGV[16 + 3 * k])
     view = rec
+    key = key + 5
   end
   local s = read_stock(view)
   if not s then
@@ -117,15 +122,18 @@ for k = 0, line_count - 1 do
   local expired, expired_sum = find_expired_all(rec, now, s.due)
   local available = available_of(s, s.locked - expired_sum)
   if qty > available then
-    unsettled = unsettled or (not wide and s.due and s.due <= now) or false
+    if not wide and s.due and s.due <= now then
+      unsettled[#unsettled + 1] = fmt(k)
+    end
     for _, v in ipairs({ k, qty, math.max(available, 0), s.unit_scale }) do
       short[#short + 1] = fmt(v)
     end
   end
   lines[#lines + 1] = { rec = rec, view = view, stock = s, qty = qty, expired = expired, available = available }
 end
-if unsettled then
-  return { 'SETTLE' }
+if #unsettled > 0 then
+  table.insert(unsettled, 1, 'SETTLE')
+  return unsettled
 end
 if #short > 0 then
   table.insert(short, 1, 'INSUFFICIENT_STOCK')
@@ -142,10 +150,6 @@ for _, line in ipairs(lines) do
   if #line.expired > 0 then
     drop_expired_all(pk, line.expired, now, tomb_retention)
     s = read_stock(rec)
-  end
-  if wide then
-    -- Every shard is at hand: due becomes exact again.
-    s.due = refresh_due(pk.due, line.rec)
   end
   -- One write for the three counters; the figures are known, so the event
   -- needs no read either (the profile of this script is its Redis calls).

@@ -141,3 +141,24 @@ async fn a_repair_needs_a_reason_and_an_existing_record() {
     assert_eq!((status.code(), bad_fields(&status)), (Code::InvalidArgument, vec!["reason".to_owned()]));
     expect_error(admin.repair_record(repair("NOPE", "r2")).await, Code::NotFound, "SKU_NOT_AVAILABLE_IN_WAREHOUSE");
 }
+
+#[tokio::test]
+async fn an_expiry_without_a_lock_does_not_break_reads_of_the_record() {
+    // Drift behind the service's back, the sweeper held off: an expiry entry
+    // that names no lock, already due. Reads count locks, not entries.
+    let svc = start_with(&["--sweep-interval", "1h"]).await;
+    svc.stock("ORPHAN", "WH-A", "5").await;
+    let shards = svc.record_keys("ORPHAN", "WH-A");
+    let mut conn = svc.redis_conn().await;
+    let () = redis::pipe()
+        .zadd(&shards[3].exp, "999", 1)
+        .hset(&shards[0].stock, "due", 1)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let record = svc.record("ORPHAN", "WH-A").await;
+    assert_eq!((record.available.as_str(), record.live_locks), ("5", 0));
+    let lock = svc.lock("ORPHAN", "WH-A", "2", "after-drift").await.unwrap();
+    assert_eq!(lock.available, "3");
+}

@@ -632,7 +632,7 @@ fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
     };
     let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, token_floor: 0 };
     let generation = LockCall::current_generation(limits.retention_ms);
-    let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, false);
+    let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, &[]);
     let mut args = call.args;
     ensure!(args[10].len() == 16, "ARGV[11] of lock.lua is no longer the request's digest");
     args[10] = "__rand_int__".to_owned();

@@ -59,7 +59,7 @@ pub struct RecordKeys {
     /// Sorted set of the shard: fencing token -> expiry (ms).
     pub exp: String,
     /// Hash of tombstones of the locks whose token is in one bucket of
-    /// 128 tokens: token -> how the lock ended (`R`eleased,
+    /// 512 tokens: token -> how the lock ended (`R`eleased,
     /// `C`ommitted, `F`orce-released; an expired lock leaves none). A call
     /// about one lock names its token's bucket ([`Keys::lock_record`]); the
     /// others name bucket `-`, which no script touches. A bucket stays a
@@ -69,9 +69,11 @@ pub struct RecordKeys {
     pub index: String,
 }
 
-/// Tokens per tombstone bucket: at most Redis's `hash-max-listpack-entries`
-/// (128 by default), so a bucket keeps its compact encoding.
-pub(super) const TOMBSTONE_BUCKET: u64 = 128;
+/// Tokens per tombstone bucket. A lock takes the next token of its shard,
+/// 8.5 tokens on average after the record's last one, so a bucket holds about
+/// 60 tombstones: within Redis's `hash-max-listpack-entries` (128 by
+/// default), so it keeps its compact encoding, and few keys a record.
+pub(super) const TOMBSTONE_BUCKET: u64 = 512;
 
 /// Lock shards per record and lock-index shards per partition. Part of the
 /// data layout, and `LOCK_SHARDS` in `lua/lib.lua`.
@@ -396,7 +398,7 @@ mod tests {
             assert!(key.starts_with("sl:{p0.0}:"), "{key}");
         }
         // A lock's keys are those of its nonce's shard, as the whole record lists them.
-        let lock = keys.lock_record(&record, 300);
+        let lock = keys.lock_record(&record, 1100);
         assert_eq!(lock.ended, "sl:{p0.0}:SKU-1:w:WH-A:ended:2");
         assert_eq!(&whole[2 + 3 * 12..2 + 3 * 13], &[lock.locks, lock.exp, lock.index]);
     }

@@ -32,12 +32,17 @@ use super::call::bounded;
 use super::scripts;
 use crate::domain::Error;
 
-/// Tokens of one epoch occupy the low 36 bits; epochs the 17 above (2^53 in
-/// all, what a Lua number holds exactly). A lock takes the next token of its
-/// lock shard, 8 to 12 tokens on from the record's last one on average
-/// (see `keys::RecordKeys`), so an epoch holds some 8 billion locks of one
-/// record, and 131,072 epochs (failovers) fit.
-pub(super) const EPOCH_SHIFT: u32 = 36;
+/// Tokens of one epoch occupy the low 32 bits; epochs the 21 above (2^53 in
+/// all, what a Lua number holds exactly). Under Sentinel every start of a
+/// replica bumps the epoch, not only a failover, so epochs need the room:
+/// 2 million of them. A lock takes the next token of its lock shard, 8.5
+/// tokens on from the record's last one on average (see
+/// `keys::RecordKeys`), so one epoch holds some 500 million locks of one
+/// record before its tokens pass the next epoch's floor.
+pub(super) const EPOCH_SHIFT: u32 = 32;
+
+/// Epochs past this would put the token floor beyond what Lua holds exactly.
+const MAX_EPOCH: u64 = (1 << (53 - EPOCH_SHIFT)) - 2;
 
 /// How the store finds its primary.
 #[derive(Clone, Debug)]
@@ -315,6 +320,13 @@ async fn open(client: Client, timeout: Duration, epoch_key: &str, bump_epoch: bo
     // On a cluster, SCRIPT LOAD goes to every node.
     for (_, script) in scripts::all() {
         bounded(timeout, script.prepare_invoke().load_async(&mut conn)).await?;
+    }
+    if epoch > MAX_EPOCH {
+        // Tokens above 2^53 would repeat in Lua: refuse rather than fence wrongly.
+        return Err(Error::invalid(
+            "redis_url",
+            format!("holds fencing epoch {epoch}, past the last one ({MAX_EPOCH}); tokens would no longer be exact"),
+        ));
     }
     let addr = client.addr();
     Ok(Primary { conn, client, addr, token_floor: epoch << EPOCH_SHIFT })

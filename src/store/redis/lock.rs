@@ -24,15 +24,16 @@ pub struct LockLimits {
     pub max_hold_ms: u64,
     /// How long idempotency records and tombstones are kept (ms).
     pub retention_ms: u64,
-    /// The smallest fencing token to issue (the fencing epoch << 36).
+    /// The smallest fencing token to issue (the fencing epoch << 32).
     pub token_floor: u64,
 }
 
 impl LockCall {
     /// The call for `cmd`'s lines, all in `partition`, under `nonce`, in
     /// idempotency generation `generation` (see [`LockCall::generation`]);
-    /// `wide` names every record whole, so the script can settle expired
-    /// locks in every shard (it asks for that by answering SETTLE).
+    /// the lines whose number is in `wide` name their record whole, so the
+    /// script can settle its expired locks in every shard (it asks for that
+    /// by answering SETTLE with those lines).
     pub fn new(
         keys: &Keys,
         partition: Partition,
@@ -40,12 +41,11 @@ impl LockCall {
         limits: LockLimits,
         nonce: &str,
         generation: u64,
-        wide: bool,
+        wide: &[usize],
     ) -> Self {
         let request = request_digest(cmd);
         let line_args = line_args(cmd);
-        let per_line = if wide { 2 + 3 * LOCK_SHARDS } else { 5 };
-        let mut key_list = Vec::with_capacity(6 + per_line * cmd.lines.len());
+        let mut key_list = Vec::with_capacity(6 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
         let pk = keys.partition_keys(partition, None);
         key_list.extend([
             keys.lock_idempotency(partition, generation, &request),
@@ -60,8 +60,8 @@ impl LockCall {
         ]);
         // Every lock of the call is in its nonce's shard.
         let shard = lock_shard(nonce);
-        for line in &cmd.lines {
-            if wide {
+        for (number, line) in cmd.lines.iter().enumerate() {
+            if wide.contains(&number) {
                 key_list.extend(keys.whole_record(&line.record));
             } else {
                 let record = keys.record(&line.record, shard);
@@ -84,7 +84,7 @@ impl LockCall {
             generation.to_string(),
             limits.retention_ms.max(1).to_string(),
             shard.to_string(),
-            if wide { "1" } else { "0" }.to_owned(),
+            (0..cmd.lines.len()).map(|n| if wide.contains(&n) { '1' } else { '0' }).collect(),
         ]);
         args.extend(line_args);
         Self { keys: key_list, args }
@@ -123,21 +123,29 @@ impl RedisStore {
             token_floor: self.link.token_floor(),
         };
         let mut generation = LockCall::current_generation(limits.retention_ms);
-        let mut wide = false;
-        let call = |generation, wide| LockCall::new(&self.keys, partition, cmd, limits, nonce, generation, wide);
-        let mut reply = self.lock_call(call(generation, wide)).await?;
+        let mut wide = Vec::new();
+        let call =
+            |generation, wide: &[usize]| LockCall::new(&self.keys, partition, cmd, limits, nonce, generation, wide);
+        let mut reply = self.lock_call(call(generation, &wide)).await?;
         for _ in 0..4 {
             match reply.tag {
                 // This replica's clock and Redis's disagree about the
                 // generation (near its boundary): Redis's clock decides.
                 Tag::Generation => generation = reply.uint()?,
-                // Short while other shards may hold expired locks: the
-                // whole records let the script settle them first.
-                Tag::Settle => wide = true,
+                // Lines short while other shards may hold expired locks:
+                // their whole records let the script settle them first.
+                Tag::Settle => {
+                    while !reply.is_done() {
+                        let line = reply.index(cmd.lines.len())?;
+                        if !wide.contains(&line) {
+                            wide.push(line);
+                        }
+                    }
+                }
                 _ => break,
             }
             // Nothing was written: call again.
-            reply = self.lock_call(call(generation, wide)).await?;
+            reply = self.lock_call(call(generation, &wide)).await?;
         }
         if reply.tag != Tag::Ok {
             return Err(refusal(&mut reply, cmd, numbers)?);

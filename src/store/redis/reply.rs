@@ -23,9 +23,9 @@ pub(super) enum Tag {
     /// A Lock named another idempotency generation than Redis's clock gives;
     /// the right one follows (not an error: the call is made again).
     Generation,
-    /// A Lock line was short while the record may hold expired locks in
-    /// shards the call did not name: call again with the records whole
-    /// (not an error; nothing was written).
+    /// Lock lines (listed) were short while their records may hold expired
+    /// locks in shards the call did not name: call again with those records
+    /// whole (not an error; nothing was written).
     Settle,
     /// The request_id was used before with other content.
     IdempotencyKeyReused,
