@@ -11,10 +11,10 @@
 --
 -- Returns {'MISSING'} when the record does not exist, else
 --   {'OK', version, next_cursor, locked, lock_count, expiry_count, overdue_ms,
---    available, unit_scale, then per lock of the slice: token, quantity,
+--    available, unit_scale, live, then per lock of the slice: token, quantity,
 --    '1' if it has an expiry entry else '0'}
--- where locked is the stored figure, lock_count and expiry_count the sizes of
--- the lock set and the expiry index (equal on a healthy record), overdue_ms
+-- where locked and live are the stored figures, lock_count and expiry_count
+-- the sizes of the shard's lock set and expiry index (equal on a healthy record), overdue_ms
 -- how long ago the oldest unswept lock expired (0 if none), and available the
 -- stored figures' available (negative = oversold). HSCAN may return a lock
 -- twice across slices; the caller counts each token once.
@@ -35,7 +35,7 @@ end
 local scan = redis.call('HSCAN', rec.locks, ARGV[1], 'COUNT', ARGV[2])
 local out = {
   'OK', fmt(s.version), scan[1], fmt(s.locked), fmt(redis.call('HLEN', rec.locks)),
-  fmt(redis.call('ZCARD', rec.exp)), fmt(overdue), fmt(available_of(s, s.locked)), fmt(s.unit_scale),
+  fmt(redis.call('ZCARD', rec.exp)), fmt(overdue), fmt(available_of(s, s.locked)), fmt(s.unit_scale), fmt(s.live),
 }
 local pairs_ = scan[2]
 if #pairs_ > 0 then

@@ -14,6 +14,10 @@ pub struct RecordCheck {
     /// included); `None` when the record changed while the auditor read it
     /// slice by slice, so no sum of one state exists (a later pass tries again).
     pub sum_of_locks: Option<i64>,
+    /// The stored count of live locks.
+    pub live: i64,
+    /// How many locks the record holds; `None` as for `sum_of_locks`.
+    pub count_of_locks: Option<i64>,
     /// Locks with no expiry entry: they would never expire.
     pub locks_without_expiry: u64,
     /// Expiry entries with no lock.
@@ -29,7 +33,7 @@ pub struct RecordCheck {
 /// A broken invariant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Violation {
-    /// `locked` is not the sum of the record's locks.
+    /// `locked` is not the sum of the record's locks, or `live` not their count.
     LockedDrift,
     /// A lock without an expiry, or an expiry without a lock.
     BrokenExpiryIndex,
@@ -59,7 +63,9 @@ impl RecordCheck {
     /// The invariants this record breaks; a lock may stay unswept for up to `sweep_bound_ms`.
     pub fn violations(&self, sweep_bound_ms: i64) -> Vec<Violation> {
         let mut found = Vec::new();
-        if self.sum_of_locks.is_some_and(|sum| sum != self.locked) {
+        if self.sum_of_locks.is_some_and(|sum| sum != self.locked)
+            || self.count_of_locks.is_some_and(|count| count != self.live)
+        {
             found.push(Violation::LockedDrift);
         }
         if self.locks_without_expiry > 0 || self.expiries_without_lock > 0 {
@@ -104,6 +110,8 @@ mod tests {
             record,
             locked: 5,
             sum_of_locks: Some(5),
+            live: 2,
+            count_of_locks: Some(2),
             locks_without_expiry: 0,
             expiries_without_lock: 0,
             overdue_ms: 100,
@@ -114,7 +122,9 @@ mod tests {
         let broken =
             RecordCheck { locked: 7, expiries_without_lock: 1, overdue_ms: 5000, available: -2, ..healthy.clone() };
         assert_eq!(broken.violations(1000), Violation::ALL.to_vec());
-        let busy = RecordCheck { locked: 7, sum_of_locks: None, ..healthy };
+        let miscounted = RecordCheck { live: 3, ..healthy.clone() };
+        assert_eq!(miscounted.violations(1000), [Violation::LockedDrift]);
+        let busy = RecordCheck { locked: 7, live: 3, sum_of_locks: None, count_of_locks: None, ..healthy };
         assert!(busy.violations(1000).is_empty(), "an unsummed record shows no drift");
     }
 }

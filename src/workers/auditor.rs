@@ -65,6 +65,8 @@ pub async fn check_all<S: AdminStore>(store: &S, sweep_bound: Duration) -> Resul
                 violations = ?found.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
                 locked = %format_scaled(check.locked, scale),
                 sum_of_locks = %check.sum_of_locks.map_or_else(|| "not summed".into(), |sum| format_scaled(sum, scale)),
+                live = check.live,
+                count_of_locks = %check.count_of_locks.map_or_else(|| "not counted".into(), |n| n.to_string()),
                 locks_without_expiry = check.locks_without_expiry,
                 expiries_without_lock = check.expiries_without_lock,
                 overdue_ms = check.overdue_ms,

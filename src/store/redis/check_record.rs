@@ -70,6 +70,7 @@ impl RedisStore {
         // shards walked, each shard's as its last slice saw them.
         let (mut locks, mut expiries, mut overdue_ms) = (0, 0, 0);
         let mut last = None;
+        let mut live = 0;
         'shards: for shard in 0..LOCK_SHARDS {
             let mut cursor = "0".to_owned();
             loop {
@@ -88,6 +89,7 @@ impl RedisStore {
                 let locked = reply.int()?;
                 let (shard_locks, shard_expiries) = (reply.uint()?, reply.uint()?);
                 let (shard_overdue, available, unit_scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
+                live = reply.int()?;
                 walk.locks(&mut reply)?;
                 last = Some((locked, available, unit_scale));
                 if cursor == "0" || !steady {
@@ -109,6 +111,8 @@ impl RedisStore {
             record,
             locked,
             sum_of_locks: walk.steady.then_some(walk.sum),
+            live,
+            count_of_locks: walk.steady.then_some(walk.count() as i64),
             locks_without_expiry: walk.without_expiry,
             expiries_without_lock: expiries.saturating_sub(indexed),
             overdue_ms,
