@@ -8,12 +8,7 @@
 # Usage: scripts/bench-fill-record.sh <repo> <spread|one> <locks> <slowlog-us>
 set -euo pipefail
 repo=$1 mode=$2 n=$3 slow=$4
-port=$((20000 + RANDOM % 10000))
-dir=$(mktemp -d)
-last=$(( $(nproc) - 1 ))
-taskset -c "$last" redis-server --port "$port" --save '' --appendonly no --dir "$dir" --daemonize yes --logfile "$dir/log" >/dev/null
-trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; rm -rf $dir' EXIT
-sleep 0.3
+. "$(dirname "$0")/bench-redis.sh"
 script=$( { cat "$repo/lua/lib.lua"; printf '\n'; cat "$repo/lua/lock.lua"; } )
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$script")
 b='sl:{p0.0}'; rec="$b:BENCH:w:WH"

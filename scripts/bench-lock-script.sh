@@ -10,12 +10,7 @@
 #   minimal  TIME, HMGET, HINCRBY, HSET, ZADD: the floor of any lock script
 set -euo pipefail
 which=$1 dir=$2 n=$3
-port=$((20000 + RANDOM % 10000))
-tmp=$(mktemp -d)
-last=$(( $(nproc) - 1 ))
-taskset -c "$last" redis-server --port "$port" --save '' --appendonly no --dir "$tmp" --daemonize yes --logfile "$tmp/log" >/dev/null
-trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; rm -rf $tmp' EXIT
-sleep 0.3
+. "$(dirname "$0")/bench-redis.sh"
 b='sl:{p0.0}'; rec="$b:BENCH:w:WH"; ret=86400000; gen=$(( $(date +%s%3N) / ret ))
 redis-cli -p "$port" HSET "$rec:stock" physical 9000000000000000 reserved 0 in_transit 0 locked 0 unit_scale 0 version 1 source_version 1 fence 0 >/dev/null
 common=(0123456789abcdef 600000 86400000 bench order '' $ret $ret 0badc0de 0 __rand_int__ "$gen" $ret)
