@@ -9,10 +9,11 @@
 -- then the script's own keys, then the records. Read-only scripts take
 -- records only.
 --
--- A record's live locks are spread over LOCK_SHARDS shards by their nonce
--- (src/store/redis/keys.rs, lock_shard), so that no structure grows with
--- the number of live locks on one record beyond 1/16 of it: a hash or
--- sorted set that doubles allocates its new table within one call. A call
+-- A record's live locks are spread over LOCK_SHARDS shards (a Lock picks
+-- its shard by its nonce, and each of its locks gets a token in that shard:
+-- token % LOCK_SHARDS, see src/store/redis/keys.rs), so that no structure
+-- grows with the number of live locks on one record beyond 1/16 of it: a
+-- hash or sorted set that doubles allocates its new table within one call. A call
 -- about one lock, or a Lock (every lock of one call shares its nonce), takes
 -- the record as five keys, its shard's view (record_at); a call about every
 -- lock of a record takes it whole (whole_record_at).

@@ -469,12 +469,23 @@ fn pin_redis(redis: &EmbeddedRedis) -> anyhow::Result<String> {
 /// Pins every thread of `pid` to `cores` (a taskset list: "0", "0-2"); the
 /// threads it starts later inherit it.
 fn pin(pid: u32, cores: &str) -> anyhow::Result<()> {
+    taskset(&["-a", "-p", "-c", cores, &pid.to_string()])
+}
+
+/// Pins the calling thread alone to `core`.
+fn pin_this_thread(core: usize) -> anyhow::Result<()> {
+    let this = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+    let tid = this.file_name().and_then(|n| n.to_str()).context("a thread id")?;
+    taskset(&["-p", "-c", &core.to_string(), tid])
+}
+
+fn taskset(args: &[&str]) -> anyhow::Result<()> {
     let status = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cores, &pid.to_string()])
+        .args(args)
         .stdout(std::process::Stdio::null())
         .status()
         .context("running taskset (util-linux)")?;
-    ensure!(status.success(), "taskset -a -p -c {cores} {pid}: {status}");
+    ensure!(status.success(), "taskset {}: {status}", args.join(" "));
     Ok(())
 }
 

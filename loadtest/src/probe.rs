@@ -271,7 +271,9 @@ pub fn stalls(threads: usize, spin: std::time::Duration, threshold: std::time::D
     let spinners: Vec<_> = (0..threads.max(1))
         .map(|core| {
             std::thread::spawn(move || {
-                pin_this_thread(core);
+                // Each spinner on a core of its own; where that fails, it
+                // spins wherever it runs.
+                let _ = crate::pin_this_thread(core);
                 let start = std::time::Instant::now();
                 let (mut last, mut pauses, mut max) = (start, 0u64, std::time::Duration::ZERO);
                 while last - start < spin {
@@ -299,19 +301,5 @@ pub fn stalls(threads: usize, spin: std::time::Duration, threshold: std::time::D
         seconds: spin.as_secs_f64(),
         pauses,
         max_us: max.as_micros() as u64,
-    }
-}
-
-/// Moves the calling thread to `core` (whatever the process is pinned to),
-/// so each spinner has a core; on failure the thread spins where it is.
-fn pin_this_thread(core: usize) {
-    let tid = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()));
-    if let Some(tid) = tid {
-        let _ = std::process::Command::new("taskset")
-            .args(["-p", "-c", &core.to_string(), &tid.to_string()])
-            .stdout(std::process::Stdio::null())
-            .status();
     }
 }

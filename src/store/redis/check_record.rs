@@ -70,7 +70,6 @@ impl RedisStore {
         // shards walked, each shard's as its last slice saw them.
         let (mut locks, mut expiries, mut overdue_ms) = (0, 0, 0);
         let mut last = None;
-        let mut live = 0;
         'shards: for shard in 0..LOCK_SHARDS {
             let mut cursor = "0".to_owned();
             loop {
@@ -89,21 +88,21 @@ impl RedisStore {
                 let locked = reply.int()?;
                 let (shard_locks, shard_expiries) = (reply.uint()?, reply.uint()?);
                 let (shard_overdue, available, unit_scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
-                live = reply.int()?;
+                let live = reply.int()?;
                 walk.locks(&mut reply)?;
-                last = Some((locked, available, unit_scale));
+                last = Some((locked, live, available, unit_scale));
                 if cursor == "0" || !steady {
                     locks += shard_locks;
                     expiries += shard_expiries;
                     overdue_ms = overdue_ms.max(shard_overdue);
-                    if steady {
-                        continue 'shards;
+                    if !steady {
+                        break 'shards;
                     }
-                    break 'shards;
+                    break;
                 }
             }
         }
-        let (locked, available, unit_scale) = last.expect("a record has lock shards");
+        let (locked, live, available, unit_scale) = last.expect("a record has lock shards");
         // Every lock has an expiry, so expiries beyond the locks that have
         // one belong to no lock (the scripts change both at once).
         let indexed = locks.saturating_sub(walk.without_expiry);

@@ -31,6 +31,9 @@ pub struct Keys {
     bases: Arc<[String]>,
     /// Each partition's own keys, built once: every writing call names them.
     shared: Arc<[PartitionKeys]>,
+    /// The shards of each partition's lock index, built once (every Lock
+    /// names one): partition `p`'s shard `s` at `p * LOCK_SHARDS + s`.
+    lock_indexes: Arc<[String]>,
 }
 
 /// The keys of one stock record that a call about one lock (or one new
@@ -43,7 +46,8 @@ pub struct Keys {
 /// and `lua/lock.lua` issues each lock a token in it: the smallest token
 /// above the record's last one with `token % LOCK_SHARDS` the shard. So a
 /// lock's token names its shard, and tokens still only grow.
-/// So no Redis structure grows with the number of live locks on a record
+///
+/// No Redis structure grows with the number of live locks on a record
 /// beyond 1/16 of it, and none grows in one long step: a hash or sorted set
 /// that doubles allocates and clears its new table inside one call (about
 /// 1 ms at 262,144 entries on the development box, three such tables at
@@ -130,7 +134,11 @@ impl Keys {
                 audit: format!("{base}:audit"),
             })
             .collect();
-        Self { prefix: prefix.to_owned(), bases, shared }
+        let lock_indexes = bases
+            .iter()
+            .flat_map(|base| (0..LOCK_SHARDS).map(move |shard| format!("{base}:lockidx:{shard:x}")))
+            .collect();
+        Self { prefix: prefix.to_owned(), bases, shared, lock_indexes }
     }
 
     /// How many partitions there are.
@@ -164,20 +172,24 @@ impl Keys {
     /// then each shard's locks, expiries and lock-index shard (see
     /// `whole_record_at` in `lua/lib.lua`).
     pub fn whole_record(&self, record: &RecordKey) -> Vec<String> {
+        let (partition, base) = self.record_base(record);
         let mut keys = Vec::with_capacity(2 + 3 * LOCK_SHARDS);
+        keys.extend([format!("{base}:stock"), format!("{base}:ended:-")]);
         for shard in 0..LOCK_SHARDS {
-            let k = self.record(record, shard);
-            if shard == 0 {
-                keys.extend([k.stock, k.ended]);
-            }
-            keys.extend([k.locks, k.exp, k.index]);
+            keys.extend([format!("{base}:locks:{shard:x}"), format!("{base}:exp:{shard:x}")]);
+            keys.push(self.lock_index(partition, shard));
         }
         keys
     }
 
-    fn record_with_bucket(&self, record: &RecordKey, shard: usize, bucket: &str) -> RecordKeys {
+    /// A record's partition, and the prefix of its own keys.
+    fn record_base(&self, record: &RecordKey) -> (Partition, String) {
         let partition = self.partition_of(&record.sku);
-        let base = format!("{}:{}:w:{}", self.base(partition), record.sku, record.warehouse);
+        (partition, format!("{}:{}:w:{}", self.base(partition), record.sku, record.warehouse))
+    }
+
+    fn record_with_bucket(&self, record: &RecordKey, shard: usize, bucket: &str) -> RecordKeys {
+        let (partition, base) = self.record_base(record);
         RecordKeys {
             stock: format!("{base}:stock"),
             locks: format!("{base}:locks:{shard:x}"),
@@ -254,7 +266,7 @@ impl Keys {
     /// read by lexical range, so in age order. ListLocks merges the shards;
     /// the lock statistics count them.
     pub fn lock_index(&self, partition: Partition, shard: usize) -> String {
-        format!("{}:lockidx:{shard:x}", self.base(partition))
+        self.lock_indexes[partition * LOCK_SHARDS + shard].clone()
     }
 
     /// The partition's audit trail (a stream).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::keys::LOCK_SHARDS;
+use super::keys::{LOCK_SHARDS, token_shard};
 use super::read_lock::unpack_lock;
 use super::reply::malformed;
 use super::{Partition, RedisStore};
@@ -22,24 +22,21 @@ const SCAN_BUDGET: usize = 2_000;
 const READ_MIN: usize = 16;
 const READ_MAX: usize = 100;
 
-/// A lock index member: `created (15 digits)|sku|warehouse|token`, and the
-/// shard of the index it is in (that of the lock).
+/// A lock index member: `created (15 digits)|sku|warehouse|token`.
 struct Member {
     created_at_ms: i64,
     record: RecordKey,
     token: u64,
-    shard: usize,
 }
 
 impl Member {
-    fn parse(text: &str, shard: usize) -> Option<Self> {
+    fn parse(text: &str) -> Option<Self> {
         let (created, rest) = text.split_once('|')?;
         let (record, token) = rest.rsplit_once('|')?;
         Some(Self {
             created_at_ms: created.parse().ok()?,
             record: RecordKey::parse_id(record)?,
             token: token.parse().ok()?,
-            shard,
         })
     }
 }
@@ -71,7 +68,7 @@ impl RedisStore {
                 let (partition, member) = token.split_once(':').ok_or_else(bad)?;
                 let partition: Partition = partition.parse().map_err(|_| bad())?;
                 let at = partitions.iter().position(|&p| p == partition).ok_or_else(bad)?;
-                Member::parse(member, 0).ok_or_else(bad)?;
+                Member::parse(member).ok_or_else(bad)?;
                 (at, Some(member.to_owned()))
             }
         };
@@ -85,10 +82,10 @@ impl RedisStore {
             examined += members.len();
             // The next read starts after the range's last member, whether
             // the filter keeps it or not.
-            let range_end = members.last().map(|(text, _)| text.clone());
+            let range_end = members.last().cloned();
             let wanted: Vec<(String, Member)> = members
                 .into_iter()
-                .filter_map(|(text, shard)| Member::parse(&text, shard).map(|m| (text, m)))
+                .filter_map(|text| Member::parse(&text).map(|m| (text, m)))
                 .filter(|(_, m)| {
                     filter.sku.as_ref().is_none_or(|s| *s == m.record.sku)
                         && filter.warehouse.as_ref().is_none_or(|w| *w == m.record.warehouse)
@@ -125,17 +122,12 @@ impl RedisStore {
     }
 
     /// The members of the partition's lock index in the lexical range
-    /// `min..max`, the first ones of the merged shards in order, each with
-    /// its shard, and whether that is all of the range. Each shard gives
+    /// `min..max`, the first ones of the merged shards in order, and
+    /// whether that is all of the range. Each shard gives
     /// [`SCAN_PER_SHARD`]; the merge keeps only members up to the smallest
     /// last member of the shards that gave that many, so that no member of
     /// the range that a shard did not give yet is skipped.
-    async fn index_range(
-        &self,
-        partition: Partition,
-        min: &str,
-        max: &str,
-    ) -> Result<(Vec<(String, usize)>, bool), Error> {
+    async fn index_range(&self, partition: Partition, min: &str, max: &str) -> Result<(Vec<String>, bool), Error> {
         let mut pipe = redis::pipe();
         for shard in 0..LOCK_SHARDS {
             pipe.cmd("ZRANGEBYLEX")
@@ -148,12 +140,8 @@ impl RedisStore {
         }
         let shards: Vec<Vec<String>> = self.query_pipe(&pipe).await?;
         let bound = shards.iter().filter(|m| m.len() == SCAN_PER_SHARD).filter_map(|m| m.last()).min().cloned();
-        let mut merged: Vec<(String, usize)> = shards
-            .into_iter()
-            .enumerate()
-            .flat_map(|(shard, members)| members.into_iter().map(move |m| (m, shard)))
-            .filter(|(m, _)| bound.as_ref().is_none_or(|b| m <= b))
-            .collect();
+        let mut merged: Vec<String> =
+            shards.into_iter().flatten().filter(|m| bound.as_ref().is_none_or(|b| m <= b)).collect();
         merged.sort_unstable();
         Ok((merged, bound.is_none()))
     }
@@ -171,7 +159,7 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for m in &members {
-            let keys = self.keys.record(&m.record, m.shard);
+            let keys = self.keys.record(&m.record, token_shard(m.token));
             pipe.hget(&keys.locks, m.token).zscore(&keys.exp, m.token).hget(&keys.stock, "unit_scale");
         }
         let replies: Vec<(Option<String>, Option<f64>, Option<u32>)> = {
@@ -229,7 +217,7 @@ impl RedisStore {
             for (live, stale, first) in shards {
                 stats.live += live;
                 stats.stale += stale;
-                if let Some(oldest) = first.first().and_then(|m| Member::parse(m, 0)) {
+                if let Some(oldest) = first.first().and_then(|m| Member::parse(m)) {
                     let at = oldest.created_at_ms;
                     stats.oldest_created_at_ms = Some(stats.oldest_created_at_ms.map_or(at, |o| o.min(at)));
                 }
@@ -259,10 +247,10 @@ mod tests {
 
     #[test]
     fn members_parse_and_sort_by_age() {
-        let m = Member::parse("001700000000123|SKU-1|WH-A|42", 3).unwrap();
+        let m = Member::parse("001700000000123|SKU-1|WH-A|42").unwrap();
         assert_eq!((m.created_at_ms, m.record.to_string().as_str(), m.token), (1_700_000_000_123, "SKU-1|WH-A", 42));
-        assert!(Member::parse("x|SKU|WH|1", 0).is_none());
-        assert!(Member::parse("000000000000001|SKU|WH", 0).is_none());
+        assert!(Member::parse("x|SKU|WH|1").is_none());
+        assert!(Member::parse("000000000000001|SKU|WH").is_none());
         // The bound for "created at or before" takes exactly those members.
         let bound = created_through(1_700_000_000_123);
         let (inside, outside) = ("001700000000123|S|W|1", "001700000000124|S|W|1");
