@@ -41,7 +41,7 @@ if not lock then
     return record_reply(rec, now, { 'ALREADY_COMMITTED', committed or '', released or '' })
   end
   if why == 'LOCK_EXPIRED' then
-    drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
+    drop_expired(pk, rec, now, tomb_retention)
   end
   return { why, ended }
 end

@@ -147,17 +147,14 @@ local lock_refs = {}
 for _, line in ipairs(lines) do
   local rec = line.view
   local s = line.stock
-  if #line.expired > 0 then
-    drop_expired_all(pk, line.expired, now, tomb_retention)
-    s = read_stock(rec)
-  end
+  s = drop_expired_all(pk, line.expired, now, tomb_retention) or s
   -- One write for the three counters; the figures are known, so the event
   -- needs no read either (the profile of this script is its Redis calls).
   -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
   local next_token = math.max(s.fence + 1, token_floor)
   local token = fmt(next_token + (shard - next_token % LOCK_SHARDS) % LOCK_SHARDS)
   s.fence, s.locked, s.version, s.live = tonumber(token), s.locked + line.qty, s.version + 1, s.live + 1
-  redis.call('HSET', rec.stock, 'fence', token, 'locked', fmt(s.locked), 'version', fmt(s.version), 'live', fmt(s.live))
+  redis.call('HSET', rec.stock, 'fence', token, 'locked', s.locked, 'version', s.version, 'live', s.live)
   -- A new lock can only bring the record's earliest expiry forward.
   lower_due(pk.due, rec, s, expires)
   redis.call('HSET', rec.locks, token, pack_lock({
@@ -167,7 +164,7 @@ for _, line in ipairs(lines) do
   redis.call('ZADD', rec.exp, expires, token)
   redis.call('ZADD', rec.idx, 0, lock_member(rec, token, now))
   local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
-  emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, fmt(expires), s)
+  emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, expires, s)
   -- A batch may name the same record only once, so `available` is exact per line.
   for _, v in ipairs({ s.fence, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
     reply[#reply + 1] = fmt(v)

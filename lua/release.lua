@@ -60,7 +60,7 @@ for _, item in ipairs(items) do
     outcome = 'FORCE_RELEASED'
   elseif item.why == 'LOCK_EXPIRED' then
     outcome = 'ALREADY_EXPIRED'
-    drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
+    drop_expired(pk, rec, now, tomb_retention)
   end
   for _, v in ipairs({ outcome, fmt(qty), unit_scale }) do
     reply[#reply + 1] = v

@@ -61,7 +61,7 @@ for k = 0, count - 1 do
   else
     if why == 'LOCK_EXPIRED' then
       -- Expired but not swept yet: return its quantity now.
-      drop_expired(pk, rec, find_expired(rec, now), now, tomb_retention)
+      drop_expired(pk, rec, now, tomb_retention)
     end
     for _, v in ipairs({ why, ended, '0' }) do
       reply[#reply + 1] = v
