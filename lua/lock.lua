@@ -5,27 +5,27 @@
 -- KEYS[5]          the previous generation's idempotency hash
 -- KEYS[6]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
--- KEYS[7 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
---                  ended, idx); wide (see ARGV[15]), the whole record (see whole_record_at)
+-- KEYS[7]          the partition's fencing epoch (see raise_epoch.lua): every token is
+--                  above epoch * EPOCH_FACTOR, and a partition without one issues none
+-- KEYS[8 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
+--                  ended, idx); wide (see ARGV[14]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
 -- ARGV[4]  holder
 -- ARGV[5]  order_id
 -- ARGV[6]  batch_id, or "" for a single Lock
--- ARGV[7]  idempotency retention ms (unused: ARGV[13] is the generation length)
+-- ARGV[7]  idempotency retention ms (unused: ARGV[12] is the generation length)
 -- ARGV[8]  tombstone retention ms
 -- ARGV[9]  nonce (random, makes lock ids unguessable and unique across data loss)
--- ARGV[10] token floor: the fencing epoch << 32; tokens are never below it, so
---          tokens issued after a failover are above every one issued before
--- ARGV[11] the request's digest (16 hex digits of method and request_id)
--- ARGV[12] the idempotency generation KEYS[1] belongs to: unix ms / ARGV[13]
--- ARGV[13] the generation's length: the idempotency retention ms
--- ARGV[14] the lock shard of this call's locks (0..LOCK_SHARDS-1): each lock's token is the
+-- ARGV[10] the request's digest (16 hex digits of method and request_id)
+-- ARGV[11] the idempotency generation KEYS[1] belongs to: unix ms / ARGV[12]
+-- ARGV[12] the generation's length: the idempotency retention ms
+-- ARGV[13] the lock shard of this call's locks (0..LOCK_SHARDS-1): each lock's token is the
 --          smallest above the record's last one with token % LOCK_SHARDS = the shard, so
 --          a lock id names its shard (src/store/redis/keys.rs)
--- ARGV[15] per line, '1' if it names its record wide, else '0' (one character a line)
--- ARGV[16 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+-- ARGV[14] per line, '1' if it names its record wide, else '0' (one character a line)
+-- ARGV[15 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
 --
 -- Expired locks never count: a narrow line settles those of its shard; when
 -- it is short and other shards may hold expired locks too (the record's due
@@ -45,6 +45,8 @@
 -- Returns
 --   {'GENERATION', generation}                see Idempotency
 --   {'SETTLE', line...}                      call again with these lines wide
+--   {'EPOCH'}                                the partition has no fencing epoch (its
+--                                            data is gone): raise it and call again
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
 --    then per line: token, qty, available, unit_scale}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
@@ -56,7 +58,7 @@
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
 -- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all,
--- available_of, pack_lock, lock_member, emit, lower_due, split
+-- available_of, pack_lock, lock_member, emit, lower_due, split, EPOCH_FACTOR
 
 local pk = partition_keys()
 local previous_idem, batch_key = KEYS[5], KEYS[6]
@@ -65,11 +67,10 @@ local ttl, max_hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local holder, order_id, batch_id = ARGV[4], ARGV[5], ARGV[6]
 local tomb_retention = tonumber(ARGV[8])
 local nonce = ARGV[9]
-local token_floor = tonumber(ARGV[10])
-local request, generation, generation_ms = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local shard = tonumber(ARGV[14])
-local wide_lines = ARGV[15]
-local line_count = (#ARGV - 15) / 3
+local request, generation, generation_ms = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local shard = tonumber(ARGV[13])
+local wide_lines = ARGV[14]
+local line_count = (#ARGV - 14) / 3
 
 local now = now_ms()
 if fingerprint ~= '' then
@@ -96,17 +97,17 @@ end
 local lines = {}
 local short = {}
 local unsettled = {}
-local key = 7
+local key = 8
 for k = 0, line_count - 1 do
   -- `rec` is the record as the call names it, `view` the shard the lock goes to.
   local rec, view
   local wide = string.sub(wide_lines, k + 1, k + 1) == '1'
   if wide then
-    rec = whole_record_at(key, ARGV[16 + 3 * k])
+    rec = whole_record_at(key, ARGV[15 + 3 * k])
     view = rec.views[shard + 1]
     key = key + WHOLE_RECORD_KEYS
   else
-    rec = record_at(key, ARGV[16 + 3 * k])
+    rec = record_at(key, ARGV[15 + 3 * k])
     view = rec
     key = key + 5
   end
@@ -114,7 +115,7 @@ for k = 0, line_count - 1 do
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
   end
-  local qty, err = scale_qty(tonumber(ARGV[17 + 3 * k]), tonumber(ARGV[18 + 3 * k]), s.unit_scale)
+  local qty, err = scale_qty(tonumber(ARGV[16 + 3 * k]), tonumber(ARGV[17 + 3 * k]), s.unit_scale)
   if not qty then
     return { err, fmt(k), fmt(s.unit_scale) }
   end
@@ -139,6 +140,14 @@ if #short > 0 then
   table.insert(short, 1, 'INSUFFICIENT_STOCK')
   return short
 end
+
+-- Tokens start above the partition's epoch: raised whenever its data may
+-- have lost writes, so they never go back (see raise_epoch.lua).
+local epoch = redis.call('GET', KEYS[7])
+if not epoch then
+  return { 'EPOCH' }
+end
+local token_floor = tonumber(epoch) * EPOCH_FACTOR
 
 local expires = now + ttl
 local max_expires = now + max_hold

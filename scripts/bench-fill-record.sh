@@ -15,6 +15,7 @@ b='sl:{p0.0}'; rec="$b:BENCH:w:WH"
 redis-cli -p "$port" HSET "$rec:stock" physical 9000000000000000 reserved 0 in_transit 0 locked 0 unit_scale 0 version 1 source_version 1 fence 0 >/dev/null
 ret=86400000
 gen=$(( $(date +%s%3N) / ret ))
+redis-cli -p "$port" SET "$b:epoch" 1 >/dev/null
 redis-cli -p "$port" CONFIG SET slowlog-log-slower-than "$slow" >/dev/null
 redis-cli -p "$port" CONFIG SET slowlog-max-len 10000 >/dev/null
 redis-cli -p "$port" SLOWLOG RESET >/dev/null
@@ -23,9 +24,9 @@ for s in $(seq 0 15); do
   shard=$s; [ "$mode" = one ] && shard=0
   h=$(printf '%x' "$shard")
   taskset -c 0 redis-benchmark -p "$port" -c 2 -n $((n / 16)) -r 1000000000 -q \
-    EVALSHA "$sha" 11 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" \
+    EVALSHA "$sha" 12 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch" \
     "$rec:stock" "$rec:locks:$h" "$rec:exp:$h" "$rec:ended:-" "$b:lockidx:$h" \
-    0123456789abcdef 600000 86400000 bench order '' $ret $ret "0badc0d$h" 0 __rand_int__ "$gen" $ret "$shard" 0 'BENCH|WH' 1 0 >/dev/null &
+    0123456789abcdef 600000 86400000 bench order '' $ret $ret "0badc0d$h" __rand_int__ "$gen" $ret "$shard" 0 'BENCH|WH' 1 0 >/dev/null &
 done
 wait
 end=$(date +%s.%N)

@@ -13,16 +13,18 @@ which=$1 dir=$2 n=$3
 . "$(dirname "$0")/bench-redis.sh"
 b='sl:{p0.0}'; rec="$b:BENCH:w:WH"; ret=86400000; gen=$(( $(date +%s%3N) / ret ))
 redis-cli -p "$port" HSET "$rec:stock" physical 9000000000000000 reserved 0 in_transit 0 locked 0 unit_scale 0 version 1 source_version 1 fence 0 >/dev/null
-common=(0123456789abcdef 600000 86400000 bench order '' $ret $ret 0badc0de 0 __rand_int__ "$gen" $ret)
+redis-cli -p "$port" SET "$b:epoch" 1 >/dev/null
+common=(0123456789abcdef 600000 86400000 bench order '' $ret $ret 0badc0de)
+request=(__rand_int__ "$gen" $ret)
 case $which in
   layout4)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lua/lib.lua"; printf '\n'; cat "$dir/lua/lock.lua"; } )")
-    cmd=(EVALSHA "$sha" 11 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused"
-      "$rec:stock" "$rec:locks:e" "$rec:exp:e" "$rec:ended:-" "$b:lockidx:e" "${common[@]}" 14 0 'BENCH|WH' 1 0) ;;
+    cmd=(EVALSHA "$sha" 12 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch"
+      "$rec:stock" "$rec:locks:e" "$rec:exp:e" "$rec:ended:-" "$b:lockidx:e" "${common[@]}" "${request[@]}" 14 0 'BENCH|WH' 1 0) ;;
   layout3)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lib.lua"; printf '\n'; cat "$dir/lock.lua"; } )")
     cmd=(EVALSHA "$sha" 11 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:lockidx" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused"
-      "$rec:stock" "$rec:locks" "$rec:exp" "$rec:ended:-" "${common[@]}" 'BENCH|WH' 1 0) ;;
+      "$rec:stock" "$rec:locks" "$rec:exp" "$rec:ended:-" "${common[@]}" 0 "${request[@]}" 'BENCH|WH' 1 0) ;;
   minimal)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -102,7 +102,7 @@ impl Traffic {
                 let (client, sku, stop) = (client.clone(), sku.clone(), stop.clone());
                 let (committed, lost, retries) = (committed.clone(), lost.clone(), retries.clone());
                 tokio::spawn(async move {
-                    let mut n = 0;
+                    let (mut n, mut last_token) = (0, 0);
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let request = lock_request(&sku, "W", "1", &format!("l{w}-{n}"));
@@ -111,7 +111,16 @@ impl Traffic {
                             async move { client.lock(request).await }
                         })
                         .await;
-                        let lock_id = locked.into_inner().lock.unwrap().lock_id;
+                        let lock = locked.into_inner().lock.unwrap();
+                        // One caller per SKU, one lock at a time: its tokens only grow,
+                        // across a migration and a failover that lost writes too.
+                        assert!(
+                            lock.fencing_token > last_token,
+                            "{sku}: token {} after {last_token}",
+                            lock.fencing_token
+                        );
+                        last_token = lock.fencing_token;
+                        let lock_id = lock.lock_id;
                         let commit =
                             pb::CommitRequest { lock_id, request_id: format!("c{w}-{n}"), ..Default::default() };
                         let done = until_done(&retries, "commit", || {

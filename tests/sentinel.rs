@@ -151,6 +151,8 @@ async fn a_failover_is_followed_and_fencing_tokens_stay_monotonic() {
     let durability = before.durability.expect("durability is reported");
     assert_eq!((durability.replicas_acknowledged, durability.replicas_required, durability.durable), (1, 1, true));
     let token_before = before.lock.unwrap().fencing_token;
+    let epoch_key = svc.keys().epoch(svc.partition("SKU-F"));
+    let epoch_before = epoch_at(primary.port(), &epoch_key).await;
 
     // Traffic: one Lock every 5 ms, each with a fresh request id.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -213,7 +215,11 @@ async fn a_failover_is_followed_and_fencing_tokens_stay_monotonic() {
     assert!(!before_kill.is_empty() && !after_kill.is_empty(), "{seen:?}");
     let highest_before = before_kill.iter().max().copied().unwrap().max(token_before);
     assert!(after_kill.iter().all(|(token, _)| *token > highest_before));
-    assert!(after_kill.iter().all(|(token, _)| *token >= 1 << 32), "the epoch was bumped on the new primary");
+    // The new primary's epoch was raised past the old one's before its first
+    // lock, and its tokens start above it (see lua/raise_epoch.lua).
+    let epoch = epoch_at(replica.port(), &epoch_key).await;
+    assert!(epoch > epoch_before, "epoch {epoch_before} before the failover, {epoch} after");
+    assert!(after_kill.iter().all(|(token, _)| *token > epoch * 4096), "tokens start above the new epoch");
     // With the old primary gone the new one has no replica: its writes are
     // honestly reported as not durable.
     for (_, durability) in &after_kill {
@@ -278,4 +284,12 @@ async fn with_a_replica_every_kind_of_change_is_reported_durable() {
     // A retried call waits too: its answer vouches for the original change.
     let unchanged = svc.lock("SKU-D", "WH-A", "2", "d1").await.unwrap();
     assert!(unchanged.replayed && unchanged.durability.unwrap().durable);
+}
+
+/// The fencing epoch `key` on the Redis at `port`.
+async fn epoch_at(port: u16, key: &str) -> u64 {
+    match node_command(port, redis::cmd("GET").arg(key)).await.unwrap() {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap().parse().unwrap(),
+        other => panic!("no fencing epoch {key} on port {port}: {other:?}"),
+    }
 }

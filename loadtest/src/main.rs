@@ -621,7 +621,7 @@ async fn floor(probe: &mut probe::Probe, client: &mut InventoryServiceClient<Cha
 /// The command line of one Lock of a unit of `BENCH|WH` through the
 /// service's own lock script, for `redis-benchmark`: the physical limit of a
 /// Lock on this Redis. `__rand_int__` (redis-benchmark's placeholder, with
-/// `-r`) stands for the request's digest (ARGV[11] of `lua/lock.lua`), so
+/// `-r`) stands for the request's digest (ARGV[10] of `lua/lock.lua`), so
 /// every call is a new request and does the full work instead of replaying
 /// the first one (the digest of the request id would be the same for every
 /// call). The script must be loaded (the running service loads it). The
@@ -641,12 +641,12 @@ fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
         request_id: RequestId::parse("bench-__rand_int__", "request_id")?,
         batch_id: None,
     };
-    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, token_floor: 0 };
+    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000 };
     let generation = LockCall::current_generation(limits.retention_ms);
     let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, &[]);
     let mut args = call.args;
-    ensure!(args[10].len() == 16, "ARGV[11] of lock.lua is no longer the request's digest");
-    args[10] = "__rand_int__".to_owned();
+    ensure!(args[9].len() == 16, "ARGV[10] of lock.lua is no longer the request's digest");
+    args[9] = "__rand_int__".to_owned();
     let mut line = vec!["EVALSHA".to_owned(), LockCall::script_sha().to_owned(), call.keys.len().to_string()];
     line.extend(call.keys);
     line.extend(args);

@@ -121,7 +121,7 @@ impl RedisStore {
             // spreads a process's writes over every shard.
             return Err(Error::invalid("durability_replicas", "is not supported with --redis-mode cluster"));
         }
-        let link = Link::connect(&settings.topology, settings.timeout, keys.epoch()).await?;
+        let link = Link::connect(&settings.topology, settings.timeout, keys.epochs()).await?;
         check_layout(&link, &keys, settings.timeout).await?;
         let durability =
             settings.durability.map(|d| Arc::new(durability::Waiter::start(d, &link, keys.durability_marker())));
@@ -145,14 +145,12 @@ impl RedisStore {
         scripts::all().into_iter().map(|(name, script)| (name, script.get_hash())).collect()
     }
 
-    /// Loads every script (SCRIPT LOAD). Calls recover from a flushed script
-    /// cache by themselves; this only saves the first call a round trip.
+    /// Raises the fencing epochs and loads every script (see `link`): for a
+    /// Redis that answers again after an outage, and may have lost data.
+    /// Calls recover from a lost script cache by themselves; this only saves
+    /// the first call a round trip.
     pub async fn load_scripts(&self) -> Result<(), Error> {
-        for (_, script) in scripts::all() {
-            let mut conn = self.link.conn();
-            self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
-        }
-        Ok(())
+        self.link.recover_scripts(self.link.recoveries(), None).await
     }
 }
 

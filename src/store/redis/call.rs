@@ -5,10 +5,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::{Cmd, RedisError, Script, ToRedisArgs};
+use redis::{Cmd, RedisError, ToRedisArgs};
 use tracing::Instrument;
 
 use super::reply::{Reply, Tag};
+use super::scripts::Lua;
 use super::{Partition, RedisStore};
 use crate::domain::{Error, LockId, RecordKey, RequestId};
 
@@ -42,7 +43,7 @@ impl RedisStore {
     /// (see `lua/lib.lua`): `idempotency` names the request's method and id.
     pub(super) fn writing(
         &self,
-        script: &'static Script,
+        script: &'static Lua,
         partition: Partition,
         idempotency: Option<(&str, &RequestId)>,
     ) -> Invocation {
@@ -97,24 +98,30 @@ impl RedisStore {
     /// few hundred ms in every partition of every replica; its calls would
     /// drown the request spans and metrics).
     pub(super) async fn eval(&self, invocation: &Invocation) -> Result<Reply, Error> {
-        let mut conn = self.link.conn();
         let command = invocation.command();
-        // On NOSCRIPT (Redis restarted or flushed its scripts) load the
-        // script and run it again; a SCRIPT FLUSH (or a failover) between the
-        // load and the run gives NOSCRIPT again. Each round is a round trip to
-        // Redis, and the store timeout bounds them all, so it goes on until it
-        // runs or time is up.
+        // On NOSCRIPT (Redis restarted, was replaced or flushed its scripts)
+        // raise the fencing epochs and load the scripts (see `link`), then
+        // run it again; a SCRIPT FLUSH (or a failover) between the load and
+        // the run gives NOSCRIPT again. Each round is a round trip to Redis,
+        // and the store timeout bounds them all, so it goes on until it runs
+        // or time is up.
         let call = async {
             loop {
+                let seen = self.link.recoveries();
+                let mut conn = self.link.conn();
                 match command.query_async(&mut conn).await {
                     Err(e) if e.code() == Some("NOSCRIPT") => {
-                        invocation.script.load_async(&mut conn).await?;
+                        self.link.recover_scripts(seen, Some(invocation.script)).await?
                     }
-                    result => return result,
+                    Err(e) => {
+                        self.link.observe(&e);
+                        return Err(store_error(e));
+                    }
+                    Ok(items) => return Ok(items),
                 }
             }
         };
-        let items: Vec<String> = self.bounded(call).await?;
+        let items: Vec<String> = tokio::time::timeout(self.timeout, call).await.map_err(|_| Error::StoreTimeout)??;
         Reply::new(items)
     }
 
@@ -165,14 +172,14 @@ impl RedisStore {
 /// argument, then copies them all into the command: on the Lock path that
 /// was most of the service's own work per call.)
 pub(super) struct Invocation {
-    script: &'static Script,
+    script: &'static Lua,
     keys: Cmd,
     args: Cmd,
 }
 
 impl Invocation {
     /// A call of `script`, with no keys or arguments yet.
-    pub(super) fn new(script: &'static Script) -> Self {
+    pub(super) fn new(script: &'static Lua) -> Self {
         Self { script, keys: Cmd::new(), args: Cmd::new() }
     }
 

@@ -329,9 +329,15 @@ impl Keys {
         format!("{}:{{lockhealth}}:{hour_start_ms}", self.prefix)
     }
 
-    /// The fencing epoch: bumped on every failover the service follows.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
+    /// The partition's fencing epoch, the floor of its tokens: raised
+    /// whenever its data may have lost writes (see `link`).
+    pub fn epoch(&self, partition: Partition) -> String {
+        format!("{}:epoch", self.base(partition))
+    }
+
+    /// Every partition's fencing epoch.
+    pub fn epochs(&self) -> Vec<String> {
+        (0..self.partitions()).map(|p| self.epoch(p)).collect()
     }
 
     /// Written before each durability WAIT (see the durability module).

@@ -9,40 +9,35 @@
 //! clone). With Sentinel, a background task asks the sentinels for the
 //! primary every `poll`, and at once when a call saw a sign of failover (a
 //! refused connection, `READONLY` from a demoted primary). On a new primary it
-//! first bumps the fencing epoch there, then loads the scripts, then switches:
-//! no write reaches the new primary before its epoch is higher than any the
-//! old one had issued tokens under.
+//! first raises the fencing epochs there, then loads the scripts, then
+//! switches: no lock is taken on the new primary before its epochs are
+//! above every token the old one issued.
 //!
-//! The epoch (`<prefix>:epoch`) is the high part of every fencing token
-//! (see lock.lua): tokens issued after a failover are above every token
-//! issued before it, even when asynchronous replication lost the last
-//! writes of the old primary and with them the per-record counters.
+//! Each partition's epoch (`sl:{p0.0}:epoch` and so on) is the floor of its
+//! fencing tokens (see lua/raise_epoch.lua). It is raised whenever the
+//! dataset may have lost writes: on connecting, on a failover, and before a
+//! script is loaded after NOSCRIPT (a Redis whose script cache is empty was
+//! restarted or replaced, whatever its address, in every mode). lock.lua
+//! reads it, so every replica's next lock is above it, and refuses to lock
+//! in a partition that has none (its data is gone). Tokens issued
+//! afterwards are above every token issued before, even when the writes
+//! that issued them were lost, and with them the per-record counters.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, Value};
 use tokio::sync::{Mutex, Notify};
 
 use super::call::bounded;
-use super::scripts;
+use super::scripts::{self, Lua};
 use crate::domain::Error;
-
-/// Tokens of one epoch occupy the low 32 bits; epochs the 21 above (2^53 in
-/// all, what a Lua number holds exactly). Under Sentinel every start of a
-/// replica bumps the epoch, not only a failover, so epochs need the room:
-/// 2 million of them. A lock takes the next token of its lock shard, 8.5
-/// tokens on from the record's last one on average (see
-/// `keys::RecordKeys`), so one epoch holds some 500 million locks of one
-/// record before its tokens pass the next epoch's floor.
-pub(super) const EPOCH_SHIFT: u32 = 32;
-
-/// Epochs past this would put the token floor beyond what Lua holds exactly.
-const MAX_EPOCH: u64 = (1 << (53 - EPOCH_SHIFT)) - 2;
 
 /// How the store finds its primary.
 #[derive(Clone, Debug)]
@@ -170,8 +165,6 @@ struct Primary {
     conn: Conn,
     client: Client,
     addr: String,
-    /// `epoch << EPOCH_SHIFT`: the lowest token the scripts may issue.
-    token_floor: u64,
 }
 
 /// The store's way to its primary.
@@ -180,12 +173,21 @@ pub(super) struct Link {
     sentinel: Option<Mutex<SentinelClient>>,
     suspect: Arc<Notify>,
     timeout: Duration,
-    epoch_key: String,
+    /// Every partition's fencing epoch.
+    epoch_keys: Vec<String>,
+    /// One recovery from NOSCRIPT at a time, counted, so calls that met the
+    /// same empty script cache recover from it once.
+    recovery: Mutex<()>,
+    recoveries: AtomicU64,
 }
 
 impl Link {
     /// Finds and connects to the primary; with Sentinel, starts following it.
-    pub(super) async fn connect(topology: &Topology, timeout: Duration, epoch_key: String) -> Result<Arc<Self>, Error> {
+    pub(super) async fn connect(
+        topology: &Topology,
+        timeout: Duration,
+        epoch_keys: Vec<String>,
+    ) -> Result<Arc<Self>, Error> {
         let (client, sentinel, poll) = match topology {
             Topology::Standalone { url } => {
                 let client =
@@ -218,15 +220,17 @@ impl Link {
             }
         };
         let following = sentinel.is_some();
-        let primary = open(client, timeout, &epoch_key, following).await?;
-        tracing::info!(primary = %primary.addr, epoch = primary.token_floor >> EPOCH_SHIFT, "connected to Redis");
+        let primary = open(client, timeout, &epoch_keys, following).await?;
+        tracing::info!(primary = %primary.addr, "connected to Redis; fencing epochs raised");
         let suspect = Arc::new(Notify::new());
         let link = Arc::new(Self {
             primary: RwLock::new(primary),
             sentinel,
             suspect: Arc::clone(&suspect),
             timeout,
-            epoch_key,
+            epoch_keys,
+            recovery: Mutex::new(()),
+            recoveries: AtomicU64::new(0),
         });
         if let Some(poll) = poll {
             tokio::spawn(follow(Arc::downgrade(&link), suspect, poll));
@@ -254,9 +258,36 @@ impl Link {
         self.primary.read().expect("link lock poisoned").addr == addr
     }
 
-    /// The lowest fencing token the primary in use may issue.
-    pub(super) fn token_floor(&self) -> u64 {
-        self.primary.read().expect("link lock poisoned").token_floor
+    /// How many times the scripts were recovered from NOSCRIPT; taken
+    /// before a call, handed to [`Link::recover_scripts`] after its NOSCRIPT.
+    pub(super) fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Acquire)
+    }
+
+    /// The primary answered NOSCRIPT for `script`: it was restarted,
+    /// replaced or flushed its scripts, and may have lost data. Raises every
+    /// partition's epoch, then loads `script` (`None`: every script), unless
+    /// another call did so since `seen` (the count of recoveries taken
+    /// before the call that failed; the call runs again either way).
+    pub(super) async fn recover_scripts(&self, seen: u64, script: Option<&'static Lua>) -> Result<(), Error> {
+        let _one_at_a_time = self.recovery.lock().await;
+        if self.recoveries() != seen {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let all: Vec<&'static Lua> = scripts::all().into_iter().map(|(_, s)| s).collect();
+        let scripts = script.map_or(all, |s| vec![s]);
+        raise_and_load(&mut conn, &self.epoch_keys, &scripts, self.timeout).await?;
+        tracing::info!("Redis had lost its scripts (restarted, replaced or flushed): fencing epochs raised");
+        self.recoveries.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Raises the fencing epoch of the partition whose epoch key is `key`
+    /// (lock.lua found none: the partition's data is gone).
+    pub(super) async fn raise_epoch(&self, key: &str) -> Result<(), Error> {
+        let mut conn = self.conn();
+        raise_epoch_alone(&mut conn, key, self.timeout).await
     }
 
     /// A call failed with `error`: if it looks like a failover, look for the
@@ -282,54 +313,111 @@ impl Link {
         if client.addr() == self.primary.read().expect("link lock poisoned").addr {
             return Ok(());
         }
-        let primary = open(client, self.timeout, &self.epoch_key, true).await?;
-        tracing::warn!(
-            primary = %primary.addr,
-            epoch = primary.token_floor >> EPOCH_SHIFT,
-            "Redis primary changed (failover): following it with a new fencing epoch"
-        );
+        let primary = open(client, self.timeout, &self.epoch_keys, true).await?;
+        tracing::warn!(primary = %primary.addr, "Redis primary changed (failover): following it with new fencing epochs");
         crate::metrics::METRICS.failovers.inc();
         *self.primary.write().expect("link lock poisoned") = primary;
         Ok(())
     }
 }
 
-/// Connects to `client`'s server, loads the scripts and reads (or, when
-/// following failovers, bumps) the fencing epoch there. A cluster has no
-/// epoch of the service's: its tokens start at 0.
-async fn open(client: Client, timeout: Duration, epoch_key: &str, bump_epoch: bool) -> Result<Primary, Error> {
+/// Connects to `client`'s server, raises every partition's fencing epoch
+/// there and loads the scripts. When following failovers it waits (briefly)
+/// for a replica to hold the new epochs, so the next failover cannot lose
+/// them; with none in time they still rose, and we say so.
+async fn open(client: Client, timeout: Duration, epoch_keys: &[String], following: bool) -> Result<Primary, Error> {
     let mut conn = client.open(timeout, timeout).await?;
-    let epoch: u64 = if matches!(client, Client::Cluster { .. }) {
-        0
-    } else if bump_epoch {
-        // Wait for a replica to hold the new epoch, so the next failover cannot
-        // lose it; with none in time the epoch still rises, and we say so.
+    let scripts: Vec<&'static Lua> = scripts::all().into_iter().map(|(_, s)| s).collect();
+    raise_and_load(&mut conn, epoch_keys, &scripts, timeout).await?;
+    if following {
         // The wait stays well inside the connection's response timeout.
         let wait_ms = (timeout.as_millis() / 2).max(1) as u64;
-        let mut bump = redis::pipe();
-        bump.cmd("INCR").arg(epoch_key).cmd("WAIT").arg(1).arg(wait_ms);
-        let (epoch, acks): (u64, u64) = bounded(timeout * 4, bump.query_async(&mut conn)).await?;
+        let acks: u64 = bounded(timeout * 4, redis::cmd("WAIT").arg(1).arg(wait_ms).query_async(&mut conn)).await?;
         if acks == 0 {
-            tracing::warn!(epoch, "no replica acknowledged the new fencing epoch in time");
+            tracing::warn!("no replica acknowledged the new fencing epochs in time");
         }
-        epoch
-    } else {
-        let epoch: Option<u64> = bounded(timeout, redis::cmd("GET").arg(epoch_key).query_async(&mut conn)).await?;
-        epoch.unwrap_or(0)
-    };
-    // On a cluster, SCRIPT LOAD goes to every node.
-    for (_, script) in scripts::all() {
-        bounded(timeout, script.prepare_invoke().load_async(&mut conn)).await?;
-    }
-    if epoch > MAX_EPOCH {
-        // Tokens above 2^53 would repeat in Lua: refuse rather than fence wrongly.
-        return Err(Error::invalid(
-            "redis_url",
-            format!("holds fencing epoch {epoch}, past the last one ({MAX_EPOCH}); tokens would no longer be exact"),
-        ));
     }
     let addr = client.addr();
-    Ok(Primary { conn, client, addr, token_floor: epoch << EPOCH_SHIFT })
+    Ok(Primary { conn, client, addr })
+}
+
+/// Raises every partition's fencing epoch, then loads `scripts`: the
+/// epochs first, so no lock runs on this Redis before they rose. On one
+/// Redis that is one pipeline; on a cluster, a call per key and per script
+/// (SCRIPT LOAD goes to every node). A SCRIPT FLUSH in the middle starts it
+/// again; the store timeout bounds it.
+async fn raise_and_load(
+    conn: &mut Conn,
+    epoch_keys: &[String],
+    scripts: &[&'static Lua],
+    timeout: Duration,
+) -> Result<(), Error> {
+    let attempts = async {
+        loop {
+            match raise_and_load_once(conn, epoch_keys, scripts).await {
+                Err(e) if e.code() == Some("NOSCRIPT") => continue,
+                result => return result,
+            }
+        }
+    };
+    let replies = bounded(timeout, attempts).await?;
+    for (key, reply) in epoch_keys.iter().zip(replies) {
+        match reply.as_slice() {
+            [ok, _] if ok == "OK" => {}
+            // Tokens above 2^53 would repeat in Lua: refuse rather than fence wrongly.
+            [_, epoch] => {
+                return Err(Error::invalid(
+                    "redis_url",
+                    format!("{key} would reach fencing epoch {epoch}, past the last one whose tokens stay exact"),
+                ));
+            }
+            _ => return Err(Error::Internal { detail: format!("raise_epoch.lua answered {reply:?}") }),
+        }
+    }
+    Ok(())
+}
+
+/// One attempt of [`raise_and_load`]: raise_epoch.lua's reply per key.
+async fn raise_and_load_once(
+    conn: &mut Conn,
+    epoch_keys: &[String],
+    scripts: &[&'static Lua],
+) -> redis::RedisResult<Vec<Vec<String>>> {
+    if let Conn::Cluster(cluster) = conn {
+        let mut replies = Vec::with_capacity(epoch_keys.len());
+        for key in epoch_keys {
+            replies.push(scripts::RAISE_EPOCH.key(key).invoke_async(cluster).await?);
+        }
+        // To the primaries only: Redis does not replicate scripts, so a
+        // replica that a failover promotes answers NOSCRIPT to the first
+        // call, and the epochs are raised there before its first lock.
+        let primaries =
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+        for script in scripts {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script.source);
+            cluster.route_command(load, primaries.clone()).await?;
+        }
+        return Ok(replies);
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::RAISE_EPOCH.source).ignore();
+    for key in epoch_keys {
+        pipe.cmd("EVALSHA").arg(scripts::RAISE_EPOCH.get_hash()).arg(1).arg(key);
+    }
+    for script in scripts {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(script.source).ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Raises the fencing epoch `key` alone (lock.lua found none).
+async fn raise_epoch_alone(conn: &mut Conn, key: &str, timeout: Duration) -> Result<(), Error> {
+    let reply: Vec<String> = bounded(timeout, scripts::RAISE_EPOCH.key(key).invoke_async(conn)).await?;
+    match reply.first().map(String::as_str) {
+        Some("OK") => Ok(()),
+        _ => Err(Error::invalid("redis_url", format!("{key} cannot be raised: {reply:?}"))),
+    }
 }
 
 /// Follows the primary until the link is dropped.

@@ -24,8 +24,6 @@ pub struct LockLimits {
     pub max_hold_ms: u64,
     /// How long idempotency records and tombstones are kept (ms).
     pub retention_ms: u64,
-    /// The smallest fencing token to issue (the fencing epoch << 32).
-    pub token_floor: u64,
 }
 
 impl LockCall {
@@ -45,7 +43,7 @@ impl LockCall {
     ) -> Self {
         let request = request_digest(cmd);
         let line_args = line_args(cmd);
-        let mut key_list = Vec::with_capacity(6 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
+        let mut key_list = Vec::with_capacity(7 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
         let pk = keys.partition_keys(partition, None);
         key_list.extend([
             keys.lock_idempotency(partition, generation, &request),
@@ -57,6 +55,7 @@ impl LockCall {
                 Some(batch) => keys.batch(partition, batch),
                 None => pk.idempotency,
             },
+            keys.epoch(partition),
         ]);
         // Every lock of the call is in its nonce's shard.
         let shard = lock_shard(nonce);
@@ -68,7 +67,7 @@ impl LockCall {
                 key_list.extend([record.stock, record.locks, record.exp, record.ended, record.index]);
             }
         }
-        let mut args = Vec::with_capacity(15 + line_args.len());
+        let mut args = Vec::with_capacity(14 + line_args.len());
         args.extend([
             content_fingerprint(cmd, &line_args)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
@@ -79,7 +78,6 @@ impl LockCall {
             limits.retention_ms.to_string(),
             limits.retention_ms.to_string(),
             nonce.to_owned(),
-            limits.token_floor.to_string(),
             request,
             generation.to_string(),
             limits.retention_ms.max(1).to_string(),
@@ -117,11 +115,7 @@ impl RedisStore {
         numbers: &[usize],
         nonce: &str,
     ) -> Result<LockOutcome, Error> {
-        let limits = LockLimits {
-            max_hold_ms: self.max_hold_ms,
-            retention_ms: self.retention_ms,
-            token_floor: self.link.token_floor(),
-        };
+        let limits = LockLimits { max_hold_ms: self.max_hold_ms, retention_ms: self.retention_ms };
         let mut generation = LockCall::current_generation(limits.retention_ms);
         let mut wide = Vec::new();
         let call =
@@ -132,6 +126,9 @@ impl RedisStore {
                 // This replica's clock and Redis's disagree about the
                 // generation (near its boundary): Redis's clock decides.
                 Tag::Generation => generation = reply.uint()?,
+                // The partition has no fencing epoch: its data is gone.
+                // Raise it, so no token goes back, then lock.
+                Tag::Epoch => self.link.raise_epoch(&self.keys.epoch(partition)).await?,
                 // Lines short while other shards may hold expired locks:
                 // their whole records let the script settle them first.
                 Tag::Settle => {

@@ -27,6 +27,9 @@ pub(super) enum Tag {
     /// locks in shards the call did not name: call again with those records
     /// whole (not an error; nothing was written).
     Settle,
+    /// The partition has no fencing epoch (its data is gone): raise it and
+    /// call again (not an error; nothing was written).
+    Epoch,
     /// The request_id was used before with other content.
     IdempotencyKeyReused,
     /// No stock record for the SKU in the warehouse.
@@ -65,13 +68,14 @@ pub(super) enum Tag {
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 23] = [
+const TAGS: [(Tag, &str); 24] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
     (Tag::Missing, "MISSING"),
     (Tag::Generation, "GENERATION"),
     (Tag::Settle, "SETTLE"),
+    (Tag::Epoch, "EPOCH"),
     (Tag::IdempotencyKeyReused, reason::IDEMPOTENCY_KEY_REUSED),
     (Tag::SkuNotAvailableInWarehouse, reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE),
     (Tag::InvalidQuantityScale, "INVALID_QUANTITY_SCALE"),
@@ -160,9 +164,13 @@ impl Tag {
             Self::ForceUnlockNotPending => Error::ForceUnlockNotPending { id, state: detail },
             Self::ForceUnlockExpired => Error::ForceUnlockExpired { id },
             Self::TwoPersonRule => Error::TwoPersonRule { requester: detail },
-            Self::Ok | Self::AlreadyCommitted | Self::Stale | Self::Missing | Self::Generation | Self::Settle => {
-                malformed(&format!("{} taken for a refusal", self.as_str()))
-            }
+            Self::Ok
+            | Self::AlreadyCommitted
+            | Self::Stale
+            | Self::Missing
+            | Self::Generation
+            | Self::Settle
+            | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
 }
@@ -293,7 +301,16 @@ mod tests {
     #[test]
     fn every_refusal_is_spelled_as_the_reason_the_caller_sees() {
         let refusals = TAGS.iter().filter(|(tag, _)| {
-            !matches!(tag, Tag::Ok | Tag::AlreadyCommitted | Tag::Stale | Tag::Missing | Tag::Generation | Tag::Settle)
+            !matches!(
+                tag,
+                Tag::Ok
+                    | Tag::AlreadyCommitted
+                    | Tag::Stale
+                    | Tag::Missing
+                    | Tag::Generation
+                    | Tag::Settle
+                    | Tag::Epoch
+            )
         });
         for (tag, spelled) in refusals {
             let facts = Facts { record: Some((record(), None)), ..Facts::default() };
@@ -308,7 +325,8 @@ mod tests {
 
     #[test]
     fn outcomes_are_not_errors() {
-        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation, Tag::Settle] {
+        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation, Tag::Settle, Tag::Epoch]
+        {
             assert!(matches!(tag.error(Facts::default()), Error::Internal { .. }));
         }
     }

@@ -2,66 +2,93 @@
 //! each. redis-rs calls them with EVALSHA and, on a NOSCRIPT error (matched by
 //! its error kind, e.g. after a Redis restart), loads the script and retries.
 
+use std::ops::Deref;
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// One script: its source (for SCRIPT LOAD in a pipeline) and the script
+/// redis-rs calls.
+pub(super) struct Lua {
+    pub(super) source: &'static str,
+    script: LazyLock<Script>,
+}
+
+impl Deref for Lua {
+    type Target = Script;
+
+    fn deref(&self) -> &Script {
+        &self.script
+    }
+}
 
 macro_rules! script {
     ($file:literal) => {
         script!("", $file)
     };
     ($shebang:literal, $file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
+        Lua {
+            source: concat!(
                 $shebang,
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
                 "\n",
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
-            ))
-        })
+            ),
+            script: LazyLock::new(|| {
+                Script::new(concat!(
+                    $shebang,
+                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
+                    "\n",
+                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
+                ))
+            }),
+        }
     };
 }
 
 /// Lock and BatchLock.
-pub(super) static LOCK: LazyLock<Script> = script!("lock.lua");
+pub(super) static LOCK: Lua = script!("lock.lua");
 /// Renew.
-pub(super) static RENEW: LazyLock<Script> = script!("renew.lua");
+pub(super) static RENEW: Lua = script!("renew.lua");
 /// Release.
-pub(super) static RELEASE: LazyLock<Script> = script!("release.lua");
+pub(super) static RELEASE: Lua = script!("release.lua");
 /// Commit.
-pub(super) static COMMIT: LazyLock<Script> = script!("commit.lua");
+pub(super) static COMMIT: Lua = script!("commit.lua");
 /// SetStock.
-pub(super) static SET_STOCK: LazyLock<Script> = script!("set_stock.lua");
+pub(super) static SET_STOCK: Lua = script!("set_stock.lua");
 /// AdjustStock.
-pub(super) static ADJUST_STOCK: LazyLock<Script> = script!("adjust_stock.lua");
+pub(super) static ADJUST_STOCK: Lua = script!("adjust_stock.lua");
 /// GetAvailability and friends. The flag line (Redis 7) marks it read-only,
 /// so Redis runs it even while it refuses writes for lack of memory.
-pub(super) static GET_STOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "get_stock.lua");
+pub(super) static GET_STOCK: Lua = script!("#!lua flags=no-writes\n", "get_stock.lua");
 /// One lock, for GetLock.
-pub(super) static READ_LOCK: LazyLock<Script> = script!("#!lua flags=no-writes\n", "read_lock.lua");
+pub(super) static READ_LOCK: Lua = script!("#!lua flags=no-writes\n", "read_lock.lua");
 /// The sweeper's step for one record.
-pub(super) static EXPIRE_LOCKS: LazyLock<Script> = script!("expire_locks.lua");
+pub(super) static EXPIRE_LOCKS: Lua = script!("expire_locks.lua");
+/// A partition's fencing epoch raised (see `link`).
+pub(super) static RAISE_EPOCH: Lua = script!("raise_epoch.lua");
 /// The sweeper's look-up of records with expired locks.
-pub(super) static DUE_RECORDS: LazyLock<Script> = script!("#!lua flags=no-writes\n", "due_records.lua");
+pub(super) static DUE_RECORDS: Lua = script!("#!lua flags=no-writes\n", "due_records.lua");
 
 /// RequestForceUnlock.
-pub(super) static REQUEST_FORCE_UNLOCK: LazyLock<Script> = script!("request_force_unlock.lua");
+pub(super) static REQUEST_FORCE_UNLOCK: Lua = script!("request_force_unlock.lua");
 /// ApproveForceUnlock and the single-step policy.
-pub(super) static FORCE_RELEASE: LazyLock<Script> = script!("force_release.lua");
+pub(super) static FORCE_RELEASE: Lua = script!("force_release.lua");
 /// RejectForceUnlock.
-pub(super) static REJECT_FORCE_UNLOCK: LazyLock<Script> = script!("reject_force_unlock.lua");
+pub(super) static REJECT_FORCE_UNLOCK: Lua = script!("reject_force_unlock.lua");
 
 /// The invariant auditor's look at one record.
-pub(super) static CHECK_RECORD: LazyLock<Script> = script!("#!lua flags=no-writes\n", "check_record.lua");
+pub(super) static CHECK_RECORD: Lua = script!("#!lua flags=no-writes\n", "check_record.lua");
 /// RepairRecord's slices: the expiry index mended and the locks summed.
-pub(super) static REPAIR_SLICE: LazyLock<Script> = script!("repair_slice.lua");
+pub(super) static REPAIR_SLICE: Lua = script!("repair_slice.lua");
 /// RepairRecord's last step: the figure set from the sum.
-pub(super) static REPAIR_RECORD: LazyLock<Script> = script!("repair_record.lua");
+pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Script); 16] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 17] {
     [
+        ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
         ("check_record.lua", &CHECK_RECORD),
         ("repair_slice.lua", &REPAIR_SLICE),
