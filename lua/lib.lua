@@ -56,7 +56,7 @@ local SETTLE_LIMIT = 25
 -- Lock shards per record (LOCK_SHARDS in src/store/redis/keys.rs).
 local LOCK_SHARDS = 16
 
--- Fencing tokens of a partition start above its epoch * EPOCH_FACTOR
+-- Fencing tokens of a partition start at its epoch * EPOCH_FACTOR
 -- (2^12); the epoch is the time it was raised at, in ms (see
 -- raise_epoch.lua).
 local EPOCH_FACTOR = 4096

@@ -5,8 +5,8 @@
 -- KEYS[5]          the previous generation's idempotency hash
 -- KEYS[6]          the batch record when ARGV[6] (batch_id) is set, else unused; it holds
 --                  "holder\nnonce\nsku|warehouse|token\n..."
--- KEYS[7]          the partition's fencing epoch (see raise_epoch.lua): every token is
---                  above epoch * EPOCH_FACTOR, and a partition without one issues none
+-- KEYS[7]          the partition's fencing epoch (see raise_epoch.lua): no token is
+--                  below epoch * EPOCH_FACTOR, and a partition without one issues none
 -- KEYS[8 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
 --                  ended, idx); wide (see ARGV[14]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
@@ -141,7 +141,7 @@ if #short > 0 then
   return short
 end
 
--- Tokens start above the partition's epoch: raised whenever its data may
+-- Tokens start at the partition's epoch floor: raised whenever its data may
 -- have lost writes, so they never go back (see raise_epoch.lua).
 local epoch = redis.call('GET', KEYS[7])
 if not epoch then

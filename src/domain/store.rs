@@ -409,8 +409,13 @@ pub trait StockStore: Send + Sync + 'static {
     /// Makes the store ready to serve again after it answered nothing for a
     /// while (a restarted Redis has no scripts loaded).
     fn prepare(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// A mark taken before a change, for [`StockStore::durability`] after
+    /// it: which primary (and which run of it) the change goes to.
+    fn durability_mark(&self) -> u64;
     /// Waits until the configured number of replicas hold every change this
     /// process completed so far, or the durability timeout passes; `None`
-    /// when no durability is configured.
-    fn durability(&self) -> impl Future<Output = Option<Durability>> + Send;
+    /// when no durability is configured. A change made under `mark` whose
+    /// primary failed over or restarted since is reported not durable: the
+    /// replicas that answer are another primary's.
+    fn durability(&self, mark: u64) -> impl Future<Output = Option<Durability>> + Send;
 }

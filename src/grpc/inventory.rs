@@ -43,9 +43,10 @@ impl<S: StockStore> InventoryApi<S> {
         result
     }
 
-    /// Replica acknowledgements of this call's change, when configured.
-    async fn durability(&self) -> Option<pb::Durability> {
-        self.store.durability().await.map(|d| pb::Durability {
+    /// Replica acknowledgements of this call's change, made after `mark`
+    /// was taken, when configured.
+    async fn durability(&self, mark: u64) -> Option<pb::Durability> {
+        self.store.durability(mark).await.map(|d| pb::Durability {
             replicas_acknowledged: d.acknowledged,
             replicas_required: d.required,
             durable: d.durable(),
@@ -82,12 +83,13 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: validate::optional(&r.request_id, |v| RequestId::parse(v, "request_id"))?,
             actor: validate::actor(&principal),
         };
+        let mark = self.store.durability_mark();
         let outcome = self.store.set_stock(cmd).await?;
         Ok(Response::new(pb::SetStockResponse {
             applied: outcome.applied,
             stale: !outcome.applied,
             record: Some(convert::record(&outcome.record)),
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -107,10 +109,11 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             actor: validate::actor(&principal),
         };
         cmd.check_not_empty()?;
+        let mark = self.store.durability_mark();
         let view = self.store.adjust_stock(cmd).await?.record;
         Ok(Response::new(pb::AdjustStockResponse {
             record: Some(convert::record(&view)),
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -172,13 +175,14 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             batch_id: None,
         };
         crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
+        let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         let granted = &outcome.granted[0];
         Ok(Response::new(pb::LockResponse {
             lock: Some(convert::lock(&granted.lock)),
             available: granted.lock.unit_scale.format(granted.available),
             replayed: outcome.replayed,
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -197,12 +201,13 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             batch_id: Some(BatchId::generate()),
         };
         crate::edge::telemetry::record_request("", "", &r.request_id);
+        let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
             batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
             locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
             replayed: outcome.replayed,
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -215,6 +220,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             holder: validate::holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
+        let mark = self.store.durability_mark();
         let outcome = self.store.renew(cmd).await?;
         // Partial success is success, with per-lock reasons; when nothing
         // could be renewed the call fails with the first lock's reason.
@@ -244,7 +250,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         Ok(Response::new(pb::RenewResponse {
             results,
             replayed: outcome.replayed,
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -257,6 +263,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             holder: validate::optional_holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
+        let mark = self.store.durability_mark();
         let outcome = self.store.release(cmd).await?;
         let results = outcome
             .items
@@ -270,7 +277,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         Ok(Response::new(pb::ReleaseResponse {
             results,
             replayed: outcome.replayed,
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 
@@ -284,6 +291,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let lock_id = cmd.lock_id.to_string();
+        let mark = self.store.durability_mark();
         let outcome = self.store.commit(cmd).await?;
         let scale = outcome.record.unit_scale.get();
         Ok(Response::new(pb::CommitResponse {
@@ -293,7 +301,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             committed_now: outcome.committed_now,
             record: Some(convert::record(&outcome.record)),
             replayed: outcome.replayed,
-            durability: self.durability().await,
+            durability: self.durability(mark).await,
         }))
     }
 

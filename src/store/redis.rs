@@ -150,7 +150,7 @@ impl RedisStore {
     /// Calls recover from a lost script cache by themselves; this only saves
     /// the first call a round trip.
     pub async fn load_scripts(&self) -> Result<(), Error> {
-        self.link.recover_scripts(self.link.recoveries(), None).await
+        self.link.recover_scripts(self.link.era()).await
     }
 }
 
@@ -288,9 +288,13 @@ impl StockStore for RedisStore {
         Ok(())
     }
 
-    async fn durability(&self) -> Option<crate::domain::Durability> {
+    fn durability_mark(&self) -> u64 {
+        self.link.era()
+    }
+
+    async fn durability(&self, mark: u64) -> Option<crate::domain::Durability> {
         match &self.durability {
-            Some(waiter) => Some(waiter.wait().await),
+            Some(waiter) => Some(waiter.wait(mark).await),
             None => None,
         }
     }

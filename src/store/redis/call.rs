@@ -107,12 +107,10 @@ impl RedisStore {
         // or time is up.
         let call = async {
             loop {
-                let seen = self.link.recoveries();
+                let seen = self.link.era();
                 let mut conn = self.link.conn();
                 match command.query_async(&mut conn).await {
-                    Err(e) if e.code() == Some("NOSCRIPT") => {
-                        self.link.recover_scripts(seen, Some(invocation.script)).await?
-                    }
+                    Err(e) if e.code() == Some("NOSCRIPT") => self.link.recover_scripts(seen).await?,
                     Err(e) => {
                         self.link.observe(&e);
                         return Err(store_error(e));

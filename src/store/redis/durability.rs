@@ -10,6 +10,14 @@
 //! Callers whose scripts have completed register and wait; one round trip
 //! answers all of them that registered before it started, so the cost is
 //! one WAIT per replication round trip, not one per call.
+//!
+//! A WAIT only speaks for the Redis process it runs on. Each caller
+//! registers with the link's era taken before its change (see `Link::era`),
+//! and a round answers with its replicas only the callers of its own era,
+//! on a primary that still has the scripts (no restart it has not seen) and
+//! whose era did not move during the round. Every other caller, whose change
+//! went to a primary that failed over or restarted since, is told that its
+//! change is not durable: it may have been lost with that primary.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -19,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::call::store_error;
 use super::link::Link;
+use super::scripts;
 use crate::domain::{Durability, Error};
 
 /// How many replicas must hold each change, and how long to wait for them.
@@ -33,7 +42,7 @@ pub struct DurabilitySettings {
 /// Hands waiting callers to the group-commit task.
 pub(super) struct Waiter {
     settings: DurabilitySettings,
-    queue: mpsc::UnboundedSender<oneshot::Sender<u32>>,
+    queue: mpsc::UnboundedSender<(u64, oneshot::Sender<u32>)>,
 }
 
 impl Waiter {
@@ -44,10 +53,11 @@ impl Waiter {
         Self { settings, queue }
     }
 
-    /// Waits until the required replicas hold every change completed so far.
-    pub(super) async fn wait(&self) -> Durability {
+    /// Waits until the required replicas hold every change completed so far
+    /// on the primary of era `era` (taken before the change).
+    pub(super) async fn wait(&self, era: u64) -> Durability {
         let (tx, rx) = oneshot::channel();
-        let acknowledged = if self.queue.send(tx).is_ok() { rx.await.unwrap_or(0) } else { 0 };
+        let acknowledged = if self.queue.send((era, tx)).is_ok() { rx.await.unwrap_or(0) } else { 0 };
         let durability = Durability { acknowledged, required: self.settings.replicas };
         let outcome = if durability.durable() { "durable" } else { "not_durable" };
         crate::metrics::METRICS.durability.get_or_create(&crate::metrics::DurabilityLabels { outcome }).inc();
@@ -59,42 +69,52 @@ async fn group_commit(
     settings: DurabilitySettings,
     link: Weak<Link>,
     marker_key: String,
-    mut waiting: mpsc::UnboundedReceiver<oneshot::Sender<u32>>,
+    mut waiting: mpsc::UnboundedReceiver<(u64, oneshot::Sender<u32>)>,
 ) {
-    // The dedicated connection, and the primary it goes to: after a
-    // failover it is opened again to the new primary.
-    let mut conn: Option<(String, Conn)> = None;
+    // The dedicated connection, and the primary and era it was opened in:
+    // after a failover or a restart it is opened again.
+    let mut conn: Option<(String, u64, Conn)> = None;
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, usize::MAX).await > 0 {
         let Some(link) = link.upgrade() else { return };
-        let acknowledged = match acknowledge(&link, &mut conn, &marker_key, settings).await {
-            Ok(n) => n,
+        let (era, acknowledged) = match acknowledge(&link, &mut conn, &marker_key, settings).await {
+            Ok(answer) => answer,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot wait for replica acknowledgements");
                 conn = None;
-                0
+                (None, 0)
             }
         };
-        for waiter in batch.drain(..) {
-            let _ = waiter.send(acknowledged);
+        for (waiter_era, waiter) in batch.drain(..) {
+            let _ = waiter.send(if era == Some(waiter_era) { acknowledged } else { 0 });
         }
     }
 }
 
-/// One marker write and WAIT: how many replicas hold everything before it.
+/// One marker write and WAIT: the era it speaks for (None: none, the
+/// primary changed or restarted under it) and how many replicas hold
+/// everything the primary of that era executed before it.
 async fn acknowledge(
     link: &Link,
-    conn: &mut Option<(String, Conn)>,
+    conn: &mut Option<(String, u64, Conn)>,
     marker_key: &str,
     settings: DurabilitySettings,
-) -> Result<u32, Error> {
-    // After a failover the connection is opened again, to the new primary.
-    let connection = match conn {
-        Some((addr, connection)) if link.is_primary(addr) => connection,
-        _ => &mut conn.insert(link.dedicated(settings.timeout).await?).1,
+) -> Result<(Option<u64>, u32), Error> {
+    let (era, connection) = match conn {
+        Some((_, era, connection)) if link.era() == *era => (*era, connection),
+        _ => {
+            let (addr, era, connection) = conn.insert(link.dedicated(settings.timeout).await?);
+            tracing::debug!(primary = %addr, era, "durability connection opened");
+            (*era, connection)
+        }
     };
     let wait_ms = u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
-    let (_, acknowledged): (u64, u32) = redis::pipe()
+    // A primary without the scripts was restarted (and the connection found
+    // it again by itself) or flushed them: the changes before may be lost.
+    let (loaded, _, acknowledged): (Vec<bool>, u64, u32) = redis::pipe()
+        .cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(scripts::LOCK.get_hash())
         .cmd("INCR")
         .arg(marker_key)
         .cmd("WAIT")
@@ -103,5 +123,8 @@ async fn acknowledge(
         .query_async(connection)
         .await
         .map_err(store_error)?;
-    Ok(acknowledged)
+    if loaded != [true] || link.era() != era {
+        return Ok((None, 0));
+    }
+    Ok((Some(era), acknowledged))
 }

@@ -126,7 +126,7 @@ impl EventStream for RedisStore {
     async fn open_tail(&self) -> Result<StreamReader, Error> {
         // A connection of its own: a blocking read would stall every call
         // sharing the main one.
-        Ok(StreamReader(self.link.dedicated(BLOCK).await?.1))
+        Ok(StreamReader(self.link.dedicated(BLOCK).await?.2))
     }
 
     async fn tail_events(

@@ -23,7 +23,6 @@
 //! afterwards are above every token issued before, even when the writes
 //! that issued them were lost, and with them the per-record counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, Value};
 use tokio::sync::{Mutex, Notify};
 
-use super::call::bounded;
+use super::call::{bounded, store_error};
 use super::scripts::{self, Lua};
 use crate::domain::Error;
 
@@ -165,6 +164,9 @@ struct Primary {
     conn: Conn,
     client: Client,
     addr: String,
+    /// Moves before a switch to a new primary takes effect and before the
+    /// scripts are loaded again after NOSCRIPT (see [`Link::era`]).
+    era: u64,
 }
 
 /// The store's way to its primary.
@@ -175,10 +177,9 @@ pub(super) struct Link {
     timeout: Duration,
     /// Every partition's fencing epoch.
     epoch_keys: Vec<String>,
-    /// One recovery from NOSCRIPT at a time, counted, so calls that met the
-    /// same empty script cache recover from it once.
+    /// One recovery from NOSCRIPT at a time, so calls that met the same
+    /// empty script cache recover from it once.
     recovery: Mutex<()>,
-    recoveries: AtomicU64,
 }
 
 impl Link {
@@ -230,7 +231,6 @@ impl Link {
             timeout,
             epoch_keys,
             recovery: Mutex::new(()),
-            recoveries: AtomicU64::new(0),
         });
         if let Some(poll) = poll {
             tokio::spawn(follow(Arc::downgrade(&link), suspect, poll));
@@ -244,42 +244,44 @@ impl Link {
     }
 
     /// A connection of its own to the current primary, for commands that
-    /// hold it for up to `wait` (blocking reads, WAIT), and that primary's address.
-    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, Conn), Error> {
-        let (client, addr) = {
+    /// hold it for up to `wait` (blocking reads, WAIT), and that primary's
+    /// address and era.
+    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, u64, Conn), Error> {
+        let (client, addr, era) = {
             let primary = self.primary.read().expect("link lock poisoned");
-            (primary.client.clone(), primary.addr.clone())
+            (primary.client.clone(), primary.addr.clone(), primary.era)
         };
-        Ok((addr, client.open(self.timeout, wait + self.timeout).await?))
+        Ok((addr, era, client.open(self.timeout, wait + self.timeout).await?))
     }
 
-    /// True while `addr` is the primary in use.
-    pub(super) fn is_primary(&self, addr: &str) -> bool {
-        self.primary.read().expect("link lock poisoned").addr == addr
+    /// The primary's era: it moves before a switch to a new primary and
+    /// before the scripts are loaded again after NOSCRIPT, so no script runs
+    /// on a new or restarted primary in the era taken before it. Two calls
+    /// that took the same era and saw no NOSCRIPT ran on the same Redis
+    /// process. Taken before a call: for [`Link::recover_scripts`] after
+    /// its NOSCRIPT, and for the durability wait after its change.
+    pub(super) fn era(&self) -> u64 {
+        self.primary.read().expect("link lock poisoned").era
     }
 
-    /// How many times the scripts were recovered from NOSCRIPT; taken
-    /// before a call, handed to [`Link::recover_scripts`] after its NOSCRIPT.
-    pub(super) fn recoveries(&self) -> u64 {
-        self.recoveries.load(Ordering::Acquire)
-    }
-
-    /// The primary answered NOSCRIPT for `script`: it was restarted,
-    /// replaced or flushed its scripts, and may have lost data. Raises every
-    /// partition's epoch, then loads `script` (`None`: every script), unless
-    /// another call did so since `seen` (the count of recoveries taken
-    /// before the call that failed; the call runs again either way).
-    pub(super) async fn recover_scripts(&self, seen: u64, script: Option<&'static Lua>) -> Result<(), Error> {
+    /// The primary answered NOSCRIPT: it was restarted, replaced or flushed
+    /// its scripts, and may have lost data. Raises every partition's epoch,
+    /// then loads every script, unless
+    /// the era moved since `seen` (taken before the call that failed):
+    /// another call recovered, or the primary changed. The call runs again
+    /// either way.
+    pub(super) async fn recover_scripts(&self, seen: u64) -> Result<(), Error> {
         let _one_at_a_time = self.recovery.lock().await;
-        if self.recoveries() != seen {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let all: Vec<&'static Lua> = scripts::all().into_iter().map(|(_, s)| s).collect();
-        let scripts = script.map_or(all, |s| vec![s]);
-        raise_and_load(&mut conn, &self.epoch_keys, &scripts, self.timeout).await?;
+        let mut conn = {
+            let mut primary = self.primary.write().expect("link lock poisoned");
+            if primary.era != seen {
+                return Ok(());
+            }
+            primary.era += 1;
+            primary.conn.clone()
+        };
+        raise_and_load(&mut conn, &self.epoch_keys, self.timeout).await?;
         tracing::info!("Redis had lost its scripts (restarted, replaced or flushed): fencing epochs raised");
-        self.recoveries.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -287,7 +289,7 @@ impl Link {
     /// (lock.lua found none: the partition's data is gone).
     pub(super) async fn raise_epoch(&self, key: &str) -> Result<(), Error> {
         let mut conn = self.conn();
-        raise_epoch_alone(&mut conn, key, self.timeout).await
+        raise_epoch_if_missing(&mut conn, key, self.timeout).await
     }
 
     /// A call failed with `error`: if it looks like a failover, look for the
@@ -316,7 +318,8 @@ impl Link {
         let primary = open(client, self.timeout, &self.epoch_keys, true).await?;
         tracing::warn!(primary = %primary.addr, "Redis primary changed (failover): following it with new fencing epochs");
         crate::metrics::METRICS.failovers.inc();
-        *self.primary.write().expect("link lock poisoned") = primary;
+        let mut current = self.primary.write().expect("link lock poisoned");
+        *current = Primary { era: current.era + 1, ..primary };
         Ok(())
     }
 }
@@ -327,8 +330,7 @@ impl Link {
 /// them; with none in time they still rose, and we say so.
 async fn open(client: Client, timeout: Duration, epoch_keys: &[String], following: bool) -> Result<Primary, Error> {
     let mut conn = client.open(timeout, timeout).await?;
-    let scripts: Vec<&'static Lua> = scripts::all().into_iter().map(|(_, s)| s).collect();
-    raise_and_load(&mut conn, epoch_keys, &scripts, timeout).await?;
+    raise_and_load(&mut conn, epoch_keys, timeout).await?;
     if following {
         // The wait stays well inside the connection's response timeout.
         let wait_ms = (timeout.as_millis() / 2).max(1) as u64;
@@ -338,29 +340,63 @@ async fn open(client: Client, timeout: Duration, epoch_keys: &[String], followin
         }
     }
     let addr = client.addr();
-    Ok(Primary { conn, client, addr })
+    Ok(Primary { conn, client, addr, era: 0 })
 }
 
-/// Raises every partition's fencing epoch, then loads `scripts`: the
-/// epochs first, so no lock runs on this Redis before they rose. On one
-/// Redis that is one pipeline; on a cluster, a call per key and per script
-/// (SCRIPT LOAD goes to every node). A SCRIPT FLUSH in the middle starts it
-/// again; the store timeout bounds it.
-async fn raise_and_load(
-    conn: &mut Conn,
-    epoch_keys: &[String],
-    scripts: &[&'static Lua],
-    timeout: Duration,
-) -> Result<(), Error> {
+/// Raises every partition's fencing epoch, then loads every script: the
+/// epochs first, and the scripts only once every epoch rose (a pipeline
+/// is not atomic: a refused raise, say for lack of memory, must not leave
+/// lock.lua loaded on a Redis whose epochs did not move). Two round trips
+/// on one Redis; on a cluster, a call per key and per script. A SCRIPT
+/// FLUSH in the middle starts it again; the store timeout bounds it.
+async fn raise_and_load(conn: &mut Conn, epoch_keys: &[String], timeout: Duration) -> Result<(), Error> {
     let attempts = async {
         loop {
-            match raise_and_load_once(conn, epoch_keys, scripts).await {
+            match raise_epochs(conn, epoch_keys, false).await {
                 Err(e) if e.code() == Some("NOSCRIPT") => continue,
-                result => return result,
+                Err(e) => return Err(store_error(e)),
+                Ok(replies) => {
+                    check_raised(epoch_keys, &replies)?;
+                    return load_scripts(conn).await.map_err(store_error);
+                }
             }
         }
     };
-    let replies = bounded(timeout, attempts).await?;
+    tokio::time::timeout(timeout, attempts).await.map_err(|_| Error::StoreTimeout)?
+}
+
+/// raise_epoch.lua on each of `epoch_keys` (only where it is missing, with
+/// `if_missing`): its reply per key. On a cluster the script is loaded on
+/// the primaries only (see [`load_scripts`]).
+async fn raise_epochs(
+    conn: &mut Conn,
+    epoch_keys: &[String],
+    if_missing: bool,
+) -> redis::RedisResult<Vec<Vec<String>>> {
+    let mode = if if_missing { "if-missing" } else { "raise" };
+    let raise = |key: &String| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::RAISE_EPOCH.get_hash()).arg(1).arg(key).arg(mode);
+        cmd
+    };
+    if let Conn::Cluster(cluster) = conn {
+        cluster.route_command(script_load(&scripts::RAISE_EPOCH), primaries()).await?;
+        let mut replies = Vec::with_capacity(epoch_keys.len());
+        for key in epoch_keys {
+            replies.push(redis::from_redis_value(cluster.req_packed_command(&raise(key)).await?)?);
+        }
+        return Ok(replies);
+    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(script_load(&scripts::RAISE_EPOCH)).ignore();
+    for key in epoch_keys {
+        pipe.add_command(raise(key));
+    }
+    pipe.query_async(conn).await
+}
+
+/// Refuses an epoch that could not be raised.
+fn check_raised(epoch_keys: &[String], replies: &[Vec<String>]) -> Result<(), Error> {
     for (key, reply) in epoch_keys.iter().zip(replies) {
         match reply.as_slice() {
             [ok, _] if ok == "OK" => {}
@@ -377,47 +413,50 @@ async fn raise_and_load(
     Ok(())
 }
 
-/// One attempt of [`raise_and_load`]: raise_epoch.lua's reply per key.
-async fn raise_and_load_once(
-    conn: &mut Conn,
-    epoch_keys: &[String],
-    scripts: &[&'static Lua],
-) -> redis::RedisResult<Vec<Vec<String>>> {
+/// Loads every script. On a cluster, on the primaries only: Redis does not
+/// replicate scripts, so a replica that a failover promotes answers
+/// NOSCRIPT to its first call, and the epochs are raised there before its
+/// first lock.
+async fn load_scripts(conn: &mut Conn) -> redis::RedisResult<()> {
     if let Conn::Cluster(cluster) = conn {
-        let mut replies = Vec::with_capacity(epoch_keys.len());
-        for key in epoch_keys {
-            replies.push(scripts::RAISE_EPOCH.key(key).invoke_async(cluster).await?);
+        for (_, script) in scripts::all() {
+            cluster.route_command(script_load(script), primaries()).await?;
         }
-        // To the primaries only: Redis does not replicate scripts, so a
-        // replica that a failover promotes answers NOSCRIPT to the first
-        // call, and the epochs are raised there before its first lock.
-        let primaries =
-            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
-        for script in scripts {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(script.source);
-            cluster.route_command(load, primaries.clone()).await?;
-        }
-        return Ok(replies);
+        return Ok(());
     }
     let mut pipe = redis::pipe();
-    pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::RAISE_EPOCH.source).ignore();
-    for key in epoch_keys {
-        pipe.cmd("EVALSHA").arg(scripts::RAISE_EPOCH.get_hash()).arg(1).arg(key);
-    }
-    for script in scripts {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(script.source).ignore();
+    for (_, script) in scripts::all() {
+        pipe.add_command(script_load(script)).ignore();
     }
     pipe.query_async(conn).await
 }
 
-/// Raises the fencing epoch `key` alone (lock.lua found none).
-async fn raise_epoch_alone(conn: &mut Conn, key: &str, timeout: Duration) -> Result<(), Error> {
-    let reply: Vec<String> = bounded(timeout, scripts::RAISE_EPOCH.key(key).invoke_async(conn)).await?;
-    match reply.first().map(String::as_str) {
-        Some("OK") => Ok(()),
-        _ => Err(Error::invalid("redis_url", format!("{key} cannot be raised: {reply:?}"))),
-    }
+fn script_load(script: &Lua) -> Cmd {
+    let mut cmd = redis::cmd("SCRIPT");
+    cmd.arg("LOAD").arg(script.source);
+    cmd
+}
+
+/// Every primary of a cluster, each to succeed.
+fn primaries() -> RoutingInfo {
+    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)))
+}
+
+/// Creates the fencing epoch `key` if it is missing (lock.lua found none:
+/// the partition's data is gone); many callers may find it missing at
+/// once, and one raise serves them all.
+async fn raise_epoch_if_missing(conn: &mut Conn, key: &str, timeout: Duration) -> Result<(), Error> {
+    let keys = [key.to_owned()];
+    let attempts = async {
+        loop {
+            match raise_epochs(conn, &keys, true).await {
+                Err(e) if e.code() == Some("NOSCRIPT") => continue,
+                result => return result,
+            }
+        }
+    };
+    let replies = bounded(timeout, attempts).await?;
+    check_raised(&keys, &replies)
 }
 
 /// Follows the primary until the link is dropped.

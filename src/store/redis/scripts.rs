@@ -1,6 +1,7 @@
 //! The Lua scripts, compiled into the binary with `lua/lib.lua` in front of
-//! each. redis-rs calls them with EVALSHA and, on a NOSCRIPT error (matched by
-//! its error kind, e.g. after a Redis restart), loads the script and retries.
+//! each. The store calls them with EVALSHA; on NOSCRIPT (a restarted,
+//! replaced or flushed Redis) the link raises the fencing epochs, loads
+//! every script and the call runs again (see `link`).
 
 use std::ops::Deref;
 use std::sync::LazyLock;
