@@ -207,6 +207,56 @@ async fn a_filter_selects_locks_and_an_empty_selection_is_refused() {
     assert_eq!(bad_fields(&status), ["reason"]);
 }
 
+/// Issue 15: a forced unlock whose last lock lost its expiry entry (the
+/// drift the auditor reports) after the request releases every lock, marks
+/// the request executed and audits it; it does not stop half way. (Fixed
+/// before this test: find_lock falls back to the lock's maximum hold.)
+#[tokio::test]
+async fn a_forced_unlock_over_a_lock_without_expiry_entry_completes() {
+    let svc = start().await;
+    svc.stock("S", "W", "10").await;
+    let mut locks = Vec::new();
+    for request_id in ["a", "b", "c"] {
+        let mut request = lock_request("S", "W", "1", request_id);
+        request.order_id = "order-9".into();
+        locks.push(svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap());
+    }
+    let mut admin = svc.admin().await;
+    let selector = Some(pb::LockSelector {
+        target: Some(pb::lock_selector::Target::Filter(pb::ListLocksRequest {
+            order_id: "order-9".into(),
+            ..Default::default()
+        })),
+    });
+    let mut r = request(selector, "fu-1");
+    r.operator = "alice".into();
+    let pending = admin.request_force_unlock(r).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(pending.items.len(), 3);
+    // Between the request and its approval, the lock it releases last loses
+    // its expiry entry.
+    let last = &pending.items.last().unwrap().lock_id;
+    let drifted = locks.iter().find(|l| &l.lock_id == last).unwrap();
+    let mut conn = svc.redis_conn().await;
+    let exp = svc.lock_keys(&drifted.lock_id).exp;
+    let removed: i64 =
+        redis::cmd("ZREM").arg(&exp).arg(drifted.fencing_token.to_string()).query_async(&mut conn).await.unwrap();
+    assert_eq!(removed, 1);
+
+    let mut a = approve(&pending.id, "ap-1");
+    a.operator = "bob".into();
+    let done = admin.approve_force_unlock(a).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(done.state(), pb::ForceUnlockState::Executed);
+    let mut released = done.released_lock_ids.clone();
+    released.sort();
+    let mut expected: Vec<_> = locks.iter().map(|l| l.lock_id.clone()).collect();
+    expected.sort();
+    assert_eq!(released, expected);
+    let record = svc.record("S", "W").await;
+    assert_eq!((record.locked.as_str(), record.available.as_str()), ("0", "10"));
+    let events = admin.list_audit_events(pb::ListAuditEventsRequest::default()).await.unwrap().into_inner().events;
+    assert!(events.iter().any(|e| e.action == "force_unlock.approved"), "{events:?}");
+}
+
 #[tokio::test]
 async fn stale_locks_are_listed_counted_and_may_be_released_in_one_step() {
     let svc = start_with(&["--stale-threshold", "300ms", "--single-step-stale-unlock"]).await;
