@@ -149,9 +149,7 @@ async fn assert_books_balance(svc: &TestService, sku: &str, warehouse: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_and_restarted_from_its_aof_loses_nothing_acknowledged() {
-    let dir = std::env::temp_dir().join(format!("stocklock-aof-{}-{}", std::process::id(), rand_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir_arg = dir.to_str().unwrap().to_owned();
+    let (dir, dir_arg) = data_dir("aof");
     let aof = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir_arg.as_str()];
     let redis = EmbeddedRedis::start_with(Path::new("redis-server"), &aof).await.unwrap();
     let port = redis.port();
@@ -259,9 +257,7 @@ async fn eventually_ok<T, F: Future<Output = Result<T, tonic::Status>>>(call: im
 /// before.
 #[tokio::test]
 async fn fencing_tokens_never_go_back_when_redis_loses_writes_in_place() {
-    let dir = std::env::temp_dir().join(format!("stocklock-fence-{}-{}", std::process::id(), rand_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir_arg = dir.to_str().unwrap().to_owned();
+    let (dir, dir_arg) = data_dir("fence");
     let rdb = ["--save", "", "--appendonly", "no", "--dir", dir_arg.as_str()];
     let redis = EmbeddedRedis::start_with(Path::new("redis-server"), &rdb).await.unwrap();
     let port = redis.port();
@@ -410,6 +406,14 @@ async fn script_flushes_during_traffic_fail_no_call() {
     flusher.await.unwrap();
     let record = assert_books_balance(&svc, "SKU-S", "WH-A").await;
     assert_eq!(record.available, "1000");
+}
+
+/// A fresh directory for a redis-server's data files, and its path as an argument.
+fn data_dir(tag: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("stocklock-{tag}-{}-{}", std::process::id(), rand_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let arg = dir.to_str().unwrap().to_owned();
+    (dir, arg)
 }
 
 fn rand_id() -> u128 {

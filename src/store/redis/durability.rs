@@ -71,9 +71,9 @@ async fn group_commit(
     marker_key: String,
     mut waiting: mpsc::UnboundedReceiver<(u64, oneshot::Sender<u32>)>,
 ) {
-    // The dedicated connection, and the primary and era it was opened in:
-    // after a failover or a restart it is opened again.
-    let mut conn: Option<(String, u64, Conn)> = None;
+    // The dedicated connection, and the era it was opened in: after a
+    // failover or a restart it is opened again.
+    let mut conn: Option<(u64, Conn)> = None;
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, usize::MAX).await > 0 {
         let Some(link) = link.upgrade() else { return };
@@ -96,15 +96,14 @@ async fn group_commit(
 /// everything the primary of that era executed before it.
 async fn acknowledge(
     link: &Link,
-    conn: &mut Option<(String, u64, Conn)>,
+    conn: &mut Option<(u64, Conn)>,
     marker_key: &str,
     settings: DurabilitySettings,
 ) -> Result<(Option<u64>, u32), Error> {
     let (era, connection) = match conn {
-        Some((_, era, connection)) if link.era() == *era => (*era, connection),
+        Some((era, connection)) if link.era() == *era => (*era, connection),
         _ => {
-            let (addr, era, connection) = conn.insert(link.dedicated(settings.timeout).await?);
-            tracing::debug!(primary = %addr, era, "durability connection opened");
+            let (era, connection) = conn.insert(link.dedicated(settings.timeout).await?);
             (*era, connection)
         }
     };

@@ -126,7 +126,7 @@ impl EventStream for RedisStore {
     async fn open_tail(&self) -> Result<StreamReader, Error> {
         // A connection of its own: a blocking read would stall every call
         // sharing the main one.
-        Ok(StreamReader(self.link.dedicated(BLOCK).await?.2))
+        Ok(StreamReader(self.link.dedicated(BLOCK).await?.1))
     }
 
     async fn tail_events(

@@ -31,7 +31,7 @@ impl IngestStream for RedisStore {
     type Reader = StreamReader;
 
     async fn open_ingest(&self, consumer: &IngestConsumer) -> Result<StreamReader, Error> {
-        let mut conn = self.link.dedicated(BLOCK).await?.2;
+        let mut conn = self.link.dedicated(BLOCK).await?.1;
         self.create_group(&mut conn, &consumer.group).await?;
         Ok(StreamReader(conn))
     }

@@ -34,6 +34,8 @@ pub struct Keys {
     /// The shards of each partition's lock index, built once (every Lock
     /// names one): partition `p`'s shard `s` at `p * LOCK_SHARDS + s`.
     lock_indexes: Arc<[String]>,
+    /// Each partition's fencing epoch, built once (every Lock names it).
+    epochs: Arc<[String]>,
 }
 
 /// The keys of one stock record that a call about one lock (or one new
@@ -138,7 +140,8 @@ impl Keys {
             .iter()
             .flat_map(|base| (0..LOCK_SHARDS).map(move |shard| format!("{base}:lockidx:{shard:x}")))
             .collect();
-        Self { prefix: prefix.to_owned(), bases, shared, lock_indexes }
+        let epochs = bases.iter().map(|base| format!("{base}:epoch")).collect();
+        Self { prefix: prefix.to_owned(), bases, shared, lock_indexes, epochs }
     }
 
     /// How many partitions there are.
@@ -332,12 +335,12 @@ impl Keys {
     /// The partition's fencing epoch, the floor of its tokens: raised
     /// whenever its data may have lost writes (see `link`).
     pub fn epoch(&self, partition: Partition) -> String {
-        format!("{}:epoch", self.base(partition))
+        self.epochs[partition].clone()
     }
 
     /// Every partition's fencing epoch.
     pub fn epochs(&self) -> Vec<String> {
-        (0..self.partitions()).map(|p| self.epoch(p)).collect()
+        self.epochs.to_vec()
     }
 
     /// Written before each durability WAIT (see the durability module).

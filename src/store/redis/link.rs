@@ -244,14 +244,13 @@ impl Link {
     }
 
     /// A connection of its own to the current primary, for commands that
-    /// hold it for up to `wait` (blocking reads, WAIT), and that primary's
-    /// address and era.
-    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(String, u64, Conn), Error> {
-        let (client, addr, era) = {
+    /// hold it for up to `wait` (blocking reads, WAIT), and that primary's era.
+    pub(super) async fn dedicated(&self, wait: Duration) -> Result<(u64, Conn), Error> {
+        let (client, era) = {
             let primary = self.primary.read().expect("link lock poisoned");
-            (primary.client.clone(), primary.addr.clone(), primary.era)
+            (primary.client.clone(), primary.era)
         };
-        Ok((addr, era, client.open(self.timeout, wait + self.timeout).await?))
+        Ok((era, client.open(self.timeout, wait + self.timeout).await?))
     }
 
     /// The primary's era: it moves before a switch to a new primary and
@@ -347,28 +346,36 @@ async fn open(client: Client, timeout: Duration, epoch_keys: &[String], followin
 /// epochs first, and the scripts only once every epoch rose (a pipeline
 /// is not atomic: a refused raise, say for lack of memory, must not leave
 /// lock.lua loaded on a Redis whose epochs did not move). Two round trips
-/// on one Redis; on a cluster, a call per key and per script. A SCRIPT
-/// FLUSH in the middle starts it again; the store timeout bounds it.
+/// on one Redis; on a cluster, a call per key and per script. The store
+/// timeout bounds it.
 async fn raise_and_load(conn: &mut Conn, epoch_keys: &[String], timeout: Duration) -> Result<(), Error> {
-    let attempts = async {
-        loop {
-            match raise_epochs(conn, epoch_keys, false).await {
-                Err(e) if e.code() == Some("NOSCRIPT") => continue,
-                Err(e) => return Err(store_error(e)),
-                Ok(replies) => {
-                    check_raised(epoch_keys, &replies)?;
-                    return load_scripts(conn).await.map_err(store_error);
-                }
-            }
-        }
+    let steps = async {
+        let replies = raise_epochs(conn, epoch_keys, false).await.map_err(store_error)?;
+        check_raised(epoch_keys, &replies)?;
+        load_scripts(conn).await.map_err(store_error)
     };
-    tokio::time::timeout(timeout, attempts).await.map_err(|_| Error::StoreTimeout)?
+    tokio::time::timeout(timeout, steps).await.map_err(|_| Error::StoreTimeout)?
 }
 
 /// raise_epoch.lua on each of `epoch_keys` (only where it is missing, with
-/// `if_missing`): its reply per key. On a cluster the script is loaded on
-/// the primaries only (see [`load_scripts`]).
+/// `if_missing`): its reply per key. The script is loaded first in the same
+/// round trip (on a cluster, on the primaries only, see [`load_scripts`]);
+/// a SCRIPT FLUSH in between gives NOSCRIPT, and it starts again.
 async fn raise_epochs(
+    conn: &mut Conn,
+    epoch_keys: &[String],
+    if_missing: bool,
+) -> redis::RedisResult<Vec<Vec<String>>> {
+    loop {
+        match raise_epochs_once(conn, epoch_keys, if_missing).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => continue,
+            result => return result,
+        }
+    }
+}
+
+/// One attempt of [`raise_epochs`].
+async fn raise_epochs_once(
     conn: &mut Conn,
     epoch_keys: &[String],
     if_missing: bool,
@@ -447,15 +454,7 @@ fn primaries() -> RoutingInfo {
 /// once, and one raise serves them all.
 async fn raise_epoch_if_missing(conn: &mut Conn, key: &str, timeout: Duration) -> Result<(), Error> {
     let keys = [key.to_owned()];
-    let attempts = async {
-        loop {
-            match raise_epochs(conn, &keys, true).await {
-                Err(e) if e.code() == Some("NOSCRIPT") => continue,
-                result => return result,
-            }
-        }
-    };
-    let replies = bounded(timeout, attempts).await?;
+    let replies = bounded(timeout, raise_epochs(conn, &keys, true)).await?;
     check_raised(&keys, &replies)
 }
 

@@ -4,22 +4,28 @@
 //! every script and the call runs again (see `link`).
 
 use std::ops::Deref;
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use redis::Script;
 
-/// One script: its source (for SCRIPT LOAD in a pipeline) and the script
-/// redis-rs calls.
+/// One script: its source (for SCRIPT LOAD in a pipeline) and, built from
+/// it on first use, the script redis-rs calls (which holds its SHA1).
 pub(super) struct Lua {
     pub(super) source: &'static str,
-    script: LazyLock<Script>,
+    script: OnceLock<Script>,
+}
+
+impl Lua {
+    const fn new(source: &'static str) -> Self {
+        Self { source, script: OnceLock::new() }
+    }
 }
 
 impl Deref for Lua {
     type Target = Script;
 
     fn deref(&self) -> &Script {
-        &self.script
+        self.script.get_or_init(|| Script::new(self.source))
     }
 }
 
@@ -28,22 +34,12 @@ macro_rules! script {
         script!("", $file)
     };
     ($shebang:literal, $file:literal) => {
-        Lua {
-            source: concat!(
-                $shebang,
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
-                "\n",
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
-            ),
-            script: LazyLock::new(|| {
-                Script::new(concat!(
-                    $shebang,
-                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
-                    "\n",
-                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
-                ))
-            }),
-        }
+        Lua::new(concat!(
+            $shebang,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/lib.lua")),
+            "\n",
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $file)),
+        ))
     };
 }
 
