@@ -28,7 +28,7 @@
 --   locks  hash  (per shard) fencing token -> "qty|created_ms|max_expires_ms|ttl_ms|holder|order_id|nonce|batch_id"
 --   exp    zset  (per shard) fencing token -> expires_at_ms
 --   idx    zset  (per shard, of the partition) the lock index, see lock_member
---   ended  hash  tombstones of one bucket of 512 tokens: token -> R(eleased),
+--   ended  hash  tombstones of one bucket of 512 tokens: token % 512 -> R(eleased),
 --                C(ommitted) followed by "committed|released" (scaled), or
 --                F(orce-released). A call about one lock names its token's bucket;
 --                other calls name a bucket no script touches. An expired lock leaves
@@ -60,6 +60,15 @@ local LOCK_SHARDS = 16
 -- (2^12); the epoch is the time it was raised at, in ms (see
 -- raise_epoch.lua).
 local EPOCH_FACTOR = 4096
+
+-- Tokens per tombstone bucket (TOMBSTONE_BUCKET in src/store/redis/keys.rs):
+-- the bucket's key names token / TOMBSTONE_BUCKET, and a tombstone's field
+-- is the token's place in it, a small integer a listpack stores in 3 bytes.
+local TOMBSTONE_BUCKET = 512
+
+local function tombstone_field(token)
+  return tonumber(token) % TOMBSTONE_BUCKET
+end
 
 local function fmt(n)
   return string.format('%d', n)
@@ -249,7 +258,7 @@ local function end_lock(pk, rec, token, l, mark, now, retention)
   redis.call('HDEL', rec.locks, token)
   redis.call('ZREM', rec.exp, token)
   redis.call('HINCRBY', rec.stock, 'live', -1)
-  redis.call('HSET', rec.ended, token, mark)
+  redis.call('HSET', rec.ended, tombstone_field(token), mark)
   redis.call('PEXPIRE', rec.ended, retention)
 end
 
@@ -376,7 +385,11 @@ end
 -- lock takes the next token of its shard, reads the same); else nil: no such
 -- lock was ever taken.
 local function ended_mark(rec, token)
-  local mark = redis.call('HGET', rec.ended, token)
+  local mark = redis.call('HGET', rec.ended, tombstone_field(token))
+  if not mark and tonumber(token) >= TOMBSTONE_BUCKET then
+    -- Written before tombstones were keyed by their place in the bucket.
+    mark = redis.call('HGET', rec.ended, token)
+  end
   if mark then
     return string.sub(mark, 1, 1), string.sub(mark, 2)
   end

@@ -35,8 +35,12 @@
 -- a line, and 50 only for a short line of a record with expired locks.
 --
 -- Idempotency: a granted call leaves one field in its generation's hash,
--- request digest -> content digest .. "now|max_expires|batch_id|nonce|" and
--- per line "token|qty|available|unit_scale". A retry looks in this generation
+-- request digest -> content digest .. ":" .. "since|hold|batch_id|nonce|" and
+-- per line "token|qty|available|unit_scale", where `since` is the call's time
+-- after its generation began, `hold` its max_expires_at after that time, and
+-- tokens are in hex: every order leaves one, so it is kept small. (A record
+-- without the ':' was written before and holds "now|max_expires|" and
+-- decimal tokens.) A retry looks in this generation
 -- and the one before, so it finds the record for at least one retention; a
 -- generation's hash expires when the one after it ends. The caller names the
 -- generation by its own clock; Redis's decides, and a mismatch (near a
@@ -72,24 +76,39 @@ local shard = tonumber(ARGV[13])
 local wide_lines = ARGV[14]
 local line_count = (#ARGV - 14) / 3
 
+-- The answer a retry gets from its stored record (see Idempotency), written
+-- in the generation that began at `began`.
+local function replay(stored, began, ttl)
+  local compact = string.sub(stored, 17, 17) == ':'
+  local f = split(string.sub(stored, compact and 18 or 17), '|')
+  local now, max_expires = tonumber(f[1]), tonumber(f[2])
+  if compact then
+    now = began + now
+    max_expires = now + max_expires
+  end
+  local reply = { 'REPLAY', 'OK', fmt(now), fmt(now + ttl), fmt(max_expires), f[3], f[4] }
+  for i = 5, #f, 4 do
+    reply[#reply + 1] = compact and fmt(tonumber(f[i], 16)) or f[i]
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = f[i + 1], f[i + 2], f[i + 3]
+  end
+  return reply
+end
+
 local now = now_ms()
 if fingerprint ~= '' then
   local actual = math.floor(now / generation_ms)
   if actual ~= generation then
     return { 'GENERATION', fmt(actual) }
   end
-  local stored = redis.call('HGET', pk.idem, request) or redis.call('HGET', previous_idem, request)
+  local stored, began = redis.call('HGET', pk.idem, request), generation * generation_ms
+  if not stored then
+    stored, began = redis.call('HGET', previous_idem, request), began - generation_ms
+  end
   if stored then
     if string.sub(stored, 1, 16) ~= fingerprint then
       return { 'IDEMPOTENCY_KEY_REUSED' }
     end
-    -- now|max_expires|batch_id|nonce, then per line token|qty|available|unit_scale
-    local f = split(string.sub(stored, 17), '|')
-    local reply = { 'REPLAY', 'OK', f[1], fmt(tonumber(f[1]) + ttl), f[2], f[3], f[4] }
-    for i = 5, #f do
-      reply[#reply + 1] = f[i]
-    end
-    return reply
+    return replay(stored, began, ttl)
   end
 end
 
@@ -188,11 +207,12 @@ end
 
 if fingerprint ~= '' then
   -- The answer without the figures a retry knows (expires_at = now + ttl).
-  local kept = { reply[2], reply[4], reply[5], reply[6] }
-  for i = 7, #reply do
-    kept[#kept + 1] = reply[i]
+  local kept = { fmt(now - generation * generation_ms), fmt(max_hold), batch_id, nonce }
+  for i = 7, #reply, 4 do
+    kept[#kept + 1] = string.format('%x', tonumber(reply[i]))
+    kept[#kept + 1], kept[#kept + 2], kept[#kept + 3] = reply[i + 1], reply[i + 2], reply[i + 3]
   end
-  redis.call('HSET', pk.idem, request, fingerprint .. table.concat(kept, '|'))
+  redis.call('HSET', pk.idem, request, fingerprint .. ':' .. table.concat(kept, '|'))
   redis.call('PEXPIREAT', pk.idem, (generation + 2) * generation_ms + 60000)
 end
 return reply

@@ -201,7 +201,59 @@ async fn a_retry_across_an_idempotency_generation_replays() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
         crossed += u32::from(generation(now) != generation(at));
         assert!(retry.replayed, "retry {i} locked again");
-        assert_eq!(retry.lock.unwrap().lock_id, first.lock.unwrap().lock_id);
+        // The whole answer, times included: the record keeps them relative
+        // to its generation's start, which a retry from the next generation
+        // must take from the generation before.
+        assert_eq!((retry.lock, retry.available), (first.lock, first.available), "retry {i}");
     }
     assert!(crossed > 0, "no retry crossed a generation");
+}
+
+#[tokio::test]
+async fn records_written_before_the_compact_layout_still_answer() {
+    // Earlier builds kept a Lock's idempotency record with absolute times and
+    // decimal tokens, and a tombstone under its whole token. Rewrite both
+    // into that form behind the service: a retry must still replay the same
+    // answer, and a Renew of the released lock must still learn it was
+    // released, for as long as those records live.
+    let svc = start().await;
+    svc.stock("SKU-1", "WH-A", "10").await;
+    let first = svc.lock("SKU-1", "WH-A", "3", "r1").await.unwrap();
+    let lock = first.lock.clone().unwrap();
+    let mut conn = svc.redis_conn().await;
+    let day: u64 = 24 * 3600 * 1000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let digest = sha1_smol::Sha1::from("lock\u{1f}r1").digest().to_string();
+    let key = svc.keys().lock_idempotency(svc.partition("SKU-1"), now / day, &digest[..16]);
+    let stored: String = redis::cmd("HGET").arg(&key).arg(&digest[..16]).query_async(&mut conn).await.unwrap();
+    let (fingerprint, compact) = stored.split_once(':').expect("a compact record");
+    let f: Vec<&str> = compact.split('|').collect();
+    let at = now / day * day + f[0].parse::<u64>().unwrap();
+    let token = u64::from_str_radix(f[4], 16).unwrap();
+    let old = format!(
+        "{fingerprint}{at}|{}|{}|{}|{token}|{}",
+        at + f[1].parse::<u64>().unwrap(),
+        f[2],
+        f[3],
+        f[5..].join("|")
+    );
+    let _: () = redis::cmd("HSET").arg(&key).arg(&digest[..16]).arg(&old).query_async(&mut conn).await.unwrap();
+
+    let retry = svc.lock("SKU-1", "WH-A", "3", "r1").await.unwrap();
+    assert!(retry.replayed);
+    assert_eq!((retry.lock, retry.available), (first.lock, first.available));
+
+    svc.release(&lock.lock_id, "rel").await.unwrap();
+    let ended = svc.lock_keys(&lock.lock_id).ended;
+    let mark: String = redis::cmd("HGET").arg(&ended).arg(token % 512).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("HDEL").arg(&ended).arg(token % 512).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("HSET").arg(&ended).arg(token).arg(&mark).query_async(&mut conn).await.unwrap();
+    let renew = pb::RenewRequest {
+        lock_ids: vec![lock.lock_id.clone()],
+        holder: "order-service".into(),
+        request_id: "rn".into(),
+        ..Default::default()
+    };
+    let status = expect_error(svc.client.clone().renew(renew).await, Code::NotFound, "LOCK_NOT_FOUND");
+    assert_eq!(tonic_types::StatusExt::get_details_error_info(&status).unwrap().metadata["state"], "RELEASED");
 }

@@ -65,8 +65,9 @@ pub struct RecordKeys {
     /// Sorted set of the shard: fencing token -> expiry (ms).
     pub exp: String,
     /// Hash of tombstones of the locks whose token is in one bucket of
-    /// 512 tokens: token -> how the lock ended (`R`eleased,
-    /// `C`ommitted, `F`orce-released; an expired lock leaves none). A call
+    /// 512 tokens: the token's place in it (token % 512) -> how the lock
+    /// ended (`R`eleased, `C`ommitted, `F`orce-released; an expired lock
+    /// leaves none). A call
     /// about one lock names its token's bucket ([`Keys::lock_record`]); the
     /// others name bucket `-`, which no script touches. A bucket stays a
     /// compact listpack and expires a retention after its last tombstone.
@@ -317,6 +318,12 @@ impl Keys {
     /// The stream warehouse systems append stock changes to.
     pub fn ingest(&self) -> String {
         format!("{}:ingest", self.prefix)
+    }
+
+    /// The lease of `group`'s one reader of the ingestion stream, in the
+    /// stream's slot.
+    pub fn ingest_lease(&self, group: &str) -> String {
+        format!("{{{}:ingest}}:lease:{group}", self.prefix)
     }
 
     /// Where malformed ingestion entries go, with the reason. Its hash tag
