@@ -257,7 +257,9 @@ pub struct ServeConfig {
     #[arg(long, env = "STOCKLOCK_INGEST_GROUP", default_value = "stocklock")]
     pub ingest_group: String,
 
-    /// Entries another consumer left unacknowledged this long are taken over.
+    /// One replica at a time reads the stream, in order; one that stops
+    /// renewing its lease this long is replaced, and what it left
+    /// unacknowledged is applied first by the next.
     #[arg(long, env = "STOCKLOCK_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ingest_claim_idle: Duration,
 

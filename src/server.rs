@@ -267,7 +267,8 @@ fn spawn_workers(
         let consumer = IngestConsumer {
             group: config.ingest_group.clone(),
             consumer: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            claim_idle: config.ingest_claim_idle,
+            lease: config.ingest_claim_idle,
+            retention: config.idempotency_retention,
         };
         let (store, stop) = (store.clone(), stop.clone());
         tasks.push(tokio::spawn(async move { ingest::run(store.as_ref(), consumer, stop).await }));

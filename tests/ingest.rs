@@ -203,3 +203,147 @@ async fn xadd_raw(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str,
     }
     let _: String = cmd.query_async(conn).await.unwrap();
 }
+
+/// A stock record's physical and reserved figures, read over gRPC.
+async fn figures(svc: &TestService, sku: &str) -> (String, String) {
+    let record = svc.record(sku, "W").await;
+    (record.physical, record.reserved)
+}
+
+#[tokio::test]
+async fn changes_stuck_with_a_dead_consumer_are_applied_in_stream_order() {
+    // A snapshot counts the deltas before it, and a release of a reservation
+    // follows the reservation: applied in any other order, the first
+    // doubles stock (110, five phantom units sold) and the second refuses
+    // the release as negative stock and loses it.
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg("stocklock")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let snapshot = |physical, reserved, version| {
+        [
+            ("type", "snapshot"),
+            ("sku", "S"),
+            ("warehouse_id", "W"),
+            ("physical", physical),
+            ("reserved", reserved),
+            ("source_version", version),
+        ]
+    };
+    xadd_raw(&mut conn, &snapshot("100", "0", "1")).await;
+    let delta = |event_id, field, by| {
+        [("type", "delta"), ("sku", "S"), ("warehouse_id", "W"), ("event_id", event_id), (field, by)]
+    };
+    xadd_raw(&mut conn, &delta("e1", "physical_delta", "5")).await;
+    xadd_raw(&mut conn, &delta("e2", "reserved_delta", "1")).await;
+    // A replica reads those three and dies before applying them.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("stocklock")
+        .arg("crashed-replica")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    xadd_raw(&mut conn, &snapshot("105", "1", "2")).await;
+    xadd_raw(&mut conn, &delta("e3", "reserved_delta", "-1")).await;
+
+    let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
+    assert!(eventually(Duration::from_secs(10), || group_settled(conn.clone())).await, "entries left pending");
+    assert_eq!(figures(&svc, "S").await, ("105".to_owned(), "0".to_owned()));
+    assert!(dead_letters(&svc).await.is_empty(), "{:?}", dead_letters(&svc).await);
+}
+
+#[tokio::test]
+async fn a_new_consumer_group_does_not_apply_deltas_again() {
+    // A delta's event_id is remembered for the idempotency retention. A new
+    // (or renamed) group must not start before that window, or it applies
+    // again every delta whose record is gone.
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let retention = ["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
+    let svc = serve(&redis.url(), &retention).await;
+    svc.stock("S", "W", "100").await;
+    let delta = |event_id| {
+        [("type", "delta"), ("sku", "S"), ("warehouse_id", "W"), ("event_id", event_id), ("physical_delta", "1")]
+    };
+    xadd_raw(&mut conn, &delta("e1")).await;
+    assert!(eventually(Duration::from_secs(5), || async { figures(&svc, "S").await.0 == "101" }).await);
+    svc.stop().await.unwrap();
+    // Past the retention, a replica of a new group joins and a new delta comes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let svc = serve(&redis.url(), &[&retention[..], &["--ingest-group", "renamed"]].concat()).await;
+    xadd_raw(&mut conn, &delta("e2")).await;
+    assert!(eventually(Duration::from_secs(5), || async { figures(&svc, "S").await.0 != "101" }).await);
+    let settled = || async {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(STREAM).query_async(&mut conn.clone()).await.unwrap();
+        groups.iter().any(|g| {
+            g.get("name") == Some(&redis::Value::BulkString(b"renamed".to_vec()))
+                && g.get("lag").and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok()) == Some(0)
+                && g.get("pending").and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok()) == Some(0)
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), settled).await, "the new group did not catch up");
+    assert_eq!(figures(&svc, "S").await.0, "102", "e1 applied twice");
+}
+
+#[tokio::test]
+async fn the_stream_is_trimmed_past_the_retention_behind_every_group() {
+    // Entries older than the dedup window that every group has read are
+    // trimmed (whole stream nodes of 100 entries at a time); a group that
+    // is behind keeps what it has not read yet.
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let retention = ["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
+    let svc = serve(&redis.url(), &retention).await;
+    svc.stock("S", "W", "0").await;
+    for i in 0..250 {
+        let event_id = format!("e{i}");
+        xadd_raw(
+            &mut conn,
+            &[("type", "delta"), ("sku", "S"), ("warehouse_id", "W"), ("event_id", &event_id), ("physical_delta", "1")],
+        )
+        .await;
+    }
+    assert!(eventually(Duration::from_secs(10), || async { figures(&svc, "S").await.0 == "250" }).await);
+    svc.stop().await.unwrap();
+    // Another reader of the stream has read 150 entries.
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg("audit").arg("0").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("auditor")
+        .arg("COUNT")
+        .arg(150)
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<(String, redis::Value)> =
+        redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let ids: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
+    let _: () = redis::cmd("XACK").arg(STREAM).arg("audit").arg(&ids[..150]).query_async(&mut conn).await.unwrap();
+    // Past the retention, a new reader trims as it starts.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _svc = serve(&redis.url(), &retention).await;
+    let len = || async { redis::cmd("XLEN").arg(STREAM).query_async::<u64>(&mut conn.clone()).await.unwrap() };
+    assert!(eventually(Duration::from_secs(5), || async { len().await < 250 }).await, "nothing trimmed");
+    // The first node (entries 0..99) went; the one holding the audit group's
+    // next entry stays.
+    assert_eq!(len().await, 150);
+}

@@ -143,11 +143,9 @@ async fn due_records(svc: &TestService) -> usize {
     redis::cmd("ZCARD").arg("sl:{p0.0}:due").query_async(&mut conn).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_the_ingestion_stream_without_double_work() {
-    let (a, b) = two_replicas(&[]).await;
-    a.stock("IN", "W", "0").await;
-    for i in 0..100 {
+/// Appends 100 inbound deltas of one unit, event ids from `from` on.
+async fn inbound(svc: &TestService, from: usize) {
+    for i in from..from + 100 {
         let event_id = format!("ev-{i}");
         let fields = [
             ("type", "delta"),
@@ -157,14 +155,64 @@ async fn two_replicas_share_the_ingestion_stream_without_double_work() {
             ("physical_delta", "1"),
             ("reason", "inbound"),
         ];
-        xadd(&a, "sl:ingest", &fields).await;
+        xadd(svc, "sl:ingest", &fields).await;
     }
-    let done = eventually(Duration::from_secs(5), || async { b.record("IN", "W").await.physical == "100" }).await;
-    assert!(done, "every delta applied: {:?}", b.record("IN", "W").await);
-    let mut conn = a.redis_conn().await;
-    let consumers: Vec<Vec<redis::Value>> =
-        redis::cmd("XINFO").arg("CONSUMERS").arg("sl:ingest").arg("stocklock").query_async(&mut conn).await.unwrap();
-    assert_eq!(consumers.len(), 2, "both replicas joined the consumer group");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.record("IN", "W").await.physical, "100", "nothing applied twice");
+}
+
+async fn physical_is(svc: &TestService, physical: &str) -> bool {
+    svc.record("IN", "W").await.physical == physical
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_reads_the_ingestion_stream_and_another_takes_over_when_it_stops() {
+    // One reader at a time keeps the stream's order; when it stops, another
+    // replica takes the lease over and applies the rest, nothing twice.
+    let base = start_with(&["--no-ingest"]).await;
+    base.stock("IN", "W", "0").await;
+    let lease = ["--ingest-claim-idle", "300ms"];
+    let first = serve(&base.redis_url, &lease).await;
+    inbound(&base, 0).await;
+    assert!(
+        eventually(Duration::from_secs(5), || physical_is(&base, "100")).await,
+        "{:?}",
+        base.record("IN", "W").await
+    );
+    let second = serve(&base.redis_url, &lease).await;
+    let conn = base.redis_conn().await;
+    let consumers = || async {
+        let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("sl:ingest")
+            .arg("stocklock")
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        consumers.len()
+    };
+    inbound(&base, 100).await;
+    assert!(
+        eventually(Duration::from_secs(5), || physical_is(&base, "200")).await,
+        "{:?}",
+        base.record("IN", "W").await
+    );
+    assert_eq!(consumers().await, 1, "only the lease holder reads");
+
+    first.stop().await.unwrap();
+    inbound(&base, 200).await;
+    assert!(
+        eventually(Duration::from_secs(5), || physical_is(&base, "300")).await,
+        "{:?}",
+        base.record("IN", "W").await
+    );
+    assert_eq!(consumers().await, 2, "the second replica took over");
+    let settled = eventually(Duration::from_secs(5), || async {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg("sl:ingest").query_async(&mut conn.clone()).await.unwrap();
+        let figure = |name: &str| groups[0].get(name).and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+        figure("lag") == Some(0) && figure("pending") == Some(0)
+    })
+    .await;
+    assert!(settled, "entries left unread or unacknowledged");
+    assert_eq!(base.record("IN", "W").await.physical, "300", "nothing applied twice");
+    drop(second);
 }

@@ -17,30 +17,49 @@ pub struct IngestEntry {
     pub fields: Vec<(String, String)>,
 }
 
-/// Who reads the ingestion stream: a consumer of a group every replica joins.
+/// Who reads the ingestion stream: a consumer of a group every replica
+/// joins, one replica at a time (see [`IngestStream::lead_ingest`]).
 #[derive(Clone, Debug)]
 pub struct IngestConsumer {
     /// The consumer group every replica joins.
     pub group: String,
     /// This consumer's name, unique per process.
     pub consumer: String,
-    /// Entries pending this long with another consumer are claimed.
-    pub claim_idle: Duration,
+    /// The reader's lease: a reader that stops renewing it for this long is
+    /// replaced, and what it read but did not acknowledge is applied by the
+    /// next one.
+    pub lease: Duration,
+    /// How long a delta's event_id is remembered (the idempotency
+    /// retention): a new group starts no further back, and entries older
+    /// than that which every group has read are trimmed.
+    pub retention: Duration,
 }
 
-/// The ingestion stream, read through a consumer group so that replicas
-/// share the work and a crashed consumer's entries are claimed by another.
+/// The ingestion stream, read through a consumer group by one replica at a
+/// time, which applies its entries in stream order: a snapshot counts the
+/// deltas before it, and a release of a reservation follows the
+/// reservation, so no other order is right.
 pub trait IngestStream: StockStore {
     /// A connection of the reader's own, for blocking reads.
     type Reader: Send;
 
-    /// Opens a reader, creating the group (from the stream's start) when it
-    /// does not exist.
+    /// Takes or keeps the group's reader lease for `consumer.lease`; true
+    /// when this consumer holds it.
+    fn lead_ingest(&self, consumer: &IngestConsumer) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Gives the lease up if this consumer holds it, so that another
+    /// replica reads on without waiting for it to lapse.
+    fn resign_ingest(&self, consumer: &IngestConsumer) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Opens a reader, creating the group when it does not exist: it starts
+    /// `consumer.retention` back (by Redis time), so it applies the entries
+    /// whose dedup records may still exist, and no older ones.
     fn open_ingest(&self, consumer: &IngestConsumer) -> impl Future<Output = Result<Self::Reader, Error>> + Send;
 
-    /// A batch of the entries other consumers read but left unacknowledged
-    /// longer than the idle time, from `start` ("0-0" first) on, now this
-    /// consumer's; and where the next batch starts (`None` after the last).
+    /// A batch of the entries the group delivered but nobody acknowledged
+    /// (a previous reader's, or this one's before an error), in stream
+    /// order from `start` ("0-0" first), now this consumer's; and where the
+    /// next batch starts (`None` after the last).
     fn claim_ingest(
         &self,
         reader: &mut Self::Reader,
@@ -48,11 +67,12 @@ pub trait IngestStream: StockStore {
         start: &str,
     ) -> impl Future<Output = Result<(Vec<IngestEntry>, Option<String>), Error>> + Send;
 
-    /// New entries for this consumer, waiting a short while for the first.
+    /// New entries for this consumer, waiting up to `block` for the first.
     fn read_ingest(
         &self,
         reader: &mut Self::Reader,
         consumer: &IngestConsumer,
+        block: Duration,
     ) -> impl Future<Output = Result<Vec<IngestEntry>, Error>> + Send;
 
     /// Acknowledges `entry`; with `dead`, first copies it to the dead-letter
@@ -63,6 +83,10 @@ pub trait IngestStream: StockStore {
         entry: &IngestEntry,
         dead: Option<&Error>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Trims the entries older than `consumer.retention` that every group
+    /// has read and acknowledged, a bounded number at a time.
+    fn trim_ingest(&self, consumer: &IngestConsumer) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// The lifecycle event streams, one per partition.

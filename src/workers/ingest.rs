@@ -1,18 +1,23 @@
 //! Ingestion of stock changes from the warehouse systems, over the store's
-//! [`IngestStream`]: a stream read through a consumer group, so several
-//! replicas share the work and entries a crashed consumer had read are
-//! claimed by another after an idle time.
+//! [`IngestStream`]: a stream read through a consumer group by one replica
+//! at a time, the holder of the group's lease, which applies the entries in
+//! stream order. Order matters: a snapshot counts the deltas written before
+//! it, and a release of a reservation follows the reservation. A replica
+//! that takes the lease over first applies, in order, what the group
+//! delivered and nobody acknowledged, then reads on.
 //!
 //! An entry is acknowledged only after it was applied (or dead-lettered), and
 //! applying is idempotent: a snapshot carries a source_version (an old or
 //! repeated one is ignored, as by SetStock) and a delta an event_id (its
 //! idempotency key). So an entry delivered twice changes nothing the second
-//! time, and a crash between applying and acknowledging loses nothing.
+//! time, a crash between applying and acknowledging loses nothing, and a
+//! reader that lost its lease while paused repeats work, never reorders it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::domain::{
     AdjustStockCommand, Error, IngestConsumer, IngestEntry, IngestStream, RecordKey, RequestId, ScaledStock,
@@ -25,67 +30,139 @@ const ACTOR: &str = "ingest";
 /// How long a failed round waits before the next.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// The longest one read waits for new entries.
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// How often the reader trims the stream.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
 /// Consumes the ingestion stream until `stop`.
 pub async fn run<S: IngestStream>(store: &S, consumer: IngestConsumer, mut stop: watch::Receiver<bool>) {
     let mut reader: Option<S::Reader> = None;
-    let mut claimed_at: Option<tokio::time::Instant> = None;
+    // The lease is renewed at least this often, so it never lapses while
+    // this replica reads: at every round, and between entries.
+    let renew_every = consumer.lease / 3;
+    let block = MAX_BLOCK.min(renew_every);
+    let mut lease = Lease { renewed: None, renew_every };
+    let mut trimmed_at: Option<Instant> = None;
     loop {
         if *stop.borrow() {
-            return;
+            break;
         }
         let round = async {
+            if !lease.renew(store, &consumer).await? {
+                return Ok(false);
+            }
             let reader = match &mut reader {
                 Some(reader) => reader,
-                None => reader.insert(store.open_ingest(&consumer).await?),
+                None => {
+                    // A new reader first applies what is pending, in order.
+                    let reader = reader.insert(store.open_ingest(&consumer).await?);
+                    if !apply_pending(store, reader, &consumer, &mut lease).await? {
+                        return Ok(false);
+                    }
+                    reader
+                }
             };
-            if claimed_at.is_none_or(|at| at.elapsed() >= consumer.claim_idle / 2) {
-                claimed_at = Some(tokio::time::Instant::now());
-                claim_stale(store, reader, &consumer).await?;
+            if trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
+                trimmed_at = Some(Instant::now());
+                store.trim_ingest(&consumer).await?;
             }
-            let entries = store.read_ingest(reader, &consumer).await?;
-            process(store, &consumer, entries).await
+            let entries = store.read_ingest(reader, &consumer, block).await?;
+            process(store, &consumer, entries, &mut lease).await
         }
         .await;
-        if let Err(e) = round {
-            tracing::warn!(error = %e, "ingestion: retrying");
-            reader = None;
-            tokio::select! {
-                _ = tokio::time::sleep(RETRY) => {}
-                _ = stop.changed() => return,
+        let pause = match round {
+            Ok(true) => continue,
+            Ok(false) => {
+                // Another replica reads; whatever this one read but did not
+                // acknowledge is the next reader's to apply first.
+                reader = None;
+                renew_every
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "ingestion: retrying");
+                reader = None;
+                RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if lease.renewed.is_some()
+        && let Err(e) = store.resign_ingest(&consumer).await
+    {
+        tracing::warn!(error = %e, "ingestion: cannot give the reader lease up; it lapses by itself");
+    }
+}
+
+/// The reader lease as this replica last renewed it.
+struct Lease {
+    renewed: Option<Instant>,
+    renew_every: Duration,
+}
+
+impl Lease {
+    /// Takes or keeps the lease; whether this replica holds it.
+    async fn renew<S: IngestStream>(&mut self, store: &S, consumer: &IngestConsumer) -> Result<bool, Error> {
+        self.renewed = None;
+        let held = store.lead_ingest(consumer).await?;
+        if held {
+            self.renewed = Some(Instant::now());
+        }
+        Ok(held)
+    }
+
+    /// Renews the lease when it is due; whether this replica still holds it.
+    async fn keep<S: IngestStream>(&mut self, store: &S, consumer: &IngestConsumer) -> Result<bool, Error> {
+        match self.renewed {
+            Some(at) if at.elapsed() < self.renew_every => Ok(true),
+            _ => self.renew(store, consumer).await,
         }
     }
 }
 
-/// Takes over and applies the entries another consumer read but did not
-/// acknowledge in time.
-async fn claim_stale<S: IngestStream>(
+/// Applies, in stream order, every entry the group delivered and nobody
+/// acknowledged: a previous reader's, or this one's before an error. False
+/// if the lease was lost on the way.
+async fn apply_pending<S: IngestStream>(
     store: &S,
     reader: &mut S::Reader,
     consumer: &IngestConsumer,
-) -> Result<(), Error> {
+    lease: &mut Lease,
+) -> Result<bool, Error> {
     let mut start = "0-0".to_owned();
     loop {
         let (entries, next) = store.claim_ingest(reader, consumer, &start).await?;
         if !entries.is_empty() {
-            tracing::info!(entries = entries.len(), "ingestion: claimed entries another consumer left pending");
-            process(store, consumer, entries).await?;
+            tracing::info!(entries = entries.len(), "ingestion: applying entries left unacknowledged");
+            if !process(store, consumer, entries, lease).await? {
+                return Ok(false);
+            }
         }
         match next {
             Some(next) => start = next,
-            None => return Ok(()),
+            None => return Ok(true),
         }
     }
 }
 
-/// Applies entries and acknowledges each; a transient store error stops
-/// the batch, leaving the rest pending for a retry.
+/// Applies entries in order and acknowledges each. A transient store error
+/// stops the batch, and so does a lost lease (then the answer is false),
+/// leaving the rest pending for the next reader, which starts with them.
 async fn process<S: IngestStream>(
     store: &S,
     consumer: &IngestConsumer,
     entries: Vec<IngestEntry>,
-) -> Result<(), Error> {
+    lease: &mut Lease,
+) -> Result<bool, Error> {
     for entry in entries {
+        if !lease.keep(store, consumer).await? {
+            tracing::warn!("ingestion: another replica took the reader lease; it applies the rest");
+            return Ok(false);
+        }
         let fields: HashMap<String, String> = entry.fields.iter().cloned().collect();
         let outcome = match parse(&fields) {
             Err(e) => Err(e),
@@ -101,7 +178,7 @@ async fn process<S: IngestStream>(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// What one entry asks for.

@@ -1,20 +1,23 @@
 //! The ingestion stream on Redis (see `crate::workers::ingest` for the
-//! consumer): a stream read through a consumer group with XREADGROUP,
-//! entries another consumer left pending claimed with XAUTOCLAIM, each
-//! acknowledged (and dead-lettered when it cannot be applied) atomically.
+//! consumer): a stream read through a consumer group with XREADGROUP by the
+//! holder of the group's lease, entries left pending taken over with
+//! XAUTOCLAIM, each acknowledged (and dead-lettered when it cannot be
+//! applied) atomically, and the stream trimmed by age behind every group.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::call::Invocation;
 use super::link::Conn;
-use super::{RedisStore, StreamReader};
+use super::reply::malformed;
+use super::{RedisStore, StreamReader, scripts};
 use crate::domain::{Error, IngestConsumer, IngestEntry, IngestStats, IngestStream};
-
-/// How long one blocking read waits for new entries.
-const BLOCK: Duration = Duration::from_secs(1);
 
 /// Most entries one read or claim returns.
 const BATCH: usize = 100;
+
+/// Most entries one trim removes (whole stream nodes, so about).
+const TRIM_LIMIT: usize = 10_000;
 
 type Entry = (String, Vec<String>);
 
@@ -30,9 +33,17 @@ fn entries(raw: Vec<Entry>) -> Vec<IngestEntry> {
 impl IngestStream for RedisStore {
     type Reader = StreamReader;
 
+    async fn lead_ingest(&self, consumer: &IngestConsumer) -> Result<bool, Error> {
+        Ok(self.ingest_lease(consumer, millis(consumer.lease).max(1)).await? == consumer.consumer)
+    }
+
+    async fn resign_ingest(&self, consumer: &IngestConsumer) -> Result<(), Error> {
+        self.ingest_lease(consumer, 0).await.map(drop)
+    }
+
     async fn open_ingest(&self, consumer: &IngestConsumer) -> Result<StreamReader, Error> {
-        let mut conn = self.link.dedicated(BLOCK).await?.1;
-        self.create_group(&mut conn, &consumer.group).await?;
+        let mut conn = self.link.dedicated(consumer.lease).await?.1;
+        self.create_group(&mut conn, consumer).await?;
         Ok(StreamReader(conn))
     }
 
@@ -48,7 +59,7 @@ impl IngestStream for RedisStore {
                     .arg(self.keys.ingest())
                     .arg(&consumer.group)
                     .arg(&consumer.consumer)
-                    .arg(consumer.claim_idle.as_millis() as u64)
+                    .arg(0)
                     .arg(start)
                     .arg("COUNT")
                     .arg(BATCH)
@@ -62,9 +73,10 @@ impl IngestStream for RedisStore {
         &self,
         reader: &mut StreamReader,
         consumer: &IngestConsumer,
+        block: Duration,
     ) -> Result<Vec<IngestEntry>, Error> {
         let reply: Option<Vec<(String, Vec<Entry>)>> = super::call::bounded(
-            BLOCK + self.timeout,
+            block + self.timeout,
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&consumer.group)
@@ -72,7 +84,7 @@ impl IngestStream for RedisStore {
                 .arg("COUNT")
                 .arg(BATCH)
                 .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
+                .arg(block.as_millis().max(1) as u64)
                 .arg("STREAMS")
                 .arg(self.keys.ingest())
                 .arg(">")
@@ -107,18 +119,75 @@ impl IngestStream for RedisStore {
         pipe.cmd("XACK").arg(self.keys.ingest()).arg(&consumer.group).arg(&entry.id).ignore();
         self.query_pipe(&pipe).await
     }
+
+    async fn trim_ingest(&self, consumer: &IngestConsumer) -> Result<(), Error> {
+        // Below every group's oldest unacknowledged entry and its last read
+        // one (entries only come after both), and older than the retention.
+        let mut below = StreamId::at(self.redis_ms().await?.saturating_sub(millis(consumer.retention)));
+        for group in self.ingest_groups().await? {
+            below = below.min(group.last_delivered);
+            let summary: (u64, Option<String>, redis::Value, redis::Value) =
+                self.query(redis::cmd("XPENDING").arg(self.keys.ingest()).arg(&group.name)).await?;
+            if let Some(oldest) = summary.1.as_deref().and_then(StreamId::parse) {
+                below = below.min(oldest);
+            }
+        }
+        let mut trim = redis::cmd("XTRIM");
+        trim.arg(self.keys.ingest()).arg("MINID").arg("~").arg(below.to_string()).arg("LIMIT").arg(TRIM_LIMIT);
+        let trimmed: u64 = self.query(&trim).await?;
+        if trimmed > 0 {
+            tracing::debug!(trimmed, below = %below, "ingestion: trimmed applied entries past the retention");
+        }
+        Ok(())
+    }
+}
+
+/// A stream entry id, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn at(ms: u64) -> Self {
+        Self(ms, 0)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// A consumer group of the ingestion stream, as XINFO GROUPS tells it.
+struct Group {
+    name: String,
+    last_delivered: StreamId,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RedisStore {
-    async fn create_group(&self, conn: &mut Conn, group: &str) -> Result<(), Error> {
-        // From the start of the stream: a backlog that predates the group is applied too.
+    /// Creates `consumer`'s group unless it exists. It starts a retention
+    /// back by Redis time (entry ids are Redis times): entries since then
+    /// may have been applied through another group, and their dedup records
+    /// still say so; older ones may have been applied too, and nothing
+    /// would say so any more.
+    async fn create_group(&self, conn: &mut Conn, consumer: &IngestConsumer) -> Result<(), Error> {
+        let start = StreamId::at(self.redis_ms().await?.saturating_sub(millis(consumer.retention)));
         let created: Result<(), Error> = self
             .bounded(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(self.keys.ingest())
-                    .arg(group)
-                    .arg("0")
+                    .arg(&consumer.group)
+                    .arg(start.to_string())
                     .arg("MKSTREAM")
                     .query_async(conn),
             )
@@ -127,6 +196,45 @@ impl RedisStore {
             Err(Error::Internal { detail }) if detail.contains("BUSYGROUP") => Ok(()),
             other => other,
         }
+    }
+
+    /// Takes, keeps (`lease_ms` > 0) or gives up (0) `consumer`'s reader
+    /// lease; who holds it after.
+    async fn ingest_lease(&self, consumer: &IngestConsumer, lease_ms: u64) -> Result<String, Error> {
+        let mut inv = Invocation::new(&scripts::LEAD_INGEST);
+        inv.key(self.keys.ingest_lease(&consumer.group)).arg(&consumer.consumer).arg(lease_ms);
+        self.eval(&inv).await?.text()
+    }
+
+    /// Redis's clock, in unix ms.
+    async fn redis_ms(&self) -> Result<u64, Error> {
+        let (secs, micros): (u64, u64) = self.query(&redis::cmd("TIME")).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The ingestion stream's consumer groups (none before the stream exists).
+    async fn ingest_groups(&self) -> Result<Vec<Group>, Error> {
+        let groups: Result<Vec<HashMap<String, redis::Value>>, Error> =
+            self.query(redis::cmd("XINFO").arg("GROUPS").arg(self.keys.ingest())).await;
+        let groups = match groups {
+            Ok(groups) => groups,
+            Err(Error::Internal { detail }) if detail.contains("no such key") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let text = |g: &HashMap<String, redis::Value>, name: &str| {
+            g.get(name).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        };
+        groups
+            .iter()
+            .map(|g| {
+                let name = text(g, "name").ok_or_else(|| malformed("a consumer group without a name"))?;
+                let last_delivered = text(g, "last-delivered-id")
+                    .as_deref()
+                    .and_then(StreamId::parse)
+                    .ok_or_else(|| malformed("a consumer group without a last-delivered-id"))?;
+                Ok(Group { name, last_delivered })
+            })
+            .collect()
     }
 
     /// Ingestion's backlog.

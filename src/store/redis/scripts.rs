@@ -64,6 +64,8 @@ pub(super) static READ_LOCK: Lua = script!("#!lua flags=no-writes\n", "read_lock
 pub(super) static EXPIRE_LOCKS: Lua = script!("expire_locks.lua");
 /// A partition's fencing epoch raised (see `link`).
 pub(super) static RAISE_EPOCH: Lua = script!("raise_epoch.lua");
+/// The ingestion reader's lease.
+pub(super) static LEAD_INGEST: Lua = script!("lead_ingest.lua");
 /// The sweeper's look-up of records with expired locks.
 pub(super) static DUE_RECORDS: Lua = script!("#!lua flags=no-writes\n", "due_records.lua");
 
@@ -83,7 +85,7 @@ pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Lua); 17] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 18] {
     [
         ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
@@ -102,5 +104,6 @@ pub(super) fn all() -> [(&'static str, &'static Lua); 17] {
         ("get_stock.lua", &GET_STOCK),
         ("expire_locks.lua", &EXPIRE_LOCKS),
         ("due_records.lua", &DUE_RECORDS),
+        ("lead_ingest.lua", &LEAD_INGEST),
     ]
 }
