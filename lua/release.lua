@@ -3,9 +3,13 @@
 -- one lock that may not be released fails the whole call and changes nothing.
 --
 -- KEYS[1..4]       partition keys: idempotency record (unused), due index, event stream, audit (unused)
--- KEYS[5 + 5k ..]  lock k's record in its shard: stock, locks, exp, ended, idx
--- ARGV[1]  unused (''): Release is idempotent by the lock's own state (a retry finds the locks released: ALREADY_RELEASED),
---          so no record of the call is kept
+-- KEYS[5..8]       with ARGV[1] only: the Lock idempotency hashes of the generations before, of and
+--                  after the caller's, and the batch record
+-- KEYS[r + 5k ..]  lock k's record in its shard: stock, locks, exp, ended, idx (r = 9 with ARGV[1], else 5)
+-- ARGV[1]  '', or the request digest of a BatchLock being undone: its idempotency record and batch record
+--          go in the same step as its locks, so a retry either replays the whole batch or locks
+--          afresh, whenever the undo is cut short. (Release itself is idempotent by the lock's own
+--          state, a retry finds the locks released: ALREADY_RELEASED, so no record of it is kept.)
 -- ARGV[2]  holder, or "" to skip the holder check
 -- ARGV[3]  unused (the idempotency retention, when these calls kept records)
 -- ARGV[4]  tombstone retention ms
@@ -21,6 +25,8 @@
 -- emit, lock_event, find_expired, drop_expired
 
 local pk = partition_keys()
+local undone = ARGV[1]
+local first_record = undone == '' and 5 or 9
 local holder = ARGV[2]
 local tomb_retention = tonumber(ARGV[4])
 local count = (#ARGV - 4) / 3
@@ -28,7 +34,7 @@ local count = (#ARGV - 4) / 3
 local now = now_ms()
 local items = {}
 for k = 0, count - 1 do
-  local rec = record_at(5 + 5 * k, ARGV[5 + 3 * k])
+  local rec = record_at(first_record + 5 * k, ARGV[5 + 3 * k])
   local token = ARGV[6 + 3 * k]
   local lock, why, ended = find_lock(rec, token, ARGV[7 + 3 * k], now)
   if lock and holder ~= '' and lock.holder ~= holder then
@@ -67,4 +73,10 @@ for _, item in ipairs(items) do
   end
 end
 
+if undone ~= '' then
+  for i = 5, 7 do
+    redis.call('HDEL', KEYS[i], undone)
+  end
+  redis.call('DEL', KEYS[8])
+end
 return reply

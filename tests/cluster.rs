@@ -310,6 +310,50 @@ async fn a_failing_batch_across_shards_gives_back_what_it_took() {
 }
 
 #[tokio::test]
+async fn a_retry_of_a_batch_still_in_flight_is_told_to_wait_not_served_half() {
+    // While a first attempt of a cross-partition BatchLock runs (it holds
+    // the request's in-flight key), a client retry with the same request_id
+    // must not replay the partitions locked so far and carry on: the first
+    // attempt may yet fail further on and give them back, and the retry
+    // would hand the caller released locks. It is told the request is in
+    // progress, and changes nothing; once the attempt is over it runs.
+    let (cluster, svc) = start_cluster(&[]).await;
+    let skus = [sku_in(1, "A"), sku_in(14, "C")];
+    for sku in &skus {
+        svc.stock(sku, "W", "5").await;
+    }
+    let request = batch(vec![line(&skus[0], "1"), line(&skus[1], "1")], "dup-1");
+    let request_id = stocklock::domain::RequestId::parse("dup-1", "request_id").unwrap();
+    let in_flight = Keys::new("sl", PARTITIONS).request_in_flight(&request_id);
+    let urls = cluster.urls();
+    let client = redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&in_flight)
+        .arg("first-attempt")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut client = svc.client.clone();
+    expect_error(client.batch_lock(request.clone()).await, Code::Aborted, "REQUEST_IN_PROGRESS");
+    for sku in &skus {
+        assert_eq!(svc.record(sku, "W").await.live_locks, 0, "{sku}");
+    }
+    let _: () = redis::cmd("DEL").arg(&in_flight).query_async(&mut conn).await.unwrap();
+    let first = client.batch_lock(request.clone()).await.unwrap().into_inner();
+    let again = client.batch_lock(request).await.unwrap().into_inner();
+    assert!(again.replayed);
+    assert_eq!(
+        again.locks.iter().map(|l| &l.lock_id).collect::<Vec<_>>(),
+        first.locks.iter().map(|l| &l.lock_id).collect::<Vec<_>>()
+    );
+    let exists: bool = redis::cmd("EXISTS").arg(&in_flight).query_async(&mut conn).await.unwrap();
+    assert!(!exists, "an attempt that ended gives its in-flight key back");
+}
+
+#[tokio::test]
 async fn a_shard_that_stops_mid_batch_leaves_only_locks_that_expire() {
     let (cluster, svc) = start_cluster(&["--store-timeout", "300ms", "--sweep-interval", "100ms"]).await;
     let skus = [sku_in(1, "A"), sku_in(14, "C")];

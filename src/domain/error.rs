@@ -21,6 +21,7 @@ pub mod reason {
     pub const TWO_PERSON_RULE: &str = "TWO_PERSON_RULE";
     pub const NO_LOCKS_MATCHED: &str = "NO_LOCKS_MATCHED";
     pub const RECORD_BUSY: &str = "RECORD_BUSY";
+    pub const REQUEST_IN_PROGRESS: &str = "REQUEST_IN_PROGRESS";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
@@ -152,6 +153,14 @@ pub enum Error {
         /// How many sums were tried.
         attempts: u32,
     },
+    /// An earlier attempt of this request_id is still running (a BatchLock
+    /// over several partitions, which must not be replayed half done).
+    /// Nothing changed: retry with the same request_id shortly.
+    #[error("an earlier call with request_id {request_id} is still in progress; retry it shortly")]
+    RequestInProgress {
+        /// The request_id.
+        request_id: String,
+    },
     /// No or bad credentials.
     #[error("{0}")]
     Unauthenticated(String),
@@ -277,6 +286,7 @@ impl Error {
             Self::TwoPersonRule { .. } => reason::TWO_PERSON_RULE,
             Self::NoLocksMatched => reason::NO_LOCKS_MATCHED,
             Self::RecordBusy { .. } => reason::RECORD_BUSY,
+            Self::RequestInProgress { .. } => reason::REQUEST_IN_PROGRESS,
             Self::Unauthenticated(_) => reason::UNAUTHENTICATED,
             Self::RoleNotAllowed { .. } => reason::ROLE_NOT_ALLOWED,
             Self::RateLimited { .. } => reason::RATE_LIMITED,

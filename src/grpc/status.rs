@@ -113,6 +113,10 @@ impl From<Error> for Status {
                 info(&mut details, reason, &[("attempts", attempts.to_string())]);
                 Code::Aborted
             }
+            Error::RequestInProgress { request_id } => {
+                info(&mut details, reason, &[("request_id", request_id.clone())]);
+                Code::Aborted
+            }
             Error::Unauthenticated(_) => {
                 info(&mut details, reason, &[]);
                 Code::Unauthenticated

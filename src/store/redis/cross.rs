@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use super::lock::{LockCall, request_digest};
+use super::lock::request_digest;
 use super::reply::malformed;
 use super::{Partition, RedisStore};
 use crate::domain::{
@@ -59,11 +59,38 @@ impl RedisStore {
         Ok((answers, replayed))
     }
 
-    /// A BatchLock when there are several partitions. The partitions its
-    /// lines fall in are written down first, so that Renew and Release find
-    /// them by batch id and a crash halfway still says where the batch's
-    /// locks are; then each partition is locked by one script.
+    /// A BatchLock when there are several partitions, one attempt of its
+    /// request_id at a time: a retry that arrives while an earlier attempt
+    /// still runs is answered REQUEST_IN_PROGRESS, for it could replay a
+    /// partition the earlier attempt is about to undo. The hold lasts as
+    /// long as the attempt may (each partition's lock and undo within the
+    /// store timeout), so a crashed attempt does not block its retries long.
     pub(super) async fn lock_across_partitions(
+        &self,
+        cmd: &LockCommand,
+        groups: &[(Partition, Vec<usize>)],
+        nonce: &str,
+    ) -> Result<LockOutcome, Error> {
+        let in_flight = self.keys.request_in_flight(&cmd.request_id);
+        let budget = self.timeout.as_millis() as u64 * (2 * groups.len() as u64 + 4);
+        if self.set_or_get(&in_flight, nonce, budget).await?.is_some() {
+            return Err(Error::RequestInProgress { request_id: cmd.request_id.to_string() });
+        }
+        let outcome = self.lock_each_partition(cmd, groups, nonce).await;
+        if !matches!(outcome, Err(Error::StoreTimeout | Error::StoreUnavailable { .. })) {
+            // After a store fault the hold stays to its end: the attempt's
+            // last writes may still be on their way.
+            let _: Result<(), Error> = self.query(redis::cmd("DEL").arg(&in_flight)).await;
+        }
+        outcome
+    }
+
+    /// A BatchLock across partitions, under its in-flight hold. The
+    /// partitions its lines fall in are written down first, so that Renew
+    /// and Release find them by batch id and a crash halfway still says
+    /// where the batch's locks are; then each partition is locked by one
+    /// script.
+    async fn lock_each_partition(
         &self,
         cmd: &LockCommand,
         groups: &[(Partition, Vec<usize>)],
@@ -142,8 +169,8 @@ impl RedisStore {
         Error::InsufficientStock { shortages }
     }
 
-    /// Releases what a failed cross-partition BatchLock took, then deletes
-    /// the idempotency and batch records that would replay or name it, so a
+    /// Releases what a failed cross-partition BatchLock took, with the
+    /// idempotency and batch records that would replay or name it, so a
     /// retry locks afresh. Best effort: whatever cannot be undone now (Redis
     /// unreachable) expires by its TTL, and a retry with the same
     /// request_id replays it and carries on with the remaining partitions.
@@ -157,22 +184,11 @@ impl RedisStore {
                 holder: Some(cmd.holder.clone()),
                 request_id: undo,
             };
-            let result = async {
-                // Forget first, then release: if the release then fails, the
-                // locks are held until their TTL, never replayed to a retry
-                // as held after they were given back. The record is in the
-                // generation of Redis's clock, within one of this replica's.
-                let mut forget = redis::pipe();
-                let request = request_digest(cmd);
-                let generation = LockCall::current_generation(self.retention_ms);
-                for g in generation.saturating_sub(1)..=generation + 1 {
-                    forget.cmd("HDEL").arg(self.keys.lock_idempotency(*partition, g, &request)).arg(&request).ignore();
-                }
-                forget.cmd("DEL").arg(self.keys.batch(*partition, batch_id)).ignore();
-                self.query_pipe::<()>(&forget).await?;
-                self.release_group(*partition, &release, &ids).await.map(drop)
-            }
-            .await;
+            // One script per partition releases the locks and forgets the
+            // records that would replay them: cut short anywhere, a retry
+            // finds each partition either whole or never locked.
+            let request = request_digest(cmd);
+            let result = self.release_undoing(*partition, &release, &ids, Some((&request, batch_id))).await;
             if let Err(e) = result {
                 tracing::warn!(
                     error = %e,

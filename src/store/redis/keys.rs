@@ -309,6 +309,14 @@ impl Keys {
         format!("{}:batchof:{request_id}", self.base(home))
     }
 
+    /// Held while an attempt of a cross-partition BatchLock request runs, so
+    /// a concurrent retry is told to wait instead of replaying a part the
+    /// first attempt may still undo.
+    pub fn request_in_flight(&self, request_id: &RequestId) -> String {
+        let home = self.partition_of_text(request_id.as_str());
+        format!("{}:inflight:{request_id}", self.base(home))
+    }
+
     /// FNV-1a, which is stable across builds and platforms (std's hashers are not).
     fn partition_of_text(&self, text: &str) -> Partition {
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));

@@ -1,8 +1,9 @@
 //! `lua/release.lua`: gives the locks of one partition back, all or none.
 
+use super::lock::LockCall;
 use super::reply::{Facts, Tag, malformed};
 use super::{Partition, RedisStore, lock_args, scripts};
-use crate::domain::{Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
+use crate::domain::{BatchId, Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
 
 impl RedisStore {
     /// Releases `ids`, all in `partition`, in one script. Release is
@@ -14,11 +15,35 @@ impl RedisStore {
         cmd: &ReleaseCommand,
         ids: &[LockId],
     ) -> Result<(Vec<ReleaseItem>, bool), Error> {
+        self.release_undoing(partition, cmd, ids, None).await
+    }
+
+    /// Releases `ids` in `partition`; with `undone`, the locks of a failed
+    /// BatchLock, whose idempotency and batch records go in the same script
+    /// (see `lua/release.lua`).
+    pub(super) async fn release_undoing(
+        &self,
+        partition: Partition,
+        cmd: &ReleaseCommand,
+        ids: &[LockId],
+        undone: Option<(&str, &BatchId)>,
+    ) -> Result<(Vec<ReleaseItem>, bool), Error> {
         let mut inv = self.writing(&scripts::RELEASE, partition, None);
+        if let Some((request, batch_id)) = undone {
+            // The record is in the generation of Redis's clock, within one of this replica's.
+            let generation = LockCall::current_generation(self.retention_ms);
+            for g in [generation.saturating_sub(1), generation, generation + 1] {
+                inv.key(self.keys.lock_idempotency(partition, g, request));
+            }
+            inv.key(self.keys.batch(partition, batch_id));
+        }
         for id in ids {
             self.add_lock_record(&mut inv, id);
         }
-        inv.arg("").arg(cmd.holder.as_ref().map_or("", |h| h.as_str())).arg(self.retention_ms).arg(self.retention_ms);
+        inv.arg(undone.map_or("", |(request, _)| request))
+            .arg(cmd.holder.as_ref().map_or("", |h| h.as_str()))
+            .arg(self.retention_ms)
+            .arg(self.retention_ms);
         for args in lock_args(ids) {
             inv.arg(&args[..]);
         }
