@@ -366,3 +366,70 @@ async fn the_audit_trail_pages_and_filters() {
         admin.list_audit_events(pb::ListAuditEventsRequest { page_token: "x".into(), ..Default::default() }).await;
     expect_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
+
+/// Issue 15: a forced unlock over several partitions whose steps were cut
+/// short (the request recorded in one partition only, then the approval
+/// executed in one partition only) completes when each step is retried:
+/// the retry records the missing part under the same id, and the retried
+/// approval skips the executed part and executes the rest.
+#[tokio::test]
+async fn a_forced_unlock_across_partitions_completes_when_its_steps_are_retried() {
+    let svc = start_with(&["--redis-partitions", "4"]).await;
+    let keys = stocklock::store::redis::Keys::new("sl", 4);
+    let partition = |sku: &str| keys.partition_of(&stocklock::domain::Sku::parse(sku, "sku").unwrap());
+    let first = "S-0".to_owned();
+    let second = (1..100).map(|i| format!("S-{i}")).find(|s| partition(s) != partition(&first)).unwrap();
+    for sku in [&first, &second] {
+        svc.stock(sku, "W", "10").await;
+        let mut lock = lock_request(sku, "W", "1", &format!("lock-{sku}"));
+        lock.order_id = "order-5".into();
+        svc.client.clone().lock(lock).await.unwrap();
+    }
+    let selector = Some(pb::LockSelector {
+        target: Some(pb::lock_selector::Target::Filter(pb::ListLocksRequest {
+            order_id: "order-5".into(),
+            ..Default::default()
+        })),
+    });
+    let mut admin = svc.admin().await;
+    let mut r = request(selector, "fu-x");
+    r.operator = "alice".into();
+    let pending = admin.request_force_unlock(r.clone()).await.unwrap().into_inner().request.unwrap();
+    // As if the first attempt had stopped before the second partition: its
+    // part and idempotency record there are gone.
+    let request_id = stocklock::domain::RequestId::parse("fu-x", "request_id").unwrap();
+    let mut conn = svc.redis_conn().await;
+    for key in [
+        keys.force_unlock(partition(&second), &pending.id),
+        keys.idempotency(partition(&second), "request_force_unlock", &request_id),
+    ] {
+        let deleted: u64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+        assert_eq!(deleted, 1, "{key}");
+    }
+    let retried = admin.request_force_unlock(r).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(retried.id, pending.id);
+    assert_eq!(retried.items.len(), 2, "both parts under one id");
+
+    // The approval executes the first part, then fails on the second (its
+    // idempotency key unreadable for a moment: a script error before any
+    // write); a new approval run completes.
+    // Parts are decided in partition order.
+    let (done_first, fails) =
+        if partition(&first) < partition(&second) { (&first, &second) } else { (&second, &first) };
+    let approval = stocklock::domain::RequestId::parse("ap-1", "request_id").unwrap();
+    let blocker = keys.idempotency(partition(fails), "approve_force_unlock", &approval);
+    let _: () = redis::cmd("HSET").arg(&blocker).arg("not").arg("a string").query_async(&mut conn).await.unwrap();
+    let mut a = approve(&pending.id, "ap-1");
+    a.operator = "bob".into();
+    assert!(admin.approve_force_unlock(a).await.is_err());
+    assert_eq!(svc.record(done_first, "W").await.live_locks, 0, "the first part was executed");
+    assert_eq!(svc.record(fails, "W").await.live_locks, 1, "the second part was not");
+    let _: () = redis::cmd("DEL").arg(&blocker).query_async(&mut conn).await.unwrap();
+    let mut a = approve(&pending.id, "ap-2");
+    a.operator = "bob".into();
+    let done = admin.approve_force_unlock(a).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(done.state, pb::ForceUnlockState::Executed as i32);
+    for sku in [&first, &second] {
+        assert_eq!(svc.record(sku, "W").await.live_locks, 0, "{sku}");
+    }
+}

@@ -191,7 +191,11 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
         if locks.is_empty() {
             return Err(Error::NoLocksMatched.into());
         }
-        let id = format!("fu-{:016x}", rand::random::<u64>());
+        // The id follows from the request_id, so a retry after a first
+        // attempt that recorded only some partitions records the rest under
+        // the same id, and one approval decides them all.
+        let digest = sha1_smol::Sha1::from(format!("force_unlock\u{1f}{request_id}")).digest().to_string();
+        let id = format!("fu-{}", &digest[..16]);
         let id = self.store.request_force_unlock(&id, &locks, &requester, &why, &request_id).await?;
         let mut view = self.store.get_force_unlock(&id).await?;
 

@@ -47,19 +47,35 @@ impl RedisStore {
     /// part's refusal is the request's (the parts share requester, expiry and
     /// state); a later part already decided (by an earlier, interrupted
     /// decision) is skipped, so a repeated decision completes the request.
-    async fn decide_parts<Fut>(&self, id: &str, mut decide: impl FnMut(Partition) -> Fut) -> Result<(), Error>
+    async fn decide_parts<Fut>(
+        &self,
+        id: &str,
+        done: &str,
+        mut decide: impl FnMut(Partition) -> Fut,
+    ) -> Result<(), Error>
     where
         Fut: std::future::Future<Output = Result<(), Error>>,
     {
         let parts = self.force_unlock_parts(id).ok_or_else(|| Error::ForceUnlockNotFound { id: id.to_owned() })?;
-        for (i, partition) in parts.into_iter().enumerate() {
+        // A part already decided this way, at any position, is skipped: a
+        // decision retried after it was cut short completes the rest. If
+        // every part was, the decision was made before: say so.
+        let mut already = None;
+        let mut acted = false;
+        for partition in parts {
             match decide(partition).await {
-                Ok(()) => {}
-                Err(Error::ForceUnlockNotPending { .. }) if i > 0 => {}
+                Ok(()) => acted = true,
+                Err(e @ Error::ForceUnlockNotPending { .. }) if matches!(&e, Error::ForceUnlockNotPending { state, .. } if state == done) =>
+                {
+                    already.get_or_insert(e);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        match already {
+            Some(e) if !acted => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The requests `ids` (all of one partition) that still exist, in order.
@@ -229,7 +245,7 @@ impl AdminStore for RedisStore {
         comment: &str,
         request_id: &RequestId,
     ) -> Result<(), Error> {
-        self.decide_parts(&request.id, |partition| {
+        self.decide_parts(&request.id, "EXECUTED", |partition| {
             self.execute_part(partition, request, approver, approval, comment, request_id)
         })
         .await
@@ -242,7 +258,7 @@ impl AdminStore for RedisStore {
         reason: &str,
         request_id: &RequestId,
     ) -> Result<(), Error> {
-        self.decide_parts(id, |partition| self.reject_part(partition, id, actor, reason, request_id)).await
+        self.decide_parts(id, "REJECTED", |partition| self.reject_part(partition, id, actor, reason, request_id)).await
     }
 
     async fn get_force_unlock(&self, id: &str) -> Result<ForceUnlockView, Error> {
