@@ -16,6 +16,7 @@
 --   {'OK', then the record (see record_reply)}
 --   {'SKU_NOT_AVAILABLE_IN_WAREHOUSE'}
 --   {'INVALID_QUANTITY_SCALE', field, unit_scale} / {'QUANTITY_OUT_OF_RANGE', field}
+--       (a figure, or physical + in_transit, past 2^53)
 --   {'NEGATIVE_STOCK', field}   a decrease would take the field below zero
 --   {'REPLAY', ...}  /  {'IDEMPOTENCY_KEY_REUSED'}
 --
@@ -51,6 +52,10 @@ for i, field in ipairs(fields) do
     return { 'NEGATIVE_STOCK', field }
   end
   deltas[field] = delta
+end
+-- What a Lock can take stays exact too.
+if s.physical + deltas.physical + s.in_transit + deltas.in_transit > MAX_EXACT then
+  return { 'QUANTITY_OUT_OF_RANGE', deltas.in_transit > 0 and 'in_transit' or 'physical' }
 end
 
 local available_before = math.max(available_of(s, s.locked), 0)

@@ -60,7 +60,7 @@
 --   {'INSUFFICIENT_STOCK', then per short line: line, requested, available, unit_scale}
 -- Lines are numbered from 0. Nothing is written unless the answer is OK.
 --
--- lib.lua: partition_keys, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
+-- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
 -- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all,
 -- available_of, pack_lock, lock_member, emit, lower_due, split, EPOCH_FACTOR
 
@@ -135,6 +135,10 @@ for k = 0, line_count - 1 do
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
   end
   local qty, err = scale_qty(tonumber(ARGV[16 + 3 * k]), tonumber(ARGV[17 + 3 * k]), s.unit_scale)
+  if qty and s.locked + qty > MAX_EXACT then
+    -- Only data written before physical + in_transit was bounded gets here.
+    qty, err = nil, 'QUANTITY_OUT_OF_RANGE'
+  end
   if not qty then
     return { err, fmt(k), fmt(s.unit_scale) }
   end

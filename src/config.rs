@@ -322,8 +322,12 @@ impl ServeConfig {
                 humantime::format_duration(self.max_hold),
             ));
         }
-        if self.idempotency_retention < self.max_ttl {
-            return Err("--idempotency-retention must be at least --max-ttl, or a retried call could lock twice".into());
+        if self.idempotency_retention < self.max_hold {
+            // A lock renewed to its maximum hold is still live when a retry
+            // of its Lock could come; the retry must find its record.
+            return Err(
+                "--idempotency-retention must be at least --max-hold, or a retried Lock could lock again while the first lock is held".into(),
+            );
         }
         if self.key_prefix.is_empty()
             || self.key_prefix.contains(['{', '}'])
@@ -417,6 +421,15 @@ mod tests {
         assert!(parse(&["--max-ttl", "48h"]).validate().unwrap_err().contains("--max-hold"));
         assert!(parse(&["--key-prefix", "a{b"]).validate().is_err());
         assert!(parse(&["--store-timeout", "0s"]).validate().is_err());
+    }
+
+    #[test]
+    fn idempotency_records_outlive_the_longest_hold() {
+        // A renewed lock lives to --max-hold: a retry of its Lock in that time
+        // must still find the record, or it locks a second time.
+        let err = parse(&["--max-hold", "48h", "--max-ttl", "1h"]).validate().unwrap_err();
+        assert!(err.contains("--idempotency-retention") && err.contains("--max-hold"), "{err}");
+        parse(&["--max-hold", "48h", "--idempotency-retention", "48h"]).validate().unwrap();
     }
 
     #[test]

@@ -185,7 +185,9 @@ async fn a_retry_across_an_idempotency_generation_replays() {
     // looks in its own generation and the one before. With a 1 s retention
     // the generations turn every second, so retries 0 to 900 ms after their
     // lock cross a boundary about half the time, and every one must replay.
-    let svc = start_with(&["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"]).await;
+    let svc =
+        start_with(&["--idempotency-retention", "1s", "--max-hold", "1s", "--max-ttl", "1s", "--default-ttl", "1s"])
+            .await;
     svc.stock("SKU-1", "WH-A", "1000").await;
     let mut crossed = 0;
     for i in 0..24u64 {

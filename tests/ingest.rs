@@ -272,7 +272,7 @@ async fn a_new_consumer_group_does_not_apply_deltas_again() {
     // again every delta whose record is gone.
     let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let retention = ["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
+    let retention = ["--idempotency-retention", "1s", "--max-hold", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
     let svc = serve(&redis.url(), &retention).await;
     svc.stock("S", "W", "100").await;
     let delta = |event_id| {
@@ -306,7 +306,7 @@ async fn the_stream_is_trimmed_past_the_retention_behind_every_group() {
     // is behind keeps what it has not read yet.
     let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let retention = ["--idempotency-retention", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
+    let retention = ["--idempotency-retention", "1s", "--max-hold", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
     let svc = serve(&redis.url(), &retention).await;
     svc.stock("S", "W", "0").await;
     for i in 0..250 {

@@ -264,6 +264,17 @@ pub struct SetStockCommand {
     pub actor: String,
 }
 
+impl SetStockCommand {
+    /// What a Lock can take, physical + in_transit, must stay below 2^53
+    /// like every figure: the scripts count in doubles, exact only below it.
+    pub fn check_in_range(&self) -> Result<(), Error> {
+        if self.physical.0.saturating_add(self.in_transit.0) > super::MAX_SCALED {
+            return Err(Error::invalid("in_transit", "with physical must stay below 2^53 units of the record's scale"));
+        }
+        Ok(())
+    }
+}
+
 /// What SetStock did.
 #[derive(Clone, Debug)]
 pub struct SetStockOutcome {

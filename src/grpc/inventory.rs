@@ -83,6 +83,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: validate::optional(&r.request_id, |v| RequestId::parse(v, "request_id"))?,
             actor: validate::actor(&principal),
         };
+        cmd.check_in_range()?;
         let mark = self.store.durability_mark();
         let outcome = self.store.set_stock(cmd).await?;
         Ok(Response::new(pb::SetStockResponse {

@@ -216,7 +216,7 @@ fn parse(fields: &HashMap<String, String>) -> Result<Change, Error> {
             if source_version > crate::domain::MAX_SCALED as u64 {
                 return Err(Error::invalid("source_version", "must be below 2^53"));
             }
-            Ok(Change::Snapshot(SetStockCommand {
+            let cmd = SetStockCommand {
                 record,
                 physical: ScaledStock::parse(field(fields, "physical")?, unit_scale, "physical")?,
                 reserved: ScaledStock::parse(optional(fields, "reserved"), unit_scale, "reserved")?,
@@ -225,7 +225,9 @@ fn parse(fields: &HashMap<String, String>) -> Result<Change, Error> {
                 source_version,
                 request_id: None,
                 actor: ACTOR.into(),
-            }))
+            };
+            cmd.check_in_range()?;
+            Ok(Change::Snapshot(cmd))
         }
         "delta" => {
             let event_id = field(fields, "event_id")?;
