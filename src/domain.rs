@@ -20,7 +20,7 @@ pub use admin::{
     LockStats,
 };
 pub use error::{Error, LockEnd, Shortage, reason};
-pub use events::{EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
+pub use events::{Coverage, EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
 pub use feeds::{EventRetention, EventStream, IngestConsumer, IngestEntry, IngestStream};
 pub use health::{LockHealthCell, SUCCESS_TARGET, breaking_rule, is_service_failure};
 pub use ids::{

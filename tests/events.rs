@@ -298,3 +298,47 @@ async fn events_are_kept_for_the_retention_not_by_count() {
     assert!(trimmed, "{} events left", left.len());
     assert_eq!(left.last().unwrap().1["order_id"], "order-new", "the newest event stays");
 }
+
+/// How many XRANGE calls Redis has served, from its command statistics.
+async fn xrange_calls(svc: &TestService) -> u64 {
+    let mut conn = svc.redis_conn().await;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_xrange:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watchers_read_nothing_from_redis() {
+    // Twenty watchers of a quiet record. Once the partition's tailer runs,
+    // the hub brings every event, so a quiet watcher has no reason to read
+    // Redis (it used to, every 250 ms: 80 XRANGE a second here, 64,000 for
+    // a thousand watchers of sixteen partitions). They still get the next
+    // change.
+    let svc = start().await;
+    svc.stock("S", "W", "10").await;
+    let keys = vec![pb::StockKey { sku: "S".into(), warehouse_id: "W".into() }];
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let request = pb::WatchAvailabilityRequest { keys: keys.clone(), after_event_id: String::new() };
+        let mut stream = svc.client.clone().watch_availability(request).await.unwrap().into_inner();
+        assert_eq!(stream.next().await.unwrap().unwrap().action, "snapshot");
+        streams.push(stream);
+    }
+    // Settled: the count stops moving for a whole second (four quiet periods).
+    let before = std::sync::atomic::AtomicU64::new(xrange_calls(&svc).await);
+    let settled = eventually(Duration::from_secs(10), || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = xrange_calls(&svc).await;
+        before.swap(now, std::sync::atomic::Ordering::Relaxed) == now
+    })
+    .await;
+    let calls = before.into_inner();
+    assert!(settled, "idle watchers kept reading Redis: {calls} XRANGE calls and counting");
+    svc.lock("S", "W", "3", "r1").await.unwrap();
+    for stream in &mut streams {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((event.action.as_str(), event.available.as_str()), ("lock", "7"));
+    }
+}

@@ -151,12 +151,51 @@ pub struct EventHub {
     /// Turns true when the service shuts down, so watchers end their streams
     /// instead of holding the drain open.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Per partition, the run of its tailer that publishes every event, if
+    /// one does (see [`Coverage`]).
+    coverage: Arc<std::sync::Mutex<std::collections::HashMap<usize, Coverage>>>,
 }
+
+/// One uninterrupted run of a partition's tailer: it publishes every event
+/// of the partition after `after`, in order, for as long as the run lasts.
+/// A watcher that has every event up to `after` or later, and subscribed
+/// before it read them, gets every later one from the hub while the same
+/// run covers the partition, with no read of Redis of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// Tells one run from another.
+    pub run: u64,
+    /// The run publishes every event after this one.
+    pub after: EventId,
+}
+
+/// Numbers the runs of every hub's tailers.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl EventHub {
     /// A hub that buffers `capacity` events per slow watcher before it lags.
     pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0, closing: tokio::sync::watch::channel(false).0 }
+        Self {
+            sender: broadcast::channel(capacity).0,
+            closing: tokio::sync::watch::channel(false).0,
+            coverage: Arc::default(),
+        }
+    }
+
+    /// A tailer starts publishing every event of `partition` after `after`.
+    pub fn cover(&self, partition: usize, after: EventId) {
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.coverage.lock().expect("coverage lock poisoned").insert(partition, Coverage { run, after });
+    }
+
+    /// The tailer of `partition` stopped: events after its last may be missed.
+    pub fn uncover(&self, partition: usize) {
+        self.coverage.lock().expect("coverage lock poisoned").remove(&partition);
+    }
+
+    /// The run that covers `partition` now, if any.
+    pub fn coverage(&self, partition: usize) -> Option<Coverage> {
+        self.coverage.lock().expect("coverage lock poisoned").get(&partition).copied()
     }
 
     /// Tells every watcher the service is shutting down.

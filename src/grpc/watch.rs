@@ -2,6 +2,7 @@
 //! of the watched records, from Redis while catching up and from the
 //! service's event hub once live.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,12 @@ use crate::pb;
 /// How many events a watcher may fall behind before it is told to catch up.
 const WATCH_BUFFER: usize = 256;
 
-/// A watcher that hears nothing from the hub this long reads Redis itself.
+/// A watcher that hears nothing from the hub this long looks whether it
+/// must read Redis itself.
 const WATCH_QUIET: Duration = Duration::from_millis(250);
+
+/// Events one replay read takes.
+const REPLAY_BATCH: usize = 500;
 
 /// Starts a watch of `r`'s records: validates it, subscribes to `events`,
 /// and spawns the task that feeds the returned stream.
@@ -76,10 +81,10 @@ pub(super) async fn watch<S: StockStore>(
         from
     };
     let wanted = records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
-    let (closed, store) = (events.closed(), store.clone());
+    let (closed, store, events) = (events.closed(), store.clone(), events.clone());
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(store, hub, wanted, from, tx.clone()) => {}
+            () = follow(store, events, hub, wanted, from, tx.clone()) => {}
             () = closed => {
                 let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
             }
@@ -93,9 +98,19 @@ pub(super) async fn watch<S: StockStore>(
 /// going back to Redis whenever it falls behind. Each event sent carries the
 /// whole position after it, so a watcher resumes from any event it received.
 /// Returns when the watcher disconnects.
+///
+/// The tailers run only while someone watches, so one may start after this
+/// watcher read Redis, from the newest event then: events between the two
+/// reach this watcher only from Redis. A partition is trusted, read from the
+/// hub alone, once the tailer run that covers it started at or before this
+/// watcher's position there (see [`crate::domain::Coverage`]); until then, the first live
+/// event of a partition fills the gap from Redis, and a quiet hub sends the
+/// watcher back to Redis for the partitions it does not trust. An idle
+/// watcher of trusted partitions makes no Redis call at all.
 async fn follow<S: StockStore>(
     store: Arc<S>,
-    mut hub: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
+    hub: EventHub,
+    mut receiver: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
     records: std::collections::HashSet<(String, String)>,
     mut from: WatchPosition,
     tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
@@ -105,29 +120,33 @@ async fn follow<S: StockStore>(
         let (sku, warehouse) = e.record();
         records.contains(&(sku.to_owned(), warehouse.to_owned()))
     };
+    // Partition -> the tailer run it is trusted under.
+    let mut trusted: HashMap<usize, u64> = HashMap::new();
+    let mut catch_up: Vec<usize> = from.partitions().collect();
     loop {
-        // Catch up from Redis.
-        let partitions: Vec<usize> = from.partitions().collect();
-        for partition in partitions {
+        // Catch up from Redis where the hub alone may not do.
+        for partition in catch_up.drain(..) {
             if !replay(store.as_ref(), partition, &mut from, None, &wanted, &tx).await {
                 return;
             }
+            trust(&hub, partition, &from, &mut trusted);
         }
-        // Then live, until the hub says we fell behind or stays quiet. The
-        // tailers run only while someone watches, so one may have started
-        // after our catch-up read: the first live event of each partition
-        // fills any gap between the two from Redis, and a quiet hub sends us
-        // back to Redis to look.
         let mut gap_checked = std::collections::HashSet::new();
         loop {
-            let Ok(received) = tokio::time::timeout(WATCH_QUIET, hub.recv()).await else { break };
+            let Ok(received) = tokio::time::timeout(WATCH_QUIET, receiver.recv()).await else {
+                // Quiet: look in Redis only where no tailer run vouches for the hub.
+                catch_up = from.partitions().filter(|p| !trust(&hub, *p, &from, &mut trusted)).collect();
+                break;
+            };
             match received {
                 Ok(event) => {
                     let Some(at) = from.get(event.partition) else { continue };
                     if event.id <= at {
                         continue;
                     }
-                    if gap_checked.insert(event.partition) {
+                    if !trusted.contains_key(&event.partition) && gap_checked.insert(event.partition) {
+                        // Fill the gap before this event from Redis; the
+                        // replay sends the event too.
                         if !replay(store.as_ref(), event.partition, &mut from, Some(event.id), &wanted, &tx).await {
                             return;
                         }
@@ -138,7 +157,12 @@ async fn follow<S: StockStore>(
                         return;
                     }
                 }
-                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind the hub: everything from Redis again.
+                    trusted.clear();
+                    catch_up = from.partitions().collect();
+                    break;
+                }
                 Err(RecvError::Closed) => {
                     let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume elsewhere"))).await;
                     return;
@@ -148,10 +172,31 @@ async fn follow<S: StockStore>(
     }
 }
 
+/// Whether the hub alone brings every event of `partition` after this
+/// watcher's position: the tailer run covering it now is the one it was
+/// trusted under, or one that started at or before the position (recorded
+/// as trusted). A partition no run covers is not trusted.
+fn trust(hub: &EventHub, partition: usize, from: &WatchPosition, trusted: &mut HashMap<usize, u64>) -> bool {
+    let (Some(coverage), Some(at)) = (hub.coverage(partition), from.get(partition)) else {
+        trusted.remove(&partition);
+        return false;
+    };
+    if trusted.get(&partition) == Some(&coverage.run) {
+        return true;
+    }
+    if coverage.after <= at {
+        trusted.insert(partition, coverage.run);
+        return true;
+    }
+    trusted.remove(&partition);
+    false
+}
+
 /// Sends the wanted events of `partition` after `from` from Redis, up to and
 /// including `upto` (to the end when `None`), moving `from` along. False
-/// when the watch is over: the watcher left, or Redis failed (the watcher
-/// was told).
+/// when the watch is over: the watcher left, Redis failed, or the events up
+/// to `upto` are no longer in Redis (trimmed before this watcher read
+/// them), and the watcher was told.
 async fn replay<S: StockStore>(
     store: &S,
     partition: usize,
@@ -162,23 +207,92 @@ async fn replay<S: StockStore>(
 ) -> bool {
     loop {
         let after = from.get(partition).unwrap_or_default();
-        let batch = match store.events_after(partition, after, 500).await {
+        let batch = match store.events_after(partition, after, REPLAY_BATCH).await {
             Ok(batch) => batch,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
                 return false;
             }
         };
-        let done = batch.len() < 500;
-        for event in batch.into_iter().take_while(|e| upto.is_none_or(|upto| e.id <= upto)) {
+        let short = batch.len() < REPLAY_BATCH;
+        for event in batch {
+            if upto.is_some_and(|upto| event.id > upto) {
+                break;
+            }
             from.set(partition, event.id);
             if wanted(&event) && tx.send(Ok(convert::availability_event(&event, from))).await.is_err() {
                 return false;
             }
         }
         let reached = from.get(partition).unwrap_or_default();
-        if done || upto.is_some_and(|upto| reached >= upto) {
-            return true;
+        match upto {
+            Some(upto) if reached >= upto => return true,
+            // Redis holds nothing more up to `upto`: trimmed away unread.
+            Some(_) if short || reached == after => {
+                let lost = "events this watch had not read yet were trimmed; start again without after_event_id";
+                let _ = tx.send(Err(Status::out_of_range(lost))).await;
+                return false;
+            }
+            None if short => return true,
+            _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RecordKey, ScaledStock, SetStockCommand, Sku, UnitScale, WarehouseId};
+    use crate::store::redis::{RedisSettings, RedisStore, Topology};
+
+    /// Against a real Redis: the events between a watcher's position and
+    /// the live event it was handed are gone (trimmed), and more than a
+    /// read's worth of newer ones are there. The replay must end the watch
+    /// and say why, not read the same batch forever.
+    #[tokio::test]
+    async fn a_replay_past_events_trimmed_unread_ends_the_watch_instead_of_spinning() {
+        let redis = crate::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+        let settings = RedisSettings {
+            topology: Topology::Standalone { url: redis.url() },
+            timeout: Duration::from_secs(2),
+            max_hold: Duration::from_secs(3600),
+            retention: Duration::from_secs(3600),
+            key_prefix: "sl".into(),
+            partitions: 1,
+            request_id_claims: false,
+            audit_max_events: 1000,
+            force_unlock_ttl: Duration::from_secs(3600),
+            durability: None,
+        };
+        let store = RedisStore::connect(&settings).await.unwrap();
+        let record = RecordKey::new(Sku::parse("S", "sku").unwrap(), WarehouseId::parse("W", "warehouse_id").unwrap());
+        for version in 1..=(REPLAY_BATCH as u64 + 100) {
+            let cmd = SetStockCommand {
+                record: record.clone(),
+                physical: ScaledStock(version as i64),
+                reserved: ScaledStock(0),
+                in_transit: ScaledStock(0),
+                unit_scale: UnitScale::new(0, "unit_scale").unwrap(),
+                source_version: version,
+                request_id: None,
+                actor: "test".into(),
+            };
+            store.set_stock(cmd).await.unwrap();
+        }
+        let events = store.events_after(0, EventId::default(), REPLAY_BATCH * 2).await.unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let gone: Vec<String> = events[1..=10].iter().map(|e| e.id.to_string()).collect();
+        let _: u64 = redis::cmd("XDEL").arg("sl:{p0.0}:events").arg(&gone).query_async(&mut conn).await.unwrap();
+
+        let mut from = WatchPosition::default();
+        from.set(0, events[0].id);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_BATCH * 2);
+        let replayed = replay(&store, 0, &mut from, Some(events[5].id), &|_: &LifecycleEvent| true, &tx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), replayed).await;
+        assert_eq!(ended, Ok(false), "the replay went on");
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert_eq!(from.get(0), Some(events[0].id), "nothing was sent");
     }
 }

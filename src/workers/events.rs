@@ -61,7 +61,9 @@ async fn tail_partition<S: EventStream>(
             // Reading and decoding every event for nobody cost the service
             // a tenth of its CPU under load. Watchers catch up from Redis
             // themselves, so the tailer restarts from the newest event.
-            last = None;
+            if last.take().is_some() {
+                hub.uncover(partition);
+            }
             tail = None;
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
@@ -76,7 +78,12 @@ async fn tail_partition<S: EventStream>(
             };
             let from = match last {
                 Some(id) => id,
-                None => *last.insert(store.event_position(partition).await?.last),
+                None => {
+                    // A new run: every event after this one is published.
+                    let newest = store.event_position(partition).await?.last;
+                    hub.cover(partition, newest);
+                    *last.insert(newest)
+                }
             };
             for event in store.tail_events(tail, partition, from).await? {
                 last = Some(event.id);
