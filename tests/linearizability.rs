@@ -9,14 +9,23 @@
 //! a lock succeeds only when enough is available and gets a fencing token
 //! above every earlier one, a release releases only a live lock, a read sees
 //! exactly the available quantity. Locks live 10 minutes, so nothing expires.
+//!
+//! The same holds across faults (Redis killed and restarted from its AOF,
+//! Redis paused) for callers that do what the service asks of them: retry
+//! a call that failed with a transient error, with the same request_id,
+//! until it answers. Each call then counts from its first attempt to its
+//! answer, and must have taken effect exactly once within that time.
 
 mod common;
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
+use stocklock::embedded_redis::EmbeddedRedis;
 use stocklock::pb;
+use tonic::{Code, Status};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Call {
@@ -24,6 +33,11 @@ enum Call {
     Lock { qty: i64, result: Option<u64> },
     /// Release of the lock taken by call `lock` → released now, or not.
     Release { lock: usize, released: bool },
+    /// Renew of the lock taken by call `lock` → renewed, or not (not live).
+    Renew { lock: usize, renewed: bool },
+    /// Commit of the whole lock taken by call `lock`: the units leave
+    /// physical stock and the lock, so what is available does not move.
+    Commit { lock: usize },
     /// GetAvailability → available.
     Read { available: i64 },
 }
@@ -74,6 +88,15 @@ impl State {
                     (None, false) => {}
                     _ => return None,
                 }
+            }
+            Call::Renew { lock, renewed } => {
+                if self.live.contains(&lock) != renewed {
+                    return None;
+                }
+            }
+            Call::Commit { lock } => {
+                let p = self.live.iter().position(|&l| l == lock)?;
+                next.live.remove(p);
             }
             Call::Read { available } => {
                 if available != self.available {
@@ -135,6 +158,20 @@ fn the_checker_rejects_what_no_order_explains() {
     let tokens =
         [entry(Call::Lock { qty: 1, result: Some(5) }, 0, 1), entry(Call::Lock { qty: 1, result: Some(4) }, 2, 3)];
     assert!(!linearizable(&tokens, 3));
+    // A lock released before a renew began cannot be renewed.
+    let renewed = [
+        entry(Call::Lock { qty: 1, result: Some(1) }, 0, 1),
+        entry(Call::Release { lock: 0, released: true }, 2, 3),
+        entry(Call::Renew { lock: 0, renewed: true }, 4, 5),
+    ];
+    assert!(!linearizable(&renewed, 3));
+    // A commit keeps the units unavailable; a read after it sees that.
+    let committed = [
+        entry(Call::Lock { qty: 2, result: Some(1) }, 0, 1),
+        entry(Call::Commit { lock: 0 }, 2, 3),
+        entry(Call::Read { available: 3 }, 4, 5),
+    ];
+    assert!(!linearizable(&committed, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,4 +250,199 @@ async fn read(client: &mut Client, sku: &str, c: usize) -> (usize, Call, Instant
     let returned = Instant::now();
     let available = response.records[0].available.parse().unwrap();
     (c, Call::Read { available }, invoked, returned)
+}
+
+/// Attempts that failed with a transient error, over the faulty rounds.
+static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `attempt` again while it fails with an error the service calls
+/// transient (a retry with the same request_id is then safe), up to 20 s.
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match attempt().await {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+                ) && Instant::now() < deadline =>
+            {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One caller's calls in a faulty round: lock, read, renew, then commit
+/// (odd callers) or release, and read; each retried to its answer.
+async fn faulty_caller(
+    svc_client: Client,
+    sku: String,
+    c: usize,
+    round: usize,
+) -> Vec<(usize, Call, Instant, Instant)> {
+    let mut entries = Vec::new();
+    let qty = 1 + (c + round) % 2;
+    let mut request = lock_request(&sku, "W", &qty.to_string(), &format!("{sku}-{c}"));
+    request.ttl = secs(600);
+    let invoked = Instant::now();
+    let lock = retried(|| {
+        let (mut client, request) = (svc_client.clone(), request.clone());
+        async move { client.lock(request).await }
+    })
+    .await;
+    let returned = Instant::now();
+    let (result, lock_id) = match lock {
+        Ok(r) => {
+            let lock = r.into_inner().lock.unwrap();
+            (Some(lock.fencing_token), Some(lock.lock_id))
+        }
+        Err(status) => {
+            assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
+            (None, None)
+        }
+    };
+    entries.push((c, Call::Lock { qty: qty as i64, result }, invoked, returned));
+    entries.push(faulty_read(&svc_client, &sku, c).await);
+    let Some(lock_id) = lock_id else { return entries };
+
+    let renew = pb::RenewRequest {
+        lock_ids: vec![lock_id.clone()],
+        holder: "order-service".into(),
+        ttl: secs(600),
+        request_id: format!("{sku}-renew-{c}"),
+        ..Default::default()
+    };
+    let invoked = Instant::now();
+    let renewed = retried(|| {
+        let (mut client, renew) = (svc_client.clone(), renew.clone());
+        async move { client.renew(renew).await }
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let returned = Instant::now();
+    entries.push((c, Call::Renew { lock: usize::MAX, renewed: renewed.results[0].renewed }, invoked, returned));
+
+    let invoked = Instant::now();
+    let ended = if c % 2 == 1 {
+        let commit = pb::CommitRequest {
+            lock_id: lock_id.clone(),
+            request_id: format!("{sku}-commit-{c}"),
+            ..Default::default()
+        };
+        retried(|| {
+            let (mut client, commit) = (svc_client.clone(), commit.clone());
+            async move { client.commit(commit).await }
+        })
+        .await
+        .unwrap();
+        // Committed by this call, whether now or by an attempt before.
+        Call::Commit { lock: usize::MAX }
+    } else {
+        let release = pb::ReleaseRequest { lock_id, request_id: format!("{sku}-rel-{c}"), ..Default::default() };
+        let outcome = retried(|| {
+            let (mut client, release) = (svc_client.clone(), release.clone());
+            async move { client.release(release).await }
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+            .outcome();
+        // Released by this call, whether now or by an attempt before.
+        let released = matches!(outcome, pb::ReleaseOutcome::Released | pb::ReleaseOutcome::AlreadyReleased);
+        Call::Release { lock: usize::MAX, released }
+    };
+    let returned = Instant::now();
+    entries.push((c, ended, invoked, returned));
+    entries.push(faulty_read(&svc_client, &sku, c).await);
+    entries
+}
+
+async fn faulty_read(svc_client: &Client, sku: &str, c: usize) -> (usize, Call, Instant, Instant) {
+    let invoked = Instant::now();
+    let response = retried(|| {
+        let mut client = svc_client.clone();
+        let request = pb::GetAvailabilityRequest { sku: sku.into(), warehouse_id: "W".into() };
+        async move { client.get_availability(request).await }
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let returned = Instant::now();
+    (c, Call::Read { available: response.records[0].available.parse().unwrap() }, invoked, returned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_across_a_redis_kill_and_a_pause_are_linearizable() {
+    // Every write reaches the AOF before it is acknowledged (appendfsync
+    // always), so a restart loses nothing acknowledged; a call cut off by
+    // the kill or the pause is retried by its caller until it answers.
+    let dir = std::env::temp_dir().join(format!("stocklock-lin-{}-{}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let aof = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir_arg.as_str()];
+    let mut redis = EmbeddedRedis::start_with(Path::new("redis-server"), &aof).await.unwrap();
+    let port = redis.port();
+    let svc = serve(&redis.url(), &["--store-timeout", "200ms", "--max-queue-wait", "10s"]).await;
+    for round in 0..6 {
+        let sku = format!("FLT-{round}");
+        retried(|| {
+            let mut client = svc.client.clone();
+            let request = pb::SetStockRequest {
+                sku: sku.clone(),
+                warehouse_id: "W".into(),
+                physical: "3".into(),
+                source_version: 1,
+                request_id: format!("{sku}-set"),
+                ..Default::default()
+            };
+            async move { client.set_stock(request).await }
+        })
+        .await
+        .unwrap();
+        let clients: Vec<_> =
+            (0..4).map(|c| tokio::spawn(faulty_caller(svc.client.clone(), sku.clone(), c, round))).collect();
+        // The fault lands somewhere in the round's first calls.
+        tokio::time::sleep(Duration::from_millis(2 * round as u64)).await;
+        let pid = redis.pid().unwrap();
+        if round % 2 == 0 {
+            signal(pid, "-KILL");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            redis = EmbeddedRedis::start_on(Path::new("redis-server"), port, &aof).await.unwrap();
+        } else {
+            signal(pid, "-STOP");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            signal(pid, "-CONT");
+        }
+        let mut history = Vec::new();
+        let mut lock_of_client = std::collections::HashMap::new();
+        for client in futures::future::join_all(clients).await {
+            for (c, call, invoked, returned) in client.unwrap() {
+                let call = match call {
+                    Call::Release { released, .. } => Call::Release { lock: lock_of_client[&c], released },
+                    Call::Renew { renewed, .. } => Call::Renew { lock: lock_of_client[&c], renewed },
+                    Call::Commit { .. } => Call::Commit { lock: lock_of_client[&c] },
+                    Call::Lock { .. } => {
+                        lock_of_client.insert(c, history.len());
+                        call
+                    }
+                    other => other,
+                };
+                history.push(Entry { call, invoked, returned });
+            }
+        }
+        assert!(linearizable(&history, 3), "round {round}: no order explains {history:#?}");
+    }
+    let retries = RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(retries > 0, "no call met a fault");
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
 }
