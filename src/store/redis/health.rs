@@ -3,9 +3,15 @@
 //! figures survive restarts. Counts are batched in memory and written by
 //! `crate::workers::lock_health` about once a second, off the request path;
 //! a crash loses at most that second.
+//!
+//! Hours are Redis's, as every other time of the service: a count is
+//! bucketed by this host's clock corrected by its offset from Redis's,
+//! which each flush measures (TIME), so replicas whose clocks disagree
+//! still count an outcome in the same hour.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::RedisStore;
@@ -14,30 +20,39 @@ use crate::domain::{Error, LockHealthCell};
 /// One hour in ms.
 pub(super) const HOUR_MS: i64 = 3_600_000;
 
-/// Counts not yet written: (hour start ms, warehouse, reason) -> count.
+/// Counts not yet written: (hour start ms, warehouse, reason) -> count;
+/// and Redis's clock minus this host's, in ms, as last measured.
 #[derive(Default)]
-pub(super) struct Pending(Mutex<HashMap<(i64, String, &'static str), u64>>);
+pub(super) struct Pending {
+    counts: Mutex<HashMap<(i64, String, &'static str), u64>>,
+    redis_ahead_ms: AtomicI64,
+}
 
-fn hour_now() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+fn host_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// The start of the hour `host_ms` falls in by a clock `ahead_ms` ahead of this host's.
+fn hour_of(host_ms: i64, ahead_ms: i64) -> i64 {
+    let ms = host_ms + ahead_ms;
     ms - ms.rem_euclid(HOUR_MS)
 }
 
 impl Pending {
     pub(super) fn add(&self, outcomes: &[(&str, &'static str)]) {
-        let hour = hour_now();
-        let mut pending = self.0.lock().expect("lock poisoned");
+        let hour = hour_of(host_ms(), self.redis_ahead_ms.load(Ordering::Relaxed));
+        let mut pending = self.counts.lock().expect("lock poisoned");
         for (warehouse, reason) in outcomes {
             *pending.entry((hour, (*warehouse).to_owned(), *reason)).or_default() += 1;
         }
     }
 
     fn take(&self) -> HashMap<(i64, String, &'static str), u64> {
-        std::mem::take(&mut *self.0.lock().expect("lock poisoned"))
+        std::mem::take(&mut *self.counts.lock().expect("lock poisoned"))
     }
 
     fn put_back(&self, counts: HashMap<(i64, String, &'static str), u64>) {
-        let mut pending = self.0.lock().expect("lock poisoned");
+        let mut pending = self.counts.lock().expect("lock poisoned");
         for (key, count) in counts {
             *pending.entry(key).or_default() += count;
         }
@@ -48,6 +63,11 @@ impl RedisStore {
     /// Writes the pending counts in one round trip; on failure they are
     /// kept for the next flush.
     pub(super) async fn write_lock_outcomes(&self, retention: Duration) -> Result<(), Error> {
+        // Redis's clock against this host's, halfway through the round trip.
+        let sent = host_ms();
+        let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
+        let midway = sent + (host_ms() - sent) / 2;
+        self.health.redis_ahead_ms.store(secs * 1000 + micros / 1000 - midway, Ordering::Relaxed);
         let counts = self.health.take();
         if counts.is_empty() {
             return Ok(());
@@ -100,5 +120,19 @@ impl RedisStore {
             cells.extend(by_warehouse.into_values());
         }
         Ok(cells)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_follow_the_redis_clock() {
+        // 10:59:30 on this host, Redis a minute ahead: Redis's 11:00 hour.
+        let host = 10 * HOUR_MS + 59 * 60_000 + 30_000;
+        assert_eq!(hour_of(host, 0), 10 * HOUR_MS);
+        assert_eq!(hour_of(host, 60_000), 11 * HOUR_MS);
+        assert_eq!(hour_of(host, -HOUR_MS), 9 * HOUR_MS);
     }
 }
