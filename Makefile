@@ -54,7 +54,7 @@ build: deps
 bench: deps
 	$(CARGO) bench --bench hot_paths
 
-## The load-test tool; see the README's performance section for the runs.
+## The load-test tool; see docs/performance.md for the runs.
 loadtest: deps
 	$(CARGO) build --release --workspace
 	./target/release/loadtest run --spawn --scenario order --rate 2000 --duration 10s --redis-benchmark --json target/loadtest.json --hdr target/loadtest.hgrm --plot target/loadtest.svg

@@ -7,7 +7,7 @@ use stocklock::config::{Cli, Command, ServeConfig};
 
 /// mimalloc rather than the system's malloc: under load glibc's malloc and
 /// free (with its fastbin consolidation on the response buffers) took a
-/// fifth of the service's CPU per Lock (`perf`; see the README, "Measuring it").
+/// fifth of the service's CPU per Lock (`perf`; see docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

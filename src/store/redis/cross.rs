@@ -4,7 +4,7 @@
 //! A BatchLock stays all or nothing for the caller: if a partition's script
 //! fails, the partitions already locked are released, and their idempotency
 //! records deleted, before the error returns. Renew, Release and reads are
-//! atomic per partition (see the README's "Redis Cluster" guarantees).
+//! atomic per partition (see "What it guarantees" in the README).
 
 use std::future::Future;
 
