@@ -235,6 +235,34 @@ async fn tokens(svc: &TestService, tag: &str, n: usize) -> Vec<u64> {
     tokens
 }
 
+/// Issue 15: a Redis swapped for another behind the same address (a proxy,
+/// a virtual IP) whose script cache still holds this service's scripts:
+/// the other one had served the service before, with an older epoch. The
+/// scripts are named for the dataset's identity (its replication id), so
+/// the swapped-in Redis answers NOSCRIPT and the epochs rise there before
+/// the next lock; with scripts named for their text only it ran them, and
+/// its tokens went back below the first Redis's.
+#[tokio::test]
+async fn a_redis_swapped_behind_the_same_address_issues_no_smaller_token() {
+    let first = EmbeddedRedis::start(Path::new("redis-server")).await.unwrap();
+    let other = EmbeddedRedis::start(Path::new("redis-server")).await.unwrap();
+    // The other Redis served a service first: its epoch is the older one.
+    let earlier = serve(&other.url(), &[]).await;
+    earlier.stock("SKU-E", "WH-A", "1000").await;
+    tokens(&earlier, "o", 1).await;
+    earlier.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let proxy = SwitchingProxy::start(first.port()).await;
+    let svc = serve(&proxy.url(), &["--store-timeout", "300ms"]).await;
+    svc.stock("SKU-E", "WH-A", "1000").await;
+    let before = tokens(&svc, "a", 3).await;
+    proxy.switch(other.port());
+    let after = tokens(&svc, "b", 3).await;
+    let highest = *before.iter().max().unwrap();
+    assert!(after.iter().all(|t| *t > highest), "tokens went back after the swap: {before:?} then {after:?}");
+}
+
 /// `call` until it succeeds, for up to 10 s (Redis restarting).
 async fn eventually_ok<T, F: Future<Output = Result<T, tonic::Status>>>(call: impl Fn() -> F) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);

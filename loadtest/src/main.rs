@@ -615,7 +615,8 @@ async fn floor(probe: &mut probe::Probe, client: &mut InventoryServiceClient<Cha
         ..Default::default()
     };
     client.set_stock(request).await?;
-    probe.floor(&lock_benchmark_command()?).await
+    let identity = probe.dataset_identity().await?;
+    probe.floor(&lock_benchmark_command(&identity)?).await
 }
 
 /// The command line of one Lock of a unit of `BENCH|WH` through the
@@ -624,10 +625,10 @@ async fn floor(probe: &mut probe::Probe, client: &mut InventoryServiceClient<Cha
 /// `-r`) stands for the request's digest (ARGV[10] of `lua/lock.lua`), so
 /// every call is a new request and does the full work instead of replaying
 /// the first one (the digest of the request id would be the same for every
-/// call). The script must be loaded (the running service loads it). The
-/// service under test runs standalone with the default prefix and one
-/// partition.
-fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
+/// call). The script must be loaded (the running service loads it, named
+/// for the dataset's `identity`). The service under test runs standalone
+/// with the default prefix and one partition.
+fn lock_benchmark_command(identity: &str) -> anyhow::Result<Vec<String>> {
     use stocklock::domain::{Holder, LockCommand, LockLine, OrderId, Quantity, RecordKey, RequestId};
     use stocklock::store::redis::{Keys, LockCall, LockLimits};
     let cmd = LockCommand {
@@ -647,7 +648,7 @@ fn lock_benchmark_command() -> anyhow::Result<Vec<String>> {
     let mut args = call.args;
     ensure!(args[9].len() == 16, "ARGV[10] of lock.lua is no longer the request's digest");
     args[9] = "__rand_int__".to_owned();
-    let mut line = vec!["EVALSHA".to_owned(), LockCall::script_sha().to_owned(), call.keys.len().to_string()];
+    let mut line = vec!["EVALSHA".to_owned(), LockCall::script_sha(identity), call.keys.len().to_string()];
     line.extend(call.keys);
     line.extend(args);
     Ok(line)

@@ -93,6 +93,13 @@ impl Probe {
         Ok(())
     }
 
+    /// The identity the service names its scripts for (see
+    /// `stocklock::store::redis::dataset_identity`).
+    pub async fn dataset_identity(&mut self) -> anyhow::Result<String> {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut self.conn).await?;
+        Ok(stocklock::store::redis::dataset_identity([info.as_str()]))
+    }
+
     /// The slow log since `start_slowlog`.
     pub async fn slowlog(&mut self, threshold_us: u64) -> anyhow::Result<SlowLog> {
         let entries: u64 = redis::cmd("SLOWLOG").arg("LEN").query_async(&mut self.conn).await?;
@@ -100,7 +107,8 @@ impl Probe {
         let mut calls: Vec<(u64, String)> = log.iter().filter_map(slow_call).collect();
         calls.sort_by_key(|c| std::cmp::Reverse(c.0));
         // An EVALSHA is named by its script's file.
-        let shas = stocklock::store::redis::RedisStore::script_shas();
+        let identity = self.dataset_identity().await?;
+        let shas = stocklock::store::redis::RedisStore::script_shas(&identity);
         let named = |command: &str| shas.iter().fold(command.to_owned(), |c, (name, sha)| c.replace(sha, name));
         let slowest = calls.iter().take(5).map(|(us, command)| format!("{us} us: {}", named(command))).collect();
         Ok(SlowLog { threshold_us, entries, slowest })

@@ -59,6 +59,7 @@ use self::link::Link;
 pub use self::link::Topology;
 pub use self::lock::{LockCall, LockLimits};
 use self::lock::{lock_fingerprint, lock_method};
+pub use self::scripts::dataset_identity;
 use crate::domain::{
     AdjustOutcome, AdjustStockCommand, CommitCommand, CommitOutcome, Error, EventId, LifecycleEvent, LockCommand,
     LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseOutcome,
@@ -140,9 +141,10 @@ impl RedisStore {
     }
 
     /// Every script's file name and SHA1, as EVALSHA names it (in Redis's
-    /// slow log, say).
-    pub fn script_shas() -> Vec<(&'static str, &'static str)> {
-        scripts::all().into_iter().map(|(name, script)| (name, script.get_hash())).collect()
+    /// slow log, say) on a dataset of `identity` (see [`dataset_identity`]).
+    pub fn script_shas(identity: &str) -> Vec<(&'static str, String)> {
+        let set = scripts::ScriptSet::new(identity);
+        scripts::all().into_iter().map(|(name, script)| (name, set.sha(script).to_owned())).collect()
     }
 
     /// Raises the fencing epochs and loads every script (see `link`): for a

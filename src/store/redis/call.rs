@@ -98,7 +98,6 @@ impl RedisStore {
     /// few hundred ms in every partition of every replica; its calls would
     /// drown the request spans and metrics).
     pub(super) async fn eval(&self, invocation: &Invocation) -> Result<Reply, Error> {
-        let command = invocation.command();
         // On NOSCRIPT (Redis restarted, was replaced or flushed its scripts)
         // raise the fencing epochs and load the scripts (see `link`), then
         // run it again; a SCRIPT FLUSH (or a failover) between the load and
@@ -107,8 +106,10 @@ impl RedisStore {
         // or time is up.
         let call = async {
             loop {
-                let seen = self.link.era();
-                let mut conn = self.link.conn();
+                // The script's name depends on the dataset's identity, which
+                // a recovery may have just learned.
+                let (seen, mut conn, scripts) = self.link.for_script();
+                let command = invocation.command(scripts.sha(invocation.script));
                 match command.query_async(&mut conn).await {
                     Err(e) if e.code() == Some("NOSCRIPT") => self.link.recover_scripts(seen).await?,
                     Err(e) => {
@@ -193,12 +194,11 @@ impl Invocation {
         self
     }
 
-    /// `EVALSHA sha numkeys key... arg...`.
-    fn command(&self) -> Cmd {
+    /// `EVALSHA sha numkeys key... arg...`, the script named `sha`.
+    fn command(&self, sha: &str) -> Cmd {
         let parts = || self.keys.args_iter().chain(self.args.args_iter());
         let bytes: usize = parts().map(|a| if let redis::Arg::Simple(b) = a { b.len() } else { 0 }).sum();
         let (keys, args) = (self.keys.args_iter().len(), self.args.args_iter().len());
-        let sha = self.script.get_hash();
         let mut cmd = Cmd::with_capacity(3 + keys + args, bytes + sha.len() + 16);
         cmd.arg("EVALSHA").arg(sha).arg(keys);
         for part in parts() {

@@ -108,12 +108,14 @@ async fn acknowledge(
         }
     };
     let wait_ms = u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    // Named for the dataset as the era knows it (a recovery moves the era).
+    let lock_sha = link.scripts().sha(&scripts::LOCK).to_owned();
     // A primary without the scripts was restarted (and the connection found
-    // it again by itself) or flushed them: the changes before may be lost.
+    // it again by itself), replaced, or flushed them: the changes before may be lost.
     let (loaded, _, acknowledged): (Vec<bool>, u64, u32) = redis::pipe()
         .cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(scripts::LOCK.get_hash())
+        .arg(&lock_sha)
         .cmd("INCR")
         .arg(marker_key)
         .cmd("WAIT")

@@ -35,7 +35,7 @@ use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, Value};
 use tokio::sync::{Mutex, Notify};
 
 use super::call::{bounded, store_error};
-use super::scripts::{self, Lua};
+use super::scripts::{self, ScriptSet};
 use crate::domain::Error;
 
 /// How the store finds its primary.
@@ -167,6 +167,8 @@ struct Primary {
     /// Moves before a switch to a new primary takes effect and before the
     /// scripts are loaded again after NOSCRIPT (see [`Link::era`]).
     era: u64,
+    /// The scripts as loaded there, named for its dataset's identity.
+    scripts: Arc<ScriptSet>,
 }
 
 /// The store's way to its primary.
@@ -243,6 +245,18 @@ impl Link {
         self.primary.read().expect("link lock poisoned").conn.clone()
     }
 
+    /// What a script call needs, taken at once: the era, the connection,
+    /// and the scripts as named for the primary's dataset.
+    pub(super) fn for_script(&self) -> (u64, Conn, Arc<ScriptSet>) {
+        let primary = self.primary.read().expect("link lock poisoned");
+        (primary.era, primary.conn.clone(), Arc::clone(&primary.scripts))
+    }
+
+    /// The scripts as named for the current primary's dataset.
+    pub(super) fn scripts(&self) -> Arc<ScriptSet> {
+        Arc::clone(&self.primary.read().expect("link lock poisoned").scripts)
+    }
+
     /// A connection of its own to the current primary, for commands that
     /// hold it for up to `wait` (blocking reads, WAIT), and that primary's era.
     pub(super) async fn dedicated(&self, wait: Duration) -> Result<(u64, Conn), Error> {
@@ -263,12 +277,13 @@ impl Link {
         self.primary.read().expect("link lock poisoned").era
     }
 
-    /// The primary answered NOSCRIPT: it was restarted, replaced or flushed
-    /// its scripts, and may have lost data. Raises every partition's epoch,
-    /// then loads every script, unless
-    /// the era moved since `seen` (taken before the call that failed):
-    /// another call recovered, or the primary changed. The call runs again
-    /// either way.
+    /// The primary answered NOSCRIPT: it was restarted, replaced, promoted
+    /// or flushed its scripts, or its dataset is another than the one the
+    /// scripts were named for, and it may have lost data. Raises every
+    /// partition's epoch, then loads every script named for the dataset as
+    /// it is now, unless the era moved since `seen` (taken before the call
+    /// that failed): another call recovered, or the primary changed. The
+    /// call runs again either way.
     pub(super) async fn recover_scripts(&self, seen: u64) -> Result<(), Error> {
         let _one_at_a_time = self.recovery.lock().await;
         let mut conn = {
@@ -279,8 +294,19 @@ impl Link {
             primary.era += 1;
             primary.conn.clone()
         };
-        raise_and_load(&mut conn, &self.epoch_keys, self.timeout).await?;
-        tracing::info!("Redis had lost its scripts (restarted, replaced or flushed): fencing epochs raised");
+        let scripts = raise_and_load(&mut conn, &self.epoch_keys, self.timeout).await?;
+        let mut primary = self.primary.write().expect("link lock poisoned");
+        if primary.era == seen + 1 {
+            if primary.scripts.identity() != scripts.identity() {
+                tracing::warn!(
+                    before = primary.scripts.identity(),
+                    now = scripts.identity(),
+                    "Redis's dataset changed identity (restarted, promoted or replaced): fencing epochs raised"
+                );
+            }
+            primary.scripts = scripts;
+        }
+        tracing::info!("Redis answered NOSCRIPT (restarted, replaced or flushed): fencing epochs raised");
         Ok(())
     }
 
@@ -329,7 +355,7 @@ impl Link {
 /// them; with none in time they still rose, and we say so.
 async fn open(client: Client, timeout: Duration, epoch_keys: &[String], following: bool) -> Result<Primary, Error> {
     let mut conn = client.open(timeout, timeout).await?;
-    raise_and_load(&mut conn, epoch_keys, timeout).await?;
+    let scripts = raise_and_load(&mut conn, epoch_keys, timeout).await?;
     if following {
         // The wait stays well inside the connection's response timeout.
         let wait_ms = (timeout.as_millis() / 2).max(1) as u64;
@@ -339,22 +365,65 @@ async fn open(client: Client, timeout: Duration, epoch_keys: &[String], followin
         }
     }
     let addr = client.addr();
-    Ok(Primary { conn, client, addr, era: 0 })
+    Ok(Primary { conn, client, addr, era: 0, scripts })
 }
 
-/// Raises every partition's fencing epoch, then loads every script: the
-/// epochs first, and the scripts only once every epoch rose (a pipeline
-/// is not atomic: a refused raise, say for lack of memory, must not leave
-/// lock.lua loaded on a Redis whose epochs did not move). Two round trips
-/// on one Redis; on a cluster, a call per key and per script. The store
-/// timeout bounds it.
-async fn raise_and_load(conn: &mut Conn, epoch_keys: &[String], timeout: Duration) -> Result<(), Error> {
+/// Reads the dataset's identity, raises every partition's fencing epoch,
+/// then loads every script named for that identity: the epochs first, and
+/// the scripts only once every epoch rose (a pipeline is not atomic: a
+/// refused raise, say for lack of memory, must not leave lock.lua loaded on
+/// a Redis whose epochs did not move). Three round trips on one Redis; on a
+/// cluster, a call per key and per script. The store timeout bounds it.
+async fn raise_and_load(conn: &mut Conn, epoch_keys: &[String], timeout: Duration) -> Result<Arc<ScriptSet>, Error> {
     let steps = async {
+        let identity = read_identity(conn).await?;
         let replies = raise_epochs(conn, epoch_keys, false).await.map_err(store_error)?;
         check_raised(epoch_keys, &replies)?;
-        load_scripts(conn).await.map_err(store_error)
+        load_scripts(conn, &identity).await.map_err(store_error)?;
+        Ok(Arc::new(ScriptSet::new(&identity)))
     };
     tokio::time::timeout(timeout, steps).await.map_err(|_| Error::StoreTimeout)?
+}
+
+/// The dataset's identity (see [`ScriptSet`]): the replication ids of the
+/// primary, or of every primary of a cluster. Empty, with a warning, where
+/// INFO is refused (an ACL): then a dataset replaced without losing its
+/// script cache goes unnoticed.
+async fn read_identity(conn: &mut Conn) -> Result<String, Error> {
+    let mut info = redis::cmd("INFO");
+    info.arg("replication");
+    let reply = match conn {
+        Conn::Cluster(cluster) => {
+            cluster
+                .route_command(info.clone(), RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)))
+                .await
+        }
+        Conn::Single(_) => conn.req_packed_command(&info).await,
+    };
+    match reply {
+        Ok(value) => {
+            let mut texts = Vec::new();
+            collect_texts(&value, &mut texts);
+            Ok(scripts::dataset_identity(texts.iter().map(String::as_str)))
+        }
+        // NOPERM from an ACL, ERR from a proxy that does not pass INFO on.
+        Err(e) if matches!(e.code(), Some("NOPERM" | "ERR")) => {
+            tracing::warn!(error = %e, "INFO replication refused: a Redis replaced without a restart would go unnoticed");
+            Ok(String::new())
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// Every text in a reply, however nested (a cluster answers per node).
+fn collect_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => items.iter().for_each(|item| collect_texts(item, out)),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
+    }
 }
 
 /// raise_epoch.lua on each of `epoch_keys` (only where it is missing, with
@@ -387,7 +456,7 @@ async fn raise_epochs_once(
         cmd
     };
     if let Conn::Cluster(cluster) = conn {
-        cluster.route_command(script_load(&scripts::RAISE_EPOCH), primaries()).await?;
+        cluster.route_command(script_load(scripts::RAISE_EPOCH.source), primaries()).await?;
         let mut replies = Vec::with_capacity(epoch_keys.len());
         for key in epoch_keys {
             replies.push(redis::from_redis_value(cluster.req_packed_command(&raise(key)).await?)?);
@@ -395,7 +464,7 @@ async fn raise_epochs_once(
         return Ok(replies);
     }
     let mut pipe = redis::pipe();
-    pipe.add_command(script_load(&scripts::RAISE_EPOCH)).ignore();
+    pipe.add_command(script_load(scripts::RAISE_EPOCH.source)).ignore();
     for key in epoch_keys {
         pipe.add_command(raise(key));
     }
@@ -424,23 +493,23 @@ fn check_raised(epoch_keys: &[String], replies: &[Vec<String>]) -> Result<(), Er
 /// replicate scripts, so a replica that a failover promotes answers
 /// NOSCRIPT to its first call, and the epochs are raised there before its
 /// first lock.
-async fn load_scripts(conn: &mut Conn) -> redis::RedisResult<()> {
+async fn load_scripts(conn: &mut Conn, identity: &str) -> redis::RedisResult<()> {
     if let Conn::Cluster(cluster) = conn {
         for (_, script) in scripts::all() {
-            cluster.route_command(script_load(script), primaries()).await?;
+            cluster.route_command(script_load(&script.source_for(identity)), primaries()).await?;
         }
         return Ok(());
     }
     let mut pipe = redis::pipe();
     for (_, script) in scripts::all() {
-        pipe.add_command(script_load(script)).ignore();
+        pipe.add_command(script_load(&script.source_for(identity))).ignore();
     }
     pipe.query_async(conn).await
 }
 
-fn script_load(script: &Lua) -> Cmd {
+fn script_load(source: &str) -> Cmd {
     let mut cmd = redis::cmd("SCRIPT");
-    cmd.arg("LOAD").arg(script.source);
+    cmd.arg("LOAD").arg(source);
     cmd
 }
 

@@ -99,9 +99,10 @@ impl LockCall {
         Self::generation(unix_ms(), retention_ms)
     }
 
-    /// The SHA1 the script is called by (EVALSHA).
-    pub fn script_sha() -> &'static str {
-        scripts::LOCK.get_hash()
+    /// The SHA1 the script is called by (EVALSHA) on a dataset of
+    /// `identity` (see [`super::dataset_identity`]).
+    pub fn script_sha(identity: &str) -> String {
+        scripts::ScriptSet::new(identity).sha(&scripts::LOCK).to_owned()
     }
 }
 

@@ -19,6 +19,11 @@ impl Lua {
     const fn new(source: &'static str) -> Self {
         Self { source, script: OnceLock::new() }
     }
+
+    /// The source as loaded on a dataset of `identity` (see [`ScriptSet`]).
+    pub(super) fn source_for(&self, identity: &str) -> String {
+        if identity.is_empty() { self.source.to_owned() } else { format!("{}\n-- dataset {identity}\n", self.source) }
+    }
 }
 
 impl Deref for Lua {
@@ -27,6 +32,51 @@ impl Deref for Lua {
     fn deref(&self) -> &Script {
         self.script.get_or_init(|| Script::new(self.source))
     }
+}
+
+/// The scripts as this service calls them on one dataset: each source with
+/// the dataset's identity (its primaries' replication ids) appended as a
+/// comment, so that its SHA1 names that identity. A Redis whose dataset
+/// changed identity (restarted, promoted, replaced behind the same address)
+/// without losing its script cache then answers NOSCRIPT all the same, and
+/// the fencing epochs are raised before its next lock (see `link`). With an
+/// empty identity (a Redis that refuses INFO) the sources are unchanged.
+pub(super) struct ScriptSet {
+    identity: String,
+    shas: Vec<String>,
+}
+
+impl ScriptSet {
+    /// The scripts for a dataset of this identity.
+    pub(super) fn new(identity: &str) -> Self {
+        let shas = all().iter().map(|(_, lua)| Script::new(&lua.source_for(identity)).get_hash().to_owned()).collect();
+        Self { identity: identity.to_owned(), shas }
+    }
+
+    /// The identity the scripts are named for.
+    pub(super) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The SHA1 `script` is called by on this dataset.
+    pub(super) fn sha(&self, script: &Lua) -> &str {
+        let index = all().iter().position(|(_, s)| std::ptr::eq(*s, script)).expect("a script of scripts::all()");
+        &self.shas[index]
+    }
+}
+
+/// A dataset identity from the `INFO replication` texts of its primaries:
+/// their `master_replid`s, sorted. Redis gives a primary a new one when it
+/// starts without its data, when it is promoted, and when it takes its
+/// data from another primary.
+pub fn dataset_identity<'a>(infos: impl IntoIterator<Item = &'a str>) -> String {
+    let mut ids: Vec<&str> = infos
+        .into_iter()
+        .filter_map(|info| info.lines().find_map(|line| line.strip_prefix("master_replid:")))
+        .map(str::trim)
+        .collect();
+    ids.sort_unstable();
+    ids.join(",")
 }
 
 macro_rules! script {
