@@ -347,3 +347,34 @@ async fn the_stream_is_trimmed_past_the_retention_behind_every_group() {
     // next entry stays.
     assert_eq!(len().await, 150);
 }
+
+#[tokio::test]
+async fn an_entry_a_stale_reader_took_is_applied_in_order_by_the_reader() {
+    // A reader that lost its lease while paused can still have a read
+    // reach Redis late and take entries the current reader then never
+    // sees: here a stale consumer takes a delta the moment it is written
+    // (one MULTI, before the blocked reader is served), and the snapshot
+    // that counts it comes next. The reader must apply the delta, and
+    // before the snapshot, not leave it pending.
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
+    let snapshot = |physical, version| {
+        [("type", "snapshot"), ("sku", "S"), ("warehouse_id", "W"), ("physical", physical), ("source_version", version)]
+    };
+    xadd_raw(&mut conn, &snapshot("100", "1")).await;
+    assert!(eventually(Duration::from_secs(5), || async { physical(&svc, "S").await.as_deref() == Some("100") }).await);
+    let delta = [("type", "delta"), ("sku", "S"), ("warehouse_id", "W"), ("event_id", "e1"), ("physical_delta", "5")];
+    let mut stale = redis::pipe();
+    stale.atomic();
+    let add = stale.cmd("XADD").arg(STREAM).arg("*");
+    for (k, v) in delta {
+        add.arg(k).arg(v);
+    }
+    stale.cmd("XREADGROUP").arg("GROUP").arg("stocklock").arg("stale-reader").arg("COUNT").arg(1).arg("STREAMS");
+    stale.arg(STREAM).arg(">");
+    let _: redis::Value = stale.query_async(&mut conn).await.unwrap();
+    xadd_raw(&mut conn, &snapshot("105", "2")).await;
+    assert!(eventually(Duration::from_secs(5), || group_settled(conn.clone())).await, "the delta was left pending");
+    assert_eq!(figures(&svc, "S").await.0, "105");
+}

@@ -67,13 +67,15 @@ pub trait IngestStream: StockStore {
         start: &str,
     ) -> impl Future<Output = Result<(Vec<IngestEntry>, Option<String>), Error>> + Send;
 
-    /// New entries for this consumer, waiting up to `block` for the first.
+    /// Moves new entries to this consumer's pending list (they are applied
+    /// from there, see [`IngestStream::claim_ingest`]), waiting up to
+    /// `block` for the first.
     fn read_ingest(
         &self,
         reader: &mut Self::Reader,
         consumer: &IngestConsumer,
         block: Duration,
-    ) -> impl Future<Output = Result<Vec<IngestEntry>, Error>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Acknowledges `entry`; with `dead`, first copies it to the dead-letter
     /// stream with the error's reason, in the same atomic step.

@@ -2,9 +2,10 @@
 //! [`IngestStream`]: a stream read through a consumer group by one replica
 //! at a time, the holder of the group's lease, which applies the entries in
 //! stream order. Order matters: a snapshot counts the deltas written before
-//! it, and a release of a reservation follows the reservation. A replica
-//! that takes the lease over first applies, in order, what the group
-//! delivered and nobody acknowledged, then reads on.
+//! it, and a release of a reservation follows the reservation. Each round
+//! reads new entries into the group's pending list, then applies every
+//! pending entry in id order, whoever read it: what a previous reader left,
+//! and what a reader that lost its lease took with a late read.
 //!
 //! An entry is acknowledged only after it was applied (or dead-lettered), and
 //! applying is idempotent: a snapshot carries a source_version (an old or
@@ -55,21 +56,19 @@ pub async fn run<S: IngestStream>(store: &S, consumer: IngestConsumer, mut stop:
             }
             let reader = match &mut reader {
                 Some(reader) => reader,
-                None => {
-                    // A new reader first applies what is pending, in order.
-                    let reader = reader.insert(store.open_ingest(&consumer).await?);
-                    if !apply_pending(store, reader, &consumer, &mut lease).await? {
-                        return Ok(false);
-                    }
-                    reader
-                }
+                None => reader.insert(store.open_ingest(&consumer).await?),
             };
             if trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
                 trimmed_at = Some(Instant::now());
                 store.trim_ingest(&consumer).await?;
             }
-            let entries = store.read_ingest(reader, &consumer, block).await?;
-            process(store, &consumer, entries, &mut lease).await
+            // Reading only moves new entries to the group's pending list;
+            // then every pending entry is applied in id order, whoever read
+            // it: a previous reader's, and one a reader that lost its lease
+            // took with a read that reached Redis late, which may come
+            // before the entries this reader just read.
+            store.read_ingest(reader, &consumer, block).await?;
+            apply_pending(store, reader, &consumer, &mut lease).await
         }
         .await;
         let pause = match round {
@@ -125,8 +124,8 @@ impl Lease {
 }
 
 /// Applies, in stream order, every entry the group delivered and nobody
-/// acknowledged: a previous reader's, or this one's before an error. False
-/// if the lease was lost on the way.
+/// acknowledged: this reader's latest read, a previous reader's, or a
+/// stale one's. False if the lease was lost on the way.
 async fn apply_pending<S: IngestStream>(
     store: &S,
     reader: &mut S::Reader,
@@ -136,11 +135,8 @@ async fn apply_pending<S: IngestStream>(
     let mut start = "0-0".to_owned();
     loop {
         let (entries, next) = store.claim_ingest(reader, consumer, &start).await?;
-        if !entries.is_empty() {
-            tracing::info!(entries = entries.len(), "ingestion: applying entries left unacknowledged");
-            if !process(store, consumer, entries, lease).await? {
-                return Ok(false);
-            }
+        if !entries.is_empty() && !process(store, consumer, entries, lease).await? {
+            return Ok(false);
         }
         match next {
             Some(next) => start = next,

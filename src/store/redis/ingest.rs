@@ -74,8 +74,10 @@ impl IngestStream for RedisStore {
         reader: &mut StreamReader,
         consumer: &IngestConsumer,
         block: Duration,
-    ) -> Result<Vec<IngestEntry>, Error> {
-        let reply: Option<Vec<(String, Vec<Entry>)>> = super::call::bounded(
+    ) -> Result<(), Error> {
+        // The entries come again from the pending list, in order with any
+        // a stale reader took.
+        let _: redis::Value = super::call::bounded(
             block + self.timeout,
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
@@ -91,7 +93,7 @@ impl IngestStream for RedisStore {
                 .query_async(&mut reader.0),
         )
         .await?;
-        Ok(reply.unwrap_or_default().into_iter().flat_map(|(_, raw)| entries(raw)).collect())
+        Ok(())
     }
 
     async fn settle_ingest(
