@@ -341,6 +341,11 @@ async fn a_retry_of_a_batch_still_in_flight_is_told_to_wait_not_served_half() {
     for sku in &skus {
         assert_eq!(svc.record(sku, "W").await.live_locks, 0, "{sku}");
     }
+    // The request_id's claim stays with the attempt in flight, so a reuse
+    // with other content is still caught while it runs.
+    let claim = Keys::new("sl", PARTITIONS).request_claim("batch_lock", &request_id);
+    let claimed: bool = redis::cmd("EXISTS").arg(&claim).query_async(&mut conn).await.unwrap();
+    assert!(claimed, "the retry gave the running attempt's claim back");
     let _: () = redis::cmd("DEL").arg(&in_flight).query_async(&mut conn).await.unwrap();
     let first = client.batch_lock(request.clone()).await.unwrap().into_inner();
     let again = client.batch_lock(request).await.unwrap().into_inner();

@@ -149,8 +149,16 @@ impl RedisStore {
             return Err(reused(request_id));
         }
         let result = call.await;
+        // The claim stays after a store fault (the call may have gone
+        // through) and while an earlier attempt runs (the claim is its).
         if let Err(e) = &result
-            && !matches!(e, Error::StoreTimeout | Error::StoreUnavailable { .. } | Error::StoreOutOfMemory)
+            && !matches!(
+                e,
+                Error::StoreTimeout
+                    | Error::StoreUnavailable { .. }
+                    | Error::StoreOutOfMemory
+                    | Error::RequestInProgress { .. }
+            )
         {
             let _: Result<(), Error> = self.query(redis::cmd("DEL").arg(&claim)).await;
         }

@@ -8,9 +8,10 @@
 
 use std::future::Future;
 
+use super::call::Invocation;
 use super::lock::request_digest;
 use super::reply::malformed;
-use super::{Partition, RedisStore};
+use super::{Partition, RedisStore, scripts};
 use crate::domain::{
     BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockTarget, RecordKey, ReleaseCommand, RequestId,
     Shortage, Sku, new_nonce,
@@ -72,15 +73,20 @@ impl RedisStore {
         nonce: &str,
     ) -> Result<LockOutcome, Error> {
         let in_flight = self.keys.request_in_flight(&cmd.request_id);
-        let budget = self.timeout.as_millis() as u64 * (2 * groups.len() as u64 + 4);
+        // Each partition takes a few calls to lock (settling, a generation
+        // turning) and one to undo, each within the store timeout.
+        let budget = self.timeout.as_millis() as u64 * 4 * (groups.len() as u64 + 1);
         if self.set_or_get(&in_flight, nonce, budget).await?.is_some() {
             return Err(Error::RequestInProgress { request_id: cmd.request_id.to_string() });
         }
-        let outcome = self.lock_each_partition(cmd, groups, nonce).await;
-        if !matches!(outcome, Err(Error::StoreTimeout | Error::StoreUnavailable { .. })) {
-            // After a store fault the hold stays to its end: the attempt's
-            // last writes may still be on their way.
-            let _: Result<(), Error> = self.query(redis::cmd("DEL").arg(&in_flight)).await;
+        let (outcome, settled) = self.lock_each_partition(cmd, groups, nonce).await;
+        let faulted = matches!(outcome, Err(Error::StoreTimeout | Error::StoreUnavailable { .. }));
+        if settled && !faulted {
+            // Otherwise the hold stays to its end: the attempt's last
+            // writes (or an undo that timed out) may still be on their way.
+            let mut drop = Invocation::new(&scripts::DROP_HOLD);
+            drop.key(&in_flight).arg(nonce);
+            let _: Result<_, Error> = self.eval(&drop).await;
         }
         outcome
     }
@@ -89,12 +95,25 @@ impl RedisStore {
     /// partitions its lines fall in are written down first, so that Renew
     /// and Release find them by batch id and a crash halfway still says
     /// where the batch's locks are; then each partition is locked by one
-    /// script.
+    /// script. Also says whether nothing of the attempt is left on its way
+    /// (false when an undo failed).
     async fn lock_each_partition(
         &self,
         cmd: &LockCommand,
         groups: &[(Partition, Vec<usize>)],
         nonce: &str,
+    ) -> (Result<LockOutcome, Error>, bool) {
+        let mut settled = true;
+        let outcome = self.lock_each_partition_settling(cmd, groups, nonce, &mut settled).await;
+        (outcome, settled)
+    }
+
+    async fn lock_each_partition_settling(
+        &self,
+        cmd: &LockCommand,
+        groups: &[(Partition, Vec<usize>)],
+        nonce: &str,
+        settled: &mut bool,
     ) -> Result<LockOutcome, Error> {
         let chosen = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
         // A retry must lock its remaining partitions under the batch id of
@@ -116,7 +135,7 @@ impl RedisStore {
             match self.lock_group(*partition, &part, numbers, nonce).await {
                 Ok(outcome) => taken.push((*partition, numbers, outcome)),
                 Err(e) => {
-                    self.undo_batch(cmd, batch_id, &taken).await;
+                    *settled = self.undo_batch(cmd, batch_id, &taken).await;
                     return Err(match e {
                         Error::InsufficientStock { shortages } => {
                             self.name_every_shortage(cmd, &groups[k + 1..], shortages).await
@@ -174,7 +193,14 @@ impl RedisStore {
     /// retry locks afresh. Best effort: whatever cannot be undone now (Redis
     /// unreachable) expires by its TTL, and a retry with the same
     /// request_id replays it and carries on with the remaining partitions.
-    async fn undo_batch(&self, cmd: &LockCommand, batch_id: &BatchId, taken: &[(Partition, &[usize], LockOutcome)]) {
+    /// True when every partition was undone.
+    async fn undo_batch(
+        &self,
+        cmd: &LockCommand,
+        batch_id: &BatchId,
+        taken: &[(Partition, &[usize], LockOutcome)],
+    ) -> bool {
+        let mut undone = true;
         for (partition, _, outcome) in taken {
             let ids: Vec<LockId> = outcome.granted.iter().map(|g| g.lock.lock_id.clone()).collect();
             let undo = format!("batch-undo-{}{}", new_nonce(), new_nonce());
@@ -190,6 +216,7 @@ impl RedisStore {
             let request = request_digest(cmd);
             let result = self.release_undoing(*partition, &release, &ids, Some((&request, batch_id))).await;
             if let Err(e) = result {
+                undone = false;
                 tracing::warn!(
                     error = %e,
                     batch_id = %batch_id,
@@ -198,6 +225,7 @@ impl RedisStore {
                 );
             }
         }
+        undone
     }
 
     /// The lock ids a target names; a batch's are read from its record.

@@ -116,6 +116,8 @@ pub(super) static EXPIRE_LOCKS: Lua = script!("expire_locks.lua");
 pub(super) static RAISE_EPOCH: Lua = script!("raise_epoch.lua");
 /// The ingestion reader's lease.
 pub(super) static LEAD_INGEST: Lua = script!("lead_ingest.lua");
+/// A hold given up by its holder only.
+pub(super) static DROP_HOLD: Lua = script!("drop_hold.lua");
 /// The sweeper's look-up of records with expired locks.
 pub(super) static DUE_RECORDS: Lua = script!("#!lua flags=no-writes\n", "due_records.lua");
 
@@ -135,7 +137,7 @@ pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Lua); 18] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 19] {
     [
         ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
@@ -155,5 +157,6 @@ pub(super) fn all() -> [(&'static str, &'static Lua); 18] {
         ("expire_locks.lua", &EXPIRE_LOCKS),
         ("due_records.lua", &DUE_RECORDS),
         ("lead_ingest.lua", &LEAD_INGEST),
+        ("drop_hold.lua", &DROP_HOLD),
     ]
 }
