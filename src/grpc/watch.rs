@@ -131,7 +131,7 @@ async fn follow<S: StockStore>(
             }
             trust(&hub, partition, &from, &mut trusted);
         }
-        let mut gap_checked = std::collections::HashSet::new();
+        let mut gap_checked: HashMap<usize, Option<u64>> = HashMap::new();
         loop {
             let Ok(received) = tokio::time::timeout(WATCH_QUIET, receiver.recv()).await else {
                 // Quiet: look in Redis only where no tailer run vouches for the hub.
@@ -144,7 +144,13 @@ async fn follow<S: StockStore>(
                     if event.id <= at {
                         continue;
                     }
-                    if !trusted.contains_key(&event.partition) && gap_checked.insert(event.partition) {
+                    // Trusted under the run that covers the partition now,
+                    // not one that ended since (a tailer restarts after going idle).
+                    let covered = hub.coverage(event.partition).map(|c| c.run);
+                    let trusted_now = covered.is_some() && trusted.get(&event.partition) == covered.as_ref();
+                    // The gap is filled once per tailer run: a new run may
+                    // have started after events the last one never sent.
+                    if !trusted_now && gap_checked.insert(event.partition, covered) != Some(covered) {
                         // Fill the gap before this event from Redis; the
                         // replay sends the event too.
                         if !replay(store.as_ref(), event.partition, &mut from, Some(event.id), &wanted, &tx).await {
@@ -192,6 +198,29 @@ fn trust(hub: &EventHub, partition: usize, from: &WatchPosition, trusted: &mut H
     false
 }
 
+/// Whether every event of `partition` after `after` was still in Redis
+/// when the read before this returned: nothing after it was trimmed (or
+/// deleted) by now. Otherwise the watcher is told, and the watch ends.
+async fn still_retained<S: StockStore>(
+    store: &S,
+    partition: usize,
+    after: EventId,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+) -> bool {
+    let lost = match store.event_position(partition).await {
+        Ok(position) => position.trimmed_through > after,
+        Err(e) => {
+            let _ = tx.send(Err(e.into())).await;
+            return false;
+        }
+    };
+    if lost {
+        let lost = "events this watch had not read yet were trimmed; start again without after_event_id";
+        let _ = tx.send(Err(Status::out_of_range(lost))).await;
+    }
+    !lost
+}
+
 /// Sends the wanted events of `partition` after `from` from Redis, up to and
 /// including `upto` (to the end when `None`), moving `from` along. False
 /// when the watch is over: the watcher left, Redis failed, or the events up
@@ -214,6 +243,9 @@ async fn replay<S: StockStore>(
                 return false;
             }
         };
+        if after != EventId::default() && !still_retained(store, partition, after, tx).await {
+            return false;
+        }
         let short = batch.len() < REPLAY_BATCH;
         for event in batch {
             if upto.is_some_and(|upto| event.id > upto) {
@@ -294,5 +326,13 @@ mod tests {
         let status = rx.recv().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
         assert_eq!(from.get(0), Some(events[0].id), "nothing was sent");
+
+        // A catch-up (to the end) past the same gap must not skip it either.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_BATCH * 2);
+        let replayed = replay(&store, 0, &mut from, None, &|_: &LifecycleEvent| true, &tx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), replayed).await;
+        assert_eq!(ended, Ok(false), "the catch-up went past trimmed events");
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
     }
 }

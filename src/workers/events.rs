@@ -94,6 +94,12 @@ async fn tail_partition<S: EventStream>(
         .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "event stream tailer: retrying");
+            // A new run from the newest event: while this one could not
+            // read, its stream may have been trimmed past where it stood,
+            // and no watcher may count on it for what it missed.
+            if last.take().is_some() {
+                hub.uncover(partition);
+            }
             tail = None;
             tokio::select! {
                 _ = tokio::time::sleep(RETRY) => {}
