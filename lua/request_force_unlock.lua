@@ -20,7 +20,8 @@
 --          that spans partitions and is listed in its first partition
 --
 -- Returns {'OK', created_ms, id}, {'REPLAY', ...} (with the first call's id) or
--- {'IDEMPOTENCY_KEY_REUSED'}.
+-- {'IDEMPOTENCY_KEY_REUSED'} (other content, or a request_id whose request
+-- outlived its idempotency record).
 --
 -- lib.lua: partition_keys, now_ms, fmt, audit, idem_lookup, idem_store
 
@@ -31,6 +32,12 @@ local fingerprint = ARGV[1]
 local replay = idem_lookup(pk.idem, fingerprint)
 if replay then
   return replay
+end
+
+-- The id follows from the request_id: a request kept past its idempotency
+-- record is never overwritten by a reuse of that request_id.
+if redis.call('EXISTS', request_key) == 1 then
+  return { 'IDEMPOTENCY_KEY_REUSED' }
 end
 
 local now = now_ms()

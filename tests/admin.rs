@@ -433,3 +433,39 @@ async fn a_forced_unlock_across_partitions_completes_when_its_steps_are_retried(
         assert_eq!(svc.record(sku, "W").await.live_locks, 0, "{sku}");
     }
 }
+
+/// A request_id reused after its idempotency record expired (24 h) while
+/// the forced unlock it made is kept (30 days) does not overwrite that
+/// request: it is refused, and the executed request stays as it was.
+#[tokio::test]
+async fn a_request_id_reused_after_its_record_expired_does_not_overwrite_the_request() {
+    let svc = start().await;
+    svc.stock("S", "W", "10").await;
+    let lock = svc.lock("S", "W", "1", "l1").await.unwrap().lock.unwrap();
+    let mut admin = svc.admin().await;
+    let selector = || Some(pb::LockSelector { target: Some(pb::lock_selector::Target::LockId(lock.lock_id.clone())) });
+    let mut r = request(selector(), "fu-old");
+    r.operator = "alice".into();
+    let pending = admin.request_force_unlock(r.clone()).await.unwrap().into_inner().request.unwrap();
+    let mut a = approve(&pending.id, "ap-1");
+    a.operator = "bob".into();
+    admin.approve_force_unlock(a).await.unwrap();
+    // A day later the idempotency record is gone; the request is not.
+    let request_id = stocklock::domain::RequestId::parse("fu-old", "request_id").unwrap();
+    let mut conn = svc.redis_conn().await;
+    let idem = svc.keys().idempotency(0, "request_force_unlock", &request_id);
+    let deleted: u64 = redis::cmd("DEL").arg(&idem).query_async(&mut conn).await.unwrap();
+    assert_eq!(deleted, 1);
+    let other = svc.lock("S", "W", "1", "l2").await.unwrap().lock.unwrap();
+    r.selector = Some(pb::LockSelector { target: Some(pb::lock_selector::Target::LockId(other.lock_id.clone())) });
+    expect_error(admin.request_force_unlock(r).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    let listed = admin
+        .list_force_unlock_requests(pb::ListForceUnlockRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    let kept = listed.iter().find(|q| q.id == pending.id).expect("the request is still listed");
+    assert_eq!(kept.state, pb::ForceUnlockState::Executed as i32);
+    assert_eq!(svc.record("S", "W").await.live_locks, 1, "the other lock is untouched");
+}
