@@ -469,3 +469,53 @@ async fn a_request_id_reused_after_its_record_expired_does_not_overwrite_the_req
     assert_eq!(kept.state, pb::ForceUnlockState::Executed as i32);
     assert_eq!(svc.record("S", "W").await.live_locks, 1, "the other lock is untouched");
 }
+
+/// A forced unlock over two partitions recorded in one of them only (the
+/// first attempt stopped), and one of its locks released before the retry:
+/// the retry records the rest of the first attempt's request under the
+/// same id, not a request of what the selector finds now, and one approval
+/// completes it.
+#[tokio::test]
+async fn a_retried_forced_unlock_keeps_the_first_attempts_locks() {
+    let svc = start_with(&["--redis-partitions", "4"]).await;
+    let keys = stocklock::store::redis::Keys::new("sl", 4);
+    let partition = |sku: &str| keys.partition_of(&stocklock::domain::Sku::parse(sku, "sku").unwrap());
+    let first = "S-0".to_owned();
+    let second = (1..100).map(|i| format!("S-{i}")).find(|s| partition(s) != partition(&first)).unwrap();
+    let mut lock_ids = Vec::new();
+    for sku in [&first, &second] {
+        svc.stock(sku, "W", "10").await;
+        let mut lock = lock_request(sku, "W", "1", &format!("lock-{sku}"));
+        lock.order_id = "order-6".into();
+        lock_ids.push(svc.client.clone().lock(lock).await.unwrap().into_inner().lock.unwrap().lock_id);
+    }
+    let selector = Some(pb::LockSelector {
+        target: Some(pb::lock_selector::Target::Filter(pb::ListLocksRequest {
+            order_id: "order-6".into(),
+            ..Default::default()
+        })),
+    });
+    let mut admin = svc.admin().await;
+    let mut r = request(selector, "fu-y");
+    r.operator = "alice".into();
+    let pending = admin.request_force_unlock(r.clone()).await.unwrap().into_inner().request.unwrap();
+    // As if the first attempt had stopped before the second partition.
+    let request_id = stocklock::domain::RequestId::parse("fu-y", "request_id").unwrap();
+    let mut conn = svc.redis_conn().await;
+    for key in [
+        keys.force_unlock(partition(&second), &pending.id),
+        keys.idempotency(partition(&second), "request_force_unlock", &request_id),
+    ] {
+        let _: u64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    }
+    // The order service releases the first lock meanwhile.
+    svc.release(&lock_ids[0], "rel").await.unwrap();
+    let retried = admin.request_force_unlock(r).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(retried.id, pending.id, "the retry is the same request");
+    let mut a = approve(&pending.id, "ap-1");
+    a.operator = "bob".into();
+    let done = admin.approve_force_unlock(a).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(done.state, pb::ForceUnlockState::Executed as i32);
+    assert_eq!(svc.record(&second, "W").await.live_locks, 0, "the second lock was released");
+    assert_eq!(svc.record(&first, "W").await.available, "10");
+}

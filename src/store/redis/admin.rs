@@ -16,7 +16,7 @@ use super::request_force_unlock::Part;
 use super::{Partition, RedisStore};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId,
+    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId, StockStore,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -218,7 +218,28 @@ impl AdminStore for RedisStore {
         reason: &str,
         request_id: &RequestId,
     ) -> Result<String, Error> {
-        let by_part = super::cross::by_partition(&self.keys, items.iter().map(|l| &l.lock_id.record.sku));
+        // The first attempt's selection is the request's: a retry records
+        // the rest of it, under the same id, whatever the selector finds
+        // now (a lock may have ended, another begun, in between).
+        let chosen: Vec<String> = items.iter().map(|l| l.lock_id.to_string()).collect();
+        let claim = self.keys.force_unlock_of_request(request_id);
+        let selected: Vec<LockId> = match self.set_or_get(&claim, &chosen.join(","), self.retention_ms).await? {
+            None => items.iter().map(|l| l.lock_id.clone()).collect(),
+            Some(first) => first
+                .split(',')
+                .map(|id| LockId::parse(id, "lock_id").map_err(|_| malformed("a bad recorded lock id")))
+                .collect::<Result<_, _>>()?,
+        };
+        // What each selected lock looks like now; one that ended since has
+        // nothing left to release and no line.
+        let mut views: Vec<Option<LockView>> = Vec::with_capacity(selected.len());
+        for lock_id in &selected {
+            views.push(match items.iter().find(|l| &l.lock_id == lock_id) {
+                Some(view) => Some(view.clone()),
+                None => self.get_lock(lock_id).await.ok(),
+            });
+        }
+        let by_part = super::cross::by_partition(&self.keys, selected.iter().map(|l| &l.record.sku));
         let mut parts: Vec<Partition> = by_part.iter().map(|(p, _)| *p).collect();
         parts.sort_unstable();
         let id = if self.keys.partitions() == 1 {
@@ -228,8 +249,9 @@ impl AdminStore for RedisStore {
         };
         let mut stored_id = None;
         for (partition, numbers) in by_part {
-            let locks: Vec<&LockView> = numbers.iter().map(|&i| &items[i]).collect();
-            let part = Part { id: &id, locks: &locks, listed: partition == parts[0] };
+            let lock_ids: Vec<&LockId> = numbers.iter().map(|&i| &selected[i]).collect();
+            let locks: Vec<&LockView> = numbers.iter().filter_map(|&i| views[i].as_ref()).collect();
+            let part = Part { id: &id, lock_ids: &lock_ids, locks: &locks, listed: partition == parts[0] };
             // A retry replays each part with the first attempt's id.
             let stored = self.request_part(partition, part, requester, reason, request_id).await?;
             stored_id.get_or_insert(stored);

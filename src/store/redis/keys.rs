@@ -309,6 +309,13 @@ impl Keys {
         format!("{}:batchof:{request_id}", self.base(home))
     }
 
+    /// The locks the first attempt of a forced-unlock request selected, so
+    /// that its retries record the same request.
+    pub fn force_unlock_of_request(&self, request_id: &RequestId) -> String {
+        let home = self.partition_of_text(request_id.as_str());
+        format!("{}:fuof:{request_id}", self.base(home))
+    }
+
     /// Held while an attempt of a cross-partition BatchLock request runs, so
     /// a concurrent retry is told to wait instead of replaying a part the
     /// first attempt may still undo.

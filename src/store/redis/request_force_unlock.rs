@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::call::{fingerprint, millis};
 use super::reply::{Facts, Tag};
 use super::{Partition, RedisStore, scripts};
-use crate::domain::{Error, LockView, RequestId};
+use crate::domain::{Error, LockId, LockView, RequestId};
 
 /// How long a decided request is kept, for the listings.
 const DECIDED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -15,7 +15,9 @@ const DECIDED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 pub(super) struct Part<'a> {
     /// The request's id (every part has the same).
     pub(super) id: &'a str,
-    /// The locks of the part, as seen when it was asked for.
+    /// The locks of the part, as the request's first attempt selected them.
+    pub(super) lock_ids: &'a [&'a LockId],
+    /// Those still live, as seen when the part was asked for.
     pub(super) locks: &'a [&'a LockView],
     /// Whether the part is the one listed in the index (the first partition's).
     pub(super) listed: bool,
@@ -40,7 +42,7 @@ impl RedisStore {
                 format!("{}\t{quantity}\t{}\t{}\t{}", l.lock_id, l.holder, l.order_id, l.created_at_ms)
             })
             .collect();
-        let lock_ids: Vec<String> = part.locks.iter().map(|l| l.lock_id.to_string()).collect();
+        let lock_ids: Vec<String> = part.lock_ids.iter().map(|id| id.to_string()).collect();
         let lock_ids = lock_ids.join(",");
         let fp = fingerprint(&[requester, reason, &lock_ids]);
         let idempotency = Some(("request_force_unlock", request_id));
