@@ -453,7 +453,7 @@ async fn a_request_id_reused_after_its_record_expired_does_not_overwrite_the_req
     // A day later the idempotency record is gone; the request is not.
     let request_id = stocklock::domain::RequestId::parse("fu-old", "request_id").unwrap();
     let mut conn = svc.redis_conn().await;
-    let idem = svc.keys().idempotency(0, "request_force_unlock", &request_id);
+    let idem = svc.keys().idempotency(svc.partition("S"), "request_force_unlock", &request_id);
     let deleted: u64 = redis::cmd("DEL").arg(&idem).query_async(&mut conn).await.unwrap();
     assert_eq!(deleted, 1);
     let other = svc.lock("S", "W", "1", "l2").await.unwrap().lock.unwrap();

@@ -299,14 +299,25 @@ async fn events_are_kept_for_the_retention_not_by_count() {
     assert_eq!(left.last().unwrap().1["order_id"], "order-new", "the newest event stays");
 }
 
-/// How many XRANGE calls Redis has served, from its command statistics.
+/// How many XRANGE calls Redis (every node of a cluster) has served, from
+/// its command statistics.
 async fn xrange_calls(svc: &TestService) -> u64 {
-    let mut conn = svc.redis_conn().await;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_xrange:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+    let ports: Vec<u16> = match (&svc.redis, &svc.cluster) {
+        (Some(redis), _) => vec![redis.port()],
+        (None, Some(cluster)) => cluster.nodes.iter().map(|node| node.port()).collect(),
+        (None, None) => panic!("no Redis"),
+    };
+    let mut calls = 0;
+    for port in ports {
+        let info = node_command(port, redis::cmd("INFO").arg("commandstats")).await.unwrap();
+        let info: String = redis::from_redis_value(info).unwrap();
+        calls += info
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_xrange:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse::<u64>().unwrap());
+    }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
