@@ -252,6 +252,29 @@ async fn a_batch_across_shards_locks_renews_and_releases_as_one() {
 }
 
 #[tokio::test]
+async fn the_scripts_are_named_for_the_clusters_identity() {
+    // Every primary holds lock.lua under the name that includes every
+    // primary's replication id, so a node whose identity changes without
+    // losing its script cache (demoted, then promoted again) answers
+    // NOSCRIPT to the names in use.
+    let (cluster, svc) = start_cluster(&[]).await;
+    svc.stock(&sku_in(1, "A"), "W", "5").await;
+    let mut infos = Vec::new();
+    for node in &cluster.nodes {
+        let info = node_command(node.port(), redis::cmd("INFO").arg("replication")).await.unwrap();
+        infos.push(redis::from_redis_value::<String>(info).unwrap());
+    }
+    let identity = stocklock::store::redis::dataset_identity(infos.iter().map(String::as_str));
+    assert_eq!(identity.split(',').count(), 3, "three primaries: {identity}");
+    let sha = stocklock::store::redis::LockCall::script_sha(&identity);
+    assert_ne!(sha, stocklock::store::redis::LockCall::script_sha(""), "the name depends on the identity");
+    for node in &cluster.nodes {
+        let loaded = node_command(node.port(), redis::cmd("SCRIPT").arg("EXISTS").arg(&sha)).await.unwrap();
+        assert_eq!(redis::from_redis_value::<Vec<bool>>(loaded).unwrap(), [true], "node {}", node.port());
+    }
+}
+
+#[tokio::test]
 async fn a_batch_in_one_partition_is_found_by_its_id() {
     let (_cluster, svc) = start_cluster(&[]).await;
     let sku = sku_in(5, "ONE");
