@@ -1,0 +1,119 @@
+//! The client against the real service on a real redis-server: retries
+//! across a Redis pause take effect exactly once, refusals come back at
+//! once, and a call ends within its deadline.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use stocklock::config::{Cli, Command};
+use stocklock::embedded_redis::EmbeddedRedis;
+use stocklock_client::{Client, RetryPolicy, pb};
+use tonic::Code;
+
+/// A redis-server and a stocklock on it (stopped when dropped).
+struct Service {
+    redis: EmbeddedRedis,
+    client: Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(policy: RetryPolicy) -> Service {
+    let redis = EmbeddedRedis::start(Path::new("redis-server")).await.expect("redis-server starts");
+    let url = redis.url();
+    let args = ["stocklock", "serve", "--redis-url", &url, "--listen", "127.0.0.1:0", "--store-timeout", "200ms"];
+    let Command::Serve(config) = Cli::try_parse_from(args).unwrap().command else { unreachable!("serve") };
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let listeners = stocklock::server::Listeners { grpc, http };
+    tokio::spawn(stocklock::server::run(*config, listeners, async {
+        let _ = stop.await;
+    }));
+    let client = loop {
+        if let Ok(client) = Client::connect(format!("http://{addr}")).await {
+            let ready = client.get_availability(pb::GetAvailabilityRequest { sku: "-".into(), ..Default::default() });
+            if !matches!(ready.await, Err(s) if s.code() == Code::Unavailable) {
+                break client.with_policy(policy);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    Service { redis, client, _shutdown: shutdown }
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+fn lock_request(quantity: &str) -> pb::LockRequest {
+    pb::LockRequest {
+        sku: "SKU-1".into(),
+        warehouse_id: "WH-A".into(),
+        quantity: quantity.into(),
+        order_id: "order-1".into(),
+        holder: "checkout".into(),
+        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+async fn stock(service: &Service, physical: &str) {
+    let request = pb::SetStockRequest {
+        sku: "SKU-1".into(),
+        warehouse_id: "WH-A".into(),
+        physical: physical.into(),
+        source_version: 1,
+        ..Default::default()
+    };
+    service.client.set_stock(request).await.unwrap();
+}
+
+async fn record(service: &Service) -> pb::StockRecord {
+    let request = pb::GetAvailabilityRequest { sku: "SKU-1".into(), warehouse_id: "WH-A".into() };
+    service.client.get_availability(request).await.unwrap().records.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_sent_while_redis_is_paused_is_taken_exactly_once() {
+    let service = start(RetryPolicy::default()).await;
+    stock(&service, "10").await;
+    let pid = service.redis.pid().unwrap();
+    signal(pid, "-STOP");
+    let client = service.client.clone();
+    let lock = tokio::spawn(async move { client.lock(lock_request("3")).await });
+    // Longer than the store timeout: the first attempts fail, retryable.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(pid, "-CONT");
+    let lock = lock.await.unwrap().expect("the lock went through once Redis answered");
+    assert_eq!(lock.lock.unwrap().quantity, "3");
+    let record = record(&service).await;
+    assert_eq!((record.locked.as_str(), record.live_locks), ("3", 1), "taken once");
+}
+
+#[tokio::test]
+async fn a_refusal_comes_back_at_once_and_changes_nothing() {
+    let service = start(RetryPolicy::default()).await;
+    stock(&service, "2").await;
+    let started = Instant::now();
+    let refused = service.client.lock(lock_request("5")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refusal took {:?}", started.elapsed());
+    assert_eq!(record(&service).await.locked, "0");
+}
+
+#[tokio::test]
+async fn a_call_ends_within_its_deadline_while_redis_stays_away() {
+    let policy = RetryPolicy { deadline: Duration::from_millis(1500), ..RetryPolicy::default() };
+    let service = start(policy).await;
+    stock(&service, "10").await;
+    let pid = service.redis.pid().unwrap();
+    signal(pid, "-STOP");
+    let started = Instant::now();
+    let failed = service.client.lock(lock_request("1")).await.unwrap_err();
+    let took = started.elapsed();
+    signal(pid, "-CONT");
+    assert!(stocklock_client::transient(&failed), "{failed:?}");
+    assert!(took < Duration::from_millis(2500), "the call took {took:?}");
+}
