@@ -117,3 +117,36 @@ async fn a_call_ends_within_its_deadline_while_redis_stays_away() {
     assert!(stocklock_client::transient(&failed), "{failed:?}");
     assert!(took < Duration::from_millis(2500), "the call took {took:?}");
 }
+
+/// The gRPC service config for clients in other languages
+/// (`client/service-config.json`) retries exactly what this client does,
+/// names only unary RPCs of the proto (a 10 s timeout would end a
+/// WatchAvailability stream), and is valid JSON.
+#[test]
+fn the_service_config_matches_the_client_and_the_proto() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("service-config.json")).unwrap()).unwrap();
+    let method = &config["methodConfig"][0];
+    let codes: Vec<&str> =
+        method["retryPolicy"]["retryableStatusCodes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let by_name = |name: &str| match name {
+        "UNAVAILABLE" => Code::Unavailable,
+        "DEADLINE_EXCEEDED" => Code::DeadlineExceeded,
+        "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
+        "ABORTED" => Code::Aborted,
+        other => panic!("unexpected code {other}"),
+    };
+    for code in &codes {
+        assert!(stocklock_client::transient(&tonic::Status::new(by_name(code), "")), "{code}");
+    }
+    assert_eq!(codes.len(), 4, "every code the client retries");
+    let proto = std::fs::read_to_string(root.join("../proto/stocklock/v1/stocklock.proto")).unwrap();
+    for name in method["name"].as_array().unwrap() {
+        let rpc = name["method"].as_str().unwrap();
+        let line = proto.lines().find(|l| l.trim_start().starts_with(&format!("rpc {rpc}("))).unwrap_or_else(|| {
+            panic!("{rpc} is not an RPC of the proto");
+        });
+        assert!(!line.contains("stream"), "{rpc} streams: a call timeout would end it");
+    }
+}
