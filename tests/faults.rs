@@ -435,15 +435,3 @@ async fn script_flushes_during_traffic_fail_no_call() {
     let record = assert_books_balance(&svc, "SKU-S", "WH-A").await;
     assert_eq!(record.available, "1000");
 }
-
-/// A fresh directory for a redis-server's data files, and its path as an argument.
-fn data_dir(tag: &str) -> (std::path::PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("stocklock-{tag}-{}-{}", std::process::id(), rand_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let arg = dir.to_str().unwrap().to_owned();
-    (dir, arg)
-}
-
-fn rand_id() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}

@@ -134,17 +134,8 @@ async fn malformed_entries_are_dead_lettered_and_never_block_the_stream() {
 
 #[tokio::test]
 async fn entries_of_a_crashed_consumer_are_claimed_and_applied_once() {
-    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg("stocklock")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (redis, mut conn) = bare_redis().await;
+    create_group(&mut conn, "stocklock").await;
     // A first service sets the stock, then five deltas of +1 arrive.
     let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
     svc.stock("S", "W", "100").await;
@@ -159,18 +150,7 @@ async fn entries_of_a_crashed_consumer_are_claimed_and_applied_once() {
         .await;
     }
     // A consumer reads three of them and dies before acknowledging.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("stocklock")
-        .arg("crashed-replica")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg(STREAM)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_unacknowledged(&mut conn, "stocklock", "crashed-replica", 3).await;
     // Another replica takes the other two at once and the three after the idle time.
     let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
     assert!(eventually(Duration::from_secs(5), || async { physical(&svc, "S").await.as_deref() == Some("105") }).await);
@@ -195,6 +175,43 @@ async fn group_settled(mut conn: redis::aio::MultiplexedConnection) -> bool {
     figure("lag") == Some(0) && figure("pending") == Some(0)
 }
 
+/// A fresh redis-server with no service on it yet, and a connection to it.
+async fn bare_redis() -> (stocklock::embedded_redis::EmbeddedRedis, redis::aio::MultiplexedConnection) {
+    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
+    let conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    (redis, conn)
+}
+
+/// Creates consumer group `group` of the stream, from its start.
+async fn create_group(conn: &mut redis::aio::MultiplexedConnection, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// `consumer` of `group` reads up to `count` new entries and acknowledges
+/// none of them (a replica that dies, or a reader that is behind).
+async fn read_unacknowledged(conn: &mut redis::aio::MultiplexedConnection, group: &str, consumer: &str, count: usize) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 async fn xadd_raw(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str, &str)]) {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(STREAM).arg("*");
@@ -216,17 +233,8 @@ async fn changes_stuck_with_a_dead_consumer_are_applied_in_stream_order() {
     // follows the reservation: applied in any other order, the first
     // doubles stock (110, five phantom units sold) and the second refuses
     // the release as negative stock and loses it.
-    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg("stocklock")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (redis, mut conn) = bare_redis().await;
+    create_group(&mut conn, "stocklock").await;
     let snapshot = |physical, reserved, version| {
         [
             ("type", "snapshot"),
@@ -244,18 +252,7 @@ async fn changes_stuck_with_a_dead_consumer_are_applied_in_stream_order() {
     xadd_raw(&mut conn, &delta("e1", "physical_delta", "5")).await;
     xadd_raw(&mut conn, &delta("e2", "reserved_delta", "1")).await;
     // A replica reads those three and dies before applying them.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("stocklock")
-        .arg("crashed-replica")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg(STREAM)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_unacknowledged(&mut conn, "stocklock", "crashed-replica", 3).await;
     xadd_raw(&mut conn, &snapshot("105", "1", "2")).await;
     xadd_raw(&mut conn, &delta("e3", "reserved_delta", "-1")).await;
 
@@ -270,8 +267,7 @@ async fn a_new_consumer_group_does_not_apply_deltas_again() {
     // A delta's event_id is remembered for the idempotency retention. A new
     // (or renamed) group must not start before that window, or it applies
     // again every delta whose record is gone.
-    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (redis, mut conn) = bare_redis().await;
     let retention = ["--idempotency-retention", "1s", "--max-hold", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
     let svc = serve(&redis.url(), &retention).await;
     svc.stock("S", "W", "100").await;
@@ -304,8 +300,7 @@ async fn the_stream_is_trimmed_past_the_retention_behind_every_group() {
     // Entries older than the dedup window that every group has read are
     // trimmed (whole stream nodes of 100 entries at a time); a group that
     // is behind keeps what it has not read yet.
-    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (redis, mut conn) = bare_redis().await;
     let retention = ["--idempotency-retention", "1s", "--max-hold", "1s", "--max-ttl", "1s", "--default-ttl", "1s"];
     let svc = serve(&redis.url(), &retention).await;
     svc.stock("S", "W", "0").await;
@@ -320,20 +315,8 @@ async fn the_stream_is_trimmed_past_the_retention_behind_every_group() {
     assert!(eventually(Duration::from_secs(10), || async { figures(&svc, "S").await.0 == "250" }).await);
     svc.stop().await.unwrap();
     // Another reader of the stream has read 150 entries.
-    let _: () =
-        redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg("audit").arg("0").query_async(&mut conn).await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("audit")
-        .arg("auditor")
-        .arg("COUNT")
-        .arg(150)
-        .arg("STREAMS")
-        .arg(STREAM)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    create_group(&mut conn, "audit").await;
+    read_unacknowledged(&mut conn, "audit", "auditor", 150).await;
     let ids: Vec<(String, redis::Value)> =
         redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query_async(&mut conn).await.unwrap();
     let ids: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
@@ -356,8 +339,7 @@ async fn an_entry_a_stale_reader_took_is_applied_in_order_by_the_reader() {
     // (one MULTI, before the blocked reader is served), and the snapshot
     // that counts it comes next. The reader must apply the delta, and
     // before the snapshot, not leave it pending.
-    let redis = stocklock::embedded_redis::EmbeddedRedis::start(std::path::Path::new("redis-server")).await.unwrap();
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (redis, mut conn) = bare_redis().await;
     let svc = serve(&redis.url(), &["--ingest-claim-idle", "300ms"]).await;
     let snapshot = |physical, version| {
         [("type", "snapshot"), ("sku", "S"), ("warehouse_id", "W"), ("physical", physical), ("source_version", version)]

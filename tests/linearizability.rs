@@ -195,18 +195,9 @@ async fn concurrent_histories_on_one_record_are_linearizable() {
                 let invoked = Instant::now();
                 let lock = client.lock(request).await;
                 let returned = Instant::now();
-                let (result, lock_id) = match lock {
-                    Ok(r) => {
-                        let lock = r.into_inner().lock.unwrap();
-                        (Some(lock.fencing_token), Some(lock.lock_id))
-                    }
-                    Err(status) => {
-                        assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
-                        (None, None)
-                    }
-                };
+                let (result, lock_id) = lock_outcome(lock);
                 entries.push((c, Call::Lock { qty: qty as i64, result }, invoked, returned));
-                entries.push(read(&mut client, &sku, c).await);
+                entries.push(read(&client, &sku, c).await);
                 if let Some(lock_id) = lock_id {
                     let request =
                         pb::ReleaseRequest { lock_id, request_id: format!("{sku}-rel-{c}"), ..Default::default() };
@@ -216,40 +207,56 @@ async fn concurrent_histories_on_one_record_are_linearizable() {
                     let released = released.results[0].outcome() == pb::ReleaseOutcome::Released;
                     // The release's `lock` is fixed up below, once indices are known.
                     entries.push((c, Call::Release { lock: usize::MAX, released }, invoked, returned));
-                    entries.push(read(&mut client, &sku, c).await);
+                    entries.push(read(&client, &sku, c).await);
                 }
                 entries
             })
         });
-        let mut history = Vec::new();
-        let mut lock_of_client = std::collections::HashMap::new();
-        for client in futures::future::join_all(clients).await {
-            for (c, call, invoked, returned) in client.unwrap() {
-                let call = match call {
-                    Call::Release { released, .. } => Call::Release { lock: lock_of_client[&c], released },
-                    Call::Lock { .. } => {
-                        lock_of_client.insert(c, history.len());
-                        call
-                    }
-                    other => other,
-                };
-                history.push(Entry { call, invoked, returned });
-            }
-        }
+        let history = history_of(futures::future::join_all(clients).await);
         assert!(linearizable(&history, 3), "round {round}: no order explains {history:#?}");
     }
 }
 
-async fn read(client: &mut Client, sku: &str, c: usize) -> (usize, Call, Instant, Instant) {
-    let invoked = Instant::now();
-    let response = client
-        .get_availability(pb::GetAvailabilityRequest { sku: sku.into(), warehouse_id: "W".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let returned = Instant::now();
-    let available = response.records[0].available.parse().unwrap();
-    (c, Call::Read { available }, invoked, returned)
+/// One call as a client recorded it: the client, the call, when it was
+/// sent and when it answered.
+type Recorded = (usize, Call, Instant, Instant);
+
+/// What a Lock answered: its token and lock id, or nothing when it was
+/// short (the only refusal these histories allow).
+fn lock_outcome(lock: Result<tonic::Response<pb::LockResponse>, Status>) -> (Option<u64>, Option<String>) {
+    match lock {
+        Ok(r) => {
+            let lock = r.into_inner().lock.unwrap();
+            (Some(lock.fencing_token), Some(lock.lock_id))
+        }
+        Err(status) => {
+            assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
+            (None, None)
+        }
+    }
+}
+
+/// The clients' calls as one history: each call about a lock names the
+/// index of the Lock that took it, known only once the history is built.
+fn history_of(clients: Vec<Result<Vec<Recorded>, tokio::task::JoinError>>) -> Vec<Entry> {
+    let mut history = Vec::new();
+    let mut lock_of_client = std::collections::HashMap::new();
+    for client in clients {
+        for (c, call, invoked, returned) in client.unwrap() {
+            let call = match call {
+                Call::Release { released, .. } => Call::Release { lock: lock_of_client[&c], released },
+                Call::Renew { renewed, .. } => Call::Renew { lock: lock_of_client[&c], renewed },
+                Call::Commit { .. } => Call::Commit { lock: lock_of_client[&c] },
+                Call::Lock { .. } => {
+                    lock_of_client.insert(c, history.len());
+                    call
+                }
+                other => other,
+            };
+            history.push(Entry { call, invoked, returned });
+        }
+    }
+    history
 }
 
 /// Attempts that failed with a transient error, over the faulty rounds.
@@ -281,12 +288,7 @@ where
 
 /// One caller's calls in a faulty round: lock, read, renew, then commit
 /// (odd callers) or release, and read; each retried to its answer.
-async fn faulty_caller(
-    svc_client: Client,
-    sku: String,
-    c: usize,
-    round: usize,
-) -> Vec<(usize, Call, Instant, Instant)> {
+async fn faulty_caller(svc_client: Client, sku: String, c: usize, round: usize) -> Vec<Recorded> {
     let mut entries = Vec::new();
     let qty = 1 + (c + round) % 2;
     let mut request = lock_request(&sku, "W", &qty.to_string(), &format!("{sku}-{c}"));
@@ -298,18 +300,9 @@ async fn faulty_caller(
     })
     .await;
     let returned = Instant::now();
-    let (result, lock_id) = match lock {
-        Ok(r) => {
-            let lock = r.into_inner().lock.unwrap();
-            (Some(lock.fencing_token), Some(lock.lock_id))
-        }
-        Err(status) => {
-            assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
-            (None, None)
-        }
-    };
+    let (result, lock_id) = lock_outcome(lock);
     entries.push((c, Call::Lock { qty: qty as i64, result }, invoked, returned));
-    entries.push(faulty_read(&svc_client, &sku, c).await);
+    entries.push(read(&svc_client, &sku, c).await);
     let Some(lock_id) = lock_id else { return entries };
 
     let renew = pb::RenewRequest {
@@ -362,11 +355,12 @@ async fn faulty_caller(
     };
     let returned = Instant::now();
     entries.push((c, ended, invoked, returned));
-    entries.push(faulty_read(&svc_client, &sku, c).await);
+    entries.push(read(&svc_client, &sku, c).await);
     entries
 }
 
-async fn faulty_read(svc_client: &Client, sku: &str, c: usize) -> (usize, Call, Instant, Instant) {
+/// GetAvailability, retried to its answer.
+async fn read(svc_client: &Client, sku: &str, c: usize) -> Recorded {
     let invoked = Instant::now();
     let response = retried(|| {
         let mut client = svc_client.clone();
@@ -385,9 +379,7 @@ async fn histories_across_a_redis_kill_and_a_pause_are_linearizable() {
     // Every write reaches the AOF before it is acknowledged (appendfsync
     // always), so a restart loses nothing acknowledged; a call cut off by
     // the kill or the pause is retried by its caller until it answers.
-    let dir = std::env::temp_dir().join(format!("stocklock-lin-{}-{}", std::process::id(), rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir_arg = dir.to_str().unwrap().to_owned();
+    let (dir, dir_arg) = data_dir("lin");
     let aof = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir_arg.as_str()];
     let mut redis = EmbeddedRedis::start_with(Path::new("redis-server"), &aof).await.unwrap();
     let port = redis.port();
@@ -422,23 +414,7 @@ async fn histories_across_a_redis_kill_and_a_pause_are_linearizable() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             signal(pid, "-CONT");
         }
-        let mut history = Vec::new();
-        let mut lock_of_client = std::collections::HashMap::new();
-        for client in futures::future::join_all(clients).await {
-            for (c, call, invoked, returned) in client.unwrap() {
-                let call = match call {
-                    Call::Release { released, .. } => Call::Release { lock: lock_of_client[&c], released },
-                    Call::Renew { renewed, .. } => Call::Renew { lock: lock_of_client[&c], renewed },
-                    Call::Commit { .. } => Call::Commit { lock: lock_of_client[&c] },
-                    Call::Lock { .. } => {
-                        lock_of_client.insert(c, history.len());
-                        call
-                    }
-                    other => other,
-                };
-                history.push(Entry { call, invoked, returned });
-            }
-        }
+        let history = history_of(futures::future::join_all(clients).await);
         assert!(linearizable(&history, 3), "round {round}: no order explains {history:#?}");
     }
     let retries = RETRIES.load(std::sync::atomic::Ordering::Relaxed);

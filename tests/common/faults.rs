@@ -70,3 +70,15 @@ impl Drop for SwitchingProxy {
         }
     }
 }
+
+/// A fresh directory for a redis-server's data files, and its path as an argument.
+pub fn data_dir(tag: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("stocklock-{tag}-{}-{}", std::process::id(), rand_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let arg = dir.to_str().unwrap().to_owned();
+    (dir, arg)
+}
+
+fn rand_id() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
