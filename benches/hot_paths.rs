@@ -106,6 +106,7 @@ fn lock_round_trip(c: &mut Criterion) {
                 holder: Holder::parse("bench", "holder").unwrap(),
                 request_id: RequestId::parse(&format!("bench-{n}"), "request_id").unwrap(),
                 batch_id: None,
+                session: None,
             };
             let store = &store;
             async move { store.lock(&cmd).await.unwrap() }

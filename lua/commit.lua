@@ -13,6 +13,8 @@
 -- ARGV[7]  record id "sku|warehouse"
 -- ARGV[8]  fencing token
 -- ARGV[9]  nonce
+-- ARGV[10] for a lock in a session: the session's lease (ms), '0' when it ended; else ''
+-- ARGV[11] for a lock in a session that ended: 'expired' or 'closed'
 --
 -- Returns
 --   {'OK', committed, released, then the record (see record_reply)}
@@ -21,11 +23,12 @@
 --                                         tombstones kept it); nothing changed
 --   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
 --   {'LOCK_HOLDER_MISMATCH'}
+--   {'SESSION_ENDED', 'expired' | 'closed'}   the lock's session ended (its end is on its way here)
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
 -- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
--- drop_expired, scale_qty, settle, stored_available, end_lock, lock_event, emit
+-- drop_expired, scale_qty, settle, stored_available, end_lock, lock_event, emit, session_of
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -47,6 +50,9 @@ if not lock then
 end
 if holder ~= '' and lock.holder ~= holder then
   return { 'LOCK_HOLDER_MISMATCH' }
+end
+if session_of(nonce) and (tonumber(ARGV[10]) or 0) <= now then
+  return { 'SESSION_ENDED', ARGV[11] }
 end
 
 local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))

@@ -1,7 +1,7 @@
 -- due_records.lua: the records that have locks expired by now (Redis time),
--- for the sweeper.
+-- for the sweeper; or, from a session index, the sessions due to end.
 --
--- KEYS[1]  the sweeper's due index
+-- KEYS[1]  the sweeper's due index, or a partition's session index
 -- ARGV[1]  the most records to return
 --
 -- Returns {'OK', then record ids "sku|warehouse"}.

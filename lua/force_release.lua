@@ -47,6 +47,8 @@ end
 
 local reply = { 'OK', fmt(now) }
 local released, skipped = {}, {}
+-- Each event says who released the lock and why, for its holder.
+local detail = approver .. '\n' .. (redis.call('HGET', request_key, 'reason') or '')
 for k = 0, count - 1 do
   local rec = record_at(6 + 5 * k, ARGV[10 + 3 * k])
   local token, nonce = ARGV[11 + 3 * k], ARGV[12 + 3 * k]
@@ -57,7 +59,7 @@ for k = 0, count - 1 do
     end_lock(pk, rec, token, lock, 'F', now, tomb_retention)
     redis.call('HINCRBY', rec.stock, 'locked', -lock.qty)
     redis.call('HINCRBY', rec.stock, 'version', 1)
-    emit(pk.events, 'force_release', rec, before, lock_event(token, lock), approver)
+    emit(pk.events, 'force_release', rec, before, lock_event(token, lock), detail)
     released[#released + 1] = lock_id
     reply[#reply + 1] = '1'
   else

@@ -227,7 +227,9 @@ end
 -- (physical, reserved, in_transit, locked, version), available_before, the
 -- lock (token, nonce, quantity, holder, order_id, batch_id; '' when the event
 -- is about no lock), and detail: expires_at ms (lock, renew), the committed
--- quantity (commit; the rest was released), the approver (force_release),
+-- quantity (commit; the rest was released), the approver and the request's
+-- reason, joined by a newline (force_release), the cause ('session_expired',
+-- 'session_closed') of an expire or release that a session's end made,
 -- source_version (stock.set) or the reason (stock.adjust, record.repair).
 -- What follows from these is left out: available (physical - locked -
 -- reserved + in_transit, floored at 0), the lock id (record|token-nonce) and
@@ -493,4 +495,47 @@ end
 -- records. `fields` is a flat list of name, value; the entry id is Redis time.
 local function audit(key, max_events, fields)
   redis.call('XADD', key, 'MAXLEN', '~', max_events, '*', unpack(fields))
+end
+
+-- The session a lock lives in: its nonce is "<random hex>s<session id>"
+-- (see session_nonce in src/domain/ids.rs); nil for a lock without one.
+local function session_of(nonce)
+  return string.match(nonce, 's(%x+)$')
+end
+
+-- Appends an event about a session (no record, no lock) to `events`, with
+-- the fields every event has: `holder` and the session id as `detail`.
+local function emit_session(events, action, holder, session)
+  redis.call('XADD', events, '*', 'action', action, 'record', '', 'unit_scale', '',
+    'physical', '', 'reserved', '', 'in_transit', '', 'locked', '', 'version', '', 'available_before', '',
+    'token', '', 'nonce', '', 'quantity', '', 'holder', holder, 'order_id', '', 'batch_id', '', 'detail', session)
+end
+
+-- A session's figures {holder, ttl, expires, state, parts}, or nil and the
+-- refusal: SESSION_NOT_FOUND when it does not exist or `holder` (unless '')
+-- is not its holder, so one holder cannot probe another's sessions.
+local function read_session(key, holder)
+  local s = redis.call('HMGET', key, 'holder', 'ttl', 'expires', 'state', 'parts')
+  if not s[4] or (holder ~= '' and s[1] ~= holder) then
+    return nil, { 'SESSION_NOT_FOUND' }
+  end
+  return { holder = s[1], ttl = tonumber(s[2]), expires = tonumber(s[3]), state = s[4], parts = s[5] or ',' }
+end
+
+-- A session that may still take locks and be kept alive: its figures, or
+-- nil and the refusal (SESSION_NOT_FOUND, or SESSION_ENDED with 'expired'
+-- or 'closed'). A session whose ttl passed is ended, whether or not the
+-- sweeper has marked it yet.
+local function live_session(key, holder, now)
+  local s, refusal = read_session(key, holder)
+  if not s then
+    return nil, refusal
+  end
+  if s.state ~= 'open' then
+    return nil, { 'SESSION_ENDED', s.state }
+  end
+  if s.expires <= now then
+    return nil, { 'SESSION_ENDED', 'expired' }
+  end
+  return s
 end

@@ -7,7 +7,10 @@
 --                  "holder\nnonce\nsku|warehouse|token\n..."
 -- KEYS[7]          the partition's fencing epoch (see raise_epoch.lua): no token is
 --                  below epoch * EPOCH_FACTOR, and a partition without one issues none
--- KEYS[8 ..]       per line, its record: narrow, the shard's five keys (stock, locks, exp,
+-- KEYS[8]          in a session: the session's locks in this partition (a sorted set of
+--                  "sku|warehouse|token" by maximum hold, see end_session_part.lua), else unused
+-- KEYS[9]          in a session: its end marker in this partition, else unused
+-- KEYS[10 ..]      per line, its record: narrow, the shard's five keys (stock, locks, exp,
 --                  ended, idx); wide (see ARGV[14]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
 -- ARGV[2]  ttl ms
@@ -25,7 +28,13 @@
 --          smallest above the record's last one with token % LOCK_SHARDS = the shard, so
 --          a lock id names its shard (src/store/redis/keys.rs)
 -- ARGV[14] per line, '1' if it names its record wide, else '0' (one character a line)
--- ARGV[15 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+-- ARGV[15] in a session: its lease, the expiry (ms) join_session.lua read; else ''
+-- ARGV[16 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+--
+-- A lock in a session (its nonce names the session, see session_of) needs
+-- no Renew: its expiry entry is its maximum hold, and it ends earlier when
+-- its session ends (end_session_part.lua). The session must be live: its
+-- lease not passed and no end marker in this partition.
 --
 -- Expired locks never count: a narrow line settles those of its shard; when
 -- it is short and other shards may hold expired locks too (the record's due
@@ -51,6 +60,7 @@
 --   {'SETTLE', line...}                      call again with these lines wide
 --   {'EPOCH'}                                the partition has no fencing epoch (its
 --                                            data is gone): raise it and call again
+--   {'SESSION_ENDED', 'expired' | 'closed'}  the session ended
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
 --    then per line: token, qty, available, unit_scale}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
@@ -74,7 +84,9 @@ local nonce = ARGV[9]
 local request, generation, generation_ms = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local shard = tonumber(ARGV[13])
 local wide_lines = ARGV[14]
-local line_count = (#ARGV - 14) / 3
+local lease = tonumber(ARGV[15])
+local session_locks, session_end = KEYS[8], KEYS[9]
+local line_count = (#ARGV - 15) / 3
 
 -- The answer a retry gets from its stored record (see Idempotency), written
 -- in the generation that began at `began`.
@@ -112,21 +124,31 @@ if fingerprint ~= '' then
   end
 end
 
+if lease then
+  local ended = redis.call('GET', session_end)
+  if ended then
+    return { 'SESSION_ENDED', ended }
+  end
+  if lease <= now then
+    return { 'SESSION_ENDED', 'expired' }
+  end
+end
+
 -- Check every line before the first write.
 local lines = {}
 local short = {}
 local unsettled = {}
-local key = 8
+local key = 10
 for k = 0, line_count - 1 do
   -- `rec` is the record as the call names it, `view` the shard the lock goes to.
   local rec, view
   local wide = string.sub(wide_lines, k + 1, k + 1) == '1'
   if wide then
-    rec = whole_record_at(key, ARGV[15 + 3 * k])
+    rec = whole_record_at(key, ARGV[16 + 3 * k])
     view = rec.views[shard + 1]
     key = key + WHOLE_RECORD_KEYS
   else
-    rec = record_at(key, ARGV[15 + 3 * k])
+    rec = record_at(key, ARGV[16 + 3 * k])
     view = rec
     key = key + 5
   end
@@ -134,7 +156,7 @@ for k = 0, line_count - 1 do
   if not s then
     return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
   end
-  local qty, err = scale_qty(tonumber(ARGV[16 + 3 * k]), tonumber(ARGV[17 + 3 * k]), s.unit_scale)
+  local qty, err = scale_qty(tonumber(ARGV[17 + 3 * k]), tonumber(ARGV[18 + 3 * k]), s.unit_scale)
   if qty and s.locked + qty > MAX_EXACT then
     -- Only data written before physical + in_transit was bounded gets here.
     qty, err = nil, 'QUANTITY_OUT_OF_RANGE'
@@ -174,6 +196,12 @@ local token_floor = tonumber(epoch) * EPOCH_FACTOR
 
 local expires = now + ttl
 local max_expires = now + max_hold
+-- A lock in a session expires by itself only at its maximum hold; it ends
+-- with its session before that.
+local deadline = expires
+if lease then
+  deadline, expires = max_expires, math.min(lease, max_expires)
+end
 local reply = { 'OK', fmt(now), fmt(expires), fmt(max_expires), batch_id, nonce }
 local lock_refs = {}
 for _, line in ipairs(lines) do
@@ -188,12 +216,15 @@ for _, line in ipairs(lines) do
   s.fence, s.locked, s.version, s.live = tonumber(token), s.locked + line.qty, s.version + 1, s.live + 1
   redis.call('HSET', rec.stock, 'fence', token, 'locked', s.locked, 'version', s.version, 'live', s.live)
   -- A new lock can only bring the record's earliest expiry forward.
-  lower_due(pk.due, rec, s, expires)
+  lower_due(pk.due, rec, s, deadline)
   redis.call('HSET', rec.locks, token, pack_lock({
     qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
     holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
   }))
-  redis.call('ZADD', rec.exp, expires, token)
+  redis.call('ZADD', rec.exp, deadline, token)
+  if lease then
+    redis.call('ZADD', session_locks, max_expires, rec.id .. '|' .. token)
+  end
   redis.call('ZADD', rec.idx, 0, lock_member(rec, token, now))
   local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
   emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, expires, s)
@@ -202,6 +233,16 @@ for _, line in ipairs(lines) do
     reply[#reply + 1] = fmt(v)
   end
   lock_refs[#lock_refs + 1] = rec.id .. '|' .. token
+end
+
+if lease then
+  -- Entries of locks that ended by themselves (at their maximum hold) go
+  -- by and by; the set lives no longer than its newest lock could.
+  local gone = redis.call('ZRANGEBYSCORE', session_locks, '-inf', now, 'LIMIT', 0, 4)
+  if #gone > 0 then
+    redis.call('ZREM', session_locks, unpack(gone))
+  end
+  redis.call('PEXPIRE', session_locks, max_hold + 60000)
 end
 
 if batch_id ~= '' then

@@ -13,15 +13,15 @@
 --
 -- Returns
 --   {'OK', then per lock: status, expires_at, capped}   status 'OK', or a
---       refusal: LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_FORCE_RELEASED or
---       LOCK_HOLDER_MISMATCH, with how the lock ended (see find_lock) in
+--       refusal: LOCK_NOT_FOUND, LOCK_EXPIRED, LOCK_FORCE_RELEASED,
+--       LOCK_HOLDER_MISMATCH or LOCK_IN_SESSION, with how the lock ended (see find_lock) in
 --       place of expires_at and '0' for capped
 -- An expired lock is never resurrected: it is dropped (its quantity returns)
 -- and reported LOCK_EXPIRED. The reply is kept for retries only when at
 -- least one lock was renewed; a call that renewed nothing leaves no trace.
 --
 -- lib.lua: partition_keys, now_ms, fmt, record_at, find_lock, lower_due, lock_event,
--- read_stock, available_of, emit, find_expired, drop_expired
+-- read_stock, available_of, emit, find_expired, drop_expired, session_of
 
 local pk = partition_keys()
 local holder = ARGV[2]
@@ -38,6 +38,9 @@ for k = 0, count - 1 do
   local lock, why, ended = find_lock(rec, token, nonce, now)
   if lock and lock.holder ~= holder then
     lock, why, ended = nil, 'LOCK_HOLDER_MISMATCH', ''
+  elseif lock and session_of(nonce) then
+    -- It lives with its session: keeping the session alive renews it.
+    lock, why, ended = nil, 'LOCK_IN_SESSION', ''
   end
   if lock then
     local ttl = ttl_override

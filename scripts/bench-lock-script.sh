@@ -3,8 +3,10 @@
 # last core (the benchmark on the first), every call a new Lock of one unit
 # on one record, then Redis's own time per call (INFO commandstats).
 #
-# Usage: scripts/bench-lock-script.sh <layout4|layout3|minimal> <lua-dir> <calls>
-#   layout4  lua/lib.lua and lua/lock.lua of <lua-dir> (this tree: .)
+# Usage: scripts/bench-lock-script.sh <layout5|layout4|layout3|minimal> <lua-dir> <calls>
+#   layout5  lua/lib.lua and lua/lock.lua of <lua-dir> (this tree: .)
+#   layout4  the same before sessions (two keys and one argument fewer), e.g.
+#            git archive 889d6ee lua | tar -x -C /tmp/l4
 #   layout3  lib.lua and lock.lua of layout 3, e.g. from
 #            git show 59d95ac:lua/lib.lua > /tmp/l3/lib.lua (and lock.lua)
 #   minimal  TIME, HMGET, HINCRBY, HSET, ZADD: the floor of any lock script
@@ -17,6 +19,10 @@ redis-cli -p "$port" SET "$b:epoch" 1 >/dev/null
 common=(0123456789abcdef 600000 86400000 bench order '' $ret $ret 0badc0de)
 request=(__rand_int__ "$gen" $ret)
 case $which in
+  layout5)
+    sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lua/lib.lua"; printf '\n'; cat "$dir/lua/lock.lua"; } )")
+    cmd=(EVALSHA "$sha" 14 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch"
+      "$b:unused" "$b:unused" "$rec:stock" "$rec:locks:e" "$rec:exp:e" "$rec:ended:-" "$b:lockidx:e" "${common[@]}" "${request[@]}" 14 0 '' 'BENCH|WH' 1 0) ;;
   layout4)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lua/lib.lua"; printf '\n'; cat "$dir/lua/lock.lua"; } )")
     cmd=(EVALSHA "$sha" 12 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch"

@@ -24,7 +24,8 @@ pub use events::{Coverage, EventHub, EventId, LifecycleEvent, StreamPosition, Wa
 pub use feeds::{EventRetention, EventStream, IngestConsumer, IngestEntry, IngestStream};
 pub use health::{LockHealthCell, SUCCESS_TARGET, breaking_rule, is_service_failure};
 pub use ids::{
-    BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, Sku, WarehouseId, new_nonce,
+    BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, SessionId, Sku, WarehouseId,
+    new_nonce, session_nonce,
 };
 pub use invariants::{RecordCheck, Repair, Violation};
 pub use quantity::{MAX_SCALED, MAX_UNIT_SCALE, Quantity, ScaledStock, Signed, UnitScale, format_scaled};

@@ -9,9 +9,11 @@
 //! - `convert`: domain values into protobuf messages, and the time types.
 //! - `status`: the one table from domain errors to gRPC statuses.
 //! - `watch`: WatchAvailability's snapshot, catch-up and live follow.
+//! - `holder`: WatchHolder, what a holder must act on, on the same follow.
 
 pub mod admin;
 pub(crate) mod convert;
+mod holder;
 mod inventory;
 mod status;
 pub(crate) mod validate;

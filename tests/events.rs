@@ -179,6 +179,7 @@ async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
         order_id: "o".into(),
         request_id: "b".into(),
         holder: "h".into(),
+        session_id: String::new(),
     };
     let locks = svc.client.clone().batch_lock(batch).await.unwrap().into_inner();
     force_unlock(&svc, pb::lock_selector::Target::BatchId(locks.batch_id.clone())).await;
@@ -188,7 +189,10 @@ async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
         let mine: Vec<_> = all.iter().filter(|(_, f)| f["sku"] == sku).cloned().collect();
         assert_eq!(actions(&mine), ["stock.set", "lock", "force_release"], "{sku}");
         assert_eq!(mine[1].1["batch_id"], locks.batch_id);
-        assert_eq!(mine[2].1["detail"], "bob", "a forced release's detail is its approver");
+        assert_eq!(
+            mine[2].1["detail"], "bob\ntest",
+            "a forced release's detail: its approver, and the request's reason"
+        );
     }
 }
 

@@ -63,6 +63,7 @@ async fn a_retried_batch_returns_the_same_batch() {
         order_id: "o".into(),
         request_id: "b1".into(),
         holder: "h".into(),
+        session_id: String::new(),
     };
     let mut client = svc.client.clone();
     let first = client.batch_lock(request.clone()).await.unwrap().into_inner();

@@ -276,6 +276,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
             order_id: request_id.clone(),
             request_id: request_id.clone(),
             holder: "loadtest".into(),
+            session_id: String::new(),
         };
         let batch = match client.batch_lock(request).await {
             Ok(r) => {
@@ -308,6 +309,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         order_id: request_id.clone(),
         request_id: request_id.clone(),
         holder: "loadtest".into(),
+        session_id: String::new(),
     };
     let lock = match client.lock(request).await {
         Ok(r) => {
@@ -641,8 +643,9 @@ fn lock_benchmark_command(identity: &str) -> anyhow::Result<Vec<String>> {
         holder: Holder::parse("redis-benchmark", "holder")?,
         request_id: RequestId::parse("bench-__rand_int__", "request_id")?,
         batch_id: None,
+        session: None,
     };
-    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000 };
+    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, session_lease_ms: None };
     let generation = LockCall::current_generation(limits.retention_ms);
     let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, &[]);
     let mut args = call.args;
@@ -683,6 +686,7 @@ async fn build_wave(shared: &Arc<Shared>, wave_at: Instant) -> anyhow::Result<()
                     order_id: id.clone(),
                     request_id: id,
                     holder: "loadtest-wave".into(),
+                    session_id: String::new(),
                 };
                 client.lock(request).await.map_err(|s| anyhow::anyhow!("a wave lock failed: {}", reason_of(&s)))?;
             }

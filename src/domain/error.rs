@@ -37,6 +37,10 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const STORE_OUT_OF_MEMORY: &str = "STORE_OUT_OF_MEMORY";
     pub const INTERNAL: &str = "INTERNAL";
+    pub const SESSION_NOT_FOUND: &str = "SESSION_NOT_FOUND";
+    pub const SESSION_EXPIRED: &str = "SESSION_EXPIRED";
+    pub const SESSION_CLOSED: &str = "SESSION_CLOSED";
+    pub const LOCK_IN_SESSION: &str = "LOCK_IN_SESSION";
 }
 
 /// A line of a lock request that there is not enough stock for.
@@ -160,6 +164,27 @@ pub enum Error {
     RequestInProgress {
         /// The request_id.
         request_id: String,
+    },
+    /// No such session (never opened, long gone, or another holder's).
+    #[error("session {session_id} does not exist")]
+    SessionNotFound {
+        /// The session id as the caller sent it.
+        session_id: String,
+    },
+    /// The session ended: it expired without a keep-alive, or was closed.
+    /// Its locks are released (or being released); it cannot be revived.
+    #[error("session {session_id} {}", if *closed { "was closed" } else { "has expired" })]
+    SessionEnded {
+        /// The session id as the caller sent it.
+        session_id: String,
+        /// Closed by CloseSession, rather than expired.
+        closed: bool,
+    },
+    /// Renew of a lock that lives in a session: keep the session alive instead.
+    #[error("lock {lock_id} lives in a session; keep the session alive instead of renewing the lock")]
+    LockInSession {
+        /// The lock id as the caller sent it.
+        lock_id: String,
     },
     /// No or bad credentials.
     #[error("{0}")]
@@ -302,6 +327,10 @@ impl Error {
             Self::StoreUnavailable { .. } => reason::STORE_UNAVAILABLE,
             Self::StoreOutOfMemory => reason::STORE_OUT_OF_MEMORY,
             Self::Internal { .. } => reason::INTERNAL,
+            Self::SessionNotFound { .. } => reason::SESSION_NOT_FOUND,
+            Self::SessionEnded { closed: false, .. } => reason::SESSION_EXPIRED,
+            Self::SessionEnded { closed: true, .. } => reason::SESSION_CLOSED,
+            Self::LockInSession { .. } => reason::LOCK_IN_SESSION,
         }
     }
 }

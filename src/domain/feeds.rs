@@ -96,9 +96,6 @@ pub trait EventStream: StockStore {
     /// A connection of the tailer's own, for blocking reads.
     type Tail: Send;
 
-    /// How many partitions (so event streams) there are.
-    fn partitions(&self) -> usize;
-
     /// Opens a tail.
     fn open_tail(&self) -> impl Future<Output = Result<Self::Tail, Error>> + Send;
 

@@ -154,7 +154,14 @@ impl LockId {
         };
         let (token, nonce) = tail.split_once('-').ok_or_else(malformed)?;
         let token = token.parse::<u64>().map_err(|_| malformed())?;
-        if nonce.is_empty() || nonce.len() > 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let (random, session) = match nonce.split_once('s') {
+            Some((random, session)) => (random, Some(session)),
+            None => (nonce, None),
+        };
+        if random.is_empty() || random.len() > 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed());
+        }
+        if session.is_some_and(|s| SessionId::parse(s, field).is_err()) {
             return Err(malformed());
         }
         Ok(Self {
@@ -168,6 +175,15 @@ impl LockId {
     }
 }
 
+impl LockId {
+    /// The session the lock lives in, if it was taken in one: its nonce
+    /// is then `<random hex>s<session id>` (see [`session_nonce`]).
+    pub fn session(&self) -> Option<SessionId> {
+        let (_, session) = self.nonce.split_once('s')?;
+        SessionId::parse(session, "lock_id").ok()
+    }
+}
+
 impl fmt::Display for LockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}|{}-{}", self.record, self.token, self.nonce)
@@ -177,6 +193,47 @@ impl fmt::Display for LockId {
 /// A new random nonce for the locks of one request.
 pub fn new_nonce() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+/// The nonce of the locks one request takes in `session`: random hex, then
+/// `s` and the session id, so that every lock id names its session and a
+/// call about the lock finds the session with no lookup.
+pub fn session_nonce(random: &str, session: &SessionId) -> String {
+    format!("{random}s{session}")
+}
+
+/// A session: a lease that keeps every lock taken in it alive while its
+/// holder keeps the session alive (see `OpenSession`). Sixteen lowercase hex
+/// digits, derived from the request_id that opened it, so a retried
+/// OpenSession names the same session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Length of a session id, in hex digits.
+    pub const LEN: usize = 16;
+
+    /// Validates a session id a client sent; `field` names it in the error.
+    pub fn parse(value: &str, field: &str) -> Result<Self, Error> {
+        if value.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if value.len() != Self::LEN || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(Error::invalid(field, "is not a session id issued by this service"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[cfg(test)]
@@ -205,8 +262,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_id_names_its_session() {
+        let session = SessionId::parse("0123456789abcdef", "session_id").unwrap();
+        let id = LockId {
+            record: RecordKey::new(Sku::parse("SKU-1", "sku").unwrap(), WarehouseId::parse("WH-A", "w").unwrap()),
+            token: 7,
+            nonce: session_nonce("00ff00ff", &session),
+        };
+        let parsed = LockId::parse(&id.to_string(), "lock_id").unwrap();
+        assert_eq!(parsed.session(), Some(session));
+        assert_eq!(LockId::parse("a|b|1-00ff", "lock_id").unwrap().session(), None);
+    }
+
+    #[test]
     fn lock_id_rejects_forgeries() {
-        for bad in ["x", "a|b", "a|b|c", "a|b|1", "a|b|1-", "a|b|x-00", "a|b|1-zz", "a|b|1-00|c"] {
+        for bad in [
+            "x",
+            "a|b",
+            "a|b|c",
+            "a|b|1",
+            "a|b|1-",
+            "a|b|x-00",
+            "a|b|1-zz",
+            "a|b|1-00|c",
+            "a|b|1-00s",
+            "a|b|1-00s0123",
+            "a|b|1-s0123456789abcdef",
+            "a|b|1-00s0123456789ABCDEF",
+        ] {
             assert!(LockId::parse(bad, "lock_id").is_err(), "{bad:?} was accepted");
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     BatchId, Error, EventId, Holder, LifecycleEvent, LockId, OrderId, Quantity, RecordKey, RequestId, ScaledStock,
-    Signed, Sku, StreamPosition, UnitScale, WarehouseId,
+    SessionId, Signed, Sku, StreamPosition, UnitScale, WarehouseId,
 };
 
 /// A stock record's figures, counting only live locks.
@@ -97,6 +97,9 @@ pub struct LockCommand {
     pub request_id: RequestId,
     /// Set for BatchLock: the id the batch is known by.
     pub batch_id: Option<BatchId>,
+    /// The session the locks live in, if any: they then need no Renew and
+    /// end with the session (within the maximum hold); `ttl` is unused.
+    pub session: Option<SessionId>,
 }
 
 /// One line's lock, with what stayed available on its record.
@@ -241,6 +244,48 @@ pub struct CommitOutcome {
     pub record: StockView,
     /// True when this replays an earlier call.
     pub replayed: bool,
+}
+
+/// OpenSession.
+#[derive(Clone, Debug)]
+pub struct OpenSessionCommand {
+    /// How long the session lives without a keep-alive.
+    pub ttl: Duration,
+    /// Who holds it (and every lock taken in it).
+    pub holder: Holder,
+    /// Idempotency key; it also names the session.
+    pub request_id: RequestId,
+}
+
+/// A live session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Its id.
+    pub session_id: SessionId,
+    /// Who holds it.
+    pub holder: String,
+    /// How long each keep-alive extends it by.
+    pub ttl: Duration,
+    /// When it ends without another keep-alive: Redis time in ms.
+    pub expires_at_ms: i64,
+}
+
+/// What OpenSession did.
+#[derive(Clone, Debug)]
+pub struct OpenSessionOutcome {
+    /// The session.
+    pub session: SessionView,
+    /// True when this replays an earlier call with the same request_id.
+    pub replayed: bool,
+}
+
+/// What CloseSession did.
+#[derive(Clone, Copy, Debug)]
+pub struct CloseSessionOutcome {
+    /// Locks of the session this call released.
+    pub released: u64,
+    /// False when the session had ended (closed or expired) before the call.
+    pub closed_now: bool,
 }
 
 /// SetStock: an absolute snapshot.
@@ -396,6 +441,27 @@ pub trait StockStore: Send + Sync + 'static {
     /// Returns the stock of locks that expired up to now to availability,
     /// visiting at most `max_records` records; the number of locks expired.
     fn sweep_expired(&self, max_records: usize) -> impl Future<Output = Result<usize, Error>> + Send;
+    /// Opens a session (idempotent by request_id).
+    fn open_session(&self, cmd: OpenSessionCommand) -> impl Future<Output = Result<OpenSessionOutcome, Error>> + Send;
+    /// Extends a live session by its ttl, from now; `holder`, when set,
+    /// must be the session's. One write whatever the session holds.
+    fn keep_alive(
+        &self,
+        session: &SessionId,
+        holder: Option<&Holder>,
+    ) -> impl Future<Output = Result<SessionView, Error>> + Send;
+    /// Ends a session and releases every lock in it (idempotent).
+    fn close_session(
+        &self,
+        session: &SessionId,
+        holder: Option<&Holder>,
+    ) -> impl Future<Output = Result<CloseSessionOutcome, Error>> + Send;
+    /// Ends sessions whose ttl passed without a keep-alive, at most
+    /// `max_sessions`, expiring their locks in bounded steps; the number
+    /// of locks expired.
+    fn sweep_sessions(&self, max_sessions: usize) -> impl Future<Output = Result<usize, Error>> + Send;
+    /// How many partitions (event streams) there are.
+    fn partitions(&self) -> usize;
     /// The partition whose event stream carries `sku`'s events.
     fn partition_of(&self, sku: &Sku) -> usize;
     /// Events of `partition` after `after`, oldest first, at most `count`.

@@ -11,7 +11,7 @@
 //! this, a burst past capacity queues in front of Redis until every caller
 //! times out, and the service does only work nobody waits for any more.
 //!
-//! Health, reflection and the WatchAvailability stream are not limited:
+//! Health, reflection and the streams (the watches, KeepAlive) are not limited:
 //! probes must answer under load, and a stream holds no store capacity.
 
 use std::sync::Arc;
@@ -107,8 +107,17 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Streams live as long as their client, so they would hold a slot for
+/// good: the watches, and KeepAlive (one write a session every third of
+/// its ttl).
 fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.") || path == "/stocklock.v1.InventoryService/WatchAvailability"
+    path.starts_with("/grpc.")
+        || matches!(
+            path,
+            "/stocklock.v1.InventoryService/WatchAvailability"
+                | "/stocklock.v1.InventoryService/KeepAlive"
+                | "/stocklock.v1.InventoryService/WatchHolder"
+        )
 }
 
 /// The tower layer applying an [`Admission`] to every call.

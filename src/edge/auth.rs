@@ -88,7 +88,8 @@ pub fn allowed(role: Role, path: &str) -> bool {
         ("stocklock.v1.AdminService", Role::Operator) => true,
         ("stocklock.v1.AdminService", _) => false,
         ("stocklock.v1.InventoryService", role) => match method {
-            "Lock" | "BatchLock" | "Renew" | "Release" | "Commit" => role == Role::Service,
+            "Lock" | "BatchLock" | "Renew" | "Release" | "Commit" | "OpenSession" | "KeepAlive" | "KeepAliveOnce"
+            | "CloseSession" | "WatchHolder" => role == Role::Service,
             "GetAvailability" | "BatchGetAvailability" => true,
             "GetLock" | "ListLocks" => matches!(role, Role::Service | Role::Operator),
             _ => false,
@@ -410,6 +411,8 @@ mod tests {
         let inv = |m: &str| format!("/stocklock.v1.InventoryService/{m}");
         assert!(allowed(Role::Service, &inv("Lock")));
         assert!(!allowed(Role::Reader, &inv("Lock")));
+        assert!(allowed(Role::Service, &inv("KeepAlive")));
+        assert!(!allowed(Role::Reader, &inv("OpenSession")));
         assert!(allowed(Role::Reader, &inv("GetAvailability")));
         assert!(!allowed(Role::Reader, &inv("ListLocks")));
         assert!(!allowed(Role::Service, &inv("SetStock")));

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 
-use crate::domain::{Error, LifecycleEvent, LockView, ReleaseKind, StockView, WatchPosition, format_scaled};
+use crate::domain::{
+    Error, LifecycleEvent, LockView, ReleaseKind, SessionView, StockView, WatchPosition, format_scaled,
+};
 use crate::pb;
 
 /// Redis time in ms since the epoch to a protobuf Timestamp.
@@ -47,6 +49,16 @@ pub(crate) fn total_available<'a>(views: impl IntoIterator<Item = &'a StockView>
     views.into_iter().map(|v| Decimal::new(v.available(), v.unit_scale.get())).sum::<Decimal>().normalize().to_string()
 }
 
+/// A session as the API shows it.
+pub(super) fn session(view: &SessionView) -> pb::Session {
+    pb::Session {
+        session_id: view.session_id.to_string(),
+        holder: view.holder.clone(),
+        ttl: Some(proto_duration(view.ttl)),
+        expires_at: Some(timestamp(view.expires_at_ms)),
+    }
+}
+
 pub(super) fn lock(view: &LockView) -> pb::Lock {
     pb::Lock {
         lock_id: view.lock_id.to_string(),
@@ -62,6 +74,7 @@ pub(super) fn lock(view: &LockView) -> pb::Lock {
         holder: view.holder.clone(),
         batch_id: view.batch_id.clone().unwrap_or_default(),
         state: pb::LockState::Active.into(),
+        session_id: view.lock_id.session().map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{Limits, convert, validate, watch};
+use super::{Limits, convert, holder, validate, watch};
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, LockCommand, LockId, LockLine, LockOutcome, OrderId,
-    Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SetStockCommand, Sku, StockStore,
-    UnitScale, WarehouseId,
+    AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, LockCommand, LockId, LockLine, LockOutcome,
+    OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
+    SetStockCommand, Sku, StockStore, UnitScale, WarehouseId,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -57,6 +57,80 @@ impl<S: StockStore> InventoryApi<S> {
 #[tonic::async_trait]
 impl<S: StockStore> InventoryService for InventoryApi<S> {
     type WatchAvailabilityStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AvailabilityEvent, Status>>;
+    type KeepAliveStream = tokio_stream::wrappers::ReceiverStream<Result<pb::KeepAliveResponse, Status>>;
+    type WatchHolderStream = tokio_stream::wrappers::ReceiverStream<Result<pb::HolderEvent, Status>>;
+
+    async fn watch_holder(
+        &self,
+        request: Request<pb::WatchHolderRequest>,
+    ) -> Result<Response<Self::WatchHolderStream>, Status> {
+        let principal = validate::principal(&request);
+        let stream = holder::watch_holder(&self.store, &self.events, &principal, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let cmd = OpenSessionCommand {
+            ttl: validate::lock_ttl(&self.limits, r.ttl.as_ref())?,
+            holder: validate::holder(&principal, &r.holder)?,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let outcome = self.store.open_session(cmd).await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session: Some(convert::session(&outcome.session)),
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let principal = validate::principal(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            // One answer per keep-alive, in order; the first refusal ends
+            // the stream with its status, so the holder learns of the loss.
+            while let Some(next) = inbound.message().await.transpose() {
+                let answer = match next {
+                    Ok(r) => keep_alive_once(&*store, &principal, &r).await,
+                    Err(status) => Err(status),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn keep_alive_once(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let principal = validate::principal(&request);
+        Ok(Response::new(keep_alive_once(&*self.store, &principal, request.get_ref()).await?))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let session = SessionId::parse(&r.session_id, "session_id")?;
+        let holder = validate::optional_holder(&principal, &r.holder)?;
+        let outcome = self.store.close_session(&session, holder.as_ref()).await?;
+        Ok(Response::new(pb::CloseSessionResponse { released: outcome.released, closed_now: outcome.closed_now }))
+    }
 
     async fn watch_availability(
         &self,
@@ -174,6 +248,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             holder: validate::holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: None,
+            session: validate::session(&r.session_id, r.ttl.as_ref())?,
         };
         crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
         let mark = self.store.durability_mark();
@@ -200,6 +275,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             holder: validate::holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: Some(BatchId::generate()),
+            session: validate::session(&r.session_id, r.ttl.as_ref())?,
         };
         crate::edge::telemetry::record_request("", "", &r.request_id);
         let mark = self.store.durability_mark();
@@ -325,4 +401,17 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
+}
+
+/// One keep-alive of the session `r` names, by `principal`'s holder (or
+/// the request's, without authentication).
+async fn keep_alive_once<S: StockStore>(
+    store: &S,
+    principal: &Option<crate::edge::auth::Principal>,
+    r: &pb::KeepAliveRequest,
+) -> Result<pb::KeepAliveResponse, Status> {
+    let session = SessionId::parse(&r.session_id, "session_id")?;
+    let holder = validate::optional_holder(principal, &r.holder)?;
+    let view = store.keep_alive(&session, holder.as_ref()).await?;
+    Ok(pb::KeepAliveResponse { session: Some(convert::session(&view)) })
 }

@@ -143,6 +143,18 @@ impl From<Error> for Status {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
                 Code::PermissionDenied
             }
+            Error::SessionNotFound { session_id } => {
+                info(&mut details, reason, &[("session_id", session_id.clone())]);
+                Code::NotFound
+            }
+            Error::SessionEnded { session_id, .. } => {
+                info(&mut details, reason, &[("session_id", session_id.clone())]);
+                Code::FailedPrecondition
+            }
+            Error::LockInSession { lock_id } => {
+                info(&mut details, reason, &[("lock_id", lock_id.clone())]);
+                Code::FailedPrecondition
+            }
             Error::BatchNotFound { batch_id } => {
                 info(&mut details, reason, &[("batch_id", batch_id.clone())]);
                 Code::NotFound

@@ -8,8 +8,8 @@ use tonic::Request;
 
 use super::convert;
 use crate::domain::{
-    BatchId, Error, Holder, LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, Signed, Sku,
-    WarehouseId,
+    BatchId, Error, Holder, LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, SessionId, Signed,
+    Sku, WarehouseId,
 };
 use crate::edge::auth::Principal;
 use crate::pb;
@@ -61,6 +61,16 @@ pub(super) fn ttl(
 /// A lock's TTL: the requested one, or the default.
 pub(super) fn lock_ttl(limits: &Limits, ttl: Option<&prost_types::Duration>) -> Result<Duration, Error> {
     Ok(self::ttl(limits, ttl, "ttl")?.unwrap_or(limits.default_ttl))
+}
+
+/// The session a Lock or BatchLock names, if any; a lock in a session
+/// takes the session's ttl, so the request must name none.
+pub(super) fn session(session_id: &str, ttl: Option<&prost_types::Duration>) -> Result<Option<SessionId>, Error> {
+    let session = optional(session_id, |v| SessionId::parse(v, "session_id"))?;
+    if session.is_some() && ttl.is_some() {
+        return Err(Error::invalid("ttl", "must be empty for a lock in a session: it lives while its session does"));
+    }
+    Ok(session)
 }
 
 /// Lock ids or a batch id, exactly one of the two.

@@ -80,20 +80,43 @@ pub(super) async fn watch<S: StockStore>(
         }
         from
     };
-    let wanted = records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
+    let wanted: std::collections::HashSet<(String, String)> =
+        records.iter().map(|r| (r.sku.to_string(), r.warehouse.to_string())).collect();
+    let render = move |e: &LifecycleEvent, at: &WatchPosition| {
+        let (sku, warehouse) = e.record();
+        wanted.contains(&(sku.to_owned(), warehouse.to_owned())).then(|| convert::availability_event(e, at))
+    };
+    spawn_follow(store, events, hub, from, render, tx);
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Spawns [`follow`] of `from` into `tx`, which ends with UNAVAILABLE when
+/// the service shuts down.
+pub(super) fn spawn_follow<S, T, R>(
+    store: &Arc<S>,
+    events: &EventHub,
+    hub: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
+    from: WatchPosition,
+    render: R,
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+) where
+    S: StockStore,
+    T: Send + 'static,
+    R: Fn(&LifecycleEvent, &WatchPosition) -> Option<T> + Send + Sync + 'static,
+{
     let (closed, store, events) = (events.closed(), store.clone(), events.clone());
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(store, events, hub, wanted, from, tx.clone()) => {}
+            () = follow(store, events, hub, render, from, tx.clone()) => {}
             () = closed => {
                 let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
             }
         }
     });
-    Ok(ReceiverStream::new(rx))
 }
 
-/// Follows, into `tx`, the event stream of each partition `from` has a position in:
+/// Follows, into `tx`, the event stream of each partition `from` has a position in
+/// (what `render` makes of each event, where it makes something):
 /// reads what it missed from Redis, then takes new events from the hub,
 /// going back to Redis whenever it falls behind. Each event sent carries the
 /// whole position after it, so a watcher resumes from any event it received.
@@ -107,26 +130,22 @@ pub(super) async fn watch<S: StockStore>(
 /// event of a partition fills the gap from Redis, and a quiet hub sends the
 /// watcher back to Redis for the partitions it does not trust. An idle
 /// watcher of trusted partitions makes no Redis call at all.
-async fn follow<S: StockStore>(
+async fn follow<S: StockStore, T>(
     store: Arc<S>,
     hub: EventHub,
     mut receiver: tokio::sync::broadcast::Receiver<Arc<LifecycleEvent>>,
-    records: std::collections::HashSet<(String, String)>,
+    render: impl Fn(&LifecycleEvent, &WatchPosition) -> Option<T>,
     mut from: WatchPosition,
-    tx: tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let wanted = |e: &LifecycleEvent| {
-        let (sku, warehouse) = e.record();
-        records.contains(&(sku.to_owned(), warehouse.to_owned()))
-    };
     // Partition -> the tailer run it is trusted under.
     let mut trusted: HashMap<usize, u64> = HashMap::new();
     let mut catch_up: Vec<usize> = from.partitions().collect();
     loop {
         // Catch up from Redis where the hub alone may not do.
         for partition in catch_up.drain(..) {
-            if !replay(store.as_ref(), partition, &mut from, None, &wanted, &tx).await {
+            if !replay(store.as_ref(), partition, &mut from, None, &render, &tx).await {
                 return;
             }
             trust(&hub, partition, &from, &mut trusted);
@@ -153,13 +172,15 @@ async fn follow<S: StockStore>(
                     if !trusted_now && gap_checked.insert(event.partition, covered) != Some(covered) {
                         // Fill the gap before this event from Redis; the
                         // replay sends the event too.
-                        if !replay(store.as_ref(), event.partition, &mut from, Some(event.id), &wanted, &tx).await {
+                        if !replay(store.as_ref(), event.partition, &mut from, Some(event.id), &render, &tx).await {
                             return;
                         }
                         continue;
                     }
                     from.set(event.partition, event.id);
-                    if wanted(&event) && tx.send(Ok(convert::availability_event(&event, &from))).await.is_err() {
+                    if let Some(out) = render(&event, &from)
+                        && tx.send(Ok(out)).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -201,11 +222,11 @@ fn trust(hub: &EventHub, partition: usize, from: &WatchPosition, trusted: &mut H
 /// Whether every event of `partition` after `after` was still in Redis
 /// when the read before this returned: nothing after it was trimmed (or
 /// deleted) by now. Otherwise the watcher is told, and the watch ends.
-async fn still_retained<S: StockStore>(
+async fn still_retained<S: StockStore, T>(
     store: &S,
     partition: usize,
     after: EventId,
-    tx: &tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
 ) -> bool {
     let lost = match store.event_position(partition).await {
         Ok(position) => position.trimmed_through > after,
@@ -221,18 +242,18 @@ async fn still_retained<S: StockStore>(
     !lost
 }
 
-/// Sends the wanted events of `partition` after `from` from Redis, up to and
+/// Sends what `render` makes of the events of `partition` after `from` from Redis, up to and
 /// including `upto` (to the end when `None`), moving `from` along. False
 /// when the watch is over: the watcher left, Redis failed, or the events up
 /// to `upto` are no longer in Redis (trimmed before this watcher read
 /// them), and the watcher was told.
-async fn replay<S: StockStore>(
+async fn replay<S: StockStore, T>(
     store: &S,
     partition: usize,
     from: &mut WatchPosition,
     upto: Option<EventId>,
-    wanted: &impl Fn(&LifecycleEvent) -> bool,
-    tx: &tokio::sync::mpsc::Sender<Result<pb::AvailabilityEvent, Status>>,
+    render: &impl Fn(&LifecycleEvent, &WatchPosition) -> Option<T>,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
 ) -> bool {
     loop {
         let after = from.get(partition).unwrap_or_default();
@@ -252,7 +273,9 @@ async fn replay<S: StockStore>(
                 break;
             }
             from.set(partition, event.id);
-            if wanted(&event) && tx.send(Ok(convert::availability_event(&event, from))).await.is_err() {
+            if let Some(out) = render(&event, from)
+                && tx.send(Ok(out)).await.is_err()
+            {
                 return false;
             }
         }
@@ -320,7 +343,8 @@ mod tests {
         let mut from = WatchPosition::default();
         from.set(0, events[0].id);
         let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_BATCH * 2);
-        let replayed = replay(&store, 0, &mut from, Some(events[5].id), &|_: &LifecycleEvent| true, &tx);
+        let all = |e: &LifecycleEvent, at: &WatchPosition| Some(convert::availability_event(e, at));
+        let replayed = replay(&store, 0, &mut from, Some(events[5].id), &all, &tx);
         let ended = tokio::time::timeout(Duration::from_secs(5), replayed).await;
         assert_eq!(ended, Ok(false), "the replay went on");
         let status = rx.recv().await.unwrap().unwrap_err();
@@ -329,7 +353,7 @@ mod tests {
 
         // A catch-up (to the end) past the same gap must not skip it either.
         let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_BATCH * 2);
-        let replayed = replay(&store, 0, &mut from, None, &|_: &LifecycleEvent| true, &tx);
+        let replayed = replay(&store, 0, &mut from, None, &all, &tx);
         let ended = tokio::time::timeout(Duration::from_secs(5), replayed).await;
         assert_eq!(ended, Ok(false), "the catch-up went past trimmed events");
         let status = rx.recv().await.unwrap().unwrap_err();

@@ -46,6 +46,7 @@ mod repair_record;
 mod reply;
 mod request_force_unlock;
 mod scripts;
+mod sessions;
 mod set_stock;
 
 use std::sync::Arc;
@@ -58,13 +59,14 @@ pub use self::keys::{Keys, LOCK_SHARDS, Partition, PartitionKeys, RecordKeys, lo
 use self::link::Link;
 pub use self::link::Topology;
 pub use self::lock::{LockCall, LockLimits};
-use self::lock::{lock_fingerprint, lock_method};
+use self::lock::{Ticket, lock_fingerprint, lock_method};
 pub use self::scripts::dataset_identity;
 use crate::domain::{
-    AdjustOutcome, AdjustStockCommand, CommitCommand, CommitOutcome, Error, EventId, LifecycleEvent, LockCommand,
-    LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, RecordKey, ReleaseCommand, ReleaseOutcome,
-    RenewCommand, RenewOutcome, SetStockCommand, SetStockOutcome, Signed, Sku, StockStore, StockView, StreamPosition,
-    WarehouseId, new_nonce,
+    AdjustOutcome, AdjustStockCommand, CloseSessionOutcome, CommitCommand, CommitOutcome, Error, EventId, Holder,
+    LifecycleEvent, LockCommand, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, OpenSessionCommand,
+    OpenSessionOutcome, RecordKey, ReleaseCommand, ReleaseOutcome, RenewCommand, RenewOutcome, SessionId, SessionView,
+    SetStockCommand, SetStockOutcome, Signed, Sku, StockStore, StockView, StreamPosition, WarehouseId, new_nonce,
+    session_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -185,15 +187,27 @@ impl StockStore for RedisStore {
 
     async fn lock(&self, cmd: &LockCommand) -> Result<LockOutcome, Error> {
         let groups = by_partition(&self.keys, cmd.lines.iter().map(|l| &l.record.sku));
-        let nonce = new_nonce();
         self.claimed(lock_method(cmd), &cmd.request_id, || lock_fingerprint(cmd), async {
+            // In a session: the session must be live and the caller's, and
+            // the partitions its locks go to are written down first.
+            let (cmd, ticket) = match &cmd.session {
+                None => (cmd.clone(), Ticket { nonce: new_nonce(), session_lease_ms: None }),
+                Some(session) => {
+                    let partitions: Vec<Partition> = groups.iter().map(|(p, _)| *p).collect();
+                    let joined = self.join_session(session, Some(&cmd.holder), &partitions).await?;
+                    let nonce = session_nonce(&new_nonce(), session);
+                    let ticket = Ticket { nonce, session_lease_ms: Some(joined.expires_at_ms) };
+                    (LockCommand { ttl: joined.ttl, ..cmd.clone() }, ticket)
+                }
+            };
+            let cmd = &cmd;
             // With several partitions a batch's partitions are written down
             // even when it has one, since Renew and Release find them by batch id.
             match &groups[..] {
                 [(partition, numbers)] if cmd.batch_id.is_none() || self.keys.partitions() == 1 => {
-                    self.lock_group(*partition, cmd, numbers, &nonce).await
+                    self.lock_group(*partition, cmd, numbers, &ticket).await
                 }
-                _ => self.lock_across_partitions(cmd, &groups, &nonce).await,
+                _ => self.lock_across_partitions(cmd, &groups, &ticket).await,
             }
         })
         .await
@@ -247,6 +261,26 @@ impl StockStore for RedisStore {
             expired += self.sweep_partition(partition, max_records).await?;
         }
         Ok(expired)
+    }
+
+    async fn open_session(&self, cmd: OpenSessionCommand) -> Result<OpenSessionOutcome, Error> {
+        self.open_session_call(cmd).await
+    }
+
+    async fn keep_alive(&self, session: &SessionId, holder: Option<&Holder>) -> Result<SessionView, Error> {
+        self.keep_alive_call(session, holder).await
+    }
+
+    async fn close_session(&self, session: &SessionId, holder: Option<&Holder>) -> Result<CloseSessionOutcome, Error> {
+        self.close_session_call(session, holder).await
+    }
+
+    async fn sweep_sessions(&self, max_sessions: usize) -> Result<usize, Error> {
+        self.sweep_session_partitions(max_sessions).await
+    }
+
+    fn partitions(&self) -> usize {
+        self.keys.partitions()
     }
 
     fn partition_of(&self, sku: &Sku) -> usize {

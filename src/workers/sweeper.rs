@@ -1,4 +1,6 @@
-//! The expiry sweeper: returns the stock of locks that stopped being renewed.
+//! The expiry sweeper: returns the stock of locks that stopped being
+//! renewed, and ends the sessions that stopped being kept alive (with
+//! their locks).
 //!
 //! Every script already ignores expired locks of the records it touches, so
 //! availability is right without the sweeper; the sweeper makes the stored
@@ -22,6 +24,16 @@ pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize,
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
+        }
+        // Sessions first: their end puts their locks' stock back, a bounded
+        // number of locks a session each round (the rest the next round).
+        match store.sweep_sessions(batch).await {
+            Ok(0) => {}
+            Ok(expired) => {
+                crate::metrics::METRICS.expired_locks.inc_by(expired as u64);
+                tracing::debug!(expired, "ended expired sessions' locks");
+            }
+            Err(e) => tracing::warn!(error = %e, "session sweep failed; retrying next tick"),
         }
         // Each round is bounded (a few records, each call settling a bounded
         // number of locks); rounds follow each other while there is work, so

@@ -11,6 +11,7 @@ pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str
         order_id: format!("order-{request_id}"),
         request_id: request_id.into(),
         holder: "order-service".into(),
+        session_id: String::new(),
     }
 }
 
@@ -26,6 +27,7 @@ pub fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRe
         order_id: "order-1".into(),
         request_id: request_id.into(),
         holder: "order-service".into(),
+        session_id: String::new(),
     }
 }
 

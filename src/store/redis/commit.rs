@@ -15,6 +15,15 @@ impl RedisStore {
         let [mantissa, scale] = cmd.quantity.map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
         let lock_id = id.to_string();
 
+        // A lock in a session lives while its session does: the script
+        // checks the session's lease.
+        let (lease, ended) = match id.session() {
+            Some(session) => {
+                let (lease, ended) = self.session_lease(&session).await?;
+                (lease.to_string(), ended)
+            }
+            None => (String::new(), ""),
+        };
         let partition = self.keys.partition_of(&id.record.sku);
         let mut inv = self.writing(&scripts::COMMIT, partition, None);
         self.add_lock_record(&mut inv, id);
@@ -26,7 +35,9 @@ impl RedisStore {
             .arg(self.retention_ms)
             .arg(id.record.to_string())
             .arg(id.token)
-            .arg(&id.nonce);
+            .arg(&id.nonce)
+            .arg(&lease)
+            .arg(ended);
         let mut reply = self.run_script("commit", &inv).await?;
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
@@ -46,6 +57,11 @@ impl RedisStore {
             Tag::QuantityExceedsLock => {
                 let locked = reply.int()?;
                 facts.detail = format_scaled(locked, reply.unit_scale()?.get());
+                return Err(reply.tag.error(facts));
+            }
+            Tag::SessionEnded => {
+                facts.force_unlock_id = id.session().map_or_else(String::new, |s| s.to_string());
+                facts.detail = reply.text()?;
                 return Err(reply.tag.error(facts));
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {

@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use super::call::Invocation;
-use super::lock::request_digest;
+use super::lock::{Ticket, request_digest};
 use super::reply::malformed;
 use super::{Partition, RedisStore, scripts};
 use crate::domain::{
@@ -70,8 +70,9 @@ impl RedisStore {
         &self,
         cmd: &LockCommand,
         groups: &[(Partition, Vec<usize>)],
-        nonce: &str,
+        ticket: &Ticket,
     ) -> Result<LockOutcome, Error> {
+        let nonce = ticket.nonce.as_str();
         let in_flight = self.keys.request_in_flight(&cmd.request_id);
         // Each partition takes a few calls to lock (settling, a generation
         // turning) and one to undo, each within the store timeout.
@@ -79,7 +80,7 @@ impl RedisStore {
         if self.set_or_get(&in_flight, nonce, budget).await?.is_some() {
             return Err(Error::RequestInProgress { request_id: cmd.request_id.to_string() });
         }
-        let (outcome, settled) = self.lock_each_partition(cmd, groups, nonce).await;
+        let (outcome, settled) = self.lock_each_partition(cmd, groups, ticket).await;
         let faulted = matches!(outcome, Err(Error::StoreTimeout | Error::StoreUnavailable { .. }));
         if settled && !faulted {
             // Otherwise the hold stays to its end: the attempt's last
@@ -101,10 +102,10 @@ impl RedisStore {
         &self,
         cmd: &LockCommand,
         groups: &[(Partition, Vec<usize>)],
-        nonce: &str,
+        ticket: &Ticket,
     ) -> (Result<LockOutcome, Error>, bool) {
         let mut settled = true;
-        let outcome = self.lock_each_partition_settling(cmd, groups, nonce, &mut settled).await;
+        let outcome = self.lock_each_partition_settling(cmd, groups, ticket, &mut settled).await;
         (outcome, settled)
     }
 
@@ -112,7 +113,7 @@ impl RedisStore {
         &self,
         cmd: &LockCommand,
         groups: &[(Partition, Vec<usize>)],
-        nonce: &str,
+        ticket: &Ticket,
         settled: &mut bool,
     ) -> Result<LockOutcome, Error> {
         let chosen = cmd.batch_id.as_ref().ok_or_else(|| malformed("a one-line Lock in several partitions"))?;
@@ -132,7 +133,7 @@ impl RedisStore {
         let mut taken: Vec<(Partition, &[usize], LockOutcome)> = Vec::with_capacity(groups.len());
         for (k, (partition, numbers)) in groups.iter().enumerate() {
             let part = LockCommand { lines: numbers.iter().map(|&i| cmd.lines[i].clone()).collect(), ..cmd.clone() };
-            match self.lock_group(*partition, &part, numbers, nonce).await {
+            match self.lock_group(*partition, &part, numbers, ticket).await {
                 Ok(outcome) => taken.push((*partition, numbers, outcome)),
                 Err(e) => {
                     *settled = self.undo_batch(cmd, batch_id, &taken).await;

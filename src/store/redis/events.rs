@@ -119,10 +119,6 @@ impl RedisStore {
 impl EventStream for RedisStore {
     type Tail = StreamReader;
 
-    fn partitions(&self) -> usize {
-        self.keys.partitions()
-    }
-
     async fn open_tail(&self) -> Result<StreamReader, Error> {
         // A connection of its own: a blocking read would stall every call
         // sharing the main one.

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{BatchId, RecordKey, RequestId, Sku};
+use crate::domain::{BatchId, RecordKey, RequestId, SessionId, Sku};
 
 /// Redis Cluster's slot count.
 const SLOTS: u16 = 16384;
@@ -322,6 +322,35 @@ impl Keys {
     pub fn request_in_flight(&self, request_id: &RequestId) -> String {
         let home = self.partition_of_text(request_id.as_str());
         format!("{}:inflight:{request_id}", self.base(home))
+    }
+
+    /// The partition a session lives in: its hash, its index entry and its
+    /// events. Its locks live with their records, in any partition.
+    pub fn session_home(&self, session: &SessionId) -> Partition {
+        self.partition_of_text(session.as_str())
+    }
+
+    /// A session's hash (see `lua/open_session.lua`), in its home partition.
+    pub fn session(&self, session: &SessionId) -> String {
+        format!("{}:session:{session}", self.base(self.session_home(session)))
+    }
+
+    /// The partition's session index: session id -> when it is due to be
+    /// ended (its expiry; 0 while its end is under way).
+    pub fn sessions(&self, partition: Partition) -> String {
+        format!("{}:sessions", self.base(partition))
+    }
+
+    /// A session's locks in `partition`: `sku|warehouse|token` by the
+    /// lock's maximum hold.
+    pub fn session_locks(&self, partition: Partition, session: &SessionId) -> String {
+        format!("{}:sess:{session}", self.base(partition))
+    }
+
+    /// Written in `partition` when a session's end reaches it, so that no
+    /// lock lands in the session there afterwards.
+    pub fn session_end(&self, partition: Partition, session: &SessionId) -> String {
+        format!("{}:sess:{session}:end", self.base(partition))
     }
 
     /// FNV-1a, which is stable across builds and platforms (std's hashers are not).

@@ -24,6 +24,20 @@ pub struct LockLimits {
     pub max_hold_ms: u64,
     /// How long idempotency records and tombstones are kept (ms).
     pub retention_ms: u64,
+    /// In a session: its lease, the expiry (Redis ms) its join read. The
+    /// script refuses to lock in the session after it.
+    pub session_lease_ms: Option<i64>,
+}
+
+/// What every lock of one Lock or BatchLock call shares, in every
+/// partition: its nonce (which names the session, if any) and the
+/// session's lease.
+#[derive(Clone, Debug)]
+pub(super) struct Ticket {
+    /// The nonce (see [`crate::domain::new_nonce`], [`crate::domain::session_nonce`]).
+    pub(super) nonce: String,
+    /// The session's lease, in a session.
+    pub(super) session_lease_ms: Option<i64>,
 }
 
 impl LockCall {
@@ -43,7 +57,7 @@ impl LockCall {
     ) -> Self {
         let request = request_digest(cmd);
         let line_args = line_args(cmd);
-        let mut key_list = Vec::with_capacity(7 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
+        let mut key_list = Vec::with_capacity(9 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
         let pk = keys.partition_keys(partition, None);
         key_list.extend([
             keys.lock_idempotency(partition, generation, &request),
@@ -57,6 +71,12 @@ impl LockCall {
             },
             keys.epoch(partition),
         ]);
+        match &cmd.session {
+            Some(session) => {
+                key_list.extend([keys.session_locks(partition, session), keys.session_end(partition, session)]);
+            }
+            None => key_list.extend([keys.unused(partition), keys.unused(partition)]),
+        }
         // Every lock of the call is in its nonce's shard.
         let shard = lock_shard(nonce);
         for (number, line) in cmd.lines.iter().enumerate() {
@@ -67,7 +87,7 @@ impl LockCall {
                 key_list.extend([record.stock, record.locks, record.exp, record.ended, record.index]);
             }
         }
-        let mut args = Vec::with_capacity(14 + line_args.len());
+        let mut args = Vec::with_capacity(15 + line_args.len());
         args.extend([
             content_fingerprint(cmd, &line_args)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
@@ -83,6 +103,7 @@ impl LockCall {
             limits.retention_ms.max(1).to_string(),
             shard.to_string(),
             (0..cmd.lines.len()).map(|n| if wide.contains(&n) { '1' } else { '0' }).collect(),
+            limits.session_lease_ms.map_or_else(String::new, |lease| lease.to_string()),
         ]);
         args.extend(line_args);
         Self { keys: key_list, args }
@@ -114,9 +135,14 @@ impl RedisStore {
         partition: Partition,
         cmd: &LockCommand,
         numbers: &[usize],
-        nonce: &str,
+        ticket: &Ticket,
     ) -> Result<LockOutcome, Error> {
-        let limits = LockLimits { max_hold_ms: self.max_hold_ms, retention_ms: self.retention_ms };
+        let limits = LockLimits {
+            max_hold_ms: self.max_hold_ms,
+            retention_ms: self.retention_ms,
+            session_lease_ms: ticket.session_lease_ms,
+        };
+        let nonce = ticket.nonce.as_str();
         let mut generation = LockCall::current_generation(limits.retention_ms);
         let mut wide = Vec::new();
         let call =
@@ -185,6 +211,11 @@ fn refusal(reply: &mut Reply, cmd: &LockCommand, numbers: &[usize]) -> Result<Er
             if reply.tag == Tag::InvalidQuantityScale {
                 facts.unit_scale = reply.unit_scale()?.get();
             }
+        }
+        Tag::SessionNotFound | Tag::SessionEnded => {
+            let session = cmd.session.as_ref().map_or_else(String::new, ToString::to_string);
+            let detail = if reply.tag == Tag::SessionEnded { reply.text()? } else { String::new() };
+            return Ok(reply.tag.error(Facts { force_unlock_id: session, detail, ..Facts::default() }));
         }
         Tag::InsufficientStock => {
             while !reply.is_done() {
@@ -271,6 +302,9 @@ pub(super) fn lock_fingerprint(cmd: &LockCommand) -> String {
 fn content_fingerprint(cmd: &LockCommand, line_args: &[String]) -> String {
     let ttl_ms = millis(cmd.ttl).to_string();
     let mut parts = vec![lock_method(cmd), &ttl_ms, cmd.holder.as_str(), cmd.order_id.as_str()];
+    if let Some(session) = &cmd.session {
+        parts.push(session.as_str());
+    }
     parts.extend(line_args.iter().map(String::as_str));
     fingerprint(&parts)
 }

@@ -20,7 +20,17 @@ impl RedisStore {
                 let unit_scale = reply.unit_scale()?;
                 let packed = reply.text()?;
                 let expires_at_ms = reply.int()?;
-                unpack_lock(&lock_id.record, lock_id.token, &packed, expires_at_ms, unit_scale)
+                let mut view = unpack_lock(&lock_id.record, lock_id.token, &packed, expires_at_ms, unit_scale)?;
+                // A lock in a session lives to its session's expiry, or
+                // has ended with it (its end is on its way here).
+                if let Some(session) = lock_id.session() {
+                    let (lease, ended) = self.session_lease(&session).await?;
+                    if lease == 0 {
+                        return Err(Error::SessionEnded { session_id: session.to_string(), closed: ended == "closed" });
+                    }
+                    view.expires_at_ms = view.expires_at_ms.min(lease);
+                }
+                Ok(view)
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
                 let ended = lock_end(&reply.text()?)?;

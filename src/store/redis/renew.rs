@@ -43,9 +43,15 @@ impl RedisStore {
                     let expires_at_ms = item.detail.parse().map_err(|_| malformed("a bad expiry"))?;
                     Ok(Renewed { expires_at_ms, max_hold_reached: item.capped })
                 }
-                Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased | Tag::LockHolderMismatch => Err(item
-                    .status
-                    .error(Facts { lock_id: lock_id.to_string(), ended: item.ended, ..Facts::default() })),
+                Tag::LockNotFound
+                | Tag::LockExpired
+                | Tag::LockForceReleased
+                | Tag::LockHolderMismatch
+                | Tag::LockInSession => Err(item.status.error(Facts {
+                    lock_id: lock_id.to_string(),
+                    ended: item.ended,
+                    ..Facts::default()
+                })),
                 other => return Err(malformed(&format!("the renew status {}", other.as_str()))),
             };
             items.push(RenewItem { lock_id, result });

@@ -64,11 +64,19 @@ pub(super) enum Tag {
     ForceUnlockExpired,
     /// The requester of a forced unlock tried to approve it.
     TwoPersonRule,
+    /// A session's end found it kept alive in time: nothing changed (not an error).
+    Alive,
+    /// No such session, or not the caller's.
+    SessionNotFound,
+    /// The session ended; 'expired' or 'closed' follows.
+    SessionEnded,
+    /// Renew of a lock that lives in a session.
+    LockInSession,
 }
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 24] = [
+const TAGS: [(Tag, &str); 28] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
@@ -93,6 +101,10 @@ const TAGS: [(Tag, &str); 24] = [
     (Tag::ForceUnlockNotPending, reason::FORCE_UNLOCK_NOT_PENDING),
     (Tag::ForceUnlockExpired, reason::FORCE_UNLOCK_EXPIRED),
     (Tag::TwoPersonRule, reason::TWO_PERSON_RULE),
+    (Tag::Alive, "ALIVE"),
+    (Tag::SessionNotFound, reason::SESSION_NOT_FOUND),
+    (Tag::SessionEnded, "SESSION_ENDED"),
+    (Tag::LockInSession, reason::LOCK_IN_SESSION),
 ];
 
 /// What a refusal is about: the request's own identifiers, and the figures
@@ -114,7 +126,7 @@ pub(super) struct Facts {
     pub(super) unit_scale: u32,
     /// Every short line.
     pub(super) shortages: Vec<Shortage>,
-    /// A forced-unlock request's id.
+    /// A forced-unlock request's id, or a session's id.
     pub(super) force_unlock_id: String,
     /// Another figure a tag reports: the locked quantity (QUANTITY_EXCEEDS_LOCK),
     /// a request's state (FORCE_UNLOCK_NOT_PENDING), the requester (TWO_PERSON_RULE),
@@ -164,12 +176,16 @@ impl Tag {
             Self::ForceUnlockNotPending => Error::ForceUnlockNotPending { id, state: detail },
             Self::ForceUnlockExpired => Error::ForceUnlockExpired { id },
             Self::TwoPersonRule => Error::TwoPersonRule { requester: detail },
+            Self::SessionNotFound => Error::SessionNotFound { session_id: id },
+            Self::SessionEnded => Error::SessionEnded { session_id: id, closed: detail == "closed" },
+            Self::LockInSession => Error::LockInSession { lock_id },
             Self::Ok
             | Self::AlreadyCommitted
             | Self::Stale
             | Self::Missing
             | Self::Generation
             | Self::Settle
+            | Self::Alive
             | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
@@ -310,6 +326,7 @@ mod tests {
                     | Tag::Generation
                     | Tag::Settle
                     | Tag::Epoch
+                    | Tag::Alive
             )
         });
         for (tag, spelled) in refusals {
@@ -318,6 +335,8 @@ mod tests {
             match tag {
                 // Bad quantities are bad arguments, with the field named.
                 Tag::InvalidQuantityScale | Tag::QuantityOutOfRange => assert_eq!(error.reason(), "INVALID_ARGUMENT"),
+                // A session's end, told as how it ended.
+                Tag::SessionEnded => assert_eq!(error.reason(), "SESSION_EXPIRED"),
                 _ => assert_eq!(error.reason(), *spelled),
             }
         }
@@ -325,8 +344,16 @@ mod tests {
 
     #[test]
     fn outcomes_are_not_errors() {
-        for tag in [Tag::Ok, Tag::AlreadyCommitted, Tag::Stale, Tag::Missing, Tag::Generation, Tag::Settle, Tag::Epoch]
-        {
+        for tag in [
+            Tag::Ok,
+            Tag::AlreadyCommitted,
+            Tag::Stale,
+            Tag::Missing,
+            Tag::Generation,
+            Tag::Settle,
+            Tag::Epoch,
+            Tag::Alive,
+        ] {
             assert!(matches!(tag.error(Facts::default()), Error::Internal { .. }));
         }
     }

@@ -121,6 +121,17 @@ pub(super) static DROP_HOLD: Lua = script!("drop_hold.lua");
 /// The sweeper's look-up of records with expired locks.
 pub(super) static DUE_RECORDS: Lua = script!("#!lua flags=no-writes\n", "due_records.lua");
 
+/// OpenSession.
+pub(super) static OPEN_SESSION: Lua = script!("open_session.lua");
+/// KeepAlive.
+pub(super) static KEEP_ALIVE: Lua = script!("keep_alive.lua");
+/// A Lock's check of its session.
+pub(super) static JOIN_SESSION: Lua = script!("join_session.lua");
+/// The first step of a session's end.
+pub(super) static END_SESSION: Lua = script!("end_session.lua");
+/// A session's locks in one partition ended, a bounded number a call.
+pub(super) static END_SESSION_PART: Lua = script!("end_session_part.lua");
+
 /// RequestForceUnlock.
 pub(super) static REQUEST_FORCE_UNLOCK: Lua = script!("request_force_unlock.lua");
 /// ApproveForceUnlock and the single-step policy.
@@ -137,7 +148,7 @@ pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Lua); 19] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 24] {
     [
         ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
@@ -158,5 +169,10 @@ pub(super) fn all() -> [(&'static str, &'static Lua); 19] {
         ("due_records.lua", &DUE_RECORDS),
         ("lead_ingest.lua", &LEAD_INGEST),
         ("drop_hold.lua", &DROP_HOLD),
+        ("open_session.lua", &OPEN_SESSION),
+        ("keep_alive.lua", &KEEP_ALIVE),
+        ("join_session.lua", &JOIN_SESSION),
+        ("end_session.lua", &END_SESSION),
+        ("end_session_part.lua", &END_SESSION_PART),
     ]
 }
