@@ -95,17 +95,28 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = Arc::clone(&self.store);
+        let closed = self.events.closed();
         tokio::spawn(async move {
             // One answer per keep-alive, in order; the first refusal ends
             // the stream with its status, so the holder learns of the loss.
-            while let Some(next) = inbound.message().await.transpose() {
-                let answer = match next {
-                    Ok(r) => keep_alive_once(&*store, &principal, &r).await,
-                    Err(status) => Err(status),
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
+            let answering = async {
+                while let Some(next) = inbound.message().await.transpose() {
+                    let answer = match next {
+                        Ok(r) => keep_alive_once(&*store, &principal, &r).await,
+                        Err(status) => Err(status),
+                    };
+                    let failed = answer.is_err();
+                    if tx.send(answer).await.is_err() || failed {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = answering => {}
+                // A draining service ends the stream, so the client goes
+                // on keeping its session alive through another replica.
+                () = closed => {
+                    let _ = tx.send(Err(Status::unavailable("the service is shutting down; keep alive elsewhere"))).await;
                 }
             }
         });

@@ -20,6 +20,12 @@ const WATCH_BUFFER: usize = 256;
 /// must read Redis itself.
 const WATCH_QUIET: Duration = Duration::from_millis(250);
 
+/// How often a watcher that does not trust the hub for every partition yet
+/// looks (in memory) whether a tailer run now covers one: it then reads
+/// the gap before the run's start from Redis at once, instead of waiting
+/// for a live event or for the quiet to pass.
+const COVERAGE_CHECK: Duration = Duration::from_millis(10);
+
 /// Events one replay read takes.
 const REPLAY_BATCH: usize = 500;
 
@@ -151,12 +157,27 @@ async fn follow<S: StockStore, T>(
             trust(&hub, partition, &from, &mut trusted);
         }
         let mut gap_checked: HashMap<usize, Option<u64>> = HashMap::new();
+        let mut heard = tokio::time::Instant::now();
         loop {
-            let Ok(received) = tokio::time::timeout(WATCH_QUIET, receiver.recv()).await else {
+            let untrusted: Vec<usize> = from.partitions().filter(|p| !trust(&hub, *p, &from, &mut trusted)).collect();
+            let wait = if untrusted.is_empty() { WATCH_QUIET } else { COVERAGE_CHECK };
+            let Ok(received) = tokio::time::timeout(wait, receiver.recv()).await else {
+                // A tailer run started after this watcher's position: the
+                // events between are read from Redis now, and the hub
+                // brings the rest.
+                let gaps: Vec<usize> = untrusted.iter().copied().filter(|p| hub.coverage(*p).is_some()).collect();
+                if !gaps.is_empty() {
+                    catch_up = gaps;
+                    break;
+                }
                 // Quiet: look in Redis only where no tailer run vouches for the hub.
-                catch_up = from.partitions().filter(|p| !trust(&hub, *p, &from, &mut trusted)).collect();
-                break;
+                if heard.elapsed() >= WATCH_QUIET {
+                    catch_up = untrusted;
+                    break;
+                }
+                continue;
             };
+            heard = tokio::time::Instant::now();
             match received {
                 Ok(event) => {
                     let Some(at) = from.get(event.partition) else { continue };
