@@ -34,12 +34,41 @@
 //! # }
 //! ```
 //!
-//! Sessions, lock guards and the holder's push stream (issue 16) build on
-//! this; they are not here yet.
+//! A **session** holds any number of locks with one keep-alive: the client
+//! keeps it alive in the background and tells the application when it, or
+//! one of its locks, is lost (an operator's forced unlock, the session's
+//! expiry), as a future or a watch channel to select on.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use stocklock_client::{Client, pb};
+//!
+//! # async fn checkout(pay: impl std::future::Future<Output = bool>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let session = client.session("checkout-7", Duration::from_secs(15)).await?;
+//! let guard = session
+//!     .lock(pb::LockRequest {
+//!         sku: "SKU-1".into(),
+//!         warehouse_id: "WH-A".into(),
+//!         quantity: "2".into(),
+//!         order_id: "order-42".into(),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! tokio::select! {
+//!     paid = pay => if paid { guard.commit().await?; } else { guard.release().await?; },
+//!     lost = guard.lost() => eprintln!("lost the goods of order-42: {} ({})", lost.reason, lost.detail),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod session;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use self::session::{LockGuard, Lost, Session};
 pub use stocklock::pb;
 use stocklock::pb::inventory_service_client::InventoryServiceClient;
 use tonic::metadata::{AsciiMetadataValue, errors::InvalidMetadataValue};
@@ -166,9 +195,7 @@ impl Client {
             let left = self.policy.deadline.saturating_sub(started.elapsed());
             let mut attempt = tonic::Request::new(request.clone());
             attempt.set_timeout(left);
-            if let Some(token) = &self.token {
-                attempt.metadata_mut().insert("authorization", token.clone());
-            }
+            self.authorize(&mut attempt);
             let status = match tokio::time::timeout(left, call(self.inner.clone(), attempt)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
@@ -190,6 +217,15 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Puts the client's token, if any, on `request`.
+    fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+    }
+}
+
 /// Whether another attempt with the same request_id may succeed: the
 /// service or its store was away, slow or busy, or an earlier attempt was
 /// still running. Never a refusal of the request itself.
@@ -200,8 +236,13 @@ pub fn transient(status: &Status) -> bool {
 /// Gives a call without a request_id one of its own, for all its attempts.
 fn ensure_request_id(request_id: &mut String) {
     if request_id.is_empty() {
-        *request_id = format!("cl-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        *request_id = new_request_id();
     }
+}
+
+/// A request_id of the client's own making.
+fn new_request_id() -> String {
+    format!("cl-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
 #[cfg(test)]

@@ -2,50 +2,14 @@
 //! across a Redis pause take effect exactly once, refusals come back at
 //! once, and a call ends within its deadline.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use stocklock::config::{Cli, Command};
-use stocklock::embedded_redis::EmbeddedRedis;
-use stocklock_client::{Client, RetryPolicy, pb};
+use common::*;
+use stocklock_client::{RetryPolicy, pb};
 use tonic::Code;
-
-/// A redis-server and a stocklock on it (stopped when dropped).
-struct Service {
-    redis: EmbeddedRedis,
-    client: Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(policy: RetryPolicy) -> Service {
-    let redis = EmbeddedRedis::start(Path::new("redis-server")).await.expect("redis-server starts");
-    let url = redis.url();
-    let args = ["stocklock", "serve", "--redis-url", &url, "--listen", "127.0.0.1:0", "--store-timeout", "200ms"];
-    let Command::Serve(config) = Cli::try_parse_from(args).unwrap().command else { unreachable!("serve") };
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let listeners = stocklock::server::Listeners { grpc, http };
-    tokio::spawn(stocklock::server::run(*config, listeners, async {
-        let _ = stop.await;
-    }));
-    let client = loop {
-        if let Ok(client) = Client::connect(format!("http://{addr}")).await {
-            let ready = client.get_availability(pb::GetAvailabilityRequest { sku: "-".into(), ..Default::default() });
-            if !matches!(ready.await, Err(s) if s.code() == Code::Unavailable) {
-                break client.with_policy(policy);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    Service { redis, client, _shutdown: shutdown }
-}
-
-fn signal(pid: u32, sig: &str) {
-    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
-}
 
 fn lock_request(quantity: &str) -> pb::LockRequest {
     pb::LockRequest {
@@ -57,22 +21,6 @@ fn lock_request(quantity: &str) -> pb::LockRequest {
         ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
         ..Default::default()
     }
-}
-
-async fn stock(service: &Service, physical: &str) {
-    let request = pb::SetStockRequest {
-        sku: "SKU-1".into(),
-        warehouse_id: "WH-A".into(),
-        physical: physical.into(),
-        source_version: 1,
-        ..Default::default()
-    };
-    service.client.set_stock(request).await.unwrap();
-}
-
-async fn record(service: &Service) -> pb::StockRecord {
-    let request = pb::GetAvailabilityRequest { sku: "SKU-1".into(), warehouse_id: "WH-A".into() };
-    service.client.get_availability(request).await.unwrap().records.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
