@@ -393,3 +393,42 @@ async fn a_holder_hears_of_every_loss_with_its_cause_and_can_resume() {
         ]
     );
 }
+
+/// Clients blocked in XREAD: the event tailers (the ingestion reader
+/// blocks in XREADGROUP).
+async fn blocked_clients(svc: &TestService) -> usize {
+    let mut conn = svc.redis_conn().await;
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    list.lines().filter(|l| l.contains(" flags=b ") && l.contains(" cmd=xread ")).count()
+}
+
+#[tokio::test]
+async fn a_watch_whose_client_left_lets_go_of_the_event_streams() {
+    let svc = start().await;
+    if svc.cluster.is_some() {
+        // INFO reaches one node; the standalone run covers this.
+        return;
+    }
+    // Someone watches: the tailers read the event streams (XREAD BLOCK).
+    svc.stock("SKU-1", "WH-A", "10").await;
+    let notices = watch_holder(&svc, "").await;
+    let keys = vec![pb::StockKey { sku: "SKU-1".into(), warehouse_id: "WH-A".into() }];
+    let request = pb::WatchAvailabilityRequest { keys, after_event_id: String::new() };
+    let changes = svc.client.clone().watch_availability(request).await.unwrap().into_inner();
+    assert!(eventually(Duration::from_secs(5), || async { blocked_clients(&svc).await > 0 }).await);
+    // The clients leave while nothing happens to what they watch: their
+    // watches must end, and with the last one the tailers stop.
+    // (A tailer unblocks for a moment between reads: it must stay
+    // unblocked for longer than one read blocks, a second.)
+    drop((notices, changes));
+    let started = std::time::Instant::now();
+    let mut idle_since = None;
+    while idle_since.is_none_or(|since: std::time::Instant| since.elapsed() < Duration::from_millis(1500)) {
+        assert!(started.elapsed() < Duration::from_secs(10), "a watch without a client still holds the tailers");
+        match blocked_clients(&svc).await {
+            0 => idle_since = idle_since.or(Some(std::time::Instant::now())),
+            _ => idle_since = None,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

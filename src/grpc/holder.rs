@@ -166,7 +166,9 @@ fn lock_session(e: &LifecycleEvent) -> Option<SessionId> {
 
 /// Passes the items on to the client, and sends RENEW_DUE for each tracked
 /// lock when its time comes (once per lock or renew: a renewal tracks it
-/// afresh; its end untracks it). Ends when either side does.
+/// afresh; its end untracks it). Items already received go first, so a
+/// watch that replays a lock and its end sends no RENEW_DUE for it. Ends
+/// when either side does.
 async fn pace(mut items: mpsc::Receiver<Result<Item, Status>>, tx: mpsc::Sender<Result<pb::HolderEvent, Status>>) {
     let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
     let mut tracked: HashMap<String, (i64, pb::HolderEvent)> = HashMap::new();
@@ -176,6 +178,10 @@ async fn pace(mut items: mpsc::Receiver<Result<Item, Status>>, tx: mpsc::Sender<
         let wait = next
             .map_or(Duration::from_secs(3600), |at| Duration::from_millis(u64::try_from(at - unix_ms()).unwrap_or(0)));
         tokio::select! {
+            // What is already here comes first: a lock's end, queued behind
+            // its lock, cancels its RENEW_DUE (a watch catching up).
+            biased;
+            () = tx.closed() => return,
             received = items.recv() => {
                 let item = match received {
                     None => return,
@@ -201,14 +207,6 @@ async fn pace(mut items: mpsc::Receiver<Result<Item, Status>>, tx: mpsc::Sender<
                     Item::Track { due_at_ms, event } => {
                         position.clone_from(&event.event_id);
                         forget(&event.lock_id, &mut due, &mut tracked);
-                        // Already due (a watch that caught up late): now,
-                        // before whatever came after it.
-                        if due_at_ms <= unix_ms() {
-                            if tx.send(Ok(event)).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
                         due.insert((due_at_ms, event.lock_id.clone()));
                         tracked.insert(event.lock_id.clone(), (due_at_ms, event));
                     }

@@ -97,7 +97,7 @@ pub(super) async fn watch<S: StockStore>(
 }
 
 /// Spawns [`follow`] of `from` into `tx`, which ends with UNAVAILABLE when
-/// the service shuts down.
+/// the service shuts down, and as soon as the receiver of `tx` is gone.
 pub(super) fn spawn_follow<S, T, R>(
     store: &Arc<S>,
     events: &EventHub,
@@ -112,8 +112,12 @@ pub(super) fn spawn_follow<S, T, R>(
 {
     let (closed, store, events) = (events.closed(), store.clone(), events.clone());
     tokio::spawn(async move {
+        let gone = tx.clone();
         tokio::select! {
             () = follow(store, events, hub, render, from, tx.clone()) => {}
+            // The client left: a watch that has nothing to send would not
+            // notice by itself, and would keep the tailers reading for nobody.
+            () = gone.closed() => {}
             () = closed => {
                 let _ = tx.send(Err(Status::unavailable("the service is shutting down; resume after your last event_id elsewhere"))).await;
             }
