@@ -24,6 +24,7 @@
 --   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
 --   {'LOCK_HOLDER_MISMATCH'}
 --   {'SESSION_ENDED', 'expired' | 'closed'}   the lock's session ended (its end is on its way here)
+--   {'LEASE'}   the lease given has passed: read it again and call again
 --   {'INVALID_QUANTITY_SCALE', unit_scale} / {'QUANTITY_OUT_OF_RANGE'}
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
@@ -51,8 +52,14 @@ end
 if holder ~= '' and lock.holder ~= holder then
   return { 'LOCK_HOLDER_MISMATCH' }
 end
-if session_of(nonce) and (tonumber(ARGV[10]) or 0) <= now then
-  return { 'SESSION_ENDED', ARGV[11] }
+if session_of(nonce) then
+  local lease = tonumber(ARGV[10]) or 0
+  if lease == 0 then
+    return { 'SESSION_ENDED', ARGV[11] }
+  elseif lease <= now then
+    -- Passed since it was read (or this node's clock is ahead): read it again.
+    return { 'LEASE' }
+  end
 end
 
 local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))

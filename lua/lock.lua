@@ -61,6 +61,8 @@
 --   {'EPOCH'}                                the partition has no fencing epoch (its
 --                                            data is gone): raise it and call again
 --   {'SESSION_ENDED', 'expired' | 'closed'}  the session ended
+--   {'LEASE'}                                the lease given has passed: read it again
+--                                            (join_session.lua) and call again
 --   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
 --    then per line: token, qty, available, unit_scale}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
@@ -98,7 +100,11 @@ local function replay(stored, began, ttl)
     now = began + now
     max_expires = now + max_expires
   end
-  local reply = { 'REPLAY', 'OK', fmt(now), fmt(now + ttl), fmt(max_expires), f[3], f[4] }
+  local expires = now + ttl
+  if lease then
+    expires = math.min(lease, max_expires)
+  end
+  local reply = { 'REPLAY', 'OK', fmt(now), fmt(expires), fmt(max_expires), f[3], f[4] }
   for i = 5, #f, 4 do
     reply[#reply + 1] = compact and fmt(tonumber(f[i], 16)) or f[i]
     reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = f[i + 1], f[i + 2], f[i + 3]
@@ -130,7 +136,7 @@ if lease then
     return { 'SESSION_ENDED', ended }
   end
   if lease <= now then
-    return { 'SESSION_ENDED', 'expired' }
+    return { 'LEASE' }
   end
 end
 

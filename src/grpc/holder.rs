@@ -120,6 +120,8 @@ fn item(
         "expire" => {
             event.kind = Kind::LockExpired.into();
             event.cause = match e.field("detail") {
+                // A lock in a session expires by itself only at its maximum hold.
+                "" if !event.session_id.is_empty() => "max_hold".to_owned(),
                 "" => "ttl".to_owned(),
                 cause => cause.to_owned(),
             };

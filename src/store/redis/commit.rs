@@ -15,30 +15,38 @@ impl RedisStore {
         let [mantissa, scale] = cmd.quantity.map_or([String::new(), String::new()], |q| signed_args(q.decimal()));
         let lock_id = id.to_string();
 
+        let partition = self.keys.partition_of(&id.record.sku);
+        let call = |lease: &str, ended: &str| {
+            let mut inv = self.writing(&scripts::COMMIT, partition, None);
+            self.add_lock_record(&mut inv, id);
+            inv.arg("")
+                .arg(holder)
+                .arg(&mantissa)
+                .arg(&scale)
+                .arg(self.retention_ms)
+                .arg(self.retention_ms)
+                .arg(id.record.to_string())
+                .arg(id.token)
+                .arg(&id.nonce)
+                .arg(lease)
+                .arg(ended);
+            inv
+        };
         // A lock in a session lives while its session does: the script
-        // checks the session's lease.
-        let (lease, ended) = match id.session() {
+        // checks the session's lease, read again should it pass meanwhile.
+        let mut reply = match id.session() {
+            None => self.run_script("commit", &call("", "")).await?,
             Some(session) => {
                 let (lease, ended) = self.session_lease(&session).await?;
-                (lease.to_string(), ended)
+                let reply = self.run_script("commit", &call(&lease.to_string(), ended)).await?;
+                if reply.tag == Tag::Lease {
+                    let (lease, ended) = self.session_lease(&session).await?;
+                    self.run_script("commit", &call(&lease.to_string(), ended)).await?
+                } else {
+                    reply
+                }
             }
-            None => (String::new(), ""),
         };
-        let partition = self.keys.partition_of(&id.record.sku);
-        let mut inv = self.writing(&scripts::COMMIT, partition, None);
-        self.add_lock_record(&mut inv, id);
-        inv.arg("")
-            .arg(holder)
-            .arg(&mantissa)
-            .arg(&scale)
-            .arg(self.retention_ms)
-            .arg(self.retention_ms)
-            .arg(id.record.to_string())
-            .arg(id.token)
-            .arg(&id.nonce)
-            .arg(&lease)
-            .arg(ended);
-        let mut reply = self.run_script("commit", &inv).await?;
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
             Tag::Ok => (Some(reply.int()?), Some(reply.int()?), true),

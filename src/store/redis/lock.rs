@@ -137,7 +137,7 @@ impl RedisStore {
         numbers: &[usize],
         ticket: &Ticket,
     ) -> Result<LockOutcome, Error> {
-        let limits = LockLimits {
+        let mut limits = LockLimits {
             max_hold_ms: self.max_hold_ms,
             retention_ms: self.retention_ms,
             session_lease_ms: ticket.session_lease_ms,
@@ -145,10 +145,11 @@ impl RedisStore {
         let nonce = ticket.nonce.as_str();
         let mut generation = LockCall::current_generation(limits.retention_ms);
         let mut wide = Vec::new();
-        let call =
-            |generation, wide: &[usize]| LockCall::new(&self.keys, partition, cmd, limits, nonce, generation, wide);
-        let mut reply = self.lock_call(call(generation, &wide)).await?;
-        for _ in 0..4 {
+        let call = |limits, generation, wide: &[usize]| {
+            LockCall::new(&self.keys, partition, cmd, limits, nonce, generation, wide)
+        };
+        let mut reply = self.lock_call(call(limits, generation, &wide)).await?;
+        for _ in 0..5 {
             match reply.tag {
                 // This replica's clock and Redis's disagree about the
                 // generation (near its boundary): Redis's clock decides.
@@ -166,10 +167,18 @@ impl RedisStore {
                         }
                     }
                 }
+                // The session's lease, as its join read it, has passed
+                // (a keep-alive may have come since, or a call before this
+                // one took long): read it again.
+                Tag::Lease => {
+                    let session = cmd.session.as_ref().ok_or_else(|| malformed("LEASE outside a session"))?;
+                    let joined = self.join_session(session, Some(&cmd.holder), &[partition]).await?;
+                    limits.session_lease_ms = Some(joined.expires_at_ms);
+                }
                 _ => break,
             }
             // Nothing was written: call again.
-            reply = self.lock_call(call(generation, &wide)).await?;
+            reply = self.lock_call(call(limits, generation, &wide)).await?;
         }
         if reply.tag != Tag::Ok {
             return Err(refusal(&mut reply, cmd, numbers)?);

@@ -66,6 +66,9 @@ pub(super) enum Tag {
     TwoPersonRule,
     /// A session's end found it kept alive in time: nothing changed (not an error).
     Alive,
+    /// The session lease a call was given has passed: read it again and
+    /// call again (not an error; nothing was written).
+    Lease,
     /// No such session, or not the caller's.
     SessionNotFound,
     /// The session ended; 'expired' or 'closed' follows.
@@ -76,7 +79,7 @@ pub(super) enum Tag {
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 28] = [
+const TAGS: [(Tag, &str); 29] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
@@ -102,6 +105,7 @@ const TAGS: [(Tag, &str); 28] = [
     (Tag::ForceUnlockExpired, reason::FORCE_UNLOCK_EXPIRED),
     (Tag::TwoPersonRule, reason::TWO_PERSON_RULE),
     (Tag::Alive, "ALIVE"),
+    (Tag::Lease, "LEASE"),
     (Tag::SessionNotFound, reason::SESSION_NOT_FOUND),
     (Tag::SessionEnded, "SESSION_ENDED"),
     (Tag::LockInSession, reason::LOCK_IN_SESSION),
@@ -186,6 +190,7 @@ impl Tag {
             | Self::Generation
             | Self::Settle
             | Self::Alive
+            | Self::Lease
             | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
@@ -327,6 +332,7 @@ mod tests {
                     | Tag::Settle
                     | Tag::Epoch
                     | Tag::Alive
+                    | Tag::Lease
             )
         });
         for (tag, spelled) in refusals {
@@ -353,6 +359,7 @@ mod tests {
             Tag::Settle,
             Tag::Epoch,
             Tag::Alive,
+            Tag::Lease,
         ] {
             assert!(matches!(tag.error(Facts::default()), Error::Internal { .. }));
         }
