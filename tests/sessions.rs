@@ -471,3 +471,35 @@ async fn an_index_entry_without_its_session_does_not_stop_other_sessions_ending(
         "the entry of a session that does not exist stays in the index"
     );
 }
+
+#[tokio::test]
+async fn sessions_end_while_a_stream_of_lock_expiries_keeps_the_sweeper_busy() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "100ms"]).await;
+    svc.stock("SKU-1", "WH-A", "100000").await;
+    svc.stock("SKU-2", "WH-A", "10").await;
+    // Other traffic: locks that expire all the time, so every sweep round
+    // finds some.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lockers: Vec<_> = (0..8)
+        .map(|k| {
+            let (client, stop) = (svc.client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let mut request = lock_request("SKU-1", "WH-A", "1", &format!("t-{k}-{i}"));
+                    request.ttl = millis(100);
+                    let _ = client.clone().lock(request).await;
+                }
+            })
+        })
+        .collect();
+    let session = open(&svc, 300, "s-1").await;
+    svc.client.clone().lock(in_session("SKU-2", "WH-A", "4", "l-1", &session)).await.unwrap();
+    let back = eventually(Duration::from_secs(5), || async { svc.available("SKU-2", "WH-A").await == "10" }).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for locker in lockers {
+        locker.await.unwrap();
+    }
+    assert!(back, "the session's lock outlived it while other locks kept expiring");
+}

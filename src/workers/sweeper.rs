@@ -16,8 +16,25 @@ use tokio::time::MissedTickBehavior;
 
 use crate::domain::StockStore;
 
-/// Sweeps every `interval` until `stop` turns true.
-pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize, mut stop: watch::Receiver<bool>) {
+/// Sweeps every `interval` until `stop` turns true: expired locks, and
+/// sessions whose ttl passed, in two loops of their own, so that a long
+/// round of one (an expiry wave, a steady stream of expiring locks) holds
+/// back no end of the other.
+pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize, stop: watch::Receiver<bool>) {
+    let locks = sweep_loop(interval, stop.clone(), "expiry", || store.sweep_expired(batch));
+    let sessions = sweep_loop(interval, stop, "session", || store.sweep_sessions(batch));
+    tokio::join!(locks, sessions);
+}
+
+/// Calls `round` every `interval`, and again at once while it finds work:
+/// each round is bounded (a few records or sessions, each call settling a
+/// bounded number of locks), so a wave drains as fast as Redis allows,
+/// between other calls.
+async fn sweep_loop<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, what: &'static str, round: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, crate::domain::Error>>,
+{
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -25,28 +42,15 @@ pub async fn run<S: StockStore>(store: Arc<S>, interval: Duration, batch: usize,
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        // Sessions first: their end puts their locks' stock back, a bounded
-        // number of locks a session each round (the rest the next round).
-        match store.sweep_sessions(batch).await {
-            Ok(0) => {}
-            Ok(expired) => {
-                crate::metrics::METRICS.expired_locks.inc_by(expired as u64);
-                tracing::debug!(expired, "ended expired sessions' locks");
-            }
-            Err(e) => tracing::warn!(error = %e, "session sweep failed; retrying next tick"),
-        }
-        // Each round is bounded (a few records, each call settling a bounded
-        // number of locks); rounds follow each other while there is work, so
-        // an expiry wave drains as fast as Redis allows, between other calls.
         while !*stop.borrow() {
-            match store.sweep_expired(batch).await {
+            match round().await {
                 Ok(0) => break,
                 Ok(expired) => {
                     crate::metrics::METRICS.expired_locks.inc_by(expired as u64);
-                    tracing::debug!(expired, "returned expired locks to availability");
+                    tracing::debug!(expired, what, "returned expired locks to availability");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                    tracing::warn!(error = %e, what, "sweep failed; retrying next tick");
                     break;
                 }
             }
