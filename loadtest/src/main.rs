@@ -9,6 +9,7 @@
 
 mod probe;
 mod report;
+mod sessions;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +72,11 @@ enum Scenario {
     /// An expiry wave: --wave-locks locks on one record, all expiring at one
     /// instant, then Lock at --rate on the other records while it is swept.
     Wave,
+    /// Holding --hold-locks live locks: by --sessions sessions kept alive,
+    /// then by per-lock Renew (Redis calls and CPU side by side); then how
+    /// soon a holder hears of a loss under --rate Lock/s (default 5,000) of
+    /// other traffic. Needs --spawn or --redis-port.
+    Sessions,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +174,16 @@ struct RunArgs {
     /// before the wave expires and start it again this much later.
     #[arg(long, value_parser = humantime::parse_duration)]
     wave_pause: Option<Duration>,
+    /// Sessions scenario: how many sessions hold the locks.
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Sessions scenario: live locks held (0: only the notices part).
+    #[arg(long, default_value_t = 300_000)]
+    hold_locks: usize,
+    /// Sessions scenario: the sessions' ttl, and the per-lock renewals' (each
+    /// is kept alive, or renewed, every third of it).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -797,7 +813,8 @@ async fn phase(shared: Arc<Shared>, rate: Option<f64>, concurrency: Option<usize
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.rate.is_none() && args.concurrency.is_none() && args.sweep.is_empty() {
+    if args.rate.is_none() && args.concurrency.is_none() && args.sweep.is_empty() && args.scenario != Scenario::Sessions
+    {
         bail!("say how to load: --rate N (open loop), --concurrency N (closed loop) or --sweep R1,R2,...");
     }
     if args.wave_pause.is_some() && !args.spawn {
@@ -811,6 +828,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut admin = InventoryServiceClient::new(channels[0].clone());
     setup_stock(&mut admin, &args).await?;
     let redis_port = spawned.as_ref().map(|s| s.redis.port()).or(args.redis_port);
+    if args.scenario == Scenario::Sessions {
+        let port = redis_port.context("--scenario sessions reads Redis's figures: give --spawn or --redis-port")?;
+        return sessions::run(&channels, &target, port, &args).await;
+    }
     let mut probe = match redis_port {
         Some(port) => Some(probe::Probe::connect(port).await?),
         None => None,
