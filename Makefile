@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps test-deps run test lint monitoring k8s fuzz build bench loadtest
+.PHONY: deps test-deps run test lint monitoring k8s fuzz python-example build bench loadtest
 
 deps:
 	./scripts/install-deps.sh run
@@ -24,11 +24,13 @@ run: deps
 CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors auth http ingest invariants linearizability model sessions
 
 ## Formatting, lints, docs, the alert rules, the Kubernetes manifests, a
-## bounded fuzz run, and every test against real redis-servers: once on one
-## Redis, and the core suites again on Redis Cluster.
+## bounded fuzz run, every test against real redis-servers (once on one
+## Redis, and the core suites again on Redis Cluster), and the Python example
+## against the real service.
 test: test-deps lint monitoring k8s fuzz
 	$(CARGO) test --workspace --all-targets
 	STOCKLOCK_TEST_REDIS=cluster $(CARGO) test --workspace $(addprefix --test ,$(CLUSTER_SUITES))
+	./scripts/python-example.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -42,6 +44,11 @@ monitoring:
 ## Every manifest in k8s/ against the Kubernetes schemas.
 k8s:
 	./scripts/validate-k8s.sh
+
+## examples/python/checkout.py (a session, a lock in it, commit) against a
+## redis-server and the service, with stubs made from the proto.
+python-example:
+	./scripts/python-example.sh
 
 ## Every fuzz target for FUZZ_SECONDS (default 15) each.
 fuzz:

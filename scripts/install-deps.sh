@@ -3,7 +3,8 @@
 #   run:  redis-server (the embedded default and the tests start their own)
 #   test: the same, redis-cli (redis-tools) to make the test clusters, and
 #         promtool (Debian's prometheus package) for the alert rules, and
-#         python3 with venv for the Kubernetes manifest check
+#         python3 with venv for the Kubernetes manifest check and the Python
+#         example (its gRPC packages come from PyPI, into a private venv)
 # Rust itself comes from rustup; the proto is compiled in Rust (protox), so
 # no protoc. Safe to run again.
 set -euo pipefail
