@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -85,9 +86,8 @@ pub async fn run(
     // Kept alive until run returns; dropping it stops the child.
     let (urls, _embedded) = redis_urls(&config).await?;
     let url = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
-    let store = RedisStore::connect(&redis_settings(&config, urls))
-        .await
-        .map_err(|source| RunError::Store { url: url.clone(), source })?;
+    let store =
+        connect(&redis_settings(&config, urls)).await.map_err(|source| RunError::Store { url: url.clone(), source })?;
     let store = Arc::new(store);
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -174,6 +174,30 @@ pub async fn run(
     }
     tracing::info!("stocklock stopped");
     Ok(result?)
+}
+
+/// How long a starting service waits for a Redis that is reachable but slow
+/// to answer its first calls (connect, the layout check, loading the
+/// scripts), each within the store timeout: a cluster still settling its
+/// slots, a loaded machine. Nothing listening, a wrong layout or bad
+/// settings fail at once (`tests/server.rs`).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Connects the store, again after a timeout until [`STARTUP_PATIENCE`]
+/// runs out.
+async fn connect(settings: &RedisSettings) -> Result<RedisStore, Error> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match RedisStore::connect(settings).await {
+            Err(Error::StoreTimeout) if started.elapsed() < STARTUP_PATIENCE => {
+                tracing::warn!("Redis does not answer in time yet; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Authentication (when a token file is configured) and rate limits.
