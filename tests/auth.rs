@@ -9,7 +9,7 @@ use stocklock::pb;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-const INVENTORY: [&str; 11] = [
+const INVENTORY: [&str; 15] = [
     "SetStock",
     "AdjustStock",
     "GetAvailability",
@@ -21,6 +21,10 @@ const INVENTORY: [&str; 11] = [
     "Commit",
     "GetLock",
     "ListLocks",
+    "OpenSession",
+    "KeepAliveOnce",
+    "CloseSession",
+    "WatchHolder",
 ];
 const ADMIN: [&str; 6] = [
     "RequestForceUnlock",
@@ -49,6 +53,10 @@ async fn call(svc: &TestService, token: Option<&str>, method: &str) -> Result<()
         "Commit" => inv.commit(pb::CommitRequest::default()).await.map(drop),
         "GetLock" => inv.get_lock(pb::GetLockRequest::default()).await.map(drop),
         "ListLocks" => inv.list_locks(pb::ListLocksRequest::default()).await.map(drop),
+        "OpenSession" => inv.open_session(pb::OpenSessionRequest::default()).await.map(drop),
+        "KeepAliveOnce" => inv.keep_alive_once(pb::KeepAliveRequest::default()).await.map(drop),
+        "CloseSession" => inv.close_session(pb::CloseSessionRequest::default()).await.map(drop),
+        "WatchHolder" => inv.watch_holder(pb::WatchHolderRequest::default()).await.map(drop),
         "RequestForceUnlock" => admin.request_force_unlock(pb::RequestForceUnlockRequest::default()).await.map(drop),
         "ApproveForceUnlock" => admin.approve_force_unlock(pb::ApproveForceUnlockRequest::default()).await.map(drop),
         "RejectForceUnlock" => admin.reject_force_unlock(pb::RejectForceUnlockRequest::default()).await.map(drop),
@@ -79,6 +87,10 @@ async fn every_role_against_every_rpc() {
         "Commit",
         "GetLock",
         "ListLocks",
+        "OpenSession",
+        "KeepAliveOnce",
+        "CloseSession",
+        "WatchHolder",
     ];
     let reader = ["GetAvailability", "BatchGetAvailability"];
     let operator: Vec<&str> =
@@ -169,6 +181,40 @@ async fn the_holder_is_the_principal_whatever_the_request_says() {
     let mut alice = svc.admin_as(Some("alice-token-0123456789")).await;
     let events = alice.list_audit_events(pb::ListAuditEventsRequest::default()).await.unwrap().into_inner().events;
     assert_eq!(events[0].actor, "root");
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_principal_that_opened_it() {
+    let svc = start_authed(&[]).await;
+    let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
+    stock_as_root(&mut root, "S", "W", "5").await;
+    let mut checkout = svc.inventory_as(Some("checkout-token-0123456789")).await;
+    let mut other = svc.inventory_as(Some("other-token-0123456789")).await;
+    // The request's holder is not taken for the principal's.
+    let open = pb::OpenSessionRequest { holder: "other-service".into(), request_id: "s1".into(), ..Default::default() };
+    let session = checkout.open_session(open).await.unwrap().into_inner().session.unwrap();
+    assert_eq!(session.holder, "checkout");
+
+    // Another principal, even naming the holder, cannot use it.
+    let ping = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
+    expect_error(other.keep_alive_once(ping.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
+    let lock =
+        pb::LockRequest { ttl: None, session_id: session.session_id.clone(), ..lock_request("S", "W", "2", "l1") };
+    expect_error(other.lock(lock.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
+    let close = pb::CloseSessionRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
+    expect_error(other.close_session(close.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
+
+    // Its own principal can, with no holder field at all.
+    checkout
+        .keep_alive_once(pb::KeepAliveRequest { session_id: session.session_id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let mut own = lock;
+    own.holder = String::new();
+    let locked = checkout.lock(own).await.unwrap().into_inner().lock.unwrap();
+    assert_eq!((locked.holder.as_str(), locked.session_id.as_str()), ("checkout", session.session_id.as_str()));
+    let closed = checkout.close_session(close).await.unwrap().into_inner();
+    assert_eq!((closed.released, closed.closed_now), (1, true));
 }
 
 #[tokio::test]

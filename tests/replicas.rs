@@ -216,3 +216,39 @@ async fn one_replica_reads_the_ingestion_stream_and_another_takes_over_when_it_s
     assert_eq!(base.record("IN", "W").await.physical, "300", "nothing applied twice");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_kept_alive_through_either_replica_ends_once_when_both_stop_keeping_it() {
+    let (a, b) = two_replicas(&["--min-ttl", "100ms", "--sweep-interval", "100ms"]).await;
+    a.stock("SKU-R", "WH-A", "10").await;
+    let open = pb::OpenSessionRequest { ttl: millis(600), holder: "order-service".into(), request_id: "s-1".into() };
+    let session = a.client.clone().open_session(open).await.unwrap().into_inner().session.unwrap();
+    let in_session = |request_id: &str| pb::LockRequest {
+        ttl: None,
+        session_id: session.session_id.clone(),
+        ..lock_request("SKU-R", "WH-A", "2", request_id)
+    };
+    a.client.clone().lock(in_session("l-a")).await.unwrap();
+    b.client.clone().lock(in_session("l-b")).await.unwrap();
+
+    // Kept alive through one replica, then the other, past several ttls.
+    let ping = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "order-service".into() };
+    for i in 0..8 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        replica.client.clone().keep_alive_once(ping.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.record("SKU-R", "WH-A").await.locked, "4");
+
+    // Left alone, both replicas' sweepers may end it: its stock comes back
+    // once, and one expire event a lock.
+    assert!(eventually(Duration::from_secs(5), || async { a.available("SKU-R", "WH-A").await == "10" }).await);
+    let mut conn = a.redis_conn().await;
+    let events: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(a.keys().events(0)).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let count = |action: &str| events.iter().filter(|(_, f)| f.get(1).is_some_and(|a| a == action)).count();
+    assert_eq!((count("expire"), count("session.expire")), (2, 1), "{events:?}");
+    let record = b.record("SKU-R", "WH-A").await;
+    assert_eq!((record.locked.as_str(), record.live_locks, record.physical.as_str()), ("0", 0, "10"));
+    expect_error(b.client.clone().keep_alive_once(ping).await, Code::FailedPrecondition, "SESSION_EXPIRED");
+}
