@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use stocklock::pb;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn renew(lock_ids: Vec<String>, request_id: &str) -> pb::RenewRequest {
     pb::RenewRequest { lock_ids, holder: "order-service".into(), request_id: request_id.into(), ..Default::default() }
@@ -150,4 +151,84 @@ async fn renew_many_reports_per_lock_and_renew_can_change_the_ttl() {
     let expiry = response.results[0].expires_at.unwrap().seconds;
     assert!(expiry - a.expires_at.unwrap().seconds >= 59, "ttl 120 s should extend past the 60 s lock");
     assert_eq!((response.results[1].renewed, response.results[1].reason.as_str()), (false, "LOCK_NOT_FOUND"));
+}
+
+fn late_commit(lock_id: &str, quantity: &str, request_id: &str) -> pb::CommitRequest {
+    pb::CommitRequest {
+        lock_id: lock_id.into(),
+        quantity: quantity.into(),
+        request_id: request_id.into(),
+        allow_late_commit: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_late_commit_takes_the_stock_again_when_it_is_there_and_says_what_is_available_when_not() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "100ms"]).await;
+    svc.stock("SKU-1", "WH-A", "5").await;
+    let mut request = lock_request("SKU-1", "WH-A", "3", "r1");
+    request.ttl = millis(200);
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { svc.record("SKU-1", "WH-A").await.locked == "0" }).await);
+
+    // Not asked for: the lock expired, and that is all.
+    let plain = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c0".into(), ..Default::default() };
+    expect_error(svc.client.clone().commit(plain).await, Code::FailedPrecondition, "LOCK_EXPIRED");
+    // Swept, so its quantity is no longer known: the request must say it.
+    let status = expect_error(
+        svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await,
+        Code::FailedPrecondition,
+        "LOCK_EXPIRED",
+    );
+    assert_eq!(status.get_details_error_info().unwrap().metadata["available"], "5");
+    // Someone else took most of the stock meanwhile: refused, with what is left.
+    let other = svc.lock("SKU-1", "WH-A", "4", "r2").await.unwrap().lock.unwrap();
+    let status = expect_error(
+        svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c2")).await,
+        Code::FailedPrecondition,
+        "LOCK_EXPIRED",
+    );
+    assert_eq!(status.get_details_error_info().unwrap().metadata["available"], "1");
+    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "5");
+
+    // It comes back: the late commit takes it, under a token above every one before.
+    svc.release(&other.lock_id, "rel").await.unwrap();
+    let done = svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c3")).await.unwrap().into_inner();
+    assert!(done.late_fencing_token > other.fencing_token, "{done:?}");
+    assert_eq!((done.committed_quantity.as_str(), done.committed_now), ("3", true));
+    let record = svc.record("SKU-1", "WH-A").await;
+    assert_eq!((record.physical.as_str(), record.locked.as_str(), record.available.as_str()), ("2", "0", "2"));
+
+    // A retry deducts nothing more, and answers the same token.
+    let again = svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c3")).await.unwrap().into_inner();
+    assert_eq!((again.committed_now, again.late_fencing_token), (false, done.late_fencing_token));
+    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "2");
+    expect_error(svc.release(&lock.lock_id, "rel-old").await, Code::FailedPrecondition, "LOCK_ALREADY_COMMITTED");
+    let next = svc.lock("SKU-1", "WH-A", "1", "r3").await.unwrap().lock.unwrap();
+    assert!(next.fencing_token > done.late_fencing_token, "tokens never go back");
+}
+
+#[tokio::test]
+async fn a_late_commit_of_a_lock_not_swept_yet_returns_it_and_takes_it_again_in_one_step() {
+    // No sweeper: the expired lock is still stored, with its quantity.
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+    svc.stock("SKU-1", "WH-A", "5").await;
+    let mut request = lock_request("SKU-1", "WH-A", "3", "r1");
+    request.ttl = millis(200);
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
+    let get = || pb::GetLockRequest { lock_id: lock.lock_id.clone() };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(svc.client.clone().get_lock(get()).await, Err(s) if reason(&s) == "LOCK_EXPIRED")
+        })
+        .await
+    );
+    assert_eq!(svc.packed_locks("SKU-1", "WH-A").await.len(), 1, "still stored");
+    let done = svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await.unwrap().into_inner();
+    assert_eq!((done.committed_quantity.as_str(), done.committed_now), ("3", true));
+    assert!(done.late_fencing_token > lock.fencing_token);
+    let record = svc.record("SKU-1", "WH-A").await;
+    assert_eq!((record.physical.as_str(), record.locked.as_str(), record.live_locks), ("2", "0", 0));
+    assert!(svc.packed_locks("SKU-1", "WH-A").await.is_empty(), "the expired lock is gone with it");
 }

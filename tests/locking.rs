@@ -98,6 +98,7 @@ async fn commit_deducts_physical_and_a_partial_commit_releases_the_rest() {
         quantity: quantity.into(),
         holder: "order-service".into(),
         request_id: request_id.into(),
+        allow_late_commit: false,
     };
 
     let too_much = client.commit(commit("5", "c0")).await;

@@ -196,11 +196,19 @@ impl LockGuard {
         wait_lost(self.lost.clone()).await
     }
 
-    /// Commits the whole lock.
+    /// Commits the whole lock. Should it have expired meanwhile (its
+    /// session lost), the commit is made late: its quantity is taken again
+    /// if that much is still available (`late_fencing_token` in the answer),
+    /// else it fails with `LOCK_EXPIRED` and says what is available.
     pub async fn commit(mut self) -> Result<pb::CommitResponse, Status> {
         self.done = true;
-        let request =
-            pb::CommitRequest { lock_id: self.lock.lock_id.clone(), holder: self.holder.clone(), ..Default::default() };
+        let request = pb::CommitRequest {
+            lock_id: self.lock.lock_id.clone(),
+            holder: self.holder.clone(),
+            quantity: self.lock.quantity.clone(),
+            allow_late_commit: true,
+            ..Default::default()
+        };
         self.client.commit(request).await
     }
 

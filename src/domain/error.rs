@@ -90,10 +90,12 @@ pub enum Error {
         ended: Option<LockEnd>,
     },
     /// The lock expired because it was not renewed; its stock is back.
-    #[error("lock {lock_id} has expired")]
+    #[error("lock {lock_id} has expired{}", available.as_ref().map_or_else(String::new, |a| format!("; {a} is available")))]
     LockExpired {
         /// The lock id as the caller sent it.
         lock_id: String,
+        /// What is available now, when a late commit was refused for it.
+        available: Option<String>,
     },
     /// An operator force-released the lock; its holder is fenced out.
     #[error("lock {lock_id} was force-released by an operator")]

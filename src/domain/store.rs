@@ -228,6 +228,9 @@ pub struct CommitCommand {
     pub holder: Option<Holder>,
     /// Idempotency key.
     pub request_id: RequestId,
+    /// A lock that expired may still be committed, if its quantity is
+    /// available again (a late commit: see `lua/commit.lua`).
+    pub allow_late: bool,
 }
 
 /// What Commit did.
@@ -244,6 +247,9 @@ pub struct CommitOutcome {
     pub record: StockView,
     /// True when this replays an earlier call.
     pub replayed: bool,
+    /// A late commit's fencing token: the lock had expired, and its
+    /// quantity was taken again under this token and deducted.
+    pub late_token: Option<u64>,
 }
 
 /// OpenSession.

@@ -377,6 +377,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             quantity: validate::optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
             holder: validate::optional_holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
+            allow_late: r.allow_late_commit,
         };
         let lock_id = cmd.lock_id.to_string();
         let mark = self.store.durability_mark();
@@ -389,6 +390,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             committed_now: outcome.committed_now,
             record: Some(convert::record(&outcome.record)),
             replayed: outcome.replayed,
+            late_fencing_token: outcome.late_token.unwrap_or_default(),
             durability: self.durability(mark).await,
         }))
     }

@@ -81,7 +81,11 @@ impl From<Error> for Status {
                 info(&mut details, reason, &metadata);
                 Code::NotFound
             }
-            Error::LockExpired { lock_id } | Error::LockAlreadyCommitted { lock_id } => {
+            Error::LockExpired { lock_id, available: Some(available) } => {
+                info(&mut details, reason, &[("lock_id", lock_id.clone()), ("available", available.clone())]);
+                Code::FailedPrecondition
+            }
+            Error::LockExpired { lock_id, available: None } | Error::LockAlreadyCommitted { lock_id } => {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
                 Code::FailedPrecondition
             }

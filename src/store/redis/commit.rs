@@ -19,6 +19,7 @@ impl RedisStore {
         let call = |lease: &str, ended: &str| {
             let mut inv = self.writing(&scripts::COMMIT, partition, None);
             self.add_lock_record(&mut inv, id);
+            inv.key(self.keys.epoch(partition));
             inv.arg("")
                 .arg(holder)
                 .arg(&mantissa)
@@ -29,30 +30,36 @@ impl RedisStore {
                 .arg(id.token)
                 .arg(&id.nonce)
                 .arg(lease)
-                .arg(ended);
+                .arg(ended)
+                .arg(if cmd.allow_late { "1" } else { "" });
             inv
         };
         // A lock in a session lives while its session does: the script
         // checks the session's lease, read again should it pass meanwhile.
-        let mut reply = match id.session() {
-            None => self.run_script("commit", &call("", "")).await?,
-            Some(session) => {
-                let (lease, ended) = self.session_lease(&session).await?;
-                let reply = self.run_script("commit", &call(&lease.to_string(), ended)).await?;
-                if reply.tag == Tag::Lease {
-                    let (lease, ended) = self.session_lease(&session).await?;
-                    self.run_script("commit", &call(&lease.to_string(), ended)).await?
-                } else {
-                    reply
-                }
-            }
+        let lease = async || match id.session() {
+            None => Ok((String::new(), "")),
+            Some(session) => self.session_lease(&session).await.map(|(lease, ended)| (lease.to_string(), ended)),
         };
+        let (mut at, mut ended) = lease().await?;
+        let mut reply = self.run_script("commit", &call(&at, ended)).await?;
+        for _ in 0..2 {
+            match reply.tag {
+                // The session's lease passed since it was read: read it again.
+                Tag::Lease => (at, ended) = lease().await?,
+                // A late commit in a partition without a fencing epoch (its
+                // data is gone): raise it, so no token goes back.
+                Tag::Epoch => self.link.raise_epoch(&self.keys.epoch(partition)).await?,
+                _ => break,
+            }
+            reply = self.run_script("commit", &call(&at, ended)).await?;
+        }
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
             Tag::Ok => (Some(reply.int()?), Some(reply.int()?), true),
             // What the earlier commit did, from its tombstone (none from
             // a tombstone written before tombstones kept it).
             Tag::AlreadyCommitted => (reply.optional_int()?, reply.optional_int()?, false),
+
             Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
                 facts.field = "quantity".into();
                 return Err(reply.tag.error(facts));
@@ -74,12 +81,18 @@ impl RedisStore {
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
                 facts.ended = lock_end(&reply.text()?)?;
+                if reply.tag == Tag::LockExpired && !reply.is_done() {
+                    // A late commit refused: what is available instead.
+                    let available = reply.int()?;
+                    facts.detail = format_scaled(available, reply.unit_scale()?.get());
+                }
                 return Err(reply.tag.error(facts));
             }
             _ => return Err(reply.unexpected()),
         };
+        let late_token = reply.optional_int()?.map(|t| u64::try_from(t).unwrap_or_default());
         let replayed = reply.replayed;
         let record = reply.record(id.record.clone())?;
-        Ok(CommitOutcome { committed, released, committed_now, record, replayed })
+        Ok(CommitOutcome { committed, released, committed_now, record, replayed, late_token })
     }
 }

@@ -169,7 +169,7 @@ impl Tag {
             Self::QuantityOutOfRange => Error::invalid(field, detail),
             Self::InsufficientStock => Error::InsufficientStock { shortages },
             Self::LockNotFound => Error::LockNotFound { lock_id, ended },
-            Self::LockExpired => Error::LockExpired { lock_id },
+            Self::LockExpired => Error::LockExpired { lock_id, available: (!detail.is_empty()).then_some(detail) },
             Self::LockForceReleased => Error::LockForceReleased { lock_id },
             Self::LockHolderMismatch => Error::HolderMismatch { lock_id },
             Self::LockAlreadyCommitted => Error::LockAlreadyCommitted { lock_id },
