@@ -18,13 +18,14 @@
 -- ARGV[11] for a lock in a session that ended: 'expired' or 'closed'
 -- ARGV[12] '1' to allow a late commit, else ''
 --
--- A late commit (ARGV[12]) of a lock that expired re-takes its quantity, if
--- that much is available, and deducts it, in this one step: a new fencing
--- token (above every token of the record and the partition's epoch floor)
--- stands for it. The quantity is the request's, else the expired lock's if
--- it is still stored (not yet swept); a swept lock without a quantity in
--- the request is refused. Its tombstone ('C' with the new token) makes a
--- retry answer ALREADY_COMMITTED, so it never deducts twice.
+-- A late commit (ARGV[12]) of a lock that expired moments ago, still stored
+-- (not yet swept: about a second), returns its stock and takes its quantity
+-- (or the request's, not more) again, if that much is available, and
+-- deducts it, in this one step: a new fencing token (above every token of
+-- the record and the partition's epoch floor) stands for it. A swept lock
+-- is refused: nothing is left to check a lock id against. Its tombstone
+-- ('C' with the new token) makes a retry answer ALREADY_COMMITTED, so it
+-- never deducts twice.
 --
 -- Returns
 --   {'OK', committed, released, token, then the record (see record_reply)}   token: '', or a
@@ -33,7 +34,6 @@
 --                                         call, with what it did ('' '' '' from a tombstone written
 --                                         before tombstones kept it); nothing changed
 --   {'LOCK_EXPIRED', '', available, unit_scale}   a late commit that found too little available
---                                         (or no quantity for a swept lock: available then, too)
 --   {'EPOCH'}                             a late commit in a partition without a fencing epoch:
 --                                         raise it and call again
 --   {'LOCK_NOT_FOUND', ended} / {'LOCK_EXPIRED', ''} / {'LOCK_FORCE_RELEASED', ''} (see find_lock)
@@ -66,23 +66,26 @@ local function late_commit()
   if mark and string.sub(mark, 1, 1) == 'C' then
     return already_committed(string.sub(mark, 2))
   end
+  -- Only a lock still stored proves what it was (its nonce, holder and
+  -- quantity): once swept, an expired lock leaves nothing to check a lock
+  -- id against, and a forged or replayed one must not deduct stock.
   local packed = redis.call('HGET', rec.locks, token)
   local l = packed and unpack_lock(packed)
-  if l and l.nonce ~= nonce then
-    l = nil
+  if not l or l.nonce ~= nonce then
+    return { 'LOCK_EXPIRED', '' }
   end
-  if l and holder ~= '' and l.holder ~= holder then
+  if holder ~= '' and l.holder ~= holder then
     return { 'LOCK_HOLDER_MISMATCH' }
   end
   local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
-  local qty = l and l.qty
+  local qty = l.qty
   if ARGV[3] ~= '' then
     local err
     qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
     if not qty then
       return { err, fmt(unit_scale) }
     end
-    if l and qty > l.qty then
+    if qty > l.qty then
       return { 'QUANTITY_EXCEEDS_LOCK', fmt(l.qty), fmt(unit_scale) }
     end
   end
@@ -91,12 +94,10 @@ local function late_commit()
     return { 'EPOCH' }
   end
   -- The expired lock's stock comes back first (with its expire event).
-  if l then
-    drop_expired_all(pk, { { view = rec, tokens = { token }, packed = { packed } } }, now, tomb_retention)
-  end
+  drop_expired_all(pk, { { view = rec, tokens = { token }, packed = { packed } } }, now, tomb_retention)
   local s = read_stock(rec)
   local available = available_of(s, s.locked)
-  if not qty or qty > available then
+  if qty > available then
     return { 'LOCK_EXPIRED', '', fmt(math.max(available, 0)), fmt(unit_scale) }
   end
   local late = math.max(s.fence + 1, tonumber(epoch) * EPOCH_FACTOR)
@@ -104,10 +105,7 @@ local function late_commit()
   redis.call('HSET', rec.stock, 'physical', s.physical, 'fence', fmt(late), 'version', s.version)
   redis.call('HSET', rec.ended, tombstone_field(token), 'C' .. fmt(qty) .. '|0|' .. fmt(late))
   redis.call('PEXPIRE', rec.ended, tomb_retention)
-  local taken = {
-    token = fmt(late), nonce = nonce, qty = qty, holder = l and l.holder or holder,
-    order_id = l and l.order_id or '', batch_id = l and l.batch_id or '',
-  }
+  local taken = { token = fmt(late), nonce = nonce, qty = qty, holder = l.holder, order_id = l.order_id, batch_id = l.batch_id }
   emit(pk.events, 'commit', rec, math.max(available, 0), taken, fmt(qty), s)
   return record_reply(rec, now, { 'OK', fmt(qty), '0', fmt(late) })
 end

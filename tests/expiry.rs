@@ -163,56 +163,9 @@ fn late_commit(lock_id: &str, quantity: &str, request_id: &str) -> pb::CommitReq
     }
 }
 
-#[tokio::test]
-async fn a_late_commit_takes_the_stock_again_when_it_is_there_and_says_what_is_available_when_not() {
-    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "100ms"]).await;
-    svc.stock("SKU-1", "WH-A", "5").await;
-    let mut request = lock_request("SKU-1", "WH-A", "3", "r1");
-    request.ttl = millis(200);
-    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
-    assert!(eventually(Duration::from_secs(5), || async { svc.record("SKU-1", "WH-A").await.locked == "0" }).await);
-
-    // Not asked for: the lock expired, and that is all.
-    let plain = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c0".into(), ..Default::default() };
-    expect_error(svc.client.clone().commit(plain).await, Code::FailedPrecondition, "LOCK_EXPIRED");
-    // Swept, so its quantity is no longer known: the request must say it.
-    let status = expect_error(
-        svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await,
-        Code::FailedPrecondition,
-        "LOCK_EXPIRED",
-    );
-    assert_eq!(status.get_details_error_info().unwrap().metadata["available"], "5");
-    // Someone else took most of the stock meanwhile: refused, with what is left.
-    let other = svc.lock("SKU-1", "WH-A", "4", "r2").await.unwrap().lock.unwrap();
-    let status = expect_error(
-        svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c2")).await,
-        Code::FailedPrecondition,
-        "LOCK_EXPIRED",
-    );
-    assert_eq!(status.get_details_error_info().unwrap().metadata["available"], "1");
-    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "5");
-
-    // It comes back: the late commit takes it, under a token above every one before.
-    svc.release(&other.lock_id, "rel").await.unwrap();
-    let done = svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c3")).await.unwrap().into_inner();
-    assert!(done.late_fencing_token > other.fencing_token, "{done:?}");
-    assert_eq!((done.committed_quantity.as_str(), done.committed_now), ("3", true));
-    let record = svc.record("SKU-1", "WH-A").await;
-    assert_eq!((record.physical.as_str(), record.locked.as_str(), record.available.as_str()), ("2", "0", "2"));
-
-    // A retry deducts nothing more, and answers the same token.
-    let again = svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c3")).await.unwrap().into_inner();
-    assert_eq!((again.committed_now, again.late_fencing_token), (false, done.late_fencing_token));
-    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "2");
-    expect_error(svc.release(&lock.lock_id, "rel-old").await, Code::FailedPrecondition, "LOCK_ALREADY_COMMITTED");
-    let next = svc.lock("SKU-1", "WH-A", "1", "r3").await.unwrap().lock.unwrap();
-    assert!(next.fencing_token > done.late_fencing_token, "tokens never go back");
-}
-
-#[tokio::test]
-async fn a_late_commit_of_a_lock_not_swept_yet_returns_it_and_takes_it_again_in_one_step() {
-    // No sweeper: the expired lock is still stored, with its quantity.
-    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+/// A lock of 3 of SKU-1 in WH-A (of 5), expired by Redis's clock and, with
+/// the sweeper off, still stored.
+async fn expired_but_stored(svc: &TestService) -> pb::Lock {
     svc.stock("SKU-1", "WH-A", "5").await;
     let mut request = lock_request("SKU-1", "WH-A", "3", "r1");
     request.ttl = millis(200);
@@ -225,10 +178,80 @@ async fn a_late_commit_of_a_lock_not_swept_yet_returns_it_and_takes_it_again_in_
         .await
     );
     assert_eq!(svc.packed_locks("SKU-1", "WH-A").await.len(), 1, "still stored");
+    lock
+}
+
+#[tokio::test]
+async fn a_late_commit_takes_an_expired_lock_again_in_one_step_and_only_once() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+    let lock = expired_but_stored(&svc).await;
     let done = svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await.unwrap().into_inner();
     assert_eq!((done.committed_quantity.as_str(), done.committed_now), ("3", true));
     assert!(done.late_fencing_token > lock.fencing_token);
     let record = svc.record("SKU-1", "WH-A").await;
     assert_eq!((record.physical.as_str(), record.locked.as_str(), record.live_locks), ("2", "0", 0));
     assert!(svc.packed_locks("SKU-1", "WH-A").await.is_empty(), "the expired lock is gone with it");
+
+    // A retry deducts nothing more, and answers the same token.
+    let again = svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await.unwrap().into_inner();
+    assert_eq!((again.committed_now, again.late_fencing_token), (false, done.late_fencing_token));
+    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "2");
+    expect_error(svc.release(&lock.lock_id, "rel-old").await, Code::FailedPrecondition, "LOCK_ALREADY_COMMITTED");
+    let next = svc.lock("SKU-1", "WH-A", "1", "r3").await.unwrap().lock.unwrap();
+    assert!(next.fencing_token > done.late_fencing_token, "tokens never go back");
+}
+
+#[tokio::test]
+async fn a_commit_not_asked_to_be_late_sweeps_the_expired_lock_and_that_is_all() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+    let lock = expired_but_stored(&svc).await;
+    let plain = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c0".into(), ..Default::default() };
+    expect_error(svc.client.clone().commit(plain).await, Code::FailedPrecondition, "LOCK_EXPIRED");
+    // Its stock is back, and with it swept, a late commit comes too late.
+    assert!(svc.packed_locks("SKU-1", "WH-A").await.is_empty());
+    let late = svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await;
+    expect_error(late, Code::FailedPrecondition, "LOCK_EXPIRED");
+    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "5");
+}
+
+#[tokio::test]
+async fn a_late_commit_says_what_is_available_when_the_stock_is_gone() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "1h"]).await;
+    let lock = expired_but_stored(&svc).await;
+    // The warehouse counted two fewer meanwhile: 3 of 5 become 3 of 3, and
+    // with the expired lock's 3 back, 3 - 2 = 1... of which the lock wants 3.
+    let adjust = pb::AdjustStockRequest {
+        sku: "SKU-1".into(),
+        warehouse_id: "WH-A".into(),
+        physical_delta: "-3".into(),
+        request_id: "adj".into(),
+        ..Default::default()
+    };
+    svc.client.clone().adjust_stock(adjust).await.unwrap();
+    let status = expect_error(
+        svc.client.clone().commit(late_commit(&lock.lock_id, "", "c1")).await,
+        Code::FailedPrecondition,
+        "LOCK_EXPIRED",
+    );
+    assert_eq!(status.get_details_error_info().unwrap().metadata["available"], "2");
+    let record = svc.record("SKU-1", "WH-A").await;
+    assert_eq!((record.physical.as_str(), record.locked.as_str()), ("2", "0"), "nothing deducted");
+}
+
+#[tokio::test]
+async fn a_swept_or_forged_lock_cannot_be_committed_late() {
+    let svc = start_with(&["--min-ttl", "100ms", "--sweep-interval", "100ms"]).await;
+    svc.stock("SKU-1", "WH-A", "5").await;
+    let mut request = lock_request("SKU-1", "WH-A", "3", "r1");
+    request.ttl = millis(200);
+    let lock = svc.client.clone().lock(request).await.unwrap().into_inner().lock.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { svc.packed_locks("SKU-1", "WH-A").await.is_empty() }).await);
+    // Swept: nothing is left to check the lock id against.
+    let late = svc.client.clone().commit(late_commit(&lock.lock_id, "3", "c1")).await;
+    expect_error(late, Code::FailedPrecondition, "LOCK_EXPIRED");
+    // Nor may anyone name a token of the record with a made-up nonce.
+    let forged = format!("SKU-1|WH-A|{}-0badc0de", lock.fencing_token);
+    let late = svc.client.clone().commit(late_commit(&forged, "3", "c2")).await;
+    expect_error(late, Code::FailedPrecondition, "LOCK_EXPIRED");
+    assert_eq!(svc.record("SKU-1", "WH-A").await.physical, "5", "nothing was deducted");
 }

@@ -94,13 +94,10 @@ async fn a_session_that_can_no_longer_be_kept_alive_is_reported_lost() {
     // The service, back, confirms it: the session ended and its stock is back.
     service.restart().await;
     assert!(eventually(Duration::from_secs(5), || async { record(&service).await.locked == "0" }).await);
-    // The payment came through after all: the guard commits late, and the
-    // stock, still there, is taken again under a new fencing token.
-    let token = guard.lock().fencing_token;
-    let committed = guard.commit().await.unwrap();
-    assert!(committed.late_fencing_token > token, "{committed:?}");
-    assert_eq!((committed.committed_quantity.as_str(), committed.committed_now), ("4", true));
-    assert_eq!(record(&service).await.physical, "6");
+    // Long after: even a late commit is refused.
+    let committed = guard.commit().await.unwrap_err();
+    assert_eq!(committed.code(), tonic::Code::FailedPrecondition, "{committed:?}");
+    assert_eq!(record(&service).await.physical, "10");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
