@@ -72,9 +72,12 @@ impl Client {
         let (lost_tx, lost) = watch::channel(None);
         let lost_tx = Arc::new(lost_tx);
         let guards: Guards = Arc::default();
+        // The holder's watch is subscribed before the session is handed
+        // out, so no loss of a lock taken in it can come before it.
+        let first = subscribe(self, &session, "").await.ok();
         let tasks = vec![
             tokio::spawn(keep_alive(self.clone(), session.clone(), ttl, Arc::clone(&guards), Arc::clone(&lost_tx))),
-            tokio::spawn(watch_losses(self.clone(), session.clone(), Arc::clone(&guards), lost_tx)),
+            tokio::spawn(watch_losses(self.clone(), session.clone(), first, Arc::clone(&guards), lost_tx)),
         ];
         Ok(Session { client: self.clone(), session, lost, guards, tasks })
     }
@@ -130,8 +133,12 @@ impl Session {
     }
 
     fn guard(&self, lock: pb::Lock) -> LockGuard {
+        // Under the guards' lock, which a loss is told under too: a guard
+        // made while the session is being lost hears of it either way.
+        let mut guards = self.guards.lock().expect("the guards' lock is never poisoned");
         let (tx, lost) = watch::channel(self.lost.borrow().clone());
-        self.guards.lock().expect("the guards' lock is never poisoned").insert(lock.lock_id.clone(), tx);
+        guards.insert(lock.lock_id.clone(), tx);
+        drop(guards);
         LockGuard {
             client: self.client.clone(),
             holder: self.session.holder.clone(),
@@ -196,26 +203,32 @@ impl LockGuard {
         wait_lost(self.lost.clone()).await
     }
 
-    /// Commits the whole lock. Should it have expired meanwhile (its
-    /// session lost), the commit is made late: its quantity is taken again
-    /// if that much is still available (`late_fencing_token` in the answer),
-    /// else it fails with `LOCK_EXPIRED` and says what is available.
+    /// Commits the whole lock. Should it have expired moments ago (its
+    /// session just lost), the commit is made late: its quantity is taken
+    /// again if that much is still available (`late_fencing_token` in the
+    /// answer), else it fails with `LOCK_EXPIRED` and says what is
+    /// available. A lock of a BatchLock is never committed late on its own,
+    /// which could commit half an order. If the commit fails, the guard
+    /// still releases the lock when dropped.
     pub async fn commit(mut self) -> Result<pb::CommitResponse, Status> {
-        self.done = true;
         let request = pb::CommitRequest {
             lock_id: self.lock.lock_id.clone(),
             holder: self.holder.clone(),
             quantity: self.lock.quantity.clone(),
-            allow_late_commit: true,
+            allow_late_commit: self.lock.batch_id.is_empty(),
             ..Default::default()
         };
-        self.client.commit(request).await
+        let committed = self.client.commit(request).await;
+        self.done = committed.is_ok();
+        committed
     }
 
-    /// Gives the lock back.
+    /// Gives the lock back (again in the background when dropped, should
+    /// this fail).
     pub async fn release(mut self) -> Result<pb::ReleaseResponse, Status> {
-        self.done = true;
-        self.client.release(release_request(&self.lock, &self.holder)).await
+        let released = self.client.release(release_request(&self.lock, &self.holder)).await;
+        self.done = released.is_ok();
+        released
     }
 }
 
@@ -265,28 +278,32 @@ async fn keep_alive(
         let (tx, rx) = mpsc::channel(1);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         client.authorize(&mut request);
-        let failure = match client.inner.clone().keep_alive(request).await {
-            Err(status) => status,
-            Ok(answers) => {
-                let mut answers = answers.into_inner();
-                loop {
-                    let sent = Instant::now();
-                    if tx.send(ping.clone()).await.is_err() {
-                        break Status::unavailable("the keep-alive stream closed");
-                    }
-                    match tokio::time::timeout(ttl / 3, answers.message()).await {
-                        Ok(Ok(Some(_))) => {
-                            alive_until = sent + ttl;
-                            backoff = Duration::from_millis(50);
+        // Opening the stream may hang on a network that drops packets: no
+        // longer than the session is known to live.
+        let opened = tokio::time::timeout_at(alive_until.into(), client.inner.clone().keep_alive(request)).await;
+        let failure =
+            match opened.unwrap_or_else(|_| Err(Status::deadline_exceeded("opening the stream took too long"))) {
+                Err(status) => status,
+                Ok(answers) => {
+                    let mut answers = answers.into_inner();
+                    loop {
+                        let sent = Instant::now();
+                        if tx.send(ping.clone()).await.is_err() {
+                            break Status::unavailable("the keep-alive stream closed");
                         }
-                        Ok(Ok(None)) => break Status::unavailable("the keep-alive stream ended"),
-                        Ok(Err(status)) => break status,
-                        Err(_) => break Status::deadline_exceeded("a keep-alive was not answered in time"),
+                        match tokio::time::timeout(ttl / 3, answers.message()).await {
+                            Ok(Ok(Some(_))) => {
+                                alive_until = sent + ttl;
+                                backoff = Duration::from_millis(50);
+                            }
+                            Ok(Ok(None)) => break Status::unavailable("the keep-alive stream ended"),
+                            Ok(Err(status)) => break status,
+                            Err(_) => break Status::deadline_exceeded("a keep-alive was not answered in time"),
+                        }
+                        tokio::time::sleep(ttl.mul_f64(rand::random_range(0.8..1.0) / 3.0)).await;
                     }
-                    tokio::time::sleep(ttl.mul_f64(rand::random_range(0.8..1.0) / 3.0)).await;
                 }
-            }
-        };
+            };
         if refused(&failure) {
             lose_all(&lost, &guards, Lost::from_status(&failure));
             return;
@@ -306,19 +323,28 @@ async fn keep_alive(
 /// Follows the holder's WatchHolder stream for `session`, resuming after
 /// the last event seen, and tells each lock's guard (and the session) of
 /// its loss as it happens.
-async fn watch_losses(client: Client, session: pb::Session, guards: Guards, lost: Arc<watch::Sender<Option<Lost>>>) {
+async fn watch_losses(
+    client: Client,
+    session: pb::Session,
+    mut first: Option<tonic::Streaming<pb::HolderEvent>>,
+    guards: Guards,
+    lost: Arc<watch::Sender<Option<Lost>>>,
+) {
     let mut after = String::new();
     let mut backoff = Duration::from_millis(50);
-    loop {
-        let mut request = tonic::Request::new(pb::WatchHolderRequest {
-            holder: session.holder.clone(),
-            session_id: session.session_id.clone(),
-            after_event_id: after.clone(),
-            ..Default::default()
-        });
-        client.authorize(&mut request);
-        if let Ok(stream) = client.inner.clone().watch_holder(request).await {
-            let mut stream = stream.into_inner();
+    // Until the session is lost: after that, nothing of it can be lost.
+    while lost.borrow().is_none() {
+        let stream = match first.take() {
+            Some(stream) => Ok(stream),
+            None => subscribe(&client, &session, &after).await,
+        };
+        match &stream {
+            // Its position was trimmed away (a long outage): from now on.
+            Err(status) if status.code() == Code::InvalidArgument && !after.is_empty() => after.clear(),
+            Err(status) if refused(status) => return,
+            _ => {}
+        }
+        if let Ok(mut stream) = stream {
             while let Ok(Some(event)) = stream.message().await {
                 backoff = Duration::from_millis(50);
                 after.clone_from(&event.event_id);
@@ -343,9 +369,27 @@ async fn watch_losses(client: Client, session: pb::Session, guards: Guards, lost
     }
 }
 
-/// The session is lost, and every lock in it.
+/// The holder's WatchHolder stream of `session`, after `after` ("" for now).
+async fn subscribe(
+    client: &Client,
+    session: &pb::Session,
+    after: &str,
+) -> Result<tonic::Streaming<pb::HolderEvent>, Status> {
+    let mut request = tonic::Request::new(pb::WatchHolderRequest {
+        holder: session.holder.clone(),
+        session_id: session.session_id.clone(),
+        after_event_id: after.to_owned(),
+        ..Default::default()
+    });
+    client.authorize(&mut request);
+    Ok(client.inner.clone().watch_holder(request).await?.into_inner())
+}
+
+/// The session is lost, and every lock in it (told under the guards' lock,
+/// see `Session::guard`).
 fn lose_all(lost: &watch::Sender<Option<Lost>>, guards: &Guards, loss: Lost) {
-    for guard in guards.lock().expect("the guards' lock is never poisoned").values() {
+    let guards = guards.lock().expect("the guards' lock is never poisoned");
+    for guard in guards.values() {
         let _ = guard.send(Some(loss.clone()));
     }
     let _ = lost.send(Some(loss));
