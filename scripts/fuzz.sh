@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each (default
-# 15: the bounded run of `make test`). That bounded run builds unoptimized
+# 10: the bounded run of `make test`). That bounded run builds unoptimized
 # and without a sanitizer (FUZZ_FLAGS, default "--dev -s none"): the crate
 # forbids unsafe code, so the targets look for panics and wrong answers, and
 # the build takes a third of the time of an optimized AddressSanitizer one,
@@ -11,7 +11,7 @@
 # accept them. A crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds="${FUZZ_SECONDS:-15}"
+seconds="${FUZZ_SECONDS:-10}"
 read -r -a flags <<<"${FUZZ_FLAGS:---dev -s none}"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz"
