@@ -55,6 +55,23 @@ local token, nonce = ARGV[8], ARGV[9]
 
 local now = now_ms()
 
+-- How much of the lock `l` to commit: the request's quantity (ARGV[3],
+-- ARGV[4]), not more than the lock's, or all of it; nil and the refusal.
+local function committed_qty(l)
+  local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
+  if ARGV[3] == '' then
+    return l.qty
+  end
+  local qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
+  if not qty then
+    return nil, { err, fmt(unit_scale) }
+  end
+  if qty > l.qty then
+    return nil, { 'QUANTITY_EXCEEDS_LOCK', fmt(l.qty), fmt(unit_scale) }
+  end
+  return qty
+end
+
 local function already_committed(detail)
   local committed, released, late = string.match(detail, '^(%d+)|(%d+)|?(%d*)$')
   return record_reply(rec, now, { 'ALREADY_COMMITTED', committed or '', released or '', late or '' })
@@ -77,17 +94,9 @@ local function late_commit()
   if holder ~= '' and l.holder ~= holder then
     return { 'LOCK_HOLDER_MISMATCH' }
   end
-  local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
-  local qty = l.qty
-  if ARGV[3] ~= '' then
-    local err
-    qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
-    if not qty then
-      return { err, fmt(unit_scale) }
-    end
-    if qty > l.qty then
-      return { 'QUANTITY_EXCEEDS_LOCK', fmt(l.qty), fmt(unit_scale) }
-    end
+  local qty, refusal = committed_qty(l)
+  if not qty then
+    return refusal
   end
   local epoch = redis.call('GET', KEYS[10])
   if not epoch then
@@ -98,7 +107,7 @@ local function late_commit()
   local s = read_stock(rec)
   local available = available_of(s, s.locked)
   if qty > available then
-    return { 'LOCK_EXPIRED', '', fmt(math.max(available, 0)), fmt(unit_scale) }
+    return { 'LOCK_EXPIRED', '', fmt(math.max(available, 0)), fmt(s.unit_scale) }
   end
   local late = math.max(s.fence + 1, tonumber(epoch) * EPOCH_FACTOR)
   s.physical, s.fence, s.version = s.physical - qty, late, s.version + 1
@@ -139,17 +148,9 @@ if session_of(nonce) then
   end
 end
 
-local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
-local qty = lock.qty
-if ARGV[3] ~= '' then
-  local err
-  qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
-  if not qty then
-    return { err, fmt(unit_scale) }
-  end
-  if qty > lock.qty then
-    return { 'QUANTITY_EXCEEDS_LOCK', fmt(lock.qty), fmt(unit_scale) }
-  end
+local qty, refusal = committed_qty(lock)
+if not qty then
+  return refusal
 end
 
 settle(pk, rec, now, tomb_retention)
