@@ -179,8 +179,7 @@ impl LockId {
     /// The session the lock lives in, if it was taken in one: its nonce
     /// is then `<random hex>s<session id>` (see [`session_nonce`]).
     pub fn session(&self) -> Option<SessionId> {
-        let (_, session) = self.nonce.split_once('s')?;
-        SessionId::parse(session, "lock_id").ok()
+        SessionId::of_nonce(&self.nonce)
     }
 }
 
@@ -227,6 +226,12 @@ impl SessionId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The session a lock nonce names (see [`session_nonce`]), if any.
+    pub fn of_nonce(nonce: &str) -> Option<Self> {
+        let (_, session) = nonce.split_once('s')?;
+        Self::parse(session, "nonce").ok()
     }
 }
 

@@ -161,9 +161,7 @@ fn item(
 
 /// The session a lock event's lock lives in.
 fn lock_session(e: &LifecycleEvent) -> Option<SessionId> {
-    let nonce = e.field("nonce");
-    let (_, session) = nonce.split_once('s')?;
-    SessionId::parse(session, "nonce").ok()
+    SessionId::of_nonce(e.field("nonce"))
 }
 
 /// Passes the items on to the client, and sends RENEW_DUE for each tracked

@@ -160,7 +160,7 @@ impl RedisStore {
             for id in self.due_members(&self.keys.sessions(partition), max_sessions).await? {
                 let Ok(session) = SessionId::parse(&id, "session_id") else {
                     tracing::warn!(session = %id, "session index holds an id that does not parse; removing it");
-                    let _: () = self.query(redis::cmd("ZREM").arg(self.keys.sessions(partition)).arg(&id)).await?;
+                    self.forget_session(partition, &id).await?;
                     continue;
                 };
                 // One session that cannot be ended holds up no other.
@@ -169,13 +169,18 @@ impl RedisStore {
                     Err(Error::SessionNotFound { .. }) => {
                         // Its hash is gone (kept a retention after its end):
                         // nothing is left to end.
-                        let _: () = self.query(redis::cmd("ZREM").arg(self.keys.sessions(partition)).arg(&id)).await?;
+                        self.forget_session(partition, &id).await?;
                     }
                     Err(e) => tracing::warn!(session = %id, error = %e, "ending a session failed; retrying next sweep"),
                 }
             }
         }
         Ok(expired)
+    }
+
+    /// Takes `id` out of `partition`'s session index.
+    async fn forget_session(&self, partition: Partition, id: &str) -> Result<(), Error> {
+        self.query(redis::cmd("ZREM").arg(self.keys.sessions(partition)).arg(id)).await
     }
 
     /// Ends `session` as `how` and its locks, up to `budget` of them; what
