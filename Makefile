@@ -21,7 +21,7 @@ run: deps
 # own three-primary Redis Cluster (the others stop, pause or replicate one
 # redis-server, which a cluster test does in tests/cluster.rs). --workspace
 # keeps the features of the first run, so nothing is built twice.
-CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors ingest invariants linearizability model sessions
+CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors ingest invariants linearizability model sessions transfer
 
 ## Formatting, lints, docs, the alert rules, the Kubernetes manifests, every
 ## test against real redis-servers (once on one Redis, and the core suites

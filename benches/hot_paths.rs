@@ -53,6 +53,7 @@ fn status_mapping(c: &mut Criterion) {
                     record: record.clone(),
                     requested: "5".into(),
                     available: "2".into(),
+                    exists: true,
                 }],
             };
             black_box(tonic::Status::from(error))
@@ -94,12 +95,12 @@ fn lock_round_trip(c: &mut Criterion) {
         (redis, store)
     });
     let counter = AtomicU64::new(0);
-    let line =
-        LockLine { record: RecordKey::parse_id("BENCH|WH").unwrap(), quantity: Quantity::parse("1", "q").unwrap() };
+    let line = LockLine::new(RecordKey::parse_id("BENCH|WH").unwrap(), Quantity::parse("1", "q").unwrap());
     c.bench_function("Lock round trip to Redis (lock.lua)", |b| {
         b.to_async(&runtime).iter(|| {
             let n = counter.fetch_add(1, Ordering::Relaxed);
             let cmd = LockCommand {
+                policy: Default::default(),
                 lines: vec![line.clone()],
                 ttl: Duration::from_secs(60),
                 order_id: OrderId::parse("o", "order_id").unwrap(),

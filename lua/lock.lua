@@ -1,4 +1,5 @@
--- lock.lua: locks one line (Lock) or every line of a batch (BatchLock), all or nothing.
+-- lock.lua: locks one line (Lock) or the lines of a batch (BatchLock), choosing
+-- among a line's candidate warehouses, all or nothing or by the batch's policy.
 --
 -- KEYS[1..4]       partition keys: this generation's idempotency hash, due index, event stream,
 --                  audit (unused)
@@ -10,8 +11,9 @@
 -- KEYS[8]          in a session: the session's locks in this partition (a sorted set of
 --                  "sku|warehouse|token" by maximum hold, see end_session_part.lua), else unused
 -- KEYS[9]          in a session: its end marker in this partition, else unused
--- KEYS[10 ..]      per line, its record: narrow, the shard's five keys (stock, locks, exp,
---                  ended, idx); wide (see ARGV[14]), the whole record (see whole_record_at)
+-- KEYS[10 ..]      per line, each of its candidate records (a slot each, numbered from 0
+--                  across lines): narrow, the shard's five keys (stock, locks, exp, ended,
+--                  idx); wide (see ARGV[14]), the whole record (see whole_record_at)
 -- ARGV[1]  the content's digest (16 hex digits), or "" to keep no idempotency record
 -- ARGV[2]  ttl ms
 -- ARGV[3]  maximum total hold ms
@@ -27,9 +29,22 @@
 -- ARGV[13] the lock shard of this call's locks (0..LOCK_SHARDS-1): each lock's token is the
 --          smallest above the record's last one with token % LOCK_SHARDS = the shard, so
 --          a lock id names its shard (src/store/redis/keys.rs)
--- ARGV[14] per line, '1' if it names its record wide, else '0' (one character a line)
+-- ARGV[14] per record slot, '1' if it names its record wide, else '0' (one character a slot)
 -- ARGV[15] in a session: its lease, the expiry (ms) join_session.lua read; else ''
--- ARGV[16 + 3k ..]  line k: record id "sku|warehouse", quantity mantissa, quantity scale
+-- ARGV[16] the policy for short lines: 'A' all or nothing, 'L' each line in full or not at
+--          all, 'P' each line as much as is available
+-- ARGV[17 ..] per line: its spec, quantity mantissa, quantity scale, then its n record ids
+--          "sku|warehouse". The spec is n, then 'm' to try the most available candidate
+--          first (else the order given) and 's' if the line may be split: "1" for a line
+--          of one record, e.g. "3ms"
+--
+-- Choosing: without a split, the first candidate (in the strategy's order)
+-- that has the whole quantity; with one, each in that order takes what it
+-- has until the line is filled. A line not filled gets nothing unless the
+-- policy is 'P', which keeps what was found (without a split, the candidate
+-- with the most). A candidate without a record counts as having nothing; a
+-- line of one record without one is refused. Candidates of different unit
+-- scales are compared at the largest.
 --
 -- A lock in a session (its nonce names the session, see session_of) needs
 -- no Renew: its expiry entry is its maximum hold, and it ends earlier when
@@ -38,14 +53,15 @@
 --
 -- Expired locks never count: a narrow line settles those of its shard; when
 -- it is short and other shards may hold expired locks too (the record's due
--- has come), the call answers {'SETTLE', line...} without writing, and the
--- caller calls again with those lines wide, which settles their records'
+-- has come), the call answers {'SETTLE', slot...} without writing, and the
+-- caller calls again with those slots wide, which settles their records'
 -- expired locks (SETTLE_LIMIT each) before it locks. So a Lock names 5 keys
 -- a line, and 50 only for a short line of a record with expired locks.
 --
 -- Idempotency: a granted call leaves one field in its generation's hash,
 -- request digest -> content digest .. ":" .. "since|hold|batch_id|nonce|" and
--- per line "token|qty|available|unit_scale", where `since` is the call's time
+-- per line "token|qty|available|unit_scale" (';' and the OK reply's lines
+-- after its nonce, for a call with candidates or a policy), where `since` is the call's time
 -- after its generation began, `hold` its max_expires_at after that time, and
 -- tokens are in hex: every order leaves one, so it is kept small. (A record
 -- without the ':' was written before and holds "now|max_expires|" and
@@ -57,20 +73,24 @@
 --
 -- Returns
 --   {'GENERATION', generation}                see Idempotency
---   {'SETTLE', line...}                      call again with these lines wide
+--   {'SETTLE', slot...}                      call again with these record slots wide
 --   {'EPOCH'}                                the partition has no fencing epoch (its
 --                                            data is gone): raise it and call again
 --   {'SESSION_ENDED', 'expired' | 'closed'}  the session ended
 --   {'LEASE'}                                the lease given has passed: read it again
 --                                            (join_session.lua) and call again
---   {'OK', now, expires_at, max_expires_at, batch_id, nonce,
---    then per line: token, qty, available, unit_scale}
+--   {'OK', now, expires_at, max_expires_at, batch_id, nonce, then per line:
+--    n, then n locks: candidate, token, qty, available after, unit_scale;
+--    m, then m candidates when the line was not filled (else m = 0):
+--    candidate, available, unit_scale, exists (1/0)}
 --   {'REPLAY', ...the same...}               a retry of an earlier success
 --   {'IDEMPOTENCY_KEY_REUSED'}
 --   {'SKU_NOT_AVAILABLE_IN_WAREHOUSE', line}
 --   {'INVALID_QUANTITY_SCALE', line, unit_scale} / {'QUANTITY_OUT_OF_RANGE', line}
---   {'INSUFFICIENT_STOCK', then per short line: line, requested, available, unit_scale}
--- Lines are numbered from 0. Nothing is written unless the answer is OK.
+--   {'INSUFFICIENT_STOCK', then per candidate of each short line:
+--    line, candidate, available, unit_scale, exists}   (any short line under 'A';
+--                                            every line, when none got anything)
+-- Lines and candidates are numbered from 0. Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, record_at, read_stock, scale_qty, find_expired,
 -- whole_record_at, WHOLE_RECORD_KEYS, find_expired_all, drop_expired_all,
@@ -85,18 +105,22 @@ local tomb_retention = tonumber(ARGV[8])
 local nonce = ARGV[9]
 local request, generation, generation_ms = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local shard = tonumber(ARGV[13])
-local wide_lines = ARGV[14]
+local wide_slots = ARGV[14]
 local lease = tonumber(ARGV[15])
+local policy = ARGV[16]
 local session_locks, session_end = KEYS[8], KEYS[9]
-local line_count = (#ARGV - 15) / 3
+-- Every line one record ("1") and all or nothing: the compact idempotency record.
+-- (cleared below by a line with candidates).
+local plain = policy == 'A'
 
 -- The answer a retry gets from its stored record (see Idempotency), written
 -- in the generation that began at `began`.
 local function replay(stored, began, ttl)
-  local compact = string.sub(stored, 17, 17) == ':'
-  local f = split(string.sub(stored, compact and 18 or 17), '|')
+  local marker = string.sub(stored, 17, 17)
+  local relative = marker == ':' or marker == ';'
+  local f = split(string.sub(stored, relative and 18 or 17), '|')
   local now, max_expires = tonumber(f[1]), tonumber(f[2])
-  if compact then
+  if relative then
     now = began + now
     max_expires = now + max_expires
   end
@@ -105,9 +129,17 @@ local function replay(stored, began, ttl)
     expires = math.min(lease, max_expires)
   end
   local reply = { 'REPLAY', 'OK', fmt(now), fmt(expires), fmt(max_expires), f[3], f[4] }
+  if marker == ';' then
+    for i = 5, #f do
+      reply[#reply + 1] = f[i]
+    end
+    return reply
+  end
   for i = 5, #f, 4 do
-    reply[#reply + 1] = compact and fmt(tonumber(f[i], 16)) or f[i]
-    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = f[i + 1], f[i + 2], f[i + 3]
+    local token = marker == ':' and fmt(tonumber(f[i], 16)) or f[i]
+    for _, v in ipairs({ '1', '0', token, f[i + 1], f[i + 2], f[i + 3], '0' }) do
+      reply[#reply + 1] = v
+    end
   end
   return reply
 end
@@ -140,54 +172,149 @@ if lease then
   end
 end
 
--- Check every line before the first write.
+-- The requested quantity of a line: mantissa `m` at scale `qs`, and its
+-- candidates `cands`. Each candidate is {index, slot, view, rec, stock, qty,
+-- expired, available, scale} or, without a record, {index, slot, missing,
+-- available = 0, scale = 0}. Returns the allocation, a list of {cand, qty}
+-- (qty in the candidate's unit scale), and whether it fills the line.
+local function allocate(cands, m, qs, most, split_ok, partial)
+  local present = {}
+  local top = 0
+  for _, c in ipairs(cands) do
+    if not c.missing then
+      present[#present + 1] = c
+      top = math.max(top, c.scale)
+    end
+  end
+  if #present == 0 then
+    return {}, false
+  end
+  -- Figures of candidates of different unit scales compare at the largest.
+  for _, c in ipairs(present) do
+    c.factor = 10 ^ (top - c.scale)
+    c.weight = math.max(c.available, 0) * c.factor
+  end
+  if most then
+    table.sort(present, function(a, b)
+      return a.weight > b.weight or (a.weight == b.weight and a.index < b.index)
+    end)
+  end
+  if not split_ok then
+    for _, c in ipairs(present) do
+      if c.available >= c.qty then
+        return { { c, c.qty } }, true
+      end
+    end
+    if partial then
+      local best
+      for _, c in ipairs(present) do
+        if c.available > 0 and (not best or c.weight > best.weight) then
+          best = c
+        end
+      end
+      if best then
+        return { { best, best.available } }, false
+      end
+    end
+    return {}, false
+  end
+  local remaining = m * 10 ^ (top - qs)
+  local taken = {}
+  for _, c in ipairs(present) do
+    if remaining <= 0 then
+      break
+    end
+    local t = math.min(math.max(c.available, 0), math.floor(remaining / c.factor))
+    if t > 0 then
+      taken[#taken + 1] = { c, t }
+      remaining = remaining - t * c.factor
+    end
+  end
+  if remaining > 0 and not partial then
+    return {}, false
+  end
+  return taken, remaining <= 0
+end
+
+-- Check every line, and choose where each locks, before the first write.
 local lines = {}
 local short = {}
 local unsettled = {}
-local key = 10
-for k = 0, line_count - 1 do
-  -- `rec` is the record as the call names it, `view` the shard the lock goes to.
-  local rec, view
-  local wide = string.sub(wide_lines, k + 1, k + 1) == '1'
-  if wide then
-    rec = whole_record_at(key, ARGV[16 + 3 * k])
-    view = rec.views[shard + 1]
-    key = key + WHOLE_RECORD_KEYS
-  else
-    rec = record_at(key, ARGV[16 + 3 * k])
-    view = rec
-    key = key + 5
-  end
-  local s = read_stock(view)
-  if not s then
-    return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
-  end
-  local qty, err = scale_qty(tonumber(ARGV[17 + 3 * k]), tonumber(ARGV[18 + 3 * k]), s.unit_scale)
-  if qty and s.locked + qty > MAX_EXACT then
-    -- Only data written before physical + in_transit was bounded gets here.
-    qty, err = nil, 'QUANTITY_OUT_OF_RANGE'
-  end
-  if not qty then
-    return { err, fmt(k), fmt(s.unit_scale) }
-  end
-  -- Only a record whose earliest expiry has come can have expired locks.
-  local expired, expired_sum = find_expired_all(rec, now, s.due)
-  local available = available_of(s, s.locked - expired_sum)
-  if qty > available then
-    if not wide and s.due and s.due <= now then
-      unsettled[#unsettled + 1] = fmt(k)
+local any = false
+local key, slot, arg, k = 10, 0, 17, 0
+while arg <= #ARGV do
+  local spec, m, qs = ARGV[arg], tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
+  local n = tonumber(string.match(spec, '^%d+'))
+  plain = plain and spec == '1'
+  local cands = {}
+  for c = 1, n do
+    -- `rec` is the record as the call names it, `view` the shard the lock goes to.
+    local rec, view
+    local wide = string.sub(wide_slots, slot + 1, slot + 1) == '1'
+    if wide then
+      rec = whole_record_at(key, ARGV[arg + 2 + c])
+      view = rec.views[shard + 1]
+      key = key + WHOLE_RECORD_KEYS
+    else
+      rec = record_at(key, ARGV[arg + 2 + c])
+      view = rec
+      key = key + 5
     end
-    for _, v in ipairs({ k, qty, math.max(available, 0), s.unit_scale }) do
-      short[#short + 1] = fmt(v)
+    local s = read_stock(view)
+    if not s then
+      if n == 1 then
+        return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
+      end
+      cands[c] = { index = c - 1, slot = slot, missing = true, available = 0, scale = 0 }
+    else
+      local qty, err = scale_qty(m, qs, s.unit_scale)
+      if qty and s.locked + qty > MAX_EXACT then
+        -- Only data written before physical + in_transit was bounded gets here.
+        qty, err = nil, 'QUANTITY_OUT_OF_RANGE'
+      end
+      if not qty then
+        return { err, fmt(k), fmt(s.unit_scale) }
+      end
+      -- Only a record whose earliest expiry has come can have expired locks.
+      local expired, expired_sum = find_expired_all(rec, now, s.due)
+      cands[c] = {
+        index = c - 1, slot = slot, rec = rec, view = view, stock = s, qty = qty, expired = expired,
+        available = available_of(s, s.locked - expired_sum), scale = s.unit_scale,
+        unsettled = not wide and s.due and s.due <= now,
+      }
+    end
+    slot = slot + 1
+  end
+  local taken, filled = allocate(cands, m, qs, string.find(spec, 'm', 1, true), string.find(spec, 's', 1, true), policy == 'P')
+  if not filled then
+    -- Expired locks in other shards may be what keeps the line short.
+    for _, c in ipairs(cands) do
+      if c.unsettled then
+        unsettled[#unsettled + 1] = fmt(c.slot)
+      end
+    end
+    if policy == 'L' then
+      taken = {}
     end
   end
-  lines[#lines + 1] = { rec = rec, view = view, stock = s, qty = qty, expired = expired, available = available }
+  local missed = {}
+  if not filled then
+    for _, c in ipairs(cands) do
+      missed[#missed + 1] = { c.index, math.max(c.available, 0), c.scale, c.missing and 0 or 1 }
+      for _, v in ipairs({ k, c.index, math.max(c.available, 0), c.scale, c.missing and 0 or 1 }) do
+        short[#short + 1] = fmt(v)
+      end
+    end
+  end
+  any = any or #taken > 0
+  lines[#lines + 1] = { taken = taken, missed = missed }
+  arg, k = arg + 3 + n, k + 1
 end
 if #unsettled > 0 then
   table.insert(unsettled, 1, 'SETTLE')
   return unsettled
 end
-if #short > 0 then
+if #short > 0 and (policy == 'A' or not any) then
   table.insert(short, 1, 'INSUFFICIENT_STOCK')
   return short
 end
@@ -211,34 +338,43 @@ end
 local reply = { 'OK', fmt(now), fmt(expires), fmt(max_expires), batch_id, nonce }
 local lock_refs = {}
 for _, line in ipairs(lines) do
-  local rec = line.view
-  local s = line.stock
-  s = drop_expired_all(pk, line.expired, now, tomb_retention) or s
-  -- One write for the three counters; the figures are known, so the event
-  -- needs no read either (the profile of this script is its Redis calls).
-  -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
-  local next_token = math.max(s.fence + 1, token_floor)
-  local token = fmt(next_token + (shard - next_token % LOCK_SHARDS) % LOCK_SHARDS)
-  s.fence, s.locked, s.version, s.live = tonumber(token), s.locked + line.qty, s.version + 1, s.live + 1
-  redis.call('HSET', rec.stock, 'fence', token, 'locked', s.locked, 'version', s.version, 'live', s.live)
-  -- A new lock can only bring the record's earliest expiry forward.
-  lower_due(pk.due, rec, s, deadline)
-  redis.call('HSET', rec.locks, token, pack_lock({
-    qty = line.qty, created = now, max_expires = max_expires, ttl = ttl,
-    holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
-  }))
-  redis.call('ZADD', rec.exp, deadline, token)
-  if lease then
-    redis.call('ZADD', session_locks, max_expires, rec.id .. '|' .. token)
+  reply[#reply + 1] = fmt(#line.taken)
+  for _, pick in ipairs(line.taken) do
+    local c, qty = pick[1], pick[2]
+    local rec = c.view
+    local s = drop_expired_all(pk, c.expired, now, tomb_retention) or c.stock
+    -- One write for the three counters; the figures are known, so the event
+    -- needs no read either (the profile of this script is its Redis calls).
+    -- Tokens pass through fmt: Lua would print large numbers as 9.0071992547409e+15.
+    local next_token = math.max(s.fence + 1, token_floor)
+    local token = fmt(next_token + (shard - next_token % LOCK_SHARDS) % LOCK_SHARDS)
+    s.fence, s.locked, s.version, s.live = tonumber(token), s.locked + qty, s.version + 1, s.live + 1
+    redis.call('HSET', rec.stock, 'fence', token, 'locked', s.locked, 'version', s.version, 'live', s.live)
+    -- A new lock can only bring the record's earliest expiry forward.
+    lower_due(pk.due, rec, s, deadline)
+    redis.call('HSET', rec.locks, token, pack_lock({
+      qty = qty, created = now, max_expires = max_expires, ttl = ttl,
+      holder = holder, order_id = order_id, nonce = nonce, batch_id = batch_id,
+    }))
+    redis.call('ZADD', rec.exp, deadline, token)
+    if lease then
+      redis.call('ZADD', session_locks, max_expires, rec.id .. '|' .. token)
+    end
+    redis.call('ZADD', rec.idx, 0, lock_member(rec, token, now))
+    local lock = { token = token, nonce = nonce, qty = qty, holder = holder, order_id = order_id, batch_id = batch_id }
+    emit(pk.events, 'lock', rec, math.max(c.available, 0), lock, expires, s)
+    -- No record is named twice in a call, so `available` is exact per lock.
+    for _, v in ipairs({ c.index, s.fence, qty, math.max(c.available - qty, 0), c.stock.unit_scale }) do
+      reply[#reply + 1] = fmt(v)
+    end
+    lock_refs[#lock_refs + 1] = rec.id .. '|' .. token
   end
-  redis.call('ZADD', rec.idx, 0, lock_member(rec, token, now))
-  local lock = { token = token, nonce = nonce, qty = line.qty, holder = holder, order_id = order_id, batch_id = batch_id }
-  emit(pk.events, 'lock', rec, math.max(line.available, 0), lock, expires, s)
-  -- A batch may name the same record only once, so `available` is exact per line.
-  for _, v in ipairs({ s.fence, line.qty, math.max(line.available - line.qty, 0), line.stock.unit_scale }) do
-    reply[#reply + 1] = fmt(v)
+  reply[#reply + 1] = fmt(#line.missed)
+  for _, missed in ipairs(line.missed) do
+    for _, v in ipairs(missed) do
+      reply[#reply + 1] = fmt(v)
+    end
   end
-  lock_refs[#lock_refs + 1] = rec.id .. '|' .. token
 end
 
 if lease then
@@ -259,11 +395,20 @@ end
 if fingerprint ~= '' then
   -- The answer without the figures a retry knows (expires_at = now + ttl).
   local kept = { fmt(now - generation * generation_ms), fmt(max_hold), batch_id, nonce }
-  for i = 7, #reply, 4 do
-    kept[#kept + 1] = string.format('%x', tonumber(reply[i]))
-    kept[#kept + 1], kept[#kept + 2], kept[#kept + 3] = reply[i + 1], reply[i + 2], reply[i + 3]
+  local marker = ';'
+  if plain then
+    -- One lock a line: token (hex), qty, available, unit_scale.
+    marker = ':'
+    for i = 7, #reply, 7 do
+      kept[#kept + 1] = string.format('%x', tonumber(reply[i + 2]))
+      kept[#kept + 1], kept[#kept + 2], kept[#kept + 3] = reply[i + 3], reply[i + 4], reply[i + 5]
+    end
+  else
+    for i = 7, #reply do
+      kept[#kept + 1] = reply[i]
+    end
   end
-  redis.call('HSET', pk.idem, request, fingerprint .. ':' .. table.concat(kept, '|'))
+  redis.call('HSET', pk.idem, request, fingerprint .. marker .. table.concat(kept, '|'))
   redis.call('PEXPIREAT', pk.idem, (generation + 2) * generation_ms + 60000)
 end
 return reply

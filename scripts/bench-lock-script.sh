@@ -3,8 +3,10 @@
 # last core (the benchmark on the first), every call a new Lock of one unit
 # on one record, then Redis's own time per call (INFO commandstats).
 #
-# Usage: scripts/bench-lock-script.sh <layout5|layout4|layout3|minimal> <lua-dir> <calls>
-#   layout5  lua/lib.lua and lua/lock.lua of <lua-dir> (this tree: .)
+# Usage: scripts/bench-lock-script.sh <layout6|layout5|layout4|layout3|minimal> <lua-dir> <calls>
+#   layout6  lua/lib.lua and lua/lock.lua of <lua-dir> (this tree: .)
+#   layout5  the same before candidate warehouses and batch policies (one
+#            argument fewer, lines without a spec), e.g. git archive 8de4763 lua
 #   layout4  the same before sessions (two keys and one argument fewer), e.g.
 #            git archive 889d6ee lua | tar -x -C /tmp/l4
 #   layout3  lib.lua and lock.lua of layout 3, e.g. from
@@ -19,10 +21,12 @@ redis-cli -p "$port" SET "$b:epoch" 1 >/dev/null
 common=(0123456789abcdef 600000 86400000 bench order '' $ret $ret 0badc0de)
 request=(__rand_int__ "$gen" $ret)
 case $which in
-  layout5)
+  layout5|layout6)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lua/lib.lua"; printf '\n'; cat "$dir/lua/lock.lua"; } )")
+    line=('BENCH|WH' 1 0)
+    [ "$which" = layout6 ] && line=(A 1 1 0 'BENCH|WH')
     cmd=(EVALSHA "$sha" 14 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch"
-      "$b:unused" "$b:unused" "$rec:stock" "$rec:locks:e" "$rec:exp:e" "$rec:ended:-" "$b:lockidx:e" "${common[@]}" "${request[@]}" 14 0 '' 'BENCH|WH' 1 0) ;;
+      "$b:unused" "$b:unused" "$rec:stock" "$rec:locks:e" "$rec:exp:e" "$rec:ended:-" "$b:lockidx:e" "${common[@]}" "${request[@]}" 14 0 '' "${line[@]}") ;;
   layout4)
     sha=$(redis-cli -p "$port" SCRIPT LOAD "$( { cat "$dir/lua/lib.lua"; printf '\n'; cat "$dir/lua/lock.lua"; } )")
     cmd=(EVALSHA "$sha" 12 "$b:idem:lock:g$gen:abc" "$b:due" "$b:events" "$b:audit" "$b:idem:lock:g$((gen - 1)):abc" "$b:unused" "$b:epoch"

@@ -198,8 +198,12 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     // Another principal, even naming the holder, cannot use it.
     let ping = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
     expect_error(other.keep_alive_once(ping.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
-    let lock =
-        pb::LockRequest { ttl: None, session_id: session.session_id.clone(), ..lock_request("S", "W", "2", "l1") };
+    let lock = pb::LockRequest {
+        candidates: None,
+        ttl: None,
+        session_id: session.session_id.clone(),
+        ..lock_request("S", "W", "2", "l1")
+    };
     expect_error(other.lock(lock.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
     let close = pb::CloseSessionRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
     expect_error(other.close_session(close.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");

@@ -171,9 +171,10 @@ async fn a_forced_unlock_and_a_batch_append_one_event_per_lock() {
     svc.stock("A", "W", "5").await;
     svc.stock("B", "W", "5").await;
     let batch = pb::BatchLockRequest {
+        policy: 0,
         lines: vec![
-            pb::BatchLockLine { sku: "A".into(), warehouse_id: "W".into(), quantity: "1".into() },
-            pb::BatchLockLine { sku: "B".into(), warehouse_id: "W".into(), quantity: "2".into() },
+            pb::BatchLockLine { candidates: None, sku: "A".into(), warehouse_id: "W".into(), quantity: "1".into() },
+            pb::BatchLockLine { candidates: None, sku: "B".into(), warehouse_id: "W".into(), quantity: "2".into() },
         ],
         ttl: secs(60),
         order_id: "o".into(),

@@ -55,9 +55,10 @@ async fn a_retried_batch_returns_the_same_batch() {
     svc.stock("A", "W1", "5").await;
     svc.stock("B", "W1", "5").await;
     let request = pb::BatchLockRequest {
+        policy: 0,
         lines: vec![
-            pb::BatchLockLine { sku: "A".into(), warehouse_id: "W1".into(), quantity: "1".into() },
-            pb::BatchLockLine { sku: "B".into(), warehouse_id: "W1".into(), quantity: "2".into() },
+            pb::BatchLockLine { candidates: None, sku: "A".into(), warehouse_id: "W1".into(), quantity: "1".into() },
+            pb::BatchLockLine { candidates: None, sku: "B".into(), warehouse_id: "W1".into(), quantity: "2".into() },
         ],
         ttl: secs(60),
         order_id: "o".into(),

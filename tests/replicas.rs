@@ -224,6 +224,7 @@ async fn a_session_kept_alive_through_either_replica_ends_once_when_both_stop_ke
     let open = pb::OpenSessionRequest { ttl: millis(600), holder: "order-service".into(), request_id: "s-1".into() };
     let session = a.client.clone().open_session(open).await.unwrap().into_inner().session.unwrap();
     let in_session = |request_id: &str| pb::LockRequest {
+        candidates: None,
         ttl: None,
         session_id: session.session_id.clone(),
         ..lock_request("SKU-R", "WH-A", "2", request_id)

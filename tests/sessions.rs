@@ -21,6 +21,7 @@ async fn open(svc: &TestService, ttl_ms: i64, request_id: &str) -> pb::Session {
 
 fn in_session(sku: &str, warehouse: &str, quantity: &str, request_id: &str, session: &pb::Session) -> pb::LockRequest {
     pb::LockRequest {
+        candidates: None,
         ttl: None,
         session_id: session.session_id.clone(),
         ..lock_request(sku, warehouse, quantity, request_id)
@@ -68,6 +69,7 @@ async fn locks_in_a_session_live_while_it_is_kept_alive_and_expire_with_it() {
     let session = open(&svc, 600, "s-1").await;
     let a = svc.client.clone().lock(in_session("SKU-1", "WH-A", "3", "l-1", &session)).await.unwrap().into_inner();
     let batch = pb::BatchLockRequest {
+        policy: 0,
         ttl: None,
         session_id: session.session_id.clone(),
         ..batch(vec![batch_line("SKU-1", "WH-A", "2"), batch_line("SKU-2", "WH-A", "4")], "b-1")

@@ -17,7 +17,7 @@
 //! # async fn checkout() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let client = Client::connect("http://127.0.0.1:50051").await?;
 //! let locked = client
-//!     .lock(pb::LockRequest {
+//!     .lock(pb::LockRequest { candidates: None,
 //!         sku: "SKU-1".into(),
 //!         warehouse_id: "WH-A".into(),
 //!         quantity: "2".into(),
@@ -47,7 +47,7 @@
 //! let client = Client::connect("http://127.0.0.1:50051").await?;
 //! let session = client.session("checkout-7", Duration::from_secs(15)).await?;
 //! let guard = session
-//!     .lock(pb::LockRequest {
+//!     .lock(pb::LockRequest { candidates: None,
 //!         sku: "SKU-1".into(),
 //!         warehouse_id: "WH-A".into(),
 //!         quantity: "2".into(),

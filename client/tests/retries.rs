@@ -13,6 +13,7 @@ use tonic::Code;
 
 fn lock_request(quantity: &str) -> pb::LockRequest {
     pb::LockRequest {
+        candidates: None,
         sku: "SKU-1".into(),
         warehouse_id: "WH-A".into(),
         quantity: quantity.into(),

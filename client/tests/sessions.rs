@@ -12,6 +12,7 @@ use stocklock_client::{RetryPolicy, pb};
 
 fn lock_request(quantity: &str, order: &str) -> pb::LockRequest {
     pb::LockRequest {
+        candidates: None,
         sku: "SKU-1".into(),
         warehouse_id: "WH-A".into(),
         quantity: quantity.into(),
@@ -109,7 +110,13 @@ async fn a_dropped_guard_releases_its_lock_and_a_closed_session_all_of_them() {
     assert!(eventually(Duration::from_secs(5), || async { record(&service).await.locked == "0" }).await);
 
     let _kept = session.batch_lock(pb::BatchLockRequest {
-        lines: vec![pb::BatchLockLine { sku: "SKU-1".into(), warehouse_id: "WH-A".into(), quantity: "5".into() }],
+        policy: 0,
+        lines: vec![pb::BatchLockLine {
+            candidates: None,
+            sku: "SKU-1".into(),
+            warehouse_id: "WH-A".into(),
+            quantity: "5".into(),
+        }],
         order_id: "order-2".into(),
         ..Default::default()
     });

@@ -283,10 +283,11 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
             let index = shared.pick();
             if seen.insert(index) {
                 let (s, w) = sku(index, args);
-                lines.push(pb::BatchLockLine { sku: s, warehouse_id: w, quantity: "1".into() });
+                lines.push(pb::BatchLockLine { candidates: None, sku: s, warehouse_id: w, quantity: "1".into() });
             }
         }
         let request = pb::BatchLockRequest {
+            policy: 0,
             lines,
             ttl: None,
             order_id: request_id.clone(),
@@ -315,6 +316,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
     let index = shared.pick();
     let (s, w) = sku(index, args);
     let request = pb::LockRequest {
+        candidates: None,
         sku: s,
         warehouse_id: w,
         quantity: "1".into(),
@@ -650,7 +652,9 @@ fn lock_benchmark_command(identity: &str) -> anyhow::Result<Vec<String>> {
     use stocklock::domain::{Holder, LockCommand, LockLine, OrderId, Quantity, RecordKey, RequestId};
     use stocklock::store::redis::{Keys, LockCall, LockLimits};
     let cmd = LockCommand {
+        policy: Default::default(),
         lines: vec![LockLine {
+            choice: None,
             record: RecordKey::parse_id("BENCH|WH").context("bench record")?,
             quantity: Quantity::parse("1", "quantity")?,
         }],
@@ -692,6 +696,7 @@ async fn build_wave(shared: &Arc<Shared>, wave_at: Instant) -> anyhow::Result<()
                 }
                 let id = format!("wave-{}-{}", std::process::id(), shared.next.fetch_add(1, Ordering::Relaxed));
                 let request = pb::LockRequest {
+                    candidates: None,
                     sku: s.clone(),
                     warehouse_id: w.clone(),
                     quantity: "1".into(),

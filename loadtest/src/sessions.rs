@@ -90,6 +90,7 @@ async fn fill(
                 let (sku, warehouse) = (format!("LT-{:06}", index / warehouses), format!("WH-{}", index % warehouses));
                 let session = if sessions.is_empty() { String::new() } else { sessions[n % sessions.len()].clone() };
                 let request = pb::LockRequest {
+                    candidates: None,
                     sku,
                     warehouse_id: warehouse,
                     quantity: "1".into(),
@@ -369,6 +370,7 @@ async fn notices(channels: &[Channel], target: &str, args: &RunArgs) -> anyhow::
                 n += 1;
                 let index = rand::random_range(0..records);
                 let request = pb::LockRequest {
+                    candidates: None,
                     sku: format!("LT-{:06}", index / warehouses),
                     warehouse_id: format!("WH-{}", index % warehouses),
                     quantity: "1".into(),
@@ -396,6 +398,7 @@ async fn notices(channels: &[Channel], target: &str, args: &RunArgs) -> anyhow::
         i += 1;
         let run = rand::random::<u32>();
         let lock = pb::LockRequest {
+            candidates: None,
             sku: "LT-000000".into(),
             warehouse_id: "WH-0".into(),
             quantity: "1".into(),
@@ -452,6 +455,7 @@ async fn notices(channels: &[Channel], target: &str, args: &RunArgs) -> anyhow::
         .context("a session")?;
         expiries.lock().expect("lock").insert(session.session_id.clone(), ms(session.expires_at));
         let lock = pb::LockRequest {
+            candidates: None,
             sku: "LT-000000".into(),
             warehouse_id: "WH-0".into(),
             quantity: "1".into(),

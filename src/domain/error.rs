@@ -54,6 +54,15 @@ pub struct Shortage {
     pub requested: String,
     /// What the record had available, as a decimal.
     pub available: String,
+    /// False for a candidate warehouse without a record of the SKU.
+    pub exists: bool,
+}
+
+impl Shortage {
+    /// What the record had, as a line's outcome lists it.
+    pub fn figure(&self) -> super::CandidateFigure {
+        super::CandidateFigure { record: self.record.clone(), available: self.available.clone(), exists: self.exists }
+    }
 }
 
 /// Everything an operation can fail with.

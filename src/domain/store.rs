@@ -76,10 +76,60 @@ pub struct LockView {
 /// One line of a lock request.
 #[derive(Clone, Debug)]
 pub struct LockLine {
-    /// Which record.
+    /// Which record; with candidates, the first of them.
     pub record: RecordKey,
     /// How much of it.
     pub quantity: Quantity,
+    /// Set when the line may lock from any of several warehouses of its SKU.
+    pub choice: Option<Choice>,
+}
+
+impl LockLine {
+    /// A line of one record.
+    pub fn new(record: RecordKey, quantity: Quantity) -> Self {
+        Self { record, quantity, choice: None }
+    }
+
+    /// The records the line may lock from, in the order given.
+    pub fn candidates(&self) -> &[RecordKey] {
+        match &self.choice {
+            Some(choice) => &choice.candidates,
+            None => std::slice::from_ref(&self.record),
+        }
+    }
+}
+
+/// Where a line with candidate warehouses locks.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// Records of one SKU in distinct warehouses, in the caller's order.
+    pub candidates: Vec<RecordKey>,
+    /// Which candidate first.
+    pub strategy: Strategy,
+    /// Whether the line may take from several candidates (one lock each).
+    pub split: bool,
+}
+
+/// The order in which a line's candidates are tried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// In the order given.
+    #[default]
+    Priority,
+    /// Most available first; ties in the order given.
+    MostAvailable,
+}
+
+/// What a BatchLock does when some of its lines are short.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchPolicy {
+    /// Every line in full, or nothing.
+    #[default]
+    AllOrNothing,
+    /// Each line in full or not at all.
+    PerLine,
+    /// Each line as much as is available, up to its quantity.
+    Partial,
 }
 
 /// Lock (one line) or BatchLock (one or more lines, all or nothing).
@@ -100,22 +150,50 @@ pub struct LockCommand {
     /// The session the locks live in, if any: they then need no Renew and
     /// end with the session (within the maximum hold); `ttl` is unused.
     pub session: Option<SessionId>,
+    /// What to do with short lines (BatchLock; a Lock is all or nothing).
+    pub policy: BatchPolicy,
 }
 
-/// One line's lock, with what stayed available on its record.
+impl LockCommand {
+    /// True when every line names one record and the call is all or
+    /// nothing: a lock as it was before candidates and policies, which the
+    /// store keeps in its most compact form.
+    pub fn is_plain(&self) -> bool {
+        self.policy == BatchPolicy::AllOrNothing && self.lines.iter().all(|line| line.choice.is_none())
+    }
+}
+
+/// One lock a line got, with what stayed available on its record.
 #[derive(Clone, Debug)]
 pub struct Granted {
+    /// The request line it was taken for.
+    pub line: usize,
     /// The lock.
     pub lock: LockView,
     /// Available on the record right after this lock (scaled).
     pub available: i64,
 }
 
+/// What a candidate of a line that was not filled had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateFigure {
+    /// The candidate.
+    pub record: RecordKey,
+    /// Its available before this call's locks, as a decimal; 0 without a record.
+    pub available: String,
+    /// False when the record does not exist.
+    pub exists: bool,
+}
+
 /// What a Lock or BatchLock did.
 #[derive(Clone, Debug)]
 pub struct LockOutcome {
-    /// One per line, in line order.
+    /// Every lock taken, in line order (one per line for lines without
+    /// candidates, when the policy is all or nothing).
     pub granted: Vec<Granted>,
+    /// Per line, in line order: its candidates' figures when it was not
+    /// filled, else empty.
+    pub short: Vec<Vec<CandidateFigure>>,
     /// The batch id, for BatchLock.
     pub batch_id: Option<BatchId>,
     /// True when this replays an earlier call with the same request_id.

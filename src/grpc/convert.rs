@@ -5,7 +5,8 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use crate::domain::{
-    Error, LifecycleEvent, LockView, ReleaseKind, SessionView, StockView, WatchPosition, format_scaled,
+    Error, Granted, LifecycleEvent, LockCommand, LockOutcome, LockView, ReleaseKind, SessionView, StockView,
+    WatchPosition, format_scaled,
 };
 use crate::pb;
 
@@ -131,6 +132,37 @@ pub(super) fn snapshot_event(view: &StockView, position: &WatchPosition) -> pb::
         version: record.version,
         ..Default::default()
     }
+}
+
+/// What each line of a BatchLock got: its locks (the allocation), the
+/// quantities, and its candidates' figures when it was not filled.
+pub(super) fn line_results(cmd: &LockCommand, outcome: &LockOutcome) -> Vec<pb::BatchLockLineResult> {
+    cmd.lines
+        .iter()
+        .enumerate()
+        .map(|(number, line)| {
+            let q = line.quantity.decimal();
+            let requested = Decimal::new(q.mantissa, q.scale);
+            let locks: Vec<&Granted> = outcome.granted.iter().filter(|g| g.line == number).collect();
+            let locked: Decimal = locks.iter().map(|g| Decimal::new(g.lock.quantity, g.lock.unit_scale.get())).sum();
+            let figures = outcome.short.get(number).map_or(&[][..], Vec::as_slice);
+            pb::BatchLockLineResult {
+                line: u32::try_from(number).unwrap_or(u32::MAX),
+                requested: requested.normalize().to_string(),
+                locked: locked.normalize().to_string(),
+                short: (requested - locked).max(Decimal::ZERO).normalize().to_string(),
+                locks: locks.iter().map(|g| lock(&g.lock)).collect(),
+                candidates: figures
+                    .iter()
+                    .map(|f| pb::CandidateAvailability {
+                        warehouse_id: f.record.warehouse.to_string(),
+                        available: f.available.clone(),
+                        exists: f.exists,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, convert, holder, validate, watch};
 use crate::domain::{
-    AdjustStockCommand, BatchId, CommitCommand, Error, EventHub, LockCommand, LockId, LockLine, LockOutcome,
+    AdjustStockCommand, BatchId, BatchPolicy, CommitCommand, Error, EventHub, LockCommand, LockId, LockOutcome,
     OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
     SetStockCommand, Sku, StockStore, UnitScale, WarehouseId,
 };
@@ -250,24 +250,24 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         let principal = validate::principal(&request);
         let r = request.into_inner();
         let cmd = LockCommand {
-            lines: vec![LockLine {
-                record: validate::record_key(&r.sku, &r.warehouse_id, "")?,
-                quantity: Quantity::parse(&r.quantity, "quantity")?,
-            }],
+            lines: vec![validate::lock_line(&r.sku, &r.warehouse_id, &r.quantity, r.candidates.as_ref(), "")?],
             ttl: validate::lock_ttl(&self.limits, r.ttl.as_ref())?,
             order_id: OrderId::parse(&r.order_id, "order_id")?,
             holder: validate::holder(&principal, &r.holder)?,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: None,
             session: validate::session(&r.session_id, r.ttl.as_ref())?,
+            policy: BatchPolicy::AllOrNothing,
         };
         crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
-        let granted = &outcome.granted[0];
+        let granted =
+            outcome.granted.first().ok_or_else(|| Error::Internal { detail: "a Lock granted no lock".into() })?;
         Ok(Response::new(pb::LockResponse {
             lock: Some(convert::lock(&granted.lock)),
             available: granted.lock.unit_scale.format(granted.available),
+            locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
             replayed: outcome.replayed,
             durability: self.durability(mark).await,
         }))
@@ -287,13 +287,15 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
             batch_id: Some(BatchId::generate()),
             session: validate::session(&r.session_id, r.ttl.as_ref())?,
+            policy: validate::batch_policy(r.policy)?,
         };
         crate::edge::telemetry::record_request("", "", &r.request_id);
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
-            batch_id: outcome.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+            batch_id: outcome.batch_id.as_ref().map(ToString::to_string).unwrap_or_default(),
             locks: outcome.granted.iter().map(|g| convert::lock(&g.lock)).collect(),
+            lines: convert::line_results(&cmd, &outcome),
             replayed: outcome.replayed,
             durability: self.durability(mark).await,
         }))

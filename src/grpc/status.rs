@@ -44,12 +44,19 @@ impl From<Error> for Status {
                         reason,
                         format!("lines[{}]", s.line),
                         format!(
-                            "sku {} in warehouse {}: requested {}, available {}",
-                            s.record.sku, s.record.warehouse, s.requested, s.available
+                            "sku {} in warehouse {}: requested {}, available {}{}",
+                            s.record.sku,
+                            s.record.warehouse,
+                            s.requested,
+                            s.available,
+                            if s.exists { "" } else { " (no record)" }
                         ),
                     );
                 }
                 let first = &shortages[0];
+                // A line with candidates has a violation per candidate, and is one short line.
+                let mut lines: Vec<String> = shortages.iter().map(|s| s.line.to_string()).collect();
+                lines.dedup();
                 info(
                     &mut details,
                     reason,
@@ -59,7 +66,7 @@ impl From<Error> for Status {
                         ("requested", first.requested.clone()),
                         ("available", first.available.clone()),
                         ("line", first.line.to_string()),
-                        ("short_lines", shortages.iter().map(|s| s.line.to_string()).collect::<Vec<_>>().join(",")),
+                        ("short_lines", lines.join(",")),
                     ],
                 );
                 Code::FailedPrecondition

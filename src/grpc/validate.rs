@@ -8,8 +8,8 @@ use tonic::Request;
 
 use super::convert;
 use crate::domain::{
-    BatchId, Error, Holder, LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity, RecordKey, SessionId, Signed,
-    Sku, WarehouseId,
+    BatchId, BatchPolicy, Choice, Error, Holder, LockFilter, LockId, LockLine, LockTarget, OrderId, Quantity,
+    RecordKey, SessionId, Signed, Sku, Strategy, WarehouseId,
 };
 use crate::edge::auth::Principal;
 use crate::pb;
@@ -183,7 +183,58 @@ pub(super) fn stock_keys(limits: &Limits, keys: &[pb::StockKey]) -> Result<Vec<R
     keys.iter().enumerate().map(|(i, k)| record_key(&k.sku, &k.warehouse_id, &format!("keys[{i}]."))).collect()
 }
 
-/// A BatchLock's lines: 1 to `max_batch_lines`, each record at most once.
+/// Most candidate warehouses a line may name.
+pub(crate) const MAX_CANDIDATES: usize = 16;
+
+/// A Lock's line, or a BatchLock's with `prefix` `lines[i].`: one
+/// warehouse, or candidates (1 to [`MAX_CANDIDATES`] distinct warehouses of
+/// the SKU), never both.
+pub(super) fn lock_line(
+    sku: &str,
+    warehouse_id: &str,
+    quantity: &str,
+    candidates: Option<&pb::Candidates>,
+    prefix: &str,
+) -> Result<LockLine, Error> {
+    let quantity_field = format!("{prefix}quantity");
+    let Some(c) = candidates else {
+        return Ok(LockLine::new(record_key(sku, warehouse_id, prefix)?, Quantity::parse(quantity, &quantity_field)?));
+    };
+    let field = format!("{prefix}candidates.warehouse_ids");
+    if !warehouse_id.is_empty() {
+        return Err(Error::invalid(format!("{prefix}warehouse_id"), "must be empty when candidates are given"));
+    }
+    if c.warehouse_ids.is_empty() || c.warehouse_ids.len() > MAX_CANDIDATES {
+        let message = format!("has {} warehouses; it must have 1 to {MAX_CANDIDATES}", c.warehouse_ids.len());
+        return Err(Error::invalid(field, message));
+    }
+    let sku = Sku::parse(sku, &format!("{prefix}sku"))?;
+    let mut records: Vec<RecordKey> = Vec::with_capacity(c.warehouse_ids.len());
+    for (i, warehouse) in c.warehouse_ids.iter().enumerate() {
+        let record = RecordKey::new(sku.clone(), WarehouseId::parse(warehouse, &format!("{field}[{i}]"))?);
+        if let Some(first) = records.iter().position(|r| *r == record) {
+            return Err(Error::invalid(format!("{field}[{i}]"), format!("repeats {field}[{first}]")));
+        }
+        records.push(record);
+    }
+    let strategy = match pb::AllocationStrategy::try_from(c.strategy) {
+        Ok(pb::AllocationStrategy::Unspecified | pb::AllocationStrategy::Priority) => Strategy::Priority,
+        Ok(pb::AllocationStrategy::MostAvailable) => Strategy::MostAvailable,
+        Err(_) => {
+            let message = format!("is {}; it must be PRIORITY or MOST_AVAILABLE", c.strategy);
+            return Err(Error::invalid(format!("{prefix}candidates.strategy"), message));
+        }
+    };
+    Ok(LockLine {
+        record: records[0].clone(),
+        quantity: Quantity::parse(quantity, &quantity_field)?,
+        choice: Some(Choice { candidates: records, strategy, split: c.allow_split }),
+    })
+}
+
+/// A BatchLock's lines: 1 to `max_batch_lines`, naming at most
+/// `max_batch_lines` records in all (candidates count each), each record
+/// at most once, so one call's script stays bounded.
 pub(super) fn batch_lines(limits: &Limits, lines: &[pb::BatchLockLine]) -> Result<Vec<LockLine>, Error> {
     if lines.is_empty() || lines.len() > limits.max_batch_lines {
         return Err(Error::invalid(
@@ -193,15 +244,39 @@ pub(super) fn batch_lines(limits: &Limits, lines: &[pb::BatchLockLine]) -> Resul
     }
     let mut seen = HashMap::new();
     let mut parsed = Vec::with_capacity(lines.len());
+    let mut records = 0;
     for (i, line) in lines.iter().enumerate() {
-        let record = record_key(&line.sku, &line.warehouse_id, &format!("lines[{i}]."))?;
-        if let Some(first) = seen.insert(record.clone(), i) {
+        let prefix = format!("lines[{i}].");
+        let parsed_line = lock_line(&line.sku, &line.warehouse_id, &line.quantity, line.candidates.as_ref(), &prefix)?;
+        records += parsed_line.candidates().len();
+        if records > limits.max_batch_lines {
             return Err(Error::invalid(
-                format!("lines[{i}]"),
-                format!("repeats the sku and warehouse_id of lines[{first}]; merge the two lines"),
+                "lines",
+                format!("name more than {} warehouses in all, counting candidates", limits.max_batch_lines),
             ));
         }
-        parsed.push(LockLine { record, quantity: Quantity::parse(&line.quantity, &format!("lines[{i}].quantity"))? });
+        for record in parsed_line.candidates() {
+            if let Some(first) = seen.insert(record.clone(), i) {
+                return Err(Error::invalid(
+                    format!("lines[{i}]"),
+                    format!(
+                        "names sku {} in warehouse {} as lines[{first}] does; merge the two lines",
+                        record.sku, record.warehouse
+                    ),
+                ));
+            }
+        }
+        parsed.push(parsed_line);
     }
     Ok(parsed)
+}
+
+/// A BatchLock's policy for short lines.
+pub(super) fn batch_policy(policy: i32) -> Result<BatchPolicy, Error> {
+    match pb::BatchLockPolicy::try_from(policy) {
+        Ok(pb::BatchLockPolicy::Unspecified | pb::BatchLockPolicy::AllOrNothing) => Ok(BatchPolicy::AllOrNothing),
+        Ok(pb::BatchLockPolicy::PerLine) => Ok(BatchPolicy::PerLine),
+        Ok(pb::BatchLockPolicy::Partial) => Ok(BatchPolicy::Partial),
+        Err(_) => Err(Error::invalid("policy", format!("is {policy}; it must be ALL_OR_NOTHING, PER_LINE or PARTIAL"))),
+    }
 }

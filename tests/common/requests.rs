@@ -4,6 +4,7 @@ use super::*;
 
 pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str) -> pb::LockRequest {
     pb::LockRequest {
+        candidates: None,
         sku: sku.into(),
         warehouse_id: warehouse.into(),
         quantity: quantity.into(),
@@ -16,12 +17,13 @@ pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str
 }
 
 pub fn batch_line(sku: &str, warehouse: &str, quantity: &str) -> pb::BatchLockLine {
-    pb::BatchLockLine { sku: sku.into(), warehouse_id: warehouse.into(), quantity: quantity.into() }
+    pb::BatchLockLine { candidates: None, sku: sku.into(), warehouse_id: warehouse.into(), quantity: quantity.into() }
 }
 
 /// A BatchLock of `lines` by order-service for order-1, TTL 60 s.
 pub fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRequest {
     pb::BatchLockRequest {
+        policy: 0,
         lines,
         ttl: secs(60),
         order_id: "order-1".into(),

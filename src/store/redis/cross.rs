@@ -13,8 +13,8 @@ use super::lock::{Ticket, request_digest};
 use super::reply::malformed;
 use super::{Partition, RedisStore, scripts};
 use crate::domain::{
-    BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockTarget, RecordKey, ReleaseCommand, RequestId,
-    Shortage, Sku, new_nonce,
+    BatchId, BatchPolicy, CandidateFigure, Error, Granted, LockCommand, LockId, LockOutcome, LockTarget, RecordKey,
+    ReleaseCommand, RequestId, Shortage, Sku, StockView, UnitScale, format_scaled, new_nonce,
 };
 
 /// Item positions grouped by the partition of their SKU, partitions in the
@@ -131,10 +131,16 @@ impl RedisStore {
         write.arg(self.keys.batch_partitions(batch_id)).arg(partitions.join(",")).arg("PX");
         let _: () = self.query(write.arg(self.max_hold_ms + self.retention_ms)).await?;
         let mut taken: Vec<(Partition, &[usize], LockOutcome)> = Vec::with_capacity(groups.len());
+        // Under PER_LINE and PARTIAL a partition none of whose lines got
+        // anything is no failure: its lines are short, the others go on.
+        let mut missed: Vec<Shortage> = Vec::new();
         for (k, (partition, numbers)) in groups.iter().enumerate() {
             let part = LockCommand { lines: numbers.iter().map(|&i| cmd.lines[i].clone()).collect(), ..cmd.clone() };
             match self.lock_group(*partition, &part, numbers, ticket).await {
                 Ok(outcome) => taken.push((*partition, numbers, outcome)),
+                Err(Error::InsufficientStock { shortages }) if cmd.policy != BatchPolicy::AllOrNothing => {
+                    missed.extend(shortages);
+                }
                 Err(e) => {
                     *settled = self.undo_batch(cmd, batch_id, &taken).await;
                     return Err(match e {
@@ -146,14 +152,25 @@ impl RedisStore {
                 }
             }
         }
+        if taken.is_empty() {
+            missed.sort_by_key(|s| s.line);
+            return Err(Error::InsufficientStock { shortages: missed });
+        }
         let replayed = taken.iter().all(|(_, _, outcome)| outcome.replayed);
-        let mut granted: Vec<Option<Granted>> = (0..cmd.lines.len()).map(|_| None).collect();
+        let mut granted: Vec<Granted> = Vec::new();
+        let mut short: Vec<Vec<CandidateFigure>> = vec![Vec::new(); cmd.lines.len()];
         for (_, numbers, outcome) in taken {
-            for (&i, grant) in numbers.iter().zip(outcome.granted) {
-                granted[i] = Some(grant);
+            granted.extend(outcome.granted.into_iter().map(|g| Granted { line: numbers[g.line], ..g }));
+            for (&i, figures) in numbers.iter().zip(outcome.short) {
+                short[i] = figures;
             }
         }
-        Ok(LockOutcome { granted: granted.into_iter().flatten().collect(), batch_id: Some(batch_id.clone()), replayed })
+        // Lines of a partition that got nothing: what its script saw.
+        for shortage in missed {
+            short[shortage.line].push(shortage.figure());
+        }
+        granted.sort_by_key(|g| g.line);
+        Ok(LockOutcome { granted, short, batch_id: Some(batch_id.clone()), replayed })
     }
 
     /// The shortages one partition's script found, and those of the
@@ -166,21 +183,48 @@ impl RedisStore {
         mut shortages: Vec<Shortage>,
     ) -> Error {
         for (_, numbers) in rest {
-            let records: Vec<RecordKey> = numbers.iter().map(|&i| cmd.lines[i].record.clone()).collect();
+            let records: Vec<RecordKey> =
+                numbers.iter().flat_map(|&i| cmd.lines[i].candidates().iter().cloned()).collect();
             let Ok(views) = self.get_stock_group(&records).await else { break };
-            for (&i, view) in numbers.iter().zip(views) {
-                let Some(view) = view else { continue };
-                let Ok(requested) = cmd.lines[i].quantity.decimal().to_scaled(view.unit_scale, "quantity") else {
-                    continue;
+            let mut views = views.into_iter();
+            for &i in numbers {
+                let line = &cmd.lines[i];
+                let q = line.quantity.decimal();
+                let seen: Vec<(&RecordKey, Option<StockView>)> = line.candidates().iter().zip(views.by_ref()).collect();
+                // Each candidate's available and the line's quantity at its scale.
+                let figures: Vec<(i64, Option<i64>)> = seen
+                    .iter()
+                    .map(|(_, view)| match view {
+                        Some(v) => (v.available(), q.to_scaled(v.unit_scale, "quantity").ok()),
+                        None => (0, None),
+                    })
+                    .collect();
+                let split = line.choice.as_ref().is_some_and(|c| c.split);
+                let whole = |(available, requested): &(i64, Option<i64>)| requested.is_some_and(|r| r <= *available);
+                let fits = if split {
+                    // Summed at the request's own scale, which every candidate can hold.
+                    let sum: rust_decimal::Decimal = seen
+                        .iter()
+                        .filter_map(|(_, v)| {
+                            v.as_ref().map(|v| rust_decimal::Decimal::new(v.available(), v.unit_scale.get()))
+                        })
+                        .sum();
+                    sum >= rust_decimal::Decimal::new(q.mantissa, q.scale)
+                } else {
+                    figures.iter().any(whole)
                 };
-                let available = view.available().max(0);
-                if requested > available {
-                    let scale = view.unit_scale;
+                if fits {
+                    continue;
+                }
+                for (record, view) in &seen {
+                    let (available, scale) =
+                        view.as_ref().map_or((0, UnitScale::default()), |v| (v.available(), v.unit_scale));
                     shortages.push(Shortage {
                         line: i,
-                        record: view.record.clone(),
-                        requested: scale.format(requested),
+                        record: (*record).clone(),
+                        requested: format_scaled(q.mantissa, q.scale),
                         available: scale.format(available),
+                        exists: view.is_some(),
                     });
                 }
             }

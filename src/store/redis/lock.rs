@@ -4,7 +4,10 @@ use super::call::{Invocation, fingerprint, millis};
 use super::keys::{LOCK_SHARDS, lock_shard};
 use super::reply::{Facts, Reply, Tag, malformed};
 use super::{Keys, Partition, RedisStore, scripts};
-use crate::domain::{BatchId, Error, Granted, LockCommand, LockId, LockOutcome, LockView, RecordKey, Shortage};
+use crate::domain::{
+    BatchId, BatchPolicy, CandidateFigure, Error, Granted, LockCommand, LockId, LockLine, LockOutcome, LockView,
+    RecordKey, Shortage, Strategy, format_scaled,
+};
 
 /// The KEYS and ARGV of one call of `lua/lock.lua`, in the order of its
 /// header. Public so that the load tool can measure the script itself
@@ -43,9 +46,10 @@ pub(super) struct Ticket {
 impl LockCall {
     /// The call for `cmd`'s lines, all in `partition`, under `nonce`, in
     /// idempotency generation `generation` (see [`LockCall::generation`]);
-    /// the lines whose number is in `wide` name their record whole, so the
-    /// script can settle its expired locks in every shard (it asks for that
-    /// by answering SETTLE with those lines).
+    /// the record slots (each line's candidates, numbered across lines)
+    /// whose number is in `wide` name their record whole, so the script can
+    /// settle its expired locks in every shard (it asks for that by
+    /// answering SETTLE with those slots).
     pub fn new(
         keys: &Keys,
         partition: Partition,
@@ -57,7 +61,8 @@ impl LockCall {
     ) -> Self {
         let request = request_digest(cmd);
         let line_args = line_args(cmd);
-        let mut key_list = Vec::with_capacity(9 + 5 * cmd.lines.len() + (2 + 3 * LOCK_SHARDS) * wide.len());
+        let slots = cmd.lines.iter().map(|line| line.candidates().len()).sum::<usize>();
+        let mut key_list = Vec::with_capacity(9 + 5 * slots + (2 + 3 * LOCK_SHARDS) * wide.len());
         let pk = keys.partition_keys(partition, None);
         key_list.extend([
             keys.lock_idempotency(partition, generation, &request),
@@ -79,15 +84,15 @@ impl LockCall {
         }
         // Every lock of the call is in its nonce's shard.
         let shard = lock_shard(nonce);
-        for (number, line) in cmd.lines.iter().enumerate() {
-            if wide.contains(&number) {
-                key_list.extend(keys.whole_record(&line.record));
+        for (slot, record) in cmd.lines.iter().flat_map(LockLine::candidates).enumerate() {
+            if wide.contains(&slot) {
+                key_list.extend(keys.whole_record(record));
             } else {
-                let record = keys.record(&line.record, shard);
+                let record = keys.record(record, shard);
                 key_list.extend([record.stock, record.locks, record.exp, record.ended, record.index]);
             }
         }
-        let mut args = Vec::with_capacity(15 + line_args.len());
+        let mut args = Vec::with_capacity(16 + line_args.len());
         args.extend([
             content_fingerprint(cmd, &line_args)[..16].to_owned(),
             millis(cmd.ttl).to_string(),
@@ -102,8 +107,14 @@ impl LockCall {
             generation.to_string(),
             limits.retention_ms.max(1).to_string(),
             shard.to_string(),
-            (0..cmd.lines.len()).map(|n| if wide.contains(&n) { '1' } else { '0' }).collect(),
+            (0..slots).map(|n| if wide.contains(&n) { '1' } else { '0' }).collect(),
             limits.session_lease_ms.map_or_else(String::new, |lease| lease.to_string()),
+            match cmd.policy {
+                BatchPolicy::AllOrNothing => "A",
+                BatchPolicy::PerLine => "L",
+                BatchPolicy::Partial => "P",
+            }
+            .to_owned(),
         ]);
         args.extend(line_args);
         Self { keys: key_list, args }
@@ -160,10 +171,11 @@ impl RedisStore {
                 // Lines short while other shards may hold expired locks:
                 // their whole records let the script settle them first.
                 Tag::Settle => {
+                    let slots = cmd.lines.iter().map(|line| line.candidates().len()).sum();
                     while !reply.is_done() {
-                        let line = reply.index(cmd.lines.len())?;
-                        if !wide.contains(&line) {
-                            wide.push(line);
+                        let slot = reply.index(slots)?;
+                        if !wide.contains(&slot) {
+                            wide.push(slot);
                         }
                     }
                 }
@@ -228,13 +240,15 @@ fn refusal(reply: &mut Reply, cmd: &LockCommand, numbers: &[usize]) -> Result<Er
         }
         Tag::InsufficientStock => {
             while !reply.is_done() {
-                let (number, record) = line(reply)?;
-                let (requested, available, scale) = (reply.int()?, reply.int()?, reply.unit_scale()?);
+                let k = reply.index(cmd.lines.len())?;
+                let figure = candidate_figure(reply, &cmd.lines[k])?;
+                let q = cmd.lines[k].quantity.decimal();
                 facts.shortages.push(Shortage {
-                    line: number,
-                    record: record.clone(),
-                    requested: scale.format(requested),
-                    available: scale.format(available),
+                    line: numbers[k],
+                    record: figure.record,
+                    requested: format_scaled(q.mantissa, q.scale),
+                    available: figure.available,
+                    exists: figure.exists,
                 });
             }
         }
@@ -243,7 +257,8 @@ fn refusal(reply: &mut Reply, cmd: &LockCommand, numbers: &[usize]) -> Result<Er
     Ok(reply.tag.error(facts))
 }
 
-/// The locks an OK reply granted, one per line.
+/// The locks an OK reply granted, and what each line's candidates had
+/// when it was not filled.
 fn granted(mut reply: Reply, cmd: &LockCommand) -> Result<LockOutcome, Error> {
     let created_at_ms = reply.int()?;
     let expires_at_ms = reply.int()?;
@@ -251,32 +266,50 @@ fn granted(mut reply: Reply, cmd: &LockCommand) -> Result<LockOutcome, Error> {
     let batch_id = Some(reply.text()?).filter(|b| !b.is_empty());
     let nonce = reply.text()?;
     let mut granted = Vec::with_capacity(cmd.lines.len());
-    for line in &cmd.lines {
-        let token = reply.uint()?;
-        let quantity = reply.int()?;
-        let available = reply.int()?;
-        let unit_scale = reply.unit_scale()?;
-        granted.push(Granted {
-            lock: LockView {
-                lock_id: LockId { record: line.record.clone(), token, nonce: nonce.clone() },
-                quantity,
-                unit_scale,
-                created_at_ms,
-                expires_at_ms,
-                max_expires_at_ms,
-                ttl: cmd.ttl,
-                order_id: cmd.order_id.to_string(),
-                holder: cmd.holder.to_string(),
-                batch_id: batch_id.clone(),
-            },
-            available,
-        });
+    let mut short = Vec::with_capacity(cmd.lines.len());
+    for (number, line) in cmd.lines.iter().enumerate() {
+        let candidates = line.candidates();
+        for _ in 0..reply.index(candidates.len() + 1)? {
+            let record = &candidates[reply.index(candidates.len())?];
+            let token = reply.uint()?;
+            let quantity = reply.int()?;
+            let available = reply.int()?;
+            let unit_scale = reply.unit_scale()?;
+            granted.push(Granted {
+                line: number,
+                lock: LockView {
+                    lock_id: LockId { record: record.clone(), token, nonce: nonce.clone() },
+                    quantity,
+                    unit_scale,
+                    created_at_ms,
+                    expires_at_ms,
+                    max_expires_at_ms,
+                    ttl: cmd.ttl,
+                    order_id: cmd.order_id.to_string(),
+                    holder: cmd.holder.to_string(),
+                    batch_id: batch_id.clone(),
+                },
+                available,
+            });
+        }
+        let missed = reply.index(candidates.len() + 1)?;
+        short.push((0..missed).map(|_| candidate_figure(&mut reply, line)).collect::<Result<_, _>>()?);
     }
     let batch_id = match batch_id {
         Some(id) => Some(BatchId::parse(&id, "batch_id").map_err(|_| malformed("a bad batch id"))?),
         None => None,
     };
-    Ok(LockOutcome { granted, batch_id, replayed: reply.replayed })
+    Ok(LockOutcome { granted, short, batch_id, replayed: reply.replayed })
+}
+
+/// A candidate's figure in a reply: candidate, available, unit_scale, exists.
+fn candidate_figure(reply: &mut Reply, line: &LockLine) -> Result<CandidateFigure, Error> {
+    let candidates = line.candidates();
+    let record = candidates[reply.index(candidates.len())?].clone();
+    let available = reply.int()?;
+    let available = reply.unit_scale()?.format(available);
+    let exists = reply.int()? == 1;
+    Ok(CandidateFigure { record, available, exists })
 }
 
 /// The method of a Lock or BatchLock: request ids are scoped per method.
@@ -291,15 +324,24 @@ pub(super) fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Record, quantity mantissa and scale of each line, as lock.lua takes them.
+/// Each line as lock.lua takes it: its spec (see the script), quantity
+/// mantissa and scale, and its candidate records.
 fn line_args(cmd: &LockCommand) -> Vec<String> {
-    cmd.lines
-        .iter()
-        .flat_map(|line| {
-            let q = line.quantity.decimal();
-            [line.record.to_string(), q.mantissa.to_string(), q.scale.to_string()]
-        })
-        .collect()
+    let mut args = Vec::with_capacity(4 * cmd.lines.len());
+    for line in &cmd.lines {
+        let q = line.quantity.decimal();
+        let candidates = line.candidates();
+        let mut spec = candidates.len().to_string();
+        if let Some(choice) = &line.choice {
+            spec.push(if choice.strategy == Strategy::MostAvailable { 'm' } else { 'p' });
+            if choice.split {
+                spec.push('s');
+            }
+        }
+        args.extend([spec, q.mantissa.to_string(), q.scale.to_string()]);
+        args.extend(candidates.iter().map(ToString::to_string));
+    }
+    args
 }
 
 /// The fingerprint of a Lock or BatchLock's content.
@@ -314,7 +356,17 @@ fn content_fingerprint(cmd: &LockCommand, line_args: &[String]) -> String {
     if let Some(session) = &cmd.session {
         parts.push(session.as_str());
     }
-    parts.extend(line_args.iter().map(String::as_str));
+    if cmd.is_plain() {
+        // As before candidates and policies: record, mantissa, scale.
+        parts.extend(line_args.chunks(4).flat_map(|line| [&line[3], &line[1], &line[2]]).map(String::as_str));
+    } else {
+        parts.push(match cmd.policy {
+            BatchPolicy::AllOrNothing => "all-or-nothing",
+            BatchPolicy::PerLine => "per-line",
+            BatchPolicy::Partial => "partial",
+        });
+        parts.extend(line_args.iter().map(String::as_str));
+    }
     fingerprint(&parts)
 }
 

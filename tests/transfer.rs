@@ -1,0 +1,384 @@
+//! The transfer system's locks: a line that names candidate warehouses
+//! (PRIORITY or MOST_AVAILABLE, split or not), and BatchLock policies for
+//! short lines (ALL_OR_NOTHING, PER_LINE, PARTIAL).
+
+mod common;
+
+use common::*;
+use stocklock::pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const PRIORITY: pb::AllocationStrategy = pb::AllocationStrategy::Priority;
+const MOST_AVAILABLE: pb::AllocationStrategy = pb::AllocationStrategy::MostAvailable;
+
+fn candidates(warehouses: &[&str], strategy: pb::AllocationStrategy, allow_split: bool) -> Option<pb::Candidates> {
+    Some(pb::Candidates {
+        warehouse_ids: warehouses.iter().map(|w| (*w).to_owned()).collect(),
+        strategy: strategy as i32,
+        allow_split,
+    })
+}
+
+/// A Lock of `quantity` of `sku` from `from`.
+fn lock_from(sku: &str, from: Option<pb::Candidates>, quantity: &str, request_id: &str) -> pb::LockRequest {
+    pb::LockRequest { warehouse_id: String::new(), candidates: from, ..lock_request(sku, "", quantity, request_id) }
+}
+
+fn line_from(sku: &str, from: Option<pb::Candidates>, quantity: &str) -> pb::BatchLockLine {
+    pb::BatchLockLine { warehouse_id: String::new(), candidates: from, ..batch_line(sku, "", quantity) }
+}
+
+fn policy_batch(lines: Vec<pb::BatchLockLine>, policy: pb::BatchLockPolicy, request_id: &str) -> pb::BatchLockRequest {
+    pb::BatchLockRequest { policy: policy as i32, ..batch(lines, request_id) }
+}
+
+/// (warehouse, quantity) of each lock.
+fn allocation(locks: &[pb::Lock]) -> Vec<(String, String)> {
+    locks.iter().map(|l| (l.warehouse_id.clone(), l.quantity.clone())).collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected.iter().map(|(w, q)| ((*w).to_owned(), (*q).to_owned())).collect()
+}
+
+/// Stocks SKU "T" in W1 (2), W2 (5) and W3 (10).
+async fn three_warehouses() -> TestService {
+    let svc = start().await;
+    for (warehouse, physical) in [("W1", "2"), ("W2", "5"), ("W3", "10")] {
+        svc.stock("T", warehouse, physical).await;
+    }
+    svc
+}
+
+async fn availability(svc: &TestService, sku: &str, warehouses: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in warehouses {
+        out.push(svc.available(sku, w).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn priority_locks_in_the_first_candidate_that_has_it_all() {
+    let svc = three_warehouses().await;
+    let from = candidates(&["W1", "W2", "W3"], PRIORITY, false);
+    let response = svc.client.clone().lock(lock_from("T", from, "4", "r1")).await.unwrap().into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W2", "4")]));
+    let lock = response.lock.unwrap();
+    assert_eq!((lock.warehouse_id.as_str(), response.available.as_str()), ("W2", "1"));
+    assert_eq!(availability(&svc, "T", &["W1", "W2", "W3"]).await, ["2", "1", "10"]);
+}
+
+#[tokio::test]
+async fn most_available_locks_where_most_is_left() {
+    let svc = three_warehouses().await;
+    let from = candidates(&["W1", "W2", "W3"], MOST_AVAILABLE, false);
+    let response = svc.client.clone().lock(lock_from("T", from, "4", "r1")).await.unwrap().into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W3", "4")]));
+    assert_eq!(availability(&svc, "T", &["W1", "W2", "W3"]).await, ["2", "5", "6"]);
+}
+
+#[tokio::test]
+async fn a_split_line_takes_from_each_candidate_in_turn_with_a_lock_each() {
+    let svc = three_warehouses().await;
+    let from = candidates(&["W1", "W2", "W3"], PRIORITY, true);
+    let response = svc.client.clone().lock(lock_from("T", from, "8", "r1")).await.unwrap().into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W1", "2"), ("W2", "5"), ("W3", "1")]));
+    assert_eq!(availability(&svc, "T", &["W1", "W2", "W3"]).await, ["0", "0", "9"]);
+    // Each is a lock of its own, released on its own.
+    let ids: Vec<String> = response.locks.iter().map(|l| l.lock_id.clone()).collect();
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3);
+    for (n, lock_id) in ids.into_iter().enumerate() {
+        let release = pb::ReleaseRequest {
+            lock_id,
+            holder: "order-service".into(),
+            request_id: format!("rel-{n}"),
+            ..Default::default()
+        };
+        svc.client.clone().release(release).await.unwrap();
+    }
+    assert_eq!(availability(&svc, "T", &["W1", "W2", "W3"]).await, ["2", "5", "10"]);
+
+    let from = candidates(&["W1", "W2", "W3"], MOST_AVAILABLE, true);
+    let response = svc.client.clone().lock(lock_from("T", from, "12", "r2")).await.unwrap().into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W3", "10"), ("W2", "2")]));
+}
+
+#[tokio::test]
+async fn a_shortage_names_what_every_candidate_had_and_changes_nothing() {
+    let svc = three_warehouses().await;
+    let from = candidates(&["W1", "W2", "W3", "W9"], PRIORITY, true);
+    let result = svc.client.clone().lock(lock_from("T", from, "20", "r1")).await;
+    let status = expect_error(result, Code::FailedPrecondition, "INSUFFICIENT_STOCK");
+    let violations = status.get_details_precondition_failure().unwrap().violations;
+    let described: Vec<_> = violations.iter().map(|v| (v.subject.as_str(), v.description.as_str())).collect();
+    assert_eq!(
+        described,
+        [
+            ("lines[0]", "sku T in warehouse W1: requested 20, available 2"),
+            ("lines[0]", "sku T in warehouse W2: requested 20, available 5"),
+            ("lines[0]", "sku T in warehouse W3: requested 20, available 10"),
+            ("lines[0]", "sku T in warehouse W9: requested 20, available 0 (no record)"),
+        ]
+    );
+    assert_eq!(status.get_details_error_info().unwrap().metadata["short_lines"], "0");
+    // Without a split, 6 is short too: no one warehouse has it.
+    let from = candidates(&["W1", "W2"], MOST_AVAILABLE, false);
+    expect_error(
+        svc.client.clone().lock(lock_from("T", from, "6", "r2")).await,
+        Code::FailedPrecondition,
+        "INSUFFICIENT_STOCK",
+    );
+    for w in ["W1", "W2", "W3"] {
+        assert_eq!(svc.record("T", w).await.live_locks, 0, "{w}");
+    }
+}
+
+/// A SKU in another partition than `sku` when there are several (on Redis
+/// Cluster), so a batch of the two runs a script in each.
+fn elsewhere(svc: &TestService, sku: &str) -> String {
+    (0..100).map(|i| format!("U{i}")).find(|u| svc.partition(u) != svc.partition(sku)).unwrap_or_else(|| "U".into())
+}
+
+#[tokio::test]
+async fn per_line_locks_the_lines_that_can_be_filled_and_reports_the_others() {
+    let svc = three_warehouses().await;
+    // Across partitions, the short line's partition gets nothing and the
+    // batch goes on with the other.
+    let other = &elsewhere(&svc, "T");
+    svc.stock(other, "W1", "1").await;
+    let lines = vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "6"), batch_line(other, "W1", "2")];
+    let response = svc
+        .client
+        .clone()
+        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::PerLine, "b1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W1", "2"), ("W2", "4")]));
+    let [t, u] = &response.lines[..] else { panic!("{:?}", response.lines) };
+    assert_eq!((t.requested.as_str(), t.locked.as_str(), t.short.as_str()), ("6", "6", "0"));
+    assert_eq!(allocation(&t.locks), pairs(&[("W1", "2"), ("W2", "4")]));
+    assert!(t.candidates.is_empty());
+    assert_eq!((u.line, u.requested.as_str(), u.locked.as_str(), u.short.as_str()), (1, "2", "0", "2"));
+    assert!(u.locks.is_empty());
+    let had: Vec<_> = u.candidates.iter().map(|c| (c.warehouse_id.as_str(), c.available.as_str(), c.exists)).collect();
+    assert_eq!(had, [("W1", "1", true)]);
+    assert_eq!(svc.available(other, "W1").await, "1");
+    assert!(response.locks.iter().all(|l| l.batch_id == response.batch_id));
+}
+
+#[tokio::test]
+async fn partial_locks_what_there_is_up_to_each_line() {
+    let svc = three_warehouses().await;
+    svc.stock("U", "W1", "1").await;
+    svc.stock("V", "W1", "9").await;
+    let lines = vec![
+        line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "10"),
+        batch_line("U", "W1", "3"),
+        batch_line("V", "W1", "4"),
+    ];
+    let response = svc
+        .client
+        .clone()
+        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let figures: Vec<_> =
+        response.lines.iter().map(|l| (l.locked.as_str(), l.short.as_str(), l.candidates.len())).collect();
+    assert_eq!(figures, [("7", "3", 2), ("1", "2", 1), ("4", "0", 0)]);
+    assert_eq!(allocation(&response.lines[0].locks), pairs(&[("W1", "2"), ("W2", "5")]));
+    assert_eq!(availability(&svc, "T", &["W1", "W2"]).await, ["0", "0"]);
+    assert_eq!(svc.available("U", "W1").await, "0");
+    assert_eq!(svc.available("V", "W1").await, "5");
+
+    // Without a split, a partial line takes the most any one candidate has.
+    svc.stock("X", "W1", "3").await;
+    svc.stock("X", "W2", "4").await;
+    let lines = vec![line_from("X", candidates(&["W1", "W2"], PRIORITY, false), "6")];
+    let response = svc
+        .client
+        .clone()
+        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allocation(&response.locks), pairs(&[("W2", "4")]));
+}
+
+#[tokio::test]
+async fn a_batch_that_gets_nothing_under_any_policy_is_refused() {
+    let svc = three_warehouses().await;
+    svc.stock("U", "W1", "0").await;
+    for policy in [pb::BatchLockPolicy::PerLine, pb::BatchLockPolicy::Partial] {
+        let lines = vec![batch_line("U", "W1", "1")];
+        let result = svc.client.clone().batch_lock(policy_batch(lines, policy, &format!("b-{policy:?}"))).await;
+        expect_error(result, Code::FailedPrecondition, "INSUFFICIENT_STOCK");
+    }
+    assert_eq!(svc.record("U", "W1").await.live_locks, 0);
+}
+
+#[tokio::test]
+async fn a_retry_replays_the_allocation() {
+    let svc = three_warehouses().await;
+    let from = candidates(&["W1", "W2", "W3"], MOST_AVAILABLE, true);
+    let first = svc.client.clone().lock(lock_from("T", from.clone(), "12", "r1")).await.unwrap().into_inner();
+    let again = svc.client.clone().lock(lock_from("T", from.clone(), "12", "r1")).await.unwrap().into_inner();
+    assert!(again.replayed);
+    assert_eq!(first.locks, again.locks);
+    assert_eq!(first.available, again.available);
+    // The same request_id with other candidates is another request.
+    let other = candidates(&["W3", "W2"], MOST_AVAILABLE, true);
+    expect_error(
+        svc.client.clone().lock(lock_from("T", other, "12", "r1")).await,
+        Code::AlreadyExists,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+
+    svc.stock("U", "W1", "1").await;
+    let lines = || vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "2"), batch_line("U", "W1", "3")];
+    let partial = pb::BatchLockPolicy::Partial;
+    let first = svc.client.clone().batch_lock(policy_batch(lines(), partial, "b1")).await.unwrap().into_inner();
+    let again = svc.client.clone().batch_lock(policy_batch(lines(), partial, "b1")).await.unwrap().into_inner();
+    assert!(again.replayed);
+    assert_eq!((first.batch_id.as_str(), &first.lines), (again.batch_id.as_str(), &again.lines));
+    // A plain batch under another policy is another request too.
+    expect_error(
+        svc.client.clone().batch_lock(policy_batch(lines(), pb::BatchLockPolicy::PerLine, "b1")).await,
+        Code::AlreadyExists,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+}
+
+#[tokio::test]
+async fn bad_candidates_are_refused_naming_the_field() {
+    let svc = three_warehouses().await;
+    let mut client = svc.client.clone();
+    let both = pb::LockRequest {
+        warehouse_id: "W1".into(),
+        candidates: candidates(&["W2"], PRIORITY, false),
+        ..lock_request("T", "W1", "1", "r1")
+    };
+    let cases: Vec<(pb::LockRequest, &str)> = vec![
+        (both, "warehouse_id"),
+        (lock_from("T", candidates(&[], PRIORITY, false), "1", "r2"), "candidates.warehouse_ids"),
+        (lock_from("T", candidates(&["W1", "W2", "W1"], PRIORITY, false), "1", "r3"), "candidates.warehouse_ids[2]"),
+        (lock_from("T", candidates(&["W1", "bad id"], PRIORITY, false), "1", "r4"), "candidates.warehouse_ids[1]"),
+        (
+            lock_from(
+                "T",
+                Some(pb::Candidates { warehouse_ids: vec!["W1".into()], strategy: 9, allow_split: false }),
+                "1",
+                "r5",
+            ),
+            "candidates.strategy",
+        ),
+        (
+            lock_from(
+                "T",
+                candidates(
+                    &(0..17)
+                        .map(|i| format!("W{i}"))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                    PRIORITY,
+                    false,
+                ),
+                "1",
+                "r6",
+            ),
+            "candidates.warehouse_ids",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = expect_error(client.lock(request).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert_eq!(bad_fields(&status), [field], "{status:?}");
+    }
+    // Two lines may not share a warehouse of a SKU.
+    let lines = vec![
+        line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "1"),
+        line_from("T", candidates(&["W3", "W2"], PRIORITY, true), "1"),
+    ];
+    let status = expect_error(client.batch_lock(batch(lines, "b1")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(bad_fields(&status), ["lines[1]"]);
+    let status = expect_error(
+        client.batch_lock(pb::BatchLockRequest { policy: 7, ..batch(vec![batch_line("T", "W1", "1")], "b2") }).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["policy"]);
+    for w in ["W1", "W2", "W3"] {
+        assert_eq!(svc.record("T", w).await.live_locks, 0, "{w}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_names_at_most_max_batch_lines_warehouses_counting_candidates() {
+    let svc = start_with(&["--max-batch-lines", "3"]).await;
+    let lines = vec![
+        line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "1"),
+        batch_line("U", "W1", "1"),
+        batch_line("V", "W1", "1"),
+    ];
+    let status = expect_error(
+        svc.client.clone().batch_lock(batch(lines, "b1")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_fields(&status), ["lines"]);
+}
+
+/// Buyers race for the last units of a SKU across two warehouses, each
+/// locking one unit with a split over both, while partial batches take
+/// what they can: every unit is locked exactly once, and no lock is leaked.
+#[tokio::test]
+async fn concurrent_transfers_for_the_last_units_never_oversell() {
+    let svc = start().await;
+    svc.stock("T", "W1", "7").await;
+    svc.stock("T", "W2", "5").await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut client = svc.client.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                let lines = vec![line_from("T", candidates(&["W2", "W1"], MOST_AVAILABLE, true), "2")];
+                let request = policy_batch(lines, pb::BatchLockPolicy::Partial, &format!("b{i}"));
+                match client.batch_lock(request).await {
+                    Ok(r) => r.into_inner().locks,
+                    Err(status) => {
+                        assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
+                        Vec::new()
+                    }
+                }
+            } else {
+                let from = candidates(&["W1", "W2"], PRIORITY, true);
+                match client.lock(lock_from("T", from, "1", &format!("r{i}"))).await {
+                    Ok(r) => r.into_inner().locks,
+                    Err(status) => {
+                        assert_eq!(reason(&status), "INSUFFICIENT_STOCK", "{status:?}");
+                        Vec::new()
+                    }
+                }
+            }
+        }));
+    }
+    let mut locked = 0;
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        for lock in task.await.unwrap() {
+            locked += lock.quantity.parse::<u32>().unwrap();
+            assert!(ids.insert(lock.lock_id.clone()));
+        }
+    }
+    assert_eq!(locked, 12, "every unit locked once");
+    let (w1, w2) = (svc.record("T", "W1").await, svc.record("T", "W2").await);
+    assert_eq!((w1.available.as_str(), w2.available.as_str()), ("0", "0"));
+    assert_eq!((w1.locked.as_str(), w2.locked.as_str()), ("7", "5"));
+    assert_eq!(w1.live_locks + w2.live_locks, ids.len() as u32);
+}
