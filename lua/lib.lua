@@ -379,7 +379,7 @@ local function refresh_due(due_key, rec)
   return nil
 end
 
--- Which way a lock that is no longer live ended: 'R', 'C', 'F' by its
+-- Which way a lock that is no longer live ended: 'R', 'C', 'F', 'M' by its
 -- tombstone, and what the tombstone says besides (a commit's
 -- "committed|released"); else 'E' if its token is not above the record's
 -- fence (an expired lock leaves no tombstone, and neither does one whose
@@ -445,7 +445,8 @@ end
 
 -- A live lock by token and nonce: the lock, or nil, the refusal and how the
 -- lock ended: LOCK_EXPIRED, LOCK_FORCE_RELEASED, or LOCK_NOT_FOUND with
--- 'RELEASED', 'COMMITTED' (and the commit's "committed|released") or ''
+-- 'RELEASED', 'COMMITTED' (and the commit's "committed|released"), 'MOVED'
+-- (and "warehouse|token" of the record it moved to, see transfer_lock.lua) or ''
 -- (never existed, or its tombstone is gone).
 local function find_lock(rec, token, nonce, now)
   local packed = redis.call('HGET', rec.locks, token)
@@ -471,6 +472,8 @@ local function find_lock(rec, token, nonce, now)
     return nil, 'LOCK_NOT_FOUND', 'COMMITTED', detail
   elseif mark == 'F' then
     return nil, 'LOCK_FORCE_RELEASED', ''
+  elseif mark == 'M' then
+    return nil, 'LOCK_NOT_FOUND', 'MOVED', detail
   end
   return nil, 'LOCK_NOT_FOUND', ''
 end

@@ -32,7 +32,8 @@
 -- ARGV[14] per record slot, '1' if it names its record wide, else '0' (one character a slot)
 -- ARGV[15] in a session: its lease, the expiry (ms) join_session.lua read; else ''
 -- ARGV[16] the policy for short lines: 'A' all or nothing, 'L' each line in full or not at
---          all, 'P' each line as much as is available
+--          all, 'P' each line as much as is available; 'l', 'p' for one partition of a batch
+--          across partitions, which answers OK (and keeps its record) even with nothing locked
 -- ARGV[17 ..] per line: its spec, quantity mantissa, quantity scale, then its n record ids
 --          "sku|warehouse". The spec is n, then 'm' to try the most available candidate
 --          first (else the order given) and 's' if the line may be split: "1" for a line
@@ -42,9 +43,12 @@
 -- that has the whole quantity; with one, each in that order takes what it
 -- has until the line is filled. A line not filled gets nothing unless the
 -- policy is 'P', which keeps what was found (without a split, the candidate
--- with the most). A candidate without a record counts as having nothing; a
--- line of one record without one is refused. Candidates of different unit
--- scales are compared at the largest.
+-- that gives the most). A candidate without a record counts as having
+-- nothing, and one whose unit scale cannot hold the quantity gives whole
+-- units of its own scale; a line of one record is refused for either.
+-- Candidates of different unit scales are compared at the largest. A line
+-- with candidates settles the expired locks of every candidate before it
+-- chooses (see SETTLE), so the ranking is by live locks.
 --
 -- A lock in a session (its nonce names the session, see session_of) needs
 -- no Renew: its expiry entry is its maximum hold, and it ends earlier when
@@ -56,7 +60,9 @@
 -- has come), the call answers {'SETTLE', slot...} without writing, and the
 -- caller calls again with those slots wide, which settles their records'
 -- expired locks (SETTLE_LIMIT each) before it locks. So a Lock names 5 keys
--- a line, and 50 only for a short line of a record with expired locks.
+-- a record, and 50 only for a record with expired locks of a short line or
+-- of a line with candidates (at most 16 candidates a line, and a batch's
+-- records in all at most --max-batch-lines).
 --
 -- Idempotency: a granted call leaves one field in its generation's hash,
 -- request digest -> content digest .. ":" .. "since|hold|batch_id|nonce|" and
@@ -107,7 +113,9 @@ local request, generation, generation_ms = ARGV[10], tonumber(ARGV[11]), tonumbe
 local shard = tonumber(ARGV[13])
 local wide_slots = ARGV[14]
 local lease = tonumber(ARGV[15])
-local policy = ARGV[16]
+-- Lower case: one partition of a batch across partitions, which answers OK
+-- (and keeps its record) even when it locks nothing, so a retry replays it.
+local policy, one_part = string.upper(ARGV[16]), ARGV[16] == 'l' or ARGV[16] == 'p'
 local session_locks, session_end = KEYS[8], KEYS[9]
 -- Every line one record ("1") and all or nothing: the compact idempotency record.
 -- (cleared below by a line with candidates).
@@ -201,19 +209,21 @@ local function allocate(cands, m, qs, most, split_ok, partial)
   end
   if not split_ok then
     for _, c in ipairs(present) do
-      if c.available >= c.qty then
+      if c.qty and c.available >= c.qty then
         return { { c, c.qty } }, true
       end
     end
     if partial then
-      local best
+      -- The candidate that gives the most, up to what its scale can hold.
+      local best, most = nil, 0
       for _, c in ipairs(present) do
-        if c.available > 0 and (not best or c.weight > best.weight) then
-          best = c
+        local gives = math.min(math.max(c.available, 0), c.cap)
+        if gives * c.factor > most then
+          best, most = c, gives * c.factor
         end
       end
       if best then
-        return { { best, best.available } }, false
+        return { { best, most / best.factor } }, false
       end
     end
     return {}, false
@@ -245,7 +255,8 @@ local key, slot, arg, k = 10, 0, 17, 0
 while arg <= #ARGV do
   local spec, m, qs = ARGV[arg], tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
   local n = tonumber(string.match(spec, '^%d+'))
-  plain = plain and spec == '1'
+  local single = spec == '1'
+  plain = plain and single
   local cands = {}
   for c = 1, n do
     -- `rec` is the record as the call names it, `view` the shard the lock goes to.
@@ -262,7 +273,7 @@ while arg <= #ARGV do
     end
     local s = read_stock(view)
     if not s then
-      if n == 1 then
+      if single then
         return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE', fmt(k) }
       end
       cands[c] = { index = c - 1, slot = slot, missing = true, available = 0, scale = 0 }
@@ -272,13 +283,17 @@ while arg <= #ARGV do
         -- Only data written before physical + in_transit was bounded gets here.
         qty, err = nil, 'QUANTITY_OUT_OF_RANGE'
       end
-      if not qty then
+      -- A candidate whose scale cannot hold the quantity can give whole
+      -- units of its own (a split, or a partial line); one warehouse named
+      -- alone is a wrong request.
+      if not qty and (single or err ~= 'INVALID_QUANTITY_SCALE') then
         return { err, fmt(k), fmt(s.unit_scale) }
       end
       -- Only a record whose earliest expiry has come can have expired locks.
       local expired, expired_sum = find_expired_all(rec, now, s.due)
       cands[c] = {
         index = c - 1, slot = slot, rec = rec, view = view, stock = s, qty = qty, expired = expired,
+        cap = qty or math.floor(m / 10 ^ (qs - s.unit_scale)),
         available = available_of(s, s.locked - expired_sum), scale = s.unit_scale,
         unsettled = not wide and s.due and s.due <= now,
       }
@@ -286,16 +301,17 @@ while arg <= #ARGV do
     slot = slot + 1
   end
   local taken, filled = allocate(cands, m, qs, string.find(spec, 'm', 1, true), string.find(spec, 's', 1, true), policy == 'P')
-  if not filled then
-    -- Expired locks in other shards may be what keeps the line short.
+  -- Expired locks in other shards may be what keeps the line short, and
+  -- for a choice among candidates they change the ranking.
+  if not filled or not single then
     for _, c in ipairs(cands) do
       if c.unsettled then
         unsettled[#unsettled + 1] = fmt(c.slot)
       end
     end
-    if policy == 'L' then
-      taken = {}
-    end
+  end
+  if not filled and policy == 'L' then
+    taken = {}
   end
   local missed = {}
   if not filled then
@@ -314,7 +330,7 @@ if #unsettled > 0 then
   table.insert(unsettled, 1, 'SETTLE')
   return unsettled
 end
-if #short > 0 and (policy == 'A' or not any) then
+if #short > 0 and (policy == 'A' or (not any and not one_part)) then
   table.insert(short, 1, 'INSUFFICIENT_STOCK')
   return short
 end
@@ -387,7 +403,7 @@ if lease then
   redis.call('PEXPIRE', session_locks, max_hold + 60000)
 end
 
-if batch_id ~= '' then
+if batch_id ~= '' and #lock_refs > 0 then
   -- The batch lists its locks so Renew and Release can address them by batch_id.
   redis.call('SET', batch_key, holder .. '\n' .. nonce .. '\n' .. table.concat(lock_refs, '\n'), 'PX', max_hold + tomb_retention)
 end

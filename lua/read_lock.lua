@@ -37,5 +37,7 @@ elseif mark == 'C' then
   return { 'LOCK_NOT_FOUND', 'COMMITTED' }
 elseif mark == 'F' then
   return { 'LOCK_FORCE_RELEASED', '' }
+elseif mark == 'M' then
+  return { 'LOCK_NOT_FOUND', 'MOVED' }
 end
 return { 'LOCK_NOT_FOUND', '' }

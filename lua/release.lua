@@ -43,6 +43,11 @@ for k = 0, count - 1 do
   if ended == 'COMMITTED' then
     return { 'LOCK_ALREADY_COMMITTED', fmt(k) }
   end
+  if ended == 'MOVED' then
+    -- Its hold lives on under the id TransferLock returned: releasing this
+    -- one must not read as done.
+    return { 'LOCK_NOT_FOUND', fmt(k), 'MOVED' }
+  end
   if why == 'LOCK_NOT_FOUND' and ended == '' then
     return { why, fmt(k) }
   end

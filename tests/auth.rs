@@ -9,7 +9,7 @@ use stocklock::pb;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-const INVENTORY: [&str; 15] = [
+const INVENTORY: [&str; 16] = [
     "SetStock",
     "AdjustStock",
     "GetAvailability",
@@ -19,6 +19,7 @@ const INVENTORY: [&str; 15] = [
     "Renew",
     "Release",
     "Commit",
+    "TransferLock",
     "GetLock",
     "ListLocks",
     "OpenSession",
@@ -51,6 +52,7 @@ async fn call(svc: &TestService, token: Option<&str>, method: &str) -> Result<()
         "Renew" => inv.renew(pb::RenewRequest::default()).await.map(drop),
         "Release" => inv.release(pb::ReleaseRequest::default()).await.map(drop),
         "Commit" => inv.commit(pb::CommitRequest::default()).await.map(drop),
+        "TransferLock" => inv.transfer_lock(pb::TransferLockRequest::default()).await.map(drop),
         "GetLock" => inv.get_lock(pb::GetLockRequest::default()).await.map(drop),
         "ListLocks" => inv.list_locks(pb::ListLocksRequest::default()).await.map(drop),
         "OpenSession" => inv.open_session(pb::OpenSessionRequest::default()).await.map(drop),
@@ -85,6 +87,7 @@ async fn every_role_against_every_rpc() {
         "Renew",
         "Release",
         "Commit",
+        "TransferLock",
         "GetLock",
         "ListLocks",
         "OpenSession",

@@ -102,18 +102,33 @@ impl Session {
     }
 
     /// Locks in this session: the request's `session_id`, `holder` and
-    /// `ttl` are the session's. The guard commits or releases it.
-    pub async fn lock(&self, mut request: pb::LockRequest) -> Result<LockGuard, Status> {
+    /// `ttl` are the session's. The guard commits or releases it. A request
+    /// whose candidates allow a split may take several locks: use
+    /// [`Session::lock_split`] for it.
+    pub async fn lock(&self, request: pb::LockRequest) -> Result<LockGuard, Status> {
+        if request.candidates.as_ref().is_some_and(|c| c.allow_split) {
+            return Err(Status::invalid_argument("a split may take several locks: call Session::lock_split"));
+        }
+        let mut guards = self.lock_split(request).await?;
+        guards.pop().ok_or_else(|| Status::internal("Lock answered no lock"))
+    }
+
+    /// Locks in this session, as [`Session::lock`], with one guard per lock
+    /// taken: one per warehouse that gave stock.
+    pub async fn lock_split(&self, mut request: pb::LockRequest) -> Result<Vec<LockGuard>, Status> {
         request.session_id.clone_from(&self.session.session_id);
         request.holder.clone_from(&self.session.holder);
         request.ttl = None;
         let granted = self.client.lock(request).await?;
-        let lock = granted.lock.ok_or_else(|| Status::internal("Lock answered no lock"))?;
-        Ok(self.guard(lock))
+        if granted.locks.is_empty() {
+            return Err(Status::internal("Lock answered no lock"));
+        }
+        Ok(granted.locks.into_iter().map(|lock| self.guard(lock)).collect())
     }
 
-    /// BatchLocks in this session, every line or none; one guard per lock,
-    /// in line order.
+    /// BatchLocks in this session; one guard per lock taken, in line order
+    /// (every line, or under the request's PER_LINE or PARTIAL policy the
+    /// lines that got stock: the response's `lines` says which).
     pub async fn batch_lock(&self, mut request: pb::BatchLockRequest) -> Result<Vec<LockGuard>, Status> {
         request.session_id.clone_from(&self.session.session_id);
         request.holder.clone_from(&self.session.holder);

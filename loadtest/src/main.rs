@@ -665,7 +665,8 @@ fn lock_benchmark_command(identity: &str) -> anyhow::Result<Vec<String>> {
         batch_id: None,
         session: None,
     };
-    let limits = LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, session_lease_ms: None };
+    let limits =
+        LockLimits { max_hold_ms: 24 * 3_600_000, retention_ms: 600_000, session_lease_ms: None, one_part: false };
     let generation = LockCall::current_generation(limits.retention_ms);
     let call = LockCall::new(&Keys::new("sl", 1), 0, &cmd, limits, "0badc0de", generation, &[]);
     let mut args = call.args;

@@ -289,6 +289,9 @@ pub enum LockEnd {
     Released,
     /// Turned into a deduction by Commit.
     Committed,
+    /// Moved whole to another warehouse by TransferLock: its hold lives on
+    /// under the lock id TransferLock returned.
+    Moved,
 }
 
 impl LockEnd {
@@ -296,6 +299,7 @@ impl LockEnd {
         match self {
             Self::Released => "was released",
             Self::Committed => "was committed",
+            Self::Moved => "was moved to another warehouse by TransferLock; use the lock id it returned",
         }
     }
 }

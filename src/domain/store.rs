@@ -311,6 +311,41 @@ pub struct CommitCommand {
     pub allow_late: bool,
 }
 
+/// TransferLock: a live lock's quantity (all or part) moved to another
+/// warehouse of its SKU.
+#[derive(Clone, Debug)]
+pub struct TransferLockCommand {
+    /// The lock.
+    pub lock_id: LockId,
+    /// Where to: a warehouse of the lock's SKU other than its own.
+    pub to: WarehouseId,
+    /// How much; the whole lock when `None`.
+    pub quantity: Option<Quantity>,
+    /// When set, the lock must be held by it.
+    pub holder: Option<Holder>,
+    /// Idempotency key.
+    pub request_id: RequestId,
+    /// Who asked, for the audit trail.
+    pub actor: String,
+}
+
+/// What TransferLock did.
+#[derive(Clone, Debug)]
+pub struct TransferOutcome {
+    /// The moved lock in the destination, under its new fencing token.
+    pub moved: LockView,
+    /// What is left of the lock, or `None` when it moved whole.
+    pub remaining: Option<LockView>,
+    /// Available on the lock's record afterwards (scaled by `source_unit_scale`).
+    pub source_available: i64,
+    /// The unit scale of the lock's record.
+    pub source_unit_scale: UnitScale,
+    /// Available on the destination afterwards (scaled, its unit scale).
+    pub destination_available: i64,
+    /// True when this replays an earlier call.
+    pub replayed: bool,
+}
+
 /// What Commit did.
 #[derive(Clone, Debug)]
 pub struct CommitOutcome {
@@ -511,6 +546,8 @@ pub trait StockStore: Send + Sync + 'static {
     fn release(&self, cmd: ReleaseCommand) -> impl Future<Output = Result<ReleaseOutcome, Error>> + Send;
     /// Commit.
     fn commit(&self, cmd: CommitCommand) -> impl Future<Output = Result<CommitOutcome, Error>> + Send;
+    /// Moves a live lock's quantity to another warehouse of its SKU, atomically.
+    fn transfer_lock(&self, cmd: TransferLockCommand) -> impl Future<Output = Result<TransferOutcome, Error>> + Send;
     /// The lock ids a target names (a batch's, read from its record).
     fn lock_ids(&self, target: &LockTarget) -> impl Future<Output = Result<Vec<LockId>, Error>> + Send;
     /// One live lock.

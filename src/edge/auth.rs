@@ -88,8 +88,8 @@ pub fn allowed(role: Role, path: &str) -> bool {
         ("stocklock.v1.AdminService", Role::Operator) => true,
         ("stocklock.v1.AdminService", _) => false,
         ("stocklock.v1.InventoryService", role) => match method {
-            "Lock" | "BatchLock" | "Renew" | "Release" | "Commit" | "OpenSession" | "KeepAlive" | "KeepAliveOnce"
-            | "CloseSession" | "WatchHolder" => role == Role::Service,
+            "Lock" | "BatchLock" | "Renew" | "Release" | "Commit" | "TransferLock" | "OpenSession" | "KeepAlive"
+            | "KeepAliveOnce" | "CloseSession" | "WatchHolder" => role == Role::Service,
             "GetAvailability" | "BatchGetAvailability" => true,
             "GetLock" | "ListLocks" => matches!(role, Role::Service | Role::Operator),
             _ => false,

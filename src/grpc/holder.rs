@@ -142,7 +142,8 @@ fn item(
             ..event
         }),
         // A lock in a session is kept by its session; others must be renewed.
-        "lock" | "renew" if lock_session(e).is_none() => {
+        // A moved lock (transfer.in) is a lock of its own, to be renewed.
+        "lock" | "renew" | "transfer.in" if lock_session(e).is_none() => {
             let Ok(expires_at_ms) = e.field("detail").parse::<i64>() else {
                 return Some(Item::Moved { event_id });
             };
@@ -154,6 +155,8 @@ fn item(
             Item::Track { due_at_ms: expires_at_ms.saturating_sub(before), event }
         }
         "release" | "commit" => Item::Untrack { lock_id: event.lock_id, event_id },
+        // A lock moved whole is gone (its detail: what it kept, then the new lock's id).
+        "transfer.out" if e.field("detail").starts_with("0|") => Item::Untrack { lock_id: event.lock_id, event_id },
         _ => Item::Moved { event_id },
     };
     Some(item)

@@ -10,7 +10,7 @@ use super::{Limits, convert, holder, validate, watch};
 use crate::domain::{
     AdjustStockCommand, BatchId, BatchPolicy, CommitCommand, Error, EventHub, LockCommand, LockId, LockOutcome,
     OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
-    SetStockCommand, Sku, StockStore, UnitScale, WarehouseId,
+    SetStockCommand, Sku, StockStore, TransferLockCommand, UnitScale, WarehouseId,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -393,6 +393,38 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             record: Some(convert::record(&outcome.record)),
             replayed: outcome.replayed,
             late_fencing_token: outcome.late_token.unwrap_or_default(),
+            durability: self.durability(mark).await,
+        }))
+    }
+
+    async fn transfer_lock(
+        &self,
+        request: Request<pb::TransferLockRequest>,
+    ) -> Result<Response<pb::TransferLockResponse>, Status> {
+        let principal = validate::principal(&request);
+        let r = request.into_inner();
+        let lock_id = LockId::parse(&r.lock_id, "lock_id")?;
+        let to = WarehouseId::parse(&r.to_warehouse_id, "to_warehouse_id")?;
+        if to == lock_id.record.warehouse {
+            return Err(Error::invalid("to_warehouse_id", "is the lock's own warehouse").into());
+        }
+        let holder = validate::optional_holder(&principal, &r.holder)?;
+        let cmd = TransferLockCommand {
+            lock_id,
+            to,
+            quantity: validate::optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
+            actor: holder.as_ref().map_or_else(String::new, ToString::to_string),
+            holder,
+            request_id: RequestId::parse(&r.request_id, "request_id")?,
+        };
+        let mark = self.store.durability_mark();
+        let outcome = self.store.transfer_lock(cmd).await?;
+        Ok(Response::new(pb::TransferLockResponse {
+            source_available: outcome.source_unit_scale.format(outcome.source_available),
+            destination_available: outcome.moved.unit_scale.format(outcome.destination_available),
+            moved: Some(convert::lock(&outcome.moved)),
+            remaining: outcome.remaining.as_ref().map(convert::lock),
+            replayed: outcome.replayed,
             durability: self.durability(mark).await,
         }))
     }

@@ -48,6 +48,7 @@ mod request_force_unlock;
 mod scripts;
 mod sessions;
 mod set_stock;
+mod transfer_lock;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +66,8 @@ use crate::domain::{
     AdjustOutcome, AdjustStockCommand, CloseSessionOutcome, CommitCommand, CommitOutcome, Error, EventId, Holder,
     LifecycleEvent, LockCommand, LockFilter, LockId, LockOutcome, LockPage, LockTarget, LockView, OpenSessionCommand,
     OpenSessionOutcome, RecordKey, ReleaseCommand, ReleaseOutcome, RenewCommand, RenewOutcome, SessionId, SessionView,
-    SetStockCommand, SetStockOutcome, Signed, Sku, StockStore, StockView, StreamPosition, WarehouseId, new_nonce,
-    session_nonce,
+    SetStockCommand, SetStockOutcome, Signed, Sku, StockStore, StockView, StreamPosition, TransferLockCommand,
+    TransferOutcome, WarehouseId, new_nonce, session_nonce,
 };
 
 /// How the store reaches Redis and how long it keeps what.
@@ -191,12 +192,13 @@ impl StockStore for RedisStore {
             // In a session: the session must be live and the caller's, and
             // the partitions its locks go to are written down first.
             let (cmd, ticket) = match &cmd.session {
-                None => (cmd.clone(), Ticket { nonce: new_nonce(), session_lease_ms: None }),
+                None => (cmd.clone(), Ticket { nonce: new_nonce(), session_lease_ms: None, across_partitions: false }),
                 Some(session) => {
                     let partitions: Vec<Partition> = groups.iter().map(|(p, _)| *p).collect();
                     let joined = self.join_session(session, Some(&cmd.holder), &partitions).await?;
                     let nonce = session_nonce(&new_nonce(), session);
-                    let ticket = Ticket { nonce, session_lease_ms: Some(joined.expires_at_ms) };
+                    let ticket =
+                        Ticket { nonce, session_lease_ms: Some(joined.expires_at_ms), across_partitions: false };
                     (LockCommand { ttl: joined.ttl, ..cmd.clone() }, ticket)
                 }
             };
@@ -236,6 +238,10 @@ impl StockStore for RedisStore {
 
     async fn commit(&self, cmd: CommitCommand) -> Result<CommitOutcome, Error> {
         self.commit_lock(&cmd).await
+    }
+
+    async fn transfer_lock(&self, cmd: TransferLockCommand) -> Result<TransferOutcome, Error> {
+        self.transfer(&cmd).await
     }
 
     async fn lock_ids(&self, target: &LockTarget) -> Result<Vec<LockId>, Error> {

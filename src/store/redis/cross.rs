@@ -72,6 +72,7 @@ impl RedisStore {
         groups: &[(Partition, Vec<usize>)],
         ticket: &Ticket,
     ) -> Result<LockOutcome, Error> {
+        let ticket = &Ticket { across_partitions: true, ..ticket.clone() };
         let nonce = ticket.nonce.as_str();
         let in_flight = self.keys.request_in_flight(&cmd.request_id);
         // Each partition takes a few calls to lock (settling, a generation
@@ -152,7 +153,22 @@ impl RedisStore {
                 }
             }
         }
-        if taken.is_empty() {
+        // Under PER_LINE and PARTIAL each partition answers even when it
+        // locks nothing (and keeps that answer for a retry): a batch that
+        // got nothing anywhere is refused, as in one partition.
+        if taken.iter().all(|(_, _, outcome)| outcome.granted.is_empty()) {
+            for (_, numbers, outcome) in &taken {
+                for (&i, figures) in numbers.iter().zip(&outcome.short) {
+                    let q = cmd.lines[i].quantity.decimal();
+                    missed.extend(figures.iter().map(|f| Shortage {
+                        line: i,
+                        record: f.record.clone(),
+                        requested: format_scaled(q.mantissa, q.scale),
+                        available: f.available.clone(),
+                        exists: f.exists,
+                    }));
+                }
+            }
             missed.sort_by_key(|s| s.line);
             return Err(Error::InsufficientStock { shortages: missed });
         }

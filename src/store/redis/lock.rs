@@ -30,6 +30,10 @@ pub struct LockLimits {
     /// In a session: its lease, the expiry (Redis ms) its join read. The
     /// script refuses to lock in the session after it.
     pub session_lease_ms: Option<i64>,
+    /// One partition of a BatchLock across partitions: under PER_LINE or
+    /// PARTIAL it answers (and keeps) even a call that locks nothing, so a
+    /// retry replays every partition's first answer.
+    pub one_part: bool,
 }
 
 /// What every lock of one Lock or BatchLock call shares, in every
@@ -41,6 +45,8 @@ pub(super) struct Ticket {
     pub(super) nonce: String,
     /// The session's lease, in a session.
     pub(super) session_lease_ms: Option<i64>,
+    /// Set when the call's lines span several partitions (see [`LockLimits::one_part`]).
+    pub(super) across_partitions: bool,
 }
 
 impl LockCall {
@@ -109,10 +115,12 @@ impl LockCall {
             shard.to_string(),
             (0..slots).map(|n| if wide.contains(&n) { '1' } else { '0' }).collect(),
             limits.session_lease_ms.map_or_else(String::new, |lease| lease.to_string()),
-            match cmd.policy {
-                BatchPolicy::AllOrNothing => "A",
-                BatchPolicy::PerLine => "L",
-                BatchPolicy::Partial => "P",
+            match (cmd.policy, limits.one_part) {
+                (BatchPolicy::AllOrNothing, _) => "A",
+                (BatchPolicy::PerLine, false) => "L",
+                (BatchPolicy::PerLine, true) => "l",
+                (BatchPolicy::Partial, false) => "P",
+                (BatchPolicy::Partial, true) => "p",
             }
             .to_owned(),
         ]);
@@ -152,6 +160,7 @@ impl RedisStore {
             max_hold_ms: self.max_hold_ms,
             retention_ms: self.retention_ms,
             session_lease_ms: ticket.session_lease_ms,
+            one_part: ticket.across_partitions,
         };
         let nonce = ticket.nonce.as_str();
         let mut generation = LockCall::current_generation(limits.retention_ms);

@@ -1,7 +1,7 @@
 //! `lua/release.lua`: gives the locks of one partition back, all or none.
 
 use super::lock::LockCall;
-use super::reply::{Facts, Tag, malformed};
+use super::reply::{Facts, Tag, lock_end, malformed};
 use super::{Partition, RedisStore, lock_args, scripts};
 use crate::domain::{BatchId, Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
 
@@ -54,6 +54,9 @@ impl RedisStore {
             Tag::IdempotencyKeyReused => return Err(reply.tag.error(facts)),
             Tag::LockNotFound | Tag::LockAlreadyCommitted | Tag::LockHolderMismatch => {
                 facts.lock_id = ids[reply.index(ids.len())?].to_string();
+                if !reply.is_done() {
+                    facts.ended = lock_end(&reply.text()?)?;
+                }
                 return Err(reply.tag.error(facts));
             }
             _ => return Err(reply.unexpected()),

@@ -30,6 +30,9 @@ pub(super) enum Tag {
     /// The partition has no fencing epoch (its data is gone): raise it and
     /// call again (not an error; nothing was written).
     Epoch,
+    /// The lock is in the batch that follows: call again naming it (not an
+    /// error; nothing was written).
+    Batch,
     /// The request_id was used before with other content.
     IdempotencyKeyReused,
     /// No stock record for the SKU in the warehouse.
@@ -79,7 +82,7 @@ pub(super) enum Tag {
 
 /// Every tag and its spelling in Lua; the refusals are the reasons callers
 /// see, spelled once in [`reason`].
-const TAGS: [(Tag, &str); 29] = [
+const TAGS: [(Tag, &str); 30] = [
     (Tag::Ok, "OK"),
     (Tag::AlreadyCommitted, "ALREADY_COMMITTED"),
     (Tag::Stale, "STALE"),
@@ -87,6 +90,7 @@ const TAGS: [(Tag, &str); 29] = [
     (Tag::Generation, "GENERATION"),
     (Tag::Settle, "SETTLE"),
     (Tag::Epoch, "EPOCH"),
+    (Tag::Batch, "BATCH"),
     (Tag::IdempotencyKeyReused, reason::IDEMPOTENCY_KEY_REUSED),
     (Tag::SkuNotAvailableInWarehouse, reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE),
     (Tag::InvalidQuantityScale, "INVALID_QUANTITY_SCALE"),
@@ -191,6 +195,7 @@ impl Tag {
             | Self::Settle
             | Self::Alive
             | Self::Lease
+            | Self::Batch
             | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
@@ -202,6 +207,7 @@ pub(super) fn lock_end(text: &str) -> Result<Option<LockEnd>, Error> {
         "" => Ok(None),
         "RELEASED" => Ok(Some(LockEnd::Released)),
         "COMMITTED" => Ok(Some(LockEnd::Committed)),
+        "MOVED" => Ok(Some(LockEnd::Moved)),
         other => Err(malformed(&format!("the lock end {other:?}"))),
     }
 }
@@ -331,6 +337,7 @@ mod tests {
                     | Tag::Generation
                     | Tag::Settle
                     | Tag::Epoch
+                    | Tag::Batch
                     | Tag::Alive
                     | Tag::Lease
             )
@@ -358,6 +365,7 @@ mod tests {
             Tag::Generation,
             Tag::Settle,
             Tag::Epoch,
+            Tag::Batch,
             Tag::Alive,
             Tag::Lease,
         ] {

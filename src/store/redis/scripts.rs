@@ -101,6 +101,8 @@ pub(super) static RENEW: Lua = script!("renew.lua");
 pub(super) static RELEASE: Lua = script!("release.lua");
 /// Commit.
 pub(super) static COMMIT: Lua = script!("commit.lua");
+/// TransferLock.
+pub(super) static TRANSFER_LOCK: Lua = script!("transfer_lock.lua");
 /// SetStock.
 pub(super) static SET_STOCK: Lua = script!("set_stock.lua");
 /// AdjustStock.
@@ -148,7 +150,7 @@ pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Lua); 24] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 25] {
     [
         ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
@@ -162,6 +164,7 @@ pub(super) fn all() -> [(&'static str, &'static Lua); 24] {
         ("renew.lua", &RENEW),
         ("release.lua", &RELEASE),
         ("commit.lua", &COMMIT),
+        ("transfer_lock.lua", &TRANSFER_LOCK),
         ("set_stock.lua", &SET_STOCK),
         ("adjust_stock.lua", &ADJUST_STOCK),
         ("get_stock.lua", &GET_STOCK),
