@@ -130,6 +130,9 @@ pub struct Metrics {
     pub invariant_unsummed_records: Gauge,
     /// Completed auditor passes.
     pub invariant_passes: Counter,
+    /// Records breaking an invariant in the last self-check of a warehouse
+    /// (an auditor pass over it when it started breaking the lock-health rule).
+    pub self_check_violations: Family<WarehouseLabels, Gauge>,
 }
 
 /// Latency buckets: 100 µs steps below 1 ms, then coarser up to 10 s.
@@ -168,6 +171,7 @@ impl Metrics {
             invariant_records: Gauge::default(),
             invariant_unsummed_records: Gauge::default(),
             invariant_passes: Counter::default(),
+            self_check_violations: Family::default(),
         };
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(
@@ -238,6 +242,11 @@ impl Metrics {
             metrics.invariant_unsummed_records.clone(),
         );
         registry.register("invariant_passes", "Completed invariant auditor passes", metrics.invariant_passes.clone());
+        registry.register(
+            "invariant_self_check_violations",
+            "Stock records breaking an invariant in the last self-check of a warehouse that started breaking the lock-health rule",
+            metrics.self_check_violations.clone(),
+        );
         // Every label value exists from the start: dashboards and alerts see
         // zeros, not missing series.
         for outcome in ["durable", "not_durable"] {

@@ -279,6 +279,7 @@ fn spawn_workers(
         stale_threshold: config.stale_threshold,
         ingest_group: config.ingest_group.clone(),
         rule: gauges::HealthRule { threshold: config.health_threshold, min_attempts: config.health_min_attempts },
+        sweep_bound: config.invariant_sweep_bound,
     };
     tasks.push(tokio::spawn(gauges::run(store.clone(), gauges, stop.clone())));
     if !config.invariant_check_interval.is_zero() {

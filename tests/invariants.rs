@@ -162,3 +162,38 @@ async fn an_expiry_without_a_lock_does_not_break_reads_of_the_record() {
     let lock = svc.lock("ORPHAN", "WH-A", "2", "after-drift").await.unwrap();
     assert_eq!(lock.available, "3");
 }
+
+/// When a warehouse starts breaking the lock-health rule (under 99.9% for
+/// two complete hours), the auditor checks its records at once: the
+/// self-check finds the drift behind the failures without waiting for a
+/// pass (the periodic auditor is off here).
+#[tokio::test]
+async fn a_warehouse_breaking_the_health_rule_gets_a_self_check() {
+    let svc = start_with(&["--invariant-check-interval", "0s", "--metrics-refresh", "200ms"]).await;
+    svc.stock("SKU-1", "SELF-W", "10").await;
+    svc.stock("SKU-2", "SELF-W", "10").await;
+    svc.lock("SKU-1", "SELF-W", "1", "r1").await.unwrap();
+    let mut conn = svc.redis_conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(svc.stock_key("SKU-1", "SELF-W"))
+        .arg("locked")
+        .arg(7)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Two complete hours at 99% for SELF-W.
+    for hours_ago in [1, 2] {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("sl:{{lockhealth}}:{}", hour_start(hours_ago)))
+            .arg("SELF-W|OK")
+            .arg(990)
+            .arg("SELF-W|INV_LOCK_TIMEOUT")
+            .arg(10)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let series = "stocklock_invariant_self_check_violations{warehouse=\"SELF-W\"}";
+    let found = eventually(Duration::from_secs(10), || async { scrape(&svc).await.get(series) == Some(&1.0) }).await;
+    assert!(found, "no self-check found the drift: {:?}", scrape(&svc).await.get(series));
+}

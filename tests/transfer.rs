@@ -698,3 +698,28 @@ async fn a_candidate_whose_unit_scale_cannot_hold_the_quantity_is_passed_over() 
     // A line of one warehouse is still refused: the request is wrong for it.
     expect_error(svc.lock("T", "W1", "1.5", "r2").await, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
+
+/// The hourly lock health counts a transfer lock by the warehouse that gave
+/// the stock, and a short line by each candidate that gave nothing.
+#[tokio::test]
+async fn lock_health_counts_the_warehouses_that_gave_and_the_candidates_that_were_short() {
+    let svc = start().await;
+    svc.stock("T", "W1", "2").await;
+    svc.stock("T", "W2", "0").await;
+    svc.stock("T", "W3", "5").await;
+    let lines = vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "3")];
+    svc.client.clone().batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b1")).await.unwrap();
+    let lock = svc.lock("T", "W3", "1", "l1").await.unwrap().lock.unwrap();
+    svc.client.clone().transfer_lock(transfer(&lock.lock_id, "W1", "", "t1")).await.unwrap_err();
+    // Counts reach Redis in the next flush (about a second): wait for them.
+    let expected = [("W1|OK", 1), ("W2|INSUFFICIENT_STOCK", 1), ("W3|OK", 1), ("W1|INSUFFICIENT_STOCK", 1)];
+    let flushed = eventually(std::time::Duration::from_secs(5), || async {
+        let mut conn = svc.redis_conn().await;
+        let key = format!("sl:{{lockhealth}}:{}", hour_start(0));
+        let counts: std::collections::HashMap<String, u64> =
+            redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.unwrap();
+        expected.iter().all(|(field, n)| counts.get(*field) == Some(n))
+    })
+    .await;
+    assert!(flushed, "the hourly counts never showed {expected:?}");
+}

@@ -204,12 +204,14 @@ pub trait AdminStore: StockStore {
         to_ms: i64,
         warehouse: Option<&str>,
     ) -> impl Future<Output = Result<Vec<crate::domain::LockHealthCell>, Error>> + Send;
-    /// Checks up to about `count` records, from a scan cursor (0 to start);
-    /// returns them and the next cursor (0 at the end).
+    /// Checks the records among about `count`, from a scan cursor (0 to
+    /// start), of `warehouse` (or all); returns them and the next cursor (0
+    /// at the end).
     fn check_records(
         &self,
         cursor: u64,
         count: usize,
+        warehouse: Option<&super::WarehouseId>,
     ) -> impl Future<Output = Result<(Vec<super::RecordCheck>, u64), Error>> + Send;
     /// Repairs a record from its lock set, atomically and audited.
     fn repair_record(

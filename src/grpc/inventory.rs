@@ -31,16 +31,49 @@ impl<S> InventoryApi<S> {
 }
 
 impl<S: StockStore> InventoryApi<S> {
-    /// Counts each line's outcome (metrics and hourly lock health) and passes `result` on.
+    /// Counts each line's outcome (metrics and hourly lock health) and
+    /// passes `result` on: a lock by the warehouse that gave the stock, a
+    /// refusal by each warehouse the line named (its candidates), and a
+    /// line that was not filled by each candidate that gave nothing.
     fn count_lock_outcomes(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error> {
-        let reason = result.as_ref().map_or_else(Error::reason, |_| "OK");
-        let outcomes: Vec<(&str, &'static str)> =
-            cmd.lines.iter().map(|l| (l.record.warehouse.as_str(), reason)).collect();
-        for (warehouse, reason) in &outcomes {
+        let outcomes: Vec<(&str, &'static str)> = match &result {
+            Err(e) => {
+                let reason = e.reason();
+                cmd.lines
+                    .iter()
+                    .flat_map(|l| l.candidates().iter().map(move |r| (r.warehouse.as_str(), reason)))
+                    .collect()
+            }
+            Ok(outcome) => {
+                let mut outcomes: Vec<(&str, &'static str)> =
+                    outcome.granted.iter().map(|g| (g.lock.lock_id.record.warehouse.as_str(), "OK")).collect();
+                for (number, figures) in outcome.short.iter().enumerate() {
+                    let gave = |w: &str| {
+                        outcome
+                            .granted
+                            .iter()
+                            .any(|g| g.line == number && g.lock.lock_id.record.warehouse.as_str() == w)
+                    };
+                    outcomes.extend(
+                        figures
+                            .iter()
+                            .map(|f| f.record.warehouse.as_str())
+                            .filter(|w| !gave(w))
+                            .map(|w| (w, crate::domain::reason::INSUFFICIENT_STOCK)),
+                    );
+                }
+                outcomes
+            }
+        };
+        self.count_outcomes(&outcomes);
+        result
+    }
+
+    fn count_outcomes(&self, outcomes: &[(&str, &'static str)]) {
+        for (warehouse, reason) in outcomes {
             crate::metrics::METRICS.lock_outcome(warehouse, reason);
         }
-        self.store.record_lock_outcomes(&outcomes);
-        result
+        self.store.record_lock_outcomes(outcomes);
     }
 
     /// Replica acknowledgements of this call's change, made after `mark`
@@ -418,7 +451,11 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let mark = self.store.durability_mark();
-        let outcome = self.store.transfer_lock(cmd).await?;
+        // A move is a lock at its destination, counted there.
+        let to = cmd.to.clone();
+        let result = self.store.transfer_lock(cmd).await;
+        self.count_outcomes(&[(to.as_str(), result.as_ref().map_or_else(Error::reason, |_| "OK"))]);
+        let outcome = result?;
         Ok(Response::new(pb::TransferLockResponse {
             source_available: outcome.source_unit_scale.format(outcome.source_available),
             destination_available: outcome.moved.unit_scale.format(outcome.destination_available),

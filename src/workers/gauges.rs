@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::{AdminStore, breaking_rule};
+use super::auditor;
+use crate::domain::{AdminStore, WarehouseId, breaking_rule};
 use crate::metrics::{METRICS, WarehouseLabels};
 
 /// One hour in ms.
@@ -35,6 +36,8 @@ pub struct Settings {
     pub ingest_group: String,
     /// The lock-health rule.
     pub rule: HealthRule,
+    /// How long past its expiry a lock may stay unswept, for the self-check.
+    pub sweep_bound: Duration,
 }
 
 /// Keeps the gauges that need a look at the store current, and applies the
@@ -60,6 +63,9 @@ pub async fn run<S: AdminStore>(store: Arc<S>, settings: Settings, mut stop: wat
             METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
         }
         if let Some(breaking) = apply_rule(store.as_ref(), settings.rule, &unhealthy).await {
+            for warehouse in breaking.difference(&unhealthy) {
+                tokio::spawn(self_check(store.clone(), settings.sweep_bound, warehouse.clone()));
+            }
             unhealthy = breaking;
         }
     }
@@ -91,4 +97,21 @@ async fn apply_rule<S: AdminStore>(
         METRICS.warehouse_unhealthy.get_or_create(&WarehouseLabels { warehouse: warehouse.clone() }).set(value);
     }
     Some(breaking)
+}
+
+/// The self-check of a warehouse that started breaking the lock-health
+/// rule: an auditor pass over its records now (each record that breaks an
+/// invariant is logged), and the count in
+/// `stocklock_invariant_self_check_violations{warehouse}`.
+async fn self_check<S: AdminStore>(store: Arc<S>, sweep_bound: Duration, warehouse: String) {
+    let Ok(id) = WarehouseId::parse(&warehouse, "warehouse_id") else { return };
+    match auditor::check_warehouse(store.as_ref(), sweep_bound, &id).await {
+        Ok(pass) => {
+            let violating: u64 = pass.violations.values().sum();
+            tracing::warn!(%warehouse, records = pass.records, violating, "self-check of a warehouse breaking the lock-health rule");
+            let labels = WarehouseLabels { warehouse };
+            METRICS.self_check_violations.get_or_create(&labels).set(i64::try_from(violating).unwrap_or(i64::MAX));
+        }
+        Err(e) => tracing::warn!(%warehouse, error = %e, "self-check of a warehouse failed"),
+    }
 }

@@ -16,7 +16,7 @@ use super::request_force_unlock::Part;
 use super::{Partition, RedisStore};
 use crate::domain::{
     AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId, StockStore,
+    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId, StockStore, WarehouseId,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -439,22 +439,24 @@ impl AdminStore for RedisStore {
         self.read_lock_health(from_ms, to_ms, warehouse).await
     }
 
-    async fn check_records(&self, cursor: u64, count: usize) -> Result<(Vec<RecordCheck>, u64), Error> {
+    async fn check_records(
+        &self,
+        cursor: u64,
+        count: usize,
+        warehouse: Option<&WarehouseId>,
+    ) -> Result<(Vec<RecordCheck>, u64), Error> {
         // The cursor walks the partitions' record sets in turn: the partition
         // is `cursor % partitions`, the SSCAN cursor in it `cursor / partitions`.
         let partitions = self.keys.partitions() as u64;
         let (partition, scan) = ((cursor % partitions) as Partition, cursor / partitions);
         let mut conn = self.link.conn();
-        let (next, ids): (u64, Vec<String>) = self
-            .bounded(
-                redis::cmd("SSCAN")
-                    .arg(self.keys.records(partition))
-                    .arg(scan)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut sscan = redis::cmd("SSCAN");
+        sscan.arg(self.keys.records(partition)).arg(scan).arg("COUNT").arg(count);
+        if let Some(warehouse) = warehouse {
+            // Record ids are "sku|warehouse"; a warehouse id has no glob characters.
+            sscan.arg("MATCH").arg(format!("*|{warehouse}"));
+        }
+        let (next, ids): (u64, Vec<String>) = self.bounded(sscan.query_async(&mut conn)).await?;
         let next = match next {
             0 if partition as u64 + 1 == partitions => 0,
             0 => partition as u64 + 1,
