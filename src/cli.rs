@@ -158,10 +158,10 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Availability { sku, warehouse } => {
             let request = pb::GetAvailabilityRequest { sku, warehouse_id: warehouse.unwrap_or_default() };
             let response = inventory.get_availability(request).await?.into_inner();
-            let rows = response.records.iter().map(record_row).collect();
-            out.table(
+            out.show(
+                &response,
                 &["sku", "warehouse", "available", "physical", "reserved", "in_transit", "locked", "oversold", "locks"],
-                rows,
+                || response.records.iter().map(record_row).collect(),
             );
             if !args.json {
                 println!("total available: {}", response.total_available);
@@ -170,10 +170,9 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Locks(filter) => {
             let limit = filter.limit;
             let locks = list_locks(&mut inventory, filter.into_request(), limit).await?;
-            out.table(
-                &["lock_id", "quantity", "holder", "order", "age", "expires_in", "batch"],
-                locks.iter().map(lock_row).collect(),
-            );
+            out.show(&locks, &["lock_id", "quantity", "holder", "order", "age", "expires_in", "batch"], || {
+                locks.iter().map(lock_row).collect()
+            });
         }
         AdminCommand::LockStats => {
             let stats = admin.get_lock_stats(pb::GetLockStatsRequest {}).await?.into_inner();
@@ -181,23 +180,23 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
                 .stale_threshold
                 .map(|d| humantime::format_duration(Duration::from_secs(d.seconds as u64)).to_string());
             let oldest = stats.oldest_created_at.map(|t| age(&t)).unwrap_or_default();
-            out.table(
-                &["live", "stale", "stale_threshold", "oldest_age"],
+            out.show(&stats, &["live", "stale", "stale_threshold", "oldest_age"], || {
                 vec![vec![
                     stats.live_locks.to_string(),
                     stats.stale_locks.to_string(),
                     threshold.unwrap_or_default(),
                     oldest,
-                ]],
-            );
+                ]]
+            });
         }
         AdminCommand::Unlock(command) => unlock(&mut admin, command, operator, &out).await?,
         AdminCommand::Repair { sku, warehouse, reason } => {
             let request =
                 pb::RepairRecordRequest { sku, warehouse_id: warehouse, reason, request_id: request_id(), operator };
             let repair = admin.repair_record(request).await?.into_inner();
-            let record = repair.record.unwrap_or_default();
-            out.table(
+            let record = repair.record.clone().unwrap_or_default();
+            out.show(
+                &repair,
                 &[
                     "sku",
                     "warehouse",
@@ -207,15 +206,17 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
                     "dropped_expiries",
                     "available",
                 ],
-                vec![vec![
-                    record.sku,
-                    record.warehouse_id,
-                    repair.locked_before,
-                    repair.locked_after,
-                    repair.fixed_expiries.to_string(),
-                    repair.dropped_expiries.to_string(),
-                    record.available,
-                ]],
+                || {
+                    vec![vec![
+                        record.sku,
+                        record.warehouse_id,
+                        repair.locked_before.clone(),
+                        repair.locked_after.clone(),
+                        repair.fixed_expiries.to_string(),
+                        repair.dropped_expiries.to_string(),
+                        record.available,
+                    ]]
+                },
             );
         }
         AdminCommand::Audit(audit) => audit_events(&mut admin, audit, &out).await?,
@@ -235,11 +236,7 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
                 })?;
             }
             if out.json {
-                let rows = response.cells.iter().map(health_row).collect();
-                out.table(
-                    &["warehouse", "hour", "attempts", "locked", "failures", "success_rate", "below_target"],
-                    rows,
-                );
+                out.show(&response, &[], Vec::new);
             } else {
                 print!("{}", map.terminal(std::io::IsTerminal::is_terminal(&std::io::stdout())));
             }
@@ -318,7 +315,7 @@ async fn unlock(
                 }
                 request.page_token = page.next_page_token;
             }
-            out.table(&UNLOCK_COLUMNS, all.iter().map(unlock_row).collect());
+            out.show(&all, &UNLOCK_COLUMNS, || all.iter().map(unlock_row).collect());
             return Ok(());
         }
     };
@@ -327,7 +324,7 @@ async fn unlock(
         message: "the service answered without the request".into(),
         hint: None,
     })?;
-    out.table(&UNLOCK_COLUMNS, vec![unlock_row(&request)]);
+    out.show(&request, &UNLOCK_COLUMNS, || vec![unlock_row(&request)]);
     if !out.json {
         for item in &request.items {
             println!("  {} {} held by {} for {}", item.lock_id, item.quantity, item.holder, item.order_id);
@@ -356,13 +353,13 @@ async fn audit_events(admin: &mut AdminServiceClient<Authed>, args: AuditArgs, o
     let mut last_id = String::new();
     loop {
         let page = admin.list_audit_events(request.clone()).await?.into_inner();
-        let rows: Vec<Vec<String>> = page.events.iter().take(args.limit - shown).map(event_row).collect();
-        shown += rows.len();
+        let events = &page.events[..page.events.len().min(args.limit - shown)];
+        shown += events.len();
         if let Some(event) = page.events.last() {
             last_id = event.id.clone();
         }
-        if !rows.is_empty() || !args.follow {
-            out.table(&columns, rows);
+        if !events.is_empty() || !args.follow {
+            out.show(events, &columns, || events.iter().map(event_row).collect());
         }
         if shown >= args.limit {
             return Ok(());
@@ -379,12 +376,12 @@ async fn audit_events(admin: &mut AdminServiceClient<Authed>, args: AuditArgs, o
 }
 
 /// An RFC 3339 instant, or an age ("1h" = an hour ago).
-fn instant(text: &str, flag: &str) -> Result<prost_types::Timestamp, Failure> {
+fn instant(text: &str, flag: &str) -> Result<pbjson_types::Timestamp, Failure> {
     let at = match humantime::parse_duration(text) {
         Ok(age) => SystemTime::now() - age,
         Err(_) => humantime::parse_rfc3339_weak(text)
             .map_err(|_| Failure::usage(format!("{flag} {text:?} is neither an RFC 3339 time nor an age like 1h")))?,
     };
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Ok(prost_types::Timestamp { seconds: since_epoch.as_secs() as i64, nanos: since_epoch.subsec_nanos() as i32 })
+    Ok(pbjson_types::Timestamp { seconds: since_epoch.as_secs() as i64, nanos: since_epoch.subsec_nanos() as i32 })
 }

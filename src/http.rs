@@ -1,5 +1,6 @@
-//! The HTTP listener: availability in JSON for the transfer system, the
-//! OpenAPI description of it, probes, and ingestion statistics.
+//! The HTTP listener: availability and the lock API in JSON for the
+//! transfer system (see [`locks`]), the OpenAPI description of it, probes,
+//! and ingestion statistics.
 //!
 //! It applies the same validation, error reasons, authentication and rate
 //! limits as the gRPC API: a request becomes the same domain call, and an
@@ -14,17 +15,16 @@ use axum::Json;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::{Value, json};
+use axum::routing::{get, post};
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::domain::{AdminStore, Error, RecordKey, Sku, StockView, WarehouseId};
 use crate::edge::auth::{Access, Principal};
-use crate::grpc::convert;
+use crate::grpc::{InventoryApi, convert};
+use crate::pb;
 
-/// The OpenAPI description of this listener, served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi/stocklock-http.json");
+pub mod locks;
 
 /// The permission an availability query needs: the same as the gRPC call.
 const QUERY_PERMISSION: &str = "/stocklock.v1.InventoryService/BatchGetAvailability";
@@ -44,12 +44,15 @@ pub struct HttpState<S> {
     pub max_skus: usize,
     /// The ingestion consumer group, for its statistics.
     pub ingest_group: String,
+    /// The gRPC inventory service, which the lock routes call in process.
+    pub inventory: Arc<InventoryApi<S>>,
 }
 
 // Derived Clone would ask S to be Clone; only the Arc is cloned.
 impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
         Self {
+            inventory: self.inventory.clone(),
             store: self.store.clone(),
             access: self.access.clone(),
             ready: self.ready.clone(),
@@ -60,26 +63,131 @@ impl<S> Clone for HttpState<S> {
 }
 
 /// The routes.
-pub fn router<S: AdminStore + Send + Sync + 'static>(state: HttpState<S>) -> axum::Router {
+pub fn router<S: AdminStore>(state: HttpState<S>) -> axum::Router {
     axum::Router::new()
         .route("/stock/available", get(available::<S>))
+        .route("/stock/lock", post(locks::lock::<S>))
+        .route("/stock/lock/batch", post(locks::batch_lock::<S>))
+        .route("/stock/lock/renew", post(locks::renew::<S>))
+        .route("/stock/lock/release", post(locks::release::<S>))
+        .route("/stock/lock/commit", post(locks::commit::<S>))
+        .route("/stock/lock/transfer", post(locks::transfer_lock::<S>))
+        .route("/stock/locks/{lock_id}", get(locks::get_lock::<S>))
         .route("/ingest/stats", get(ingest_stats::<S>))
         .route(
             "/metrics",
             get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.encode()) }),
         )
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(state)
 }
 
+/// The OpenAPI document of this listener, generated from its handlers and
+/// the types they carry (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    ApiDoc::openapi()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "stocklock HTTP API",
+        description = "Availability and the lock API for the transfer system, probes, and ingestion statistics. \
+            Bodies are the gRPC messages of package stocklock.v1 in the protobuf JSON mapping, with the field \
+            names of the proto. The same validation, error reasons, idempotency, authentication \
+            (Authorization: Bearer <token>) and rate limits as the gRPC API."
+    ),
+    paths(
+        available,
+        locks::lock,
+        locks::batch_lock,
+        locks::renew,
+        locks::release,
+        locks::commit,
+        locks::transfer_lock,
+        locks::get_lock,
+        ingest_stats,
+        healthz,
+        readyz
+    )
+)]
+struct ApiDoc;
+
+/// Every failed call: the gRPC status as JSON, with the HTTP code
+/// conventional for its gRPC code.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The gRPC code, e.g. InvalidArgument.
+    code: String,
+    /// The stable reason (google.rpc.ErrorInfo), e.g. INSUFFICIENT_STOCK.
+    reason: String,
+    /// For people.
+    message: String,
+    /// The ErrorInfo metadata, e.g. sku, warehouse_id, requested, available.
+    metadata: std::collections::HashMap<String, String>,
+    /// The request field at fault, for bad input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+/// A probe's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Probe {
+    /// ok, ready or not ready.
+    status: String,
+}
+
+/// Availability of each SKU asked for.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Availability {
+    /// One per SKU, in the order asked.
+    results: Vec<SkuAvailability>,
+    /// Pairs asked for by warehouse that have no record.
+    missing: Vec<pb::StockKey>,
+}
+
+/// One SKU's records.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SkuAvailability {
+    sku: String,
+    /// Its records (the one asked for, or every warehouse's).
+    records: Vec<pb::StockRecord>,
+    /// The sum of their available.
+    total_available: String,
+}
+
+/// The stock-change ingestion's backlog.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct IngestBacklog {
+    /// Entries not yet delivered to the group (None when Redis cannot say).
+    lag: Option<u64>,
+    /// Entries delivered but not acknowledged.
+    pending: u64,
+    /// Entries in the dead-letter stream.
+    dead_letters: u64,
+}
+
 /// An error as JSON, with the HTTP code conventional for its gRPC code.
-struct ApiError(Error);
+pub struct ApiError(tonic::Status);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        Self(e)
+        Self(e.into())
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        Self(status)
     }
 }
 
@@ -100,22 +208,20 @@ fn http_code(code: Code) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status: tonic::Status = self.0.into();
+        let status = self.0;
         let info = status.get_details_error_info();
         let field =
             status.get_details_bad_request().and_then(|b| b.field_violations.into_iter().next()).map(|v| v.field);
         let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
-        let mut body = json!({
-            "error": {
-                "code": format!("{:?}", status.code()),
-                "reason": info.as_ref().map_or("", |i| i.reason.as_str()),
-                "message": status.message(),
-                "metadata": info.as_ref().map(|i| json!(i.metadata)).unwrap_or_else(|| json!({})),
-            }
-        });
-        if let Some(field) = field {
-            body["error"]["field"] = json!(field);
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: format!("{:?}", status.code()),
+                reason: info.as_ref().map_or_else(String::new, |i| i.reason.clone()),
+                message: status.message().to_owned(),
+                metadata: info.map(|i| i.metadata).unwrap_or_default(),
+                field,
+            },
+        };
         let mut response = (http_code(status.code()), Json(body)).into_response();
         if let Some(delay) = retry_after {
             let seconds = delay.as_secs_f64().ceil().max(1.0) as u64;
@@ -134,40 +240,43 @@ fn admit<S>(
     state.access.admit_call(permission, headers, Some(peer.ip()))
 }
 
-fn record_json(view: &StockView) -> Value {
-    let r = convert::record(view);
-    json!({
-        "sku": r.sku,
-        "warehouse_id": r.warehouse_id,
-        "available": r.available,
-        "physical": r.physical,
-        "reserved": r.reserved,
-        "in_transit": r.in_transit,
-        "locked": r.locked,
-        "oversold": r.oversold,
-        "unit_scale": r.unit_scale,
-        "version": r.version,
-        "source_version": r.source_version,
-        "live_locks": r.live_locks,
-    })
-}
-
-/// `GET /stock/available?sku=X[&sku=Y...][&warehouse=A]`
+/// `GET /stock/available?sku=X[&sku=Y...][&warehouse_id=A]` (`warehouse` is an alias)
+#[utoipa::path(
+    get,
+    path = "/stock/available",
+    summary = "Available stock of one or more SKUs, in one warehouse or in all",
+    params(
+        ("sku" = Vec<String>, Query, description = "Repeat for several SKUs (up to --max-ids-per-call)", explode),
+        ("warehouse_id" = Option<String>, Query, description = "Only this warehouse; without it, every warehouse that has the SKU"),
+        ("warehouse" = Option<String>, Query, description = "An alias of warehouse_id", deprecated),
+    ),
+    responses(
+        (status = 200, body = Availability),
+        (status = "4XX", body = ErrorBody, description = "Refused; nothing changed"),
+        (status = "5XX", body = ErrorBody, description = "Redis unavailable or too slow"),
+    )
+)]
 async fn available<S: AdminStore>(
     State(state): State<HttpState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Availability>, ApiError> {
     admit(&state, QUERY_PERMISSION, &headers, peer)?;
     let mut skus = Vec::new();
     let mut warehouse = None;
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match name.as_ref() {
             "sku" => skus.push(Sku::parse(&value, "sku")?),
-            "warehouse" if warehouse.is_none() => warehouse = Some(WarehouseId::parse(&value, "warehouse")?),
-            "warehouse" => return Err(Error::invalid("warehouse", "may be given once").into()),
-            other => return Err(Error::invalid(other, "is not a parameter; use sku and warehouse").into()),
+            // warehouse_id as in the rest of the API; warehouse, as the
+            // transfer system first called it, stays an alias.
+            "warehouse_id" | "warehouse" if warehouse.is_none() => {
+                warehouse = Some(WarehouseId::parse(&value, &name)?);
+            }
+            "warehouse_id" | "warehouse" => {
+                return Err(Error::invalid(name, "may be given once (warehouse is an alias of warehouse_id)").into());
+            }
+            other => return Err(Error::invalid(other, "is not a parameter; use sku and warehouse_id").into()),
         }
     }
     if skus.is_empty() || skus.len() > state.max_skus {
@@ -189,38 +298,61 @@ async fn available<S: AdminStore>(
         let views = state.store.get_stock(&records).await?;
         for (record, view) in records.iter().zip(&views) {
             if view.is_none() {
-                missing.push(json!({ "sku": record.sku.as_str(), "warehouse_id": record.warehouse.as_str() }));
+                missing.push(record.clone());
             }
         }
         let views: Vec<StockView> = views.into_iter().flatten().collect();
-        results.push(json!({
-            "sku": sku.as_str(),
-            "records": views.iter().map(record_json).collect::<Vec<_>>(),
-            "total_available": convert::total_available(&views),
-        }));
+        results.push(SkuAvailability {
+            sku: sku.to_string(),
+            records: views.iter().map(convert::record).collect(),
+            total_available: convert::total_available(&views),
+        });
     }
     // Like GetAvailability: one named record that does not exist is a 404.
-    if let ([_], [_], Some(w)) = (results.as_slice(), missing.as_slice(), &warehouse) {
-        let sku = Sku::parse(missing[0]["sku"].as_str().unwrap_or_default(), "sku")?;
-        return Err(Error::NotAvailable { record: RecordKey::new(sku, w.clone()), line: None }.into());
+    if let ([_], [record]) = (results.as_slice(), missing.as_slice())
+        && warehouse.is_some()
+    {
+        return Err(Error::NotAvailable { record: record.clone(), line: None }.into());
     }
-    Ok(Json(json!({ "results": results, "missing": missing })))
+    let missing = missing
+        .into_iter()
+        .map(|r| pb::StockKey { sku: r.sku.to_string(), warehouse_id: r.warehouse.to_string() })
+        .collect();
+    Ok(Json(Availability { results, missing }))
+}
+
+/// `GET /healthz`: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", summary = "The process is alive", responses((status = 200, body = Probe)))]
+async fn healthz() -> Json<Probe> {
+    Json(Probe { status: "ok".into() })
 }
 
 /// `GET /readyz`: 200 while Redis answers and the scripts are loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Redis answers and the scripts are loaded",
+    responses((status = 200, body = Probe, description = "Ready"), (status = 503, body = Probe, description = "Not ready"))
+)]
 async fn readyz<S: AdminStore>(State(state): State<HttpState<S>>) -> Response {
     let ready = state.ready.load(Ordering::Relaxed) && state.store.ping().await.is_ok();
     let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
-    (code, Json(json!({ "status": status }))).into_response()
+    (code, Json(Probe { status: status.into() })).into_response()
 }
 
 /// `GET /ingest/stats`: the ingestion backlog.
+#[utoipa::path(
+    get,
+    path = "/ingest/stats",
+    summary = "Backlog of the stock-change ingestion (operator role)",
+    responses((status = 200, body = IngestBacklog), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody))
+)]
 async fn ingest_stats<S: AdminStore>(
     State(state): State<HttpState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IngestBacklog>, ApiError> {
     admit(&state, STATS_PERMISSION, &headers, peer)?;
     let stats = state.store.ingest_stats(&state.ingest_group).await?;
-    Ok(Json(json!({ "lag": stats.lag, "pending": stats.pending, "dead_letters": stats.dead_letters })))
+    Ok(Json(IngestBacklog { lag: stats.lag, pending: stats.pending, dead_letters: stats.dead_letters }))
 }

@@ -41,6 +41,8 @@ pub mod workers;
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod pb {
     tonic::include_proto!("stocklock.v1");
+    include!(concat!(env!("OUT_DIR"), "/stocklock.v1.serde.rs"));
+    include!(concat!(env!("OUT_DIR"), "/stocklock.v1.schema.rs"));
 
     /// The encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("stocklock_descriptor");

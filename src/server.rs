@@ -96,7 +96,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let events = EventHub::new(4096);
     let mut background = spawn_workers(&config, &store, &access, health, &ready, &events, &stop_rx);
+    let inventory = Arc::new(InventoryApi::new(store.clone(), config.limits(), events.clone()));
     let http_state = HttpState {
+        inventory: inventory.clone(),
         store: store.clone(),
         access: access.clone(),
         ready,
@@ -112,8 +114,7 @@ pub async fn run(
         background.push(tokio::spawn(serve_probes(probes, health_service.clone(), stop_rx.clone())));
     }
 
-    let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), config.limits(), events.clone()))
-        .max_decoding_message_size(config.max_request_bytes);
+    let api = InventoryServiceServer::from_arc(inventory).max_decoding_message_size(config.max_request_bytes);
     let policy = ForceUnlockPolicy {
         stale_threshold: config.stale_threshold,
         single_step_stale: config.single_step_stale_unlock,

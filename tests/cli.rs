@@ -55,9 +55,9 @@ async fn an_operator_finds_a_stale_lock_and_gets_it_released_with_approval() {
     let requested =
         admin(&svc, ALICE, &["unlock", "request", "--stale", "--reason", "order service crashed", "--json"]).await;
     assert_eq!(requested.code, 0, "{}", requested.stderr);
-    let rows: Vec<Value> = serde_json::from_str(&requested.stdout).unwrap();
-    let id = rows[0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(rows[0]["state"], "pending");
+    let rows: Value = serde_json::from_str(&requested.stdout).unwrap();
+    let id = rows["id"].as_str().unwrap().to_owned();
+    assert_eq!(rows["state"], "FORCE_UNLOCK_STATE_PENDING", "the protobuf JSON mapping, as over HTTP");
     let own = admin(&svc, ALICE, &["unlock", "approve", &id]).await;
     assert_eq!(own.code, 1);
     assert!(own.stderr.contains("TWO_PERSON_RULE") && own.stderr.contains("hint: a colleague"), "{}", own.stderr);
@@ -73,7 +73,7 @@ async fn an_operator_finds_a_stale_lock_and_gets_it_released_with_approval() {
     let events: Vec<Value> = serde_json::from_str(&audit.stdout).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["actor"], "bob");
-    assert_eq!(events[0]["locks"], lock.lock_id.as_str());
+    assert_eq!(events[0]["lock_ids"], serde_json::json!([lock.lock_id]));
     let listed = admin(&svc, ALICE, &["unlock", "list", "--state", "executed"]).await;
     assert!(listed.stdout.contains(&id), "{}", listed.stdout);
     let available = admin(&svc, ALICE, &["availability", "SKU-1"]).await;

@@ -36,7 +36,7 @@ async fn bad_lock_requests_name_the_field_and_change_nothing() {
         ("quantity", Box::new(|r| r.quantity = "0.5".into())),
         ("ttl", Box::new(|r| r.ttl = millis(10))),
         ("ttl", Box::new(|r| r.ttl = secs(7200))),
-        ("ttl", Box::new(|r| r.ttl = Some(prost_types::Duration { seconds: -5, nanos: 0 }))),
+        ("ttl", Box::new(|r| r.ttl = Some(pbjson_types::Duration { seconds: -5, nanos: 0 }))),
     ];
     for (field, mutate) in cases {
         let mut request = lock_request("SKU-1", "WH-A", "1", "r1");

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The served OpenAPI document.
 async fn openapi(svc: &TestService) -> Value {
@@ -14,78 +14,41 @@ async fn openapi(svc: &TestService) -> Value {
     doc
 }
 
-/// Checks `value` against a schema of the document: type, required,
-/// properties, items, additionalProperties and $ref (what the document uses).
-fn validate(doc: &Value, schema: &Value, value: &Value, path: &str) -> Result<(), String> {
-    if let Some(reference) = schema["$ref"].as_str() {
-        let name = reference.trim_start_matches("#/components/schemas/");
-        return validate(doc, &doc["components"]["schemas"][name], value, path);
-    }
-    let types: Vec<&str> = match &schema["type"] {
-        Value::String(t) => vec![t.as_str()],
-        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-        _ => vec![],
-    };
-    let fits = |t: &str| match t {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "null" => value.is_null(),
-        _ => false,
-    };
-    if !types.is_empty() && !types.iter().any(|t| fits(t)) {
-        return Err(format!("{path}: {value} is not {types:?}"));
-    }
-    if let Some(pattern) = schema["pattern"].as_str() {
-        // The only pattern in the document: a plain decimal.
-        assert!(pattern.contains("[0-9]"));
-        let text = value.as_str().unwrap_or_default();
-        let digits = text.trim_start_matches('-');
-        let ok = !digits.is_empty()
-            && digits.split('.').count() <= 2
-            && digits.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        if !ok {
-            return Err(format!("{path}: {text:?} is not a decimal"));
-        }
-    }
-    for required in schema["required"].as_array().into_iter().flatten() {
-        let name = required.as_str().unwrap();
-        if value.get(name).is_none() {
-            return Err(format!("{path}: missing {name}"));
-        }
-    }
-    if let (Some(properties), Some(object)) = (schema["properties"].as_object(), value.as_object()) {
-        for (name, field) in object {
-            match properties.get(name) {
-                Some(sub) => validate(doc, sub, field, &format!("{path}.{name}"))?,
-                None => return Err(format!("{path}: {name} is not in the schema")),
-            }
-        }
-    }
-    if let (Some(additional), Some(object)) = (schema.get("additionalProperties"), value.as_object()) {
-        for (name, field) in object {
-            validate(doc, additional, field, &format!("{path}.{name}"))?;
-        }
-    }
-    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
-        for (i, item) in array.iter().enumerate() {
-            validate(doc, items, item, &format!("{path}[{i}]"))?;
-        }
-    }
-    Ok(())
+/// The schema the document gives `method path` for a response of `status`
+/// (or its 4XX / 5XX range), with the document's components beside it so
+/// that its `$ref`s resolve.
+fn response_schema(doc: &Value, method: &str, path: &str, status: u16) -> Value {
+    let responses = &doc["paths"][path][method]["responses"];
+    let range = format!("{}XX", status / 100);
+    let response = [status.to_string(), range]
+        .into_iter()
+        .map(|code| &responses[code])
+        .find(|r| !r.is_null())
+        .unwrap_or_else(|| panic!("{method} {path} does not document status {status}"));
+    let mut schema = response["content"]["application/json"]["schema"].clone();
+    assert!(schema.is_object(), "{method} {path} {status} has no JSON schema");
+    schema["components"] = doc["components"].clone();
+    schema
 }
 
-/// Checks a response against the document's description of `path` and `status`.
-fn conforms(doc: &Value, path: &str, status: u16, body: &Value) {
-    let mut response = &doc["paths"][path]["get"]["responses"][status.to_string()];
-    assert!(!response.is_null(), "{path} does not document status {status}");
-    if let Some(reference) = response["$ref"].as_str() {
-        response = &doc["components"]["responses"][reference.trim_start_matches("#/components/responses/")];
+/// Checks a response body against the document, with a JSON Schema validator.
+fn conforms_to(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let schema = response_schema(doc, method, path, status);
+    if let Err(e) = jsonschema::validate(&schema, body) {
+        panic!("{method} {path} {status} does not match its OpenAPI schema: {e}\n{body:#}");
     }
-    let schema = &response["content"]["application/json"]["schema"];
-    if let Err(e) = validate(doc, schema, body, "$") {
-        panic!("{path} {status} does not match its OpenAPI schema: {e}\n{body:#}");
+}
+
+fn conforms(doc: &Value, path: &str, status: u16, body: &Value) {
+    conforms_to(doc, "get", path, status, body);
+}
+
+/// Checks a request body against the document's request schema of `path`.
+fn request_conforms(doc: &Value, path: &str, body: &Value) {
+    let mut schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
+    schema["components"] = doc["components"].clone();
+    if let Err(e) = jsonschema::validate(&schema, body) {
+        panic!("the request to {path} does not match its OpenAPI schema: {e}\n{body:#}");
     }
 }
 
@@ -186,4 +149,168 @@ async fn readiness_follows_redis() {
     let (status, body, _) = http_get(svc.http_addr, "/readyz", None).await;
     assert_eq!((status, body["status"].as_str()), (503, Some("not ready")));
     assert_eq!(http_get(svc.http_addr, "/healthz", None).await.0, 200, "alive, though not ready");
+}
+
+/// POSTs `body` to `path`, checks the request and the answer against the
+/// document, and returns (status, body).
+async fn post(svc: &TestService, doc: &Value, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+    request_conforms(doc, path, &body);
+    let (status, answer, _) = http_post(svc.http_addr, path, None, headers, &body).await;
+    conforms_to(doc, "post", path, status, &answer);
+    (status, answer)
+}
+
+/// The transfer system's session of the README, over HTTP: lock from
+/// candidates with a split, move part of a hold, a partial batch, renew,
+/// commit, read, release. Every request and answer matches the document.
+#[tokio::test]
+async fn the_lock_api_over_http_follows_its_openapi_description() {
+    let svc = start().await;
+    let doc = openapi(&svc).await;
+    for (warehouse, physical) in [("WH-A", "2"), ("WH-B", "5"), ("WH-C", "10")] {
+        svc.stock("SKU-1", warehouse, physical).await;
+    }
+    svc.stock("SKU-2", "WH-A", "1").await;
+
+    let lock = json!({
+        "sku": "SKU-1",
+        "quantity": "8",
+        "order_id": "TO-1001",
+        "holder": "transfer-system",
+        "request_id": "to-1001-lock",
+        "ttl": "60s",
+        "candidates": { "warehouse_ids": ["WH-A", "WH-B", "WH-C"], "strategy": "ALLOCATION_STRATEGY_PRIORITY", "allow_split": true }
+    });
+    let (status, locked) = post(&svc, &doc, "/stock/lock", &[], lock).await;
+    assert_eq!(status, 200, "{locked}");
+    let got: Vec<(&str, &str)> = locked["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["warehouse_id"].as_str().unwrap(), l["quantity"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [("WH-A", "2"), ("WH-B", "5"), ("WH-C", "1")]);
+    assert!(locked["locks"][0]["fencing_token"].is_string(), "64-bit integers are strings in the JSON mapping");
+    // The validator is no formality: a token as a number breaks the schema.
+    let schema = response_schema(&doc, "post", "/stock/lock", 200);
+    let mut wrong = locked.clone();
+    wrong["locks"][0]["fencing_token"] = json!(5);
+    assert!(jsonschema::validate(&schema, &wrong).is_err());
+
+    // Move 3 of WH-B's hold to WH-C.
+    let from_b = locked["locks"][1]["lock_id"].as_str().unwrap().to_owned();
+    let transfer =
+        json!({ "lock_id": from_b, "to_warehouse_id": "WH-C", "quantity": "3", "holder": "transfer-system" });
+    let (status, moved) =
+        post(&svc, &doc, "/stock/lock/transfer", &[("Idempotency-Key", "to-1001-move")], transfer).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        (moved["moved"]["warehouse_id"].as_str(), moved["remaining"]["quantity"].as_str()),
+        (Some("WH-C"), Some("2"))
+    );
+
+    // A partial batch: SKU-2 has 1 of the 3 asked for.
+    let batch = json!({
+        "lines": [{ "sku": "SKU-2", "warehouse_id": "WH-A", "quantity": "3" }],
+        "order_id": "TO-1002", "holder": "transfer-system", "request_id": "to-1002", "policy": "BATCH_LOCK_POLICY_PARTIAL"
+    });
+    let (status, partial) = post(&svc, &doc, "/stock/lock/batch", &[], batch).await;
+    assert_eq!(status, 200, "{partial}");
+    let line = &partial["lines"][0];
+    assert_eq!((line["locked"].as_str(), line["short"].as_str()), (Some("1"), Some("2")));
+
+    // Renew by batch, read one lock, commit the moved one, release the rest.
+    let batch_id = partial["batch_id"].as_str().unwrap();
+    let renew = json!({ "batch_id": batch_id, "holder": "transfer-system", "request_id": "to-1002-renew" });
+    assert_eq!(post(&svc, &doc, "/stock/lock/renew", &[], renew).await.0, 200);
+    let moved_id = moved["moved"]["lock_id"].as_str().unwrap();
+    let path = format!("/stock/locks/{}", moved_id.replace('|', "%7C"));
+    let (status, read, _) = http_get(svc.http_addr, &path, None).await;
+    assert_eq!((status, read["lock"]["quantity"].as_str()), (200, Some("3")), "{read}");
+    conforms_to(&doc, "get", "/stock/locks/{lock_id}", status, &read);
+    let commit = json!({ "lock_id": moved_id, "holder": "transfer-system", "request_id": "to-1001-commit" });
+    let (status, committed) = post(&svc, &doc, "/stock/lock/commit", &[], commit).await;
+    assert_eq!((status, committed["committed_quantity"].as_str()), (200, Some("3")), "{committed}");
+    let release = json!({ "lock_id": from_b, "holder": "transfer-system", "request_id": "to-1001-release" });
+    let (status, released) = post(&svc, &doc, "/stock/lock/release", &[], release).await;
+    assert_eq!(status, 200, "{released}");
+    // WH-C had 10: 1 locked by the split, 3 moved there and committed.
+    let (_, available, _) = http_get(svc.http_addr, "/stock/available?sku=SKU-1&warehouse_id=WH-C", None).await;
+    assert_eq!(available["results"][0]["records"][0]["available"], "6");
+    assert_eq!(available["results"][0]["records"][0]["physical"], "7");
+}
+
+#[tokio::test]
+async fn http_lock_calls_are_idempotent_by_request_id_or_idempotency_key() {
+    let svc = start().await;
+    let doc = openapi(&svc).await;
+    svc.stock("SKU-1", "WH-A", "5").await;
+    let body = json!({ "sku": "SKU-1", "warehouse_id": "WH-A", "quantity": "2", "order_id": "O-1", "holder": "h" });
+    let key = [("Idempotency-Key", "key-1")];
+    let (status, first) = post(&svc, &doc, "/stock/lock", &key, body.clone()).await;
+    assert_eq!((status, first["replayed"].as_bool()), (200, Some(false)), "{first}");
+    let (status, again) = post(&svc, &doc, "/stock/lock", &key, body.clone()).await;
+    assert_eq!((status, again["replayed"].as_bool()), (200, Some(true)));
+    assert_eq!(first["lock"], again["lock"]);
+    // The same key in the body is the same request.
+    let mut with_id = body.clone();
+    with_id["request_id"] = json!("key-1");
+    assert_eq!(post(&svc, &doc, "/stock/lock", &[], with_id.clone()).await.1["replayed"], json!(true));
+    // Two different keys for one request are refused.
+    let (status, refused) = post(&svc, &doc, "/stock/lock", &[("Idempotency-Key", "key-2")], with_id).await;
+    assert_eq!((status, refused["error"]["field"].as_str()), (400, Some("request_id")), "{refused}");
+    assert_eq!(svc.available("SKU-1", "WH-A").await, "3");
+}
+
+#[tokio::test]
+async fn http_lock_errors_carry_the_grpc_reasons_and_change_nothing() {
+    let svc = start().await;
+    let doc = openapi(&svc).await;
+    svc.stock("SKU-1", "WH-A", "5").await;
+    let lock = |quantity: &str| json!({ "sku": "SKU-1", "warehouse_id": "WH-A", "quantity": quantity, "order_id": "O", "holder": "h", "request_id": format!("r-{quantity}") });
+    let (status, short) = post(&svc, &doc, "/stock/lock", &[], lock("9")).await;
+    assert_eq!((status, short["error"]["reason"].as_str()), (409, Some("INSUFFICIENT_STOCK")));
+    assert_eq!(
+        (short["error"]["metadata"]["requested"].as_str(), short["error"]["metadata"]["available"].as_str()),
+        (Some("9"), Some("5"))
+    );
+    let (status, bad) = post(&svc, &doc, "/stock/lock", &[], lock("-1")).await;
+    assert_eq!((status, bad["error"]["field"].as_str()), (400, Some("quantity")));
+
+    // Not JSON, an unknown field, a wrong type: 400 naming the body.
+    for body in ["{", r#"{"sku":"SKU-1","colour":"red"}"#, r#"{"sku":7}"#] {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/stock/lock", svc.http_addr))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        conforms_to(&doc, "post", "/stock/lock", 400, &answer);
+        assert_eq!(answer["error"]["field"], "body", "{body}: {answer}");
+    }
+    let (status, gone, _) = http_get(svc.http_addr, "/stock/locks/SKU-1%7CWH-A%7C99-0badc0de", None).await;
+    assert_eq!((status, gone["error"]["reason"].as_str()), (404, Some("LOCK_NOT_FOUND")), "{gone}");
+    conforms_to(&doc, "get", "/stock/locks/{lock_id}", status, &gone);
+    assert_eq!(svc.record("SKU-1", "WH-A").await.live_locks, 0);
+}
+
+#[tokio::test]
+async fn http_lock_calls_need_the_role_of_their_grpc_method() {
+    let svc = start_authed(&[]).await;
+    let mut root = svc.inventory_as(Some("root-token-0123456789")).await;
+    stock_as_root(&mut root, "SKU-1", "WH-A", "5").await;
+    let body = json!({ "sku": "SKU-1", "warehouse_id": "WH-A", "quantity": "1", "order_id": "O", "request_id": "r1" });
+    let (status, refused, _) = http_post(svc.http_addr, "/stock/lock", None, &[], &body).await;
+    assert_eq!((status, refused["error"]["reason"].as_str()), (401, Some("UNAUTHENTICATED")));
+    let (status, refused, _) =
+        http_post(svc.http_addr, "/stock/lock", Some("transfer-token-0123456789"), &[], &body).await;
+    assert_eq!((status, refused["error"]["reason"].as_str()), (403, Some("ROLE_NOT_ALLOWED")));
+    let (status, locked, _) =
+        http_post(svc.http_addr, "/stock/lock", Some("checkout-token-0123456789"), &[], &body).await;
+    assert_eq!(status, 200, "{locked}");
+    // The holder is the caller's identity, whatever the body says.
+    assert_eq!(locked["lock"]["holder"], "checkout");
 }

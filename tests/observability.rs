@@ -49,7 +49,7 @@ async fn lock_health_and_its_heatmap_from_a_seeded_history() {
     assert!(flushed, "the live lock's outcome was never flushed");
 
     let mut admin = svc.admin().await;
-    let since = prost_types::Timestamp { seconds: hour_start(3) / 1000, nanos: 0 };
+    let since = pbjson_types::Timestamp { seconds: hour_start(3) / 1000, nanos: 0 };
     let response = admin
         .lock_health(pb::LockHealthRequest { since: Some(since), ..Default::default() })
         .await

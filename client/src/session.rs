@@ -424,8 +424,8 @@ fn refused(status: &Status) -> bool {
     )
 }
 
-fn prost_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
+fn prost_duration(d: Duration) -> pbjson_types::Duration {
+    pbjson_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }

@@ -19,7 +19,7 @@ fn lock_request(quantity: &str) -> pb::LockRequest {
         quantity: quantity.into(),
         order_id: "order-1".into(),
         holder: "checkout".into(),
-        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+        ttl: Some(pbjson_types::Duration { seconds: 600, nanos: 0 }),
         ..Default::default()
     }
 }

@@ -320,7 +320,7 @@ async fn unit(shared: Arc<Shared>, scheduled: Instant) {
         sku: s,
         warehouse_id: w,
         quantity: "1".into(),
-        ttl: Some(prost_types::Duration {
+        ttl: Some(pbjson_types::Duration {
             seconds: if lock_only(args.scenario) { args.lock_ttl.as_secs() as i64 } else { 60 },
             nanos: 0,
         }),
@@ -701,7 +701,7 @@ async fn build_wave(shared: &Arc<Shared>, wave_at: Instant) -> anyhow::Result<()
                     sku: s.clone(),
                     warehouse_id: w.clone(),
                     quantity: "1".into(),
-                    ttl: Some(prost_types::Duration {
+                    ttl: Some(pbjson_types::Duration {
                         seconds: ttl.as_secs() as i64,
                         nanos: ttl.subsec_nanos() as i32,
                     }),

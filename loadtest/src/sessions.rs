@@ -59,8 +59,8 @@ fn rates(before: RedisLoad, after: RedisLoad) -> (f64, f64) {
     ((after.commands - before.commands) as f64 / seconds, (after.cpu_seconds - before.cpu_seconds) / seconds)
 }
 
-fn proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+fn proto(d: Duration) -> pbjson_types::Duration {
+    pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// Takes `count` locks of holder `holder` on random records, in `session`
@@ -335,7 +335,7 @@ async fn notices(channels: &[Channel], target: &str, args: &RunArgs) -> anyhow::
     // Each watched session's expiry (Redis ms), to time its notice from
     // the expiry itself, the sweeper's delay included.
     let expiries = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
-    let ms = |t: Option<prost_types::Timestamp>| t.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000);
+    let ms = |t: Option<pbjson_types::Timestamp>| t.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000);
     let listener = {
         let (delays, expiries) = (delays.clone(), expiries.clone());
         tokio::spawn(async move {

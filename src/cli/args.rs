@@ -203,7 +203,7 @@ impl LockFilterArgs {
             warehouse_id: self.warehouse.unwrap_or_default(),
             order_id: self.order.unwrap_or_default(),
             holder: self.holder.unwrap_or_default(),
-            older_than: self.older_than.map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
+            older_than: self.older_than.map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
             stale: self.stale,
             ..Default::default()
         }

@@ -167,7 +167,7 @@ mod tests {
     fn cell(warehouse: &str, hour: i64, rate: f64, attempts: u64) -> pb::LockHealthCell {
         pb::LockHealthCell {
             warehouse_id: warehouse.into(),
-            hour: Some(prost_types::Timestamp { seconds: hour * 3600, nanos: 0 }),
+            hour: Some(pbjson_types::Timestamp { seconds: hour * 3600, nanos: 0 }),
             attempts,
             success_rate: rate,
             below_target: rate < 0.9995,

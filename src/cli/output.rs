@@ -2,20 +2,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
-
 use crate::pb;
 
-pub(super) fn to_system_time(t: &prost_types::Timestamp) -> SystemTime {
+pub(super) fn to_system_time(t: &pbjson_types::Timestamp) -> SystemTime {
     UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
 }
 
-pub(super) fn age(t: &prost_types::Timestamp) -> String {
+pub(super) fn age(t: &pbjson_types::Timestamp) -> String {
     let elapsed = SystemTime::now().duration_since(to_system_time(t)).unwrap_or_default();
     humantime::format_duration(Duration::from_secs(elapsed.as_secs())).to_string()
 }
 
-pub(super) fn time(t: &Option<prost_types::Timestamp>) -> String {
+pub(super) fn time(t: &Option<pbjson_types::Timestamp>) -> String {
     t.as_ref().map(|t| humantime::format_rfc3339_millis(to_system_time(t)).to_string()).unwrap_or_default()
 }
 
@@ -72,18 +70,6 @@ pub(super) fn unlock_row(r: &pb::ForceUnlockRequest) -> Vec<String> {
     ]
 }
 
-pub(super) fn health_row(c: &pb::LockHealthCell) -> Vec<String> {
-    vec![
-        c.warehouse_id.clone(),
-        time(&c.hour),
-        c.attempts.to_string(),
-        c.locked.to_string(),
-        c.failures.to_string(),
-        format!("{:.5}", c.success_rate),
-        c.below_target.to_string(),
-    ]
-}
-
 pub(super) fn event_row(e: &pb::AuditEvent) -> Vec<String> {
     let mut details: Vec<_> =
         e.details.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
@@ -100,25 +86,32 @@ pub(super) fn event_row(e: &pb::AuditEvent) -> Vec<String> {
     ]
 }
 
-/// Prints rows as an aligned table, or as JSON objects (one array per call).
+/// Prints rows as an aligned table, or, with `--json`, the service's
+/// messages themselves in the protobuf JSON mapping (the mapping of the HTTP
+/// API): an object, or an array of them, per call.
 pub(super) struct Output {
     pub(super) json: bool,
 }
 
 impl Output {
-    pub(super) fn table(&self, columns: &[&str], rows: Vec<Vec<String>>) {
+    /// `messages` as JSON, or `rows()` under `columns` as a table.
+    pub(super) fn show<T: serde::Serialize + ?Sized>(
+        &self,
+        messages: &T,
+        columns: &[&str],
+        rows: impl FnOnce() -> Vec<Vec<String>>,
+    ) {
         if self.json {
-            let objects: Vec<Value> = rows
-                .into_iter()
-                .map(|row| {
-                    let map: Map<String, Value> =
-                        columns.iter().map(|c| (*c).to_owned()).zip(row.into_iter().map(Value::String)).collect();
-                    Value::Object(map)
-                })
-                .collect();
-            println!("{}", json!(objects));
+            match serde_json::to_string(messages) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("cannot print the answer as JSON: {e}"),
+            }
             return;
         }
+        self.table(columns, rows());
+    }
+
+    fn table(&self, columns: &[&str], rows: Vec<Vec<String>>) {
         if rows.is_empty() {
             println!("(none)");
             return;

@@ -72,7 +72,7 @@ fn reason(text: &str, field: &str, required: bool) -> Result<String, Error> {
     Ok(text.to_owned())
 }
 
-fn millis_of(ts: &prost_types::Timestamp) -> i64 {
+fn millis_of(ts: &pbjson_types::Timestamp) -> i64 {
     ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
 }
 

@@ -11,16 +11,16 @@ use crate::domain::{
 use crate::pb;
 
 /// Redis time in ms since the epoch to a protobuf Timestamp.
-pub(super) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+pub(super) fn timestamp(ms: i64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-pub(super) fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+pub(super) fn proto_duration(d: Duration) -> pbjson_types::Duration {
+    pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// A protobuf Duration to a std one; negative or malformed is invalid.
-pub(super) fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, Error> {
+pub(super) fn std_duration(d: &pbjson_types::Duration, field: &str) -> Result<Duration, Error> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(Error::invalid(field, "must be a non-negative duration"));
     }
@@ -177,8 +177,8 @@ mod tests {
 
     #[test]
     fn durations_must_be_non_negative() {
-        assert!(std_duration(&prost_types::Duration { seconds: -1, nanos: 0 }, "ttl").is_err());
-        assert!(std_duration(&prost_types::Duration { seconds: 0, nanos: -5 }, "ttl").is_err());
-        assert_eq!(std_duration(&prost_types::Duration { seconds: 2, nanos: 5 }, "ttl").unwrap(), Duration::new(2, 5));
+        assert!(std_duration(&pbjson_types::Duration { seconds: -1, nanos: 0 }, "ttl").is_err());
+        assert!(std_duration(&pbjson_types::Duration { seconds: 0, nanos: -5 }, "ttl").is_err());
+        assert_eq!(std_duration(&pbjson_types::Duration { seconds: 2, nanos: 5 }, "ttl").unwrap(), Duration::new(2, 5));
     }
 }

@@ -38,7 +38,7 @@ pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 /// A requested TTL, within the limits; `None` when the request names none.
 pub(super) fn ttl(
     limits: &Limits,
-    ttl: Option<&prost_types::Duration>,
+    ttl: Option<&pbjson_types::Duration>,
     field: &str,
 ) -> Result<Option<Duration>, Error> {
     let Some(ttl) = ttl else { return Ok(None) };
@@ -59,13 +59,13 @@ pub(super) fn ttl(
 }
 
 /// A lock's TTL: the requested one, or the default.
-pub(super) fn lock_ttl(limits: &Limits, ttl: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+pub(super) fn lock_ttl(limits: &Limits, ttl: Option<&pbjson_types::Duration>) -> Result<Duration, Error> {
     Ok(self::ttl(limits, ttl, "ttl")?.unwrap_or(limits.default_ttl))
 }
 
 /// The session a Lock or BatchLock names, if any; a lock in a session
 /// takes the session's ttl, so the request must name none.
-pub(super) fn session(session_id: &str, ttl: Option<&prost_types::Duration>) -> Result<Option<SessionId>, Error> {
+pub(super) fn session(session_id: &str, ttl: Option<&pbjson_types::Duration>) -> Result<Option<SessionId>, Error> {
     let session = optional(session_id, |v| SessionId::parse(v, "session_id"))?;
     if session.is_some() && ttl.is_some() {
         return Err(Error::invalid("ttl", "must be empty for a lock in a session: it lives while its session does"));

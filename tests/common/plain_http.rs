@@ -1,32 +1,43 @@
-//! Plain HTTP against the service's HTTP listener.
+//! HTTP against the service's HTTP listener, with reqwest.
 
-/// A plain HTTP/1.1 GET: (status, body as JSON, raw headers).
+/// A GET: (status, body as JSON, or as a JSON string when it is not JSON,
+/// and the response headers as `name: value` lines).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, serde_json::Value, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: stocklock\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
-    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    (status, json, head.to_owned())
+    let mut request = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    answer(request).await
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let Some((size, rest)) = body.split_once("\r\n") else { return out };
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
+/// A POST of `body` as JSON, with extra `headers`: as [`http_get`].
+pub async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value, String) {
+    let mut request = reqwest::Client::new().post(format!("http://{addr}{path}")).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    answer(request).await
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value, String) {
+    let response = request.send().await.expect("the HTTP listener answers");
+    let status = response.status().as_u16();
+    let head = response
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let text = response.text().await.expect("a body");
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json, head)
 }

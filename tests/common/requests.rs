@@ -8,7 +8,7 @@ pub fn lock_request(sku: &str, warehouse: &str, quantity: &str, request_id: &str
         sku: sku.into(),
         warehouse_id: warehouse.into(),
         quantity: quantity.into(),
-        ttl: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        ttl: Some(pbjson_types::Duration { seconds: 60, nanos: 0 }),
         order_id: format!("order-{request_id}"),
         request_id: request_id.into(),
         holder: "order-service".into(),
@@ -33,12 +33,12 @@ pub fn batch(lines: Vec<pb::BatchLockLine>, request_id: &str) -> pb::BatchLockRe
     }
 }
 
-pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds, nanos: 0 })
+pub fn secs(seconds: i64) -> Option<pbjson_types::Duration> {
+    Some(pbjson_types::Duration { seconds, nanos: 0 })
 }
 
-pub fn millis(ms: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 })
+pub fn millis(ms: i64) -> Option<pbjson_types::Duration> {
+    Some(pbjson_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 })
 }
 
 /// The ErrorInfo reason of a status; panics when there is none.
