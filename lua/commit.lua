@@ -130,7 +130,8 @@ if not lock then
   if why == 'LOCK_EXPIRED' then
     drop_expired(pk, rec, now, tomb_retention)
   end
-  return { why, ended }
+  -- A lock moved whole: where to (see transfer_lock.lua).
+  return { why, ended, ended == 'MOVED' and detail or nil }
 end
 if holder ~= '' and lock.holder ~= holder then
   return { 'LOCK_HOLDER_MISMATCH' }

@@ -446,7 +446,7 @@ end
 -- A live lock by token and nonce: the lock, or nil, the refusal and how the
 -- lock ended: LOCK_EXPIRED, LOCK_FORCE_RELEASED, or LOCK_NOT_FOUND with
 -- 'RELEASED', 'COMMITTED' (and the commit's "committed|released"), 'MOVED'
--- (and "warehouse|token" of the record it moved to, see transfer_lock.lua) or ''
+-- (and "sku|warehouse|token" of the lock it moved to, see transfer_lock.lua) or ''
 -- (never existed, or its tombstone is gone).
 local function find_lock(rec, token, nonce, now)
   local packed = redis.call('HGET', rec.locks, token)

@@ -28,7 +28,7 @@ if packed then
   end
   return { 'OK', redis.call('HGET', rec.stock, 'unit_scale') or '0', packed, fmt(expires) }
 end
-local mark = ended_mark(rec, token)
+local mark, detail = ended_mark(rec, token)
 if mark == 'E' then
   return { 'LOCK_EXPIRED', '' }
 elseif mark == 'R' then
@@ -38,6 +38,6 @@ elseif mark == 'C' then
 elseif mark == 'F' then
   return { 'LOCK_FORCE_RELEASED', '' }
 elseif mark == 'M' then
-  return { 'LOCK_NOT_FOUND', 'MOVED' }
+  return { 'LOCK_NOT_FOUND', 'MOVED', detail }
 end
 return { 'LOCK_NOT_FOUND', '' }

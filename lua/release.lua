@@ -36,7 +36,7 @@ local items = {}
 for k = 0, count - 1 do
   local rec = record_at(first_record + 5 * k, ARGV[5 + 3 * k])
   local token = ARGV[6 + 3 * k]
-  local lock, why, ended = find_lock(rec, token, ARGV[7 + 3 * k], now)
+  local lock, why, ended, detail = find_lock(rec, token, ARGV[7 + 3 * k], now)
   if lock and holder ~= '' and lock.holder ~= holder then
     return { 'LOCK_HOLDER_MISMATCH', fmt(k) }
   end
@@ -46,7 +46,7 @@ for k = 0, count - 1 do
   if ended == 'MOVED' then
     -- Its hold lives on under the id TransferLock returned: releasing this
     -- one must not read as done.
-    return { 'LOCK_NOT_FOUND', fmt(k), 'MOVED' }
+    return { 'LOCK_NOT_FOUND', fmt(k), 'MOVED', detail }
   end
   if why == 'LOCK_NOT_FOUND' and ended == '' then
     return { why, fmt(k) }

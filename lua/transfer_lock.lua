@@ -78,12 +78,12 @@ if replay then
 end
 
 local now = now_ms()
-local lock, why, ended = find_lock(src, token, nonce, now)
+local lock, why, ended, detail = find_lock(src, token, nonce, now)
 if not lock then
   if why == 'LOCK_EXPIRED' then
     drop_expired(pk, src, now, tomb_retention)
   end
-  return { why, ended or '' }
+  return { why, ended or '', ended == 'MOVED' and detail or nil }
 end
 if holder ~= '' and lock.holder ~= holder then
   return { 'LOCK_HOLDER_MISMATCH' }

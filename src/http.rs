@@ -46,6 +46,11 @@ pub struct HttpState<S> {
     pub ingest_group: String,
     /// The gRPC inventory service, which the lock routes call in process.
     pub inventory: Arc<InventoryApi<S>>,
+    /// The gRPC server's admission (concurrency limit and queue), which the
+    /// lock routes take a slot of too.
+    pub admission: Arc<crate::edge::admission::Admission>,
+    /// Largest request body.
+    pub max_request_bytes: usize,
 }
 
 // Derived Clone would ask S to be Clone; only the Arc is cloned.
@@ -53,6 +58,8 @@ impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
         Self {
             inventory: self.inventory.clone(),
+            admission: self.admission.clone(),
+            max_request_bytes: self.max_request_bytes,
             store: self.store.clone(),
             access: self.access.clone(),
             ready: self.ready.clone(),
@@ -81,6 +88,7 @@ pub fn router<S: AdminStore>(state: HttpState<S>) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_request_bytes))
         .with_state(state)
 }
 

@@ -97,8 +97,16 @@ pub async fn run(
     let events = EventHub::new(4096);
     let mut background = spawn_workers(&config, &store, &access, health, &ready, &events, &stop_rx);
     let inventory = Arc::new(InventoryApi::new(store.clone(), config.limits(), events.clone()));
+    // One admission for gRPC calls and the HTTP lock routes, which run the same handlers.
+    let admission = Admission::new(crate::edge::admission::Limits {
+        max_in_flight: config.max_in_flight,
+        max_queued: config.max_queued,
+        max_wait: config.max_queue_wait,
+    });
     let http_state = HttpState {
         inventory: inventory.clone(),
+        admission: admission.clone(),
+        max_request_bytes: config.max_request_bytes,
         store: store.clone(),
         access: access.clone(),
         ready,
@@ -139,11 +147,7 @@ pub async fn run(
     let server = builder
         .layer(crate::edge::telemetry::ObserveLayer)
         .layer(AccessLayer::new(access))
-        .layer(AdmissionLayer::new(Admission::new(crate::edge::admission::Limits {
-            max_in_flight: config.max_in_flight,
-            max_queued: config.max_queued,
-            max_wait: config.max_queue_wait,
-        })))
+        .layer(AdmissionLayer::new(admission))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -281,6 +285,7 @@ fn spawn_workers(
         ingest_group: config.ingest_group.clone(),
         rule: gauges::HealthRule { threshold: config.health_threshold, min_attempts: config.health_min_attempts },
         sweep_bound: config.invariant_sweep_bound,
+        self_check: !config.invariant_check_interval.is_zero(),
     };
     tasks.push(tokio::spawn(gauges::run(store.clone(), gauges, stop.clone())));
     if !config.invariant_check_interval.is_zero() {

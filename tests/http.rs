@@ -314,3 +314,34 @@ async fn http_lock_calls_need_the_role_of_their_grpc_method() {
     // The holder is the caller's identity, whatever the body says.
     assert_eq!(locked["lock"]["holder"], "checkout");
 }
+
+/// Review: the HTTP lock routes ran the gRPC handlers without the gRPC
+/// server's admission, so an HTTP burst went straight to Redis. Past the
+/// concurrency limit and the queue they are shed at once, as gRPC calls are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_lock_calls_past_the_limit_are_shed_like_grpc_calls() {
+    let svc =
+        start_with(&["--max-in-flight", "1", "--max-queued", "1", "--max-queue-wait", "5s", "--store-timeout", "2s"])
+            .await;
+    svc.stock("SKU-O", "WH-A", "100").await;
+    // A stalled Redis holds the admitted call for the store timeout.
+    let pid = svc.redis.as_ref().unwrap().pid().unwrap();
+    signal(pid, "-STOP");
+    let calls = (0..4).map(|i| {
+        let body = json!({ "sku": "SKU-O", "warehouse_id": "WH-A", "quantity": "1", "order_id": "O", "holder": "h", "request_id": format!("o{i}") });
+        async move {
+            let started = std::time::Instant::now();
+            let (status, answer, head) = http_post(svc.http_addr, "/stock/lock", None, &[], &body).await;
+            (status, answer, head, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    signal(pid, "-CONT");
+    let shed: Vec<_> = results.iter().filter(|(status, ..)| *status == 429).collect();
+    assert!(shed.len() >= 2, "one call runs, one waits, the rest are shed: {results:?}");
+    for (_, answer, head, took) in shed {
+        assert_eq!(answer["error"]["reason"], "OVERLOADED");
+        assert!(head.contains("retry-after"), "{head}");
+        assert!(*took < std::time::Duration::from_millis(1500), "shed at once, not after the stall: {took:?}");
+    }
+}

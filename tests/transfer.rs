@@ -424,13 +424,26 @@ async fn a_lock_moved_whole_lives_on_in_the_other_warehouse_under_a_new_token() 
     assert_eq!(svc.record("T", "W1").await.live_locks, 0);
 
     // The old id says where its hold went; releasing it is refused, not "done".
+    // Each call on the old id names the moved lock (review: it did not, so
+    // a holder that missed the move had no way to reach its hold).
     let gone = client.get_lock(pb::GetLockRequest { lock_id: lock.lock_id.clone() }).await;
     let status = expect_error(gone, Code::NotFound, "LOCK_NOT_FOUND");
-    assert_eq!(status.get_details_error_info().unwrap().metadata["state"], "MOVED");
+    let metadata = status.get_details_error_info().unwrap().metadata;
+    assert_eq!((metadata["state"].as_str(), metadata["moved_to"].as_str()), ("MOVED", moved.lock_id.as_str()));
     let release =
         pb::ReleaseRequest { lock_id: lock.lock_id.clone(), request_id: "rel-old".into(), ..Default::default() };
     let status = expect_error(client.release(release).await, Code::NotFound, "LOCK_NOT_FOUND");
-    assert_eq!(status.get_details_error_info().unwrap().metadata["state"], "MOVED");
+    let metadata = status.get_details_error_info().unwrap().metadata;
+    assert_eq!((metadata["state"].as_str(), metadata["moved_to"].as_str()), ("MOVED", moved.lock_id.as_str()));
+    let commit_old = pb::CommitRequest { lock_id: lock.lock_id.clone(), request_id: "c0".into(), ..Default::default() };
+    let status = expect_error(client.commit(commit_old).await, Code::NotFound, "LOCK_NOT_FOUND");
+    assert_eq!(status.get_details_error_info().unwrap().metadata["moved_to"], moved.lock_id);
+    let again = expect_error(
+        client.transfer_lock(transfer(&lock.lock_id, "W2", "", "t-again")).await,
+        Code::NotFound,
+        "LOCK_NOT_FOUND",
+    );
+    assert_eq!(again.get_details_error_info().unwrap().metadata["moved_to"], moved.lock_id);
     assert_eq!(svc.available("T", "W2").await, "1");
 
     // The moved lock is an ordinary lock: commit it.

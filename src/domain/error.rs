@@ -97,6 +97,8 @@ pub enum Error {
         lock_id: String,
         /// How the lock ended, when that is still known.
         ended: Option<LockEnd>,
+        /// For a lock moved whole by TransferLock: the moved lock's id.
+        moved_to: Option<String>,
     },
     /// The lock expired because it was not renewed; its stock is back.
     #[error("lock {lock_id} has expired{}", available.as_ref().map_or_else(String::new, |a| format!("; {a} is available")))]

@@ -54,8 +54,9 @@ impl Admission {
         Arc::new(Self { slots: Arc::new(Semaphore::new(limits.max_in_flight)), queued: AtomicUsize::new(0), limits })
     }
 
-    /// Waits for a slot, or says why the call must not start.
-    async fn admit(&self, deadline: Option<Duration>) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    /// Waits for a slot, or says why the call must not start. The gRPC
+    /// server's layer and the HTTP lock routes share one admission.
+    pub async fn admit(&self, deadline: Option<Duration>) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(permit);
         }

@@ -10,7 +10,7 @@ use super::{Limits, convert, holder, validate, watch};
 use crate::domain::{
     AdjustStockCommand, BatchId, BatchPolicy, CommitCommand, Error, EventHub, LockCommand, LockId, LockOutcome,
     OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
-    SetStockCommand, Sku, StockStore, TransferLockCommand, UnitScale, WarehouseId,
+    SetStockCommand, Sku, StockStore, TransferLockCommand, UnitScale, WarehouseId, is_service_failure, reason,
 };
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
@@ -446,15 +446,28 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             lock_id,
             to,
             quantity: validate::optional(&r.quantity, |v| Quantity::parse(v, "quantity"))?,
-            actor: holder.as_ref().map_or_else(String::new, ToString::to_string),
+            actor: holder.as_ref().map_or_else(|| validate::actor(&principal), ToString::to_string),
             holder,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
         let mark = self.store.durability_mark();
-        // A move is a lock at its destination, counted there.
+        // A move is a lock at its destination, counted there: what the
+        // destination or the service answered, not refusals about the lock
+        // moved (expired, moved, another holder's), and not replays.
         let to = cmd.to.clone();
         let result = self.store.transfer_lock(cmd).await;
-        self.count_outcomes(&[(to.as_str(), result.as_ref().map_or_else(Error::reason, |_| "OK"))]);
+        let counted = match &result {
+            Ok(outcome) => (!outcome.replayed).then_some("OK"),
+            Err(e) => {
+                let reason = e.reason();
+                let about_destination =
+                    matches!(reason, reason::INSUFFICIENT_STOCK | reason::SKU_NOT_AVAILABLE_IN_WAREHOUSE);
+                (about_destination || is_service_failure(reason)).then_some(reason)
+            }
+        };
+        if let Some(reason) = counted {
+            self.count_outcomes(&[(to.as_str(), reason)]);
+        }
         let outcome = result?;
         Ok(Response::new(pb::TransferLockResponse {
             source_available: outcome.source_unit_scale.format(outcome.source_available),

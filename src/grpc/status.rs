@@ -80,10 +80,13 @@ impl From<Error> for Status {
                 info(&mut details, reason, &metadata);
                 Code::NotFound
             }
-            Error::LockNotFound { lock_id, ended } => {
+            Error::LockNotFound { lock_id, ended, moved_to } => {
                 let mut metadata = vec![("lock_id", lock_id.clone())];
                 if let Some(ended) = ended {
                     metadata.push(("state", format!("{ended:?}").to_uppercase()));
+                }
+                if let Some(moved_to) = moved_to {
+                    metadata.push(("moved_to", moved_to.clone()));
                 }
                 info(&mut details, reason, &metadata);
                 Code::NotFound

@@ -6,7 +6,8 @@
 //! Each route runs the gRPC handler itself, in process: the same
 //! validation, roles (the route needs the permission of its gRPC method),
 //! idempotency, error reasons and metadata. `request_id` may come in the
-//! body or as an `Idempotency-Key` header.
+//! body or as an `Idempotency-Key` header. A call takes a slot of the
+//! gRPC server's admission, so overload sheds HTTP and gRPC callers alike.
 
 use std::net::SocketAddr;
 
@@ -81,6 +82,9 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     let principal = super::admit(state, &format!("/stocklock.v1.InventoryService/{method}"), headers, peer)?;
+    // A slot of the gRPC server's own concurrency limit: HTTP callers are
+    // shed as gRPC callers are (429, OVERLOADED), not let through to Redis.
+    let _slot = state.admission.admit(None).await?;
     let mut request = Request::new(message);
     if let Some(principal) = principal {
         request.extensions_mut().insert(principal);

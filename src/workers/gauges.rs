@@ -38,6 +38,8 @@ pub struct Settings {
     pub rule: HealthRule,
     /// How long past its expiry a lock may stay unswept, for the self-check.
     pub sweep_bound: Duration,
+    /// Whether a flagged warehouse gets a self-check (off with the auditor).
+    pub self_check: bool,
 }
 
 /// Keeps the gauges that need a look at the store current, and applies the
@@ -63,7 +65,7 @@ pub async fn run<S: AdminStore>(store: Arc<S>, settings: Settings, mut stop: wat
             METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
         }
         if let Some(breaking) = apply_rule(store.as_ref(), settings.rule, &unhealthy).await {
-            for warehouse in breaking.difference(&unhealthy) {
+            for warehouse in breaking.difference(&unhealthy).filter(|_| settings.self_check) {
                 tokio::spawn(self_check(store.clone(), settings.sweep_bound, warehouse.clone()));
             }
             unhealthy = breaking;
@@ -105,6 +107,11 @@ async fn apply_rule<S: AdminStore>(
 /// `stocklock_invariant_self_check_violations{warehouse}`.
 async fn self_check<S: AdminStore>(store: Arc<S>, sweep_bound: Duration, warehouse: String) {
     let Ok(id) = WarehouseId::parse(&warehouse, "warehouse_id") else { return };
+    // One replica checks a warehouse at most once an hour, however many
+    // flag it (every replica applies the rule) or restart.
+    if !matches!(store.try_lease(&format!("self-check:{warehouse}"), Duration::from_secs(3600)).await, Ok(true)) {
+        return;
+    }
     match auditor::check_warehouse(store.as_ref(), sweep_bound, &id).await {
         Ok(pass) => {
             let violating: u64 = pass.violations.values().sum();

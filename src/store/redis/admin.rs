@@ -453,8 +453,9 @@ impl AdminStore for RedisStore {
         let mut sscan = redis::cmd("SSCAN");
         sscan.arg(self.keys.records(partition)).arg(scan).arg("COUNT").arg(count);
         if let Some(warehouse) = warehouse {
-            // Record ids are "sku|warehouse"; a warehouse id has no glob characters.
-            sscan.arg("MATCH").arg(format!("*|{warehouse}"));
+            // Record ids are "sku|warehouse"; a warehouse id may hold glob
+            // characters, which must match themselves.
+            sscan.arg("MATCH").arg(format!("*|{}", glob_literal(warehouse.as_str())));
         }
         let (next, ids): (u64, Vec<String>) = self.bounded(sscan.query_async(&mut conn)).await?;
         let next = match next {
@@ -504,5 +505,28 @@ impl AdminStore for RedisStore {
 
     async fn lock_stats(&self, stale_after: Duration) -> Result<LockStats, Error> {
         self.index_stats(stale_after).await
+    }
+}
+
+/// `text` as a Redis glob pattern that matches only itself.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_literal;
+
+    #[test]
+    fn glob_characters_match_themselves() {
+        assert_eq!(glob_literal("WH-A"), "WH-A");
+        assert_eq!(glob_literal("W[1]*?\\"), "W\\[1\\]\\*\\?\\\\");
     }
 }

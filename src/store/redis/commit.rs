@@ -1,6 +1,6 @@
 //! `lua/commit.lua`: turns a lock into a deduction.
 
-use super::reply::{Facts, Tag, lock_end};
+use super::reply::{Facts, Tag, lock_end, moved_to};
 use super::{RedisStore, scripts, signed_args};
 use crate::domain::{CommitCommand, CommitOutcome, Error, format_scaled};
 
@@ -81,6 +81,7 @@ impl RedisStore {
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
                 facts.ended = lock_end(&reply.text()?)?;
+                facts.moved_to = moved_to(&mut reply, facts.ended, &id.nonce)?;
                 if reply.tag == Tag::LockExpired && !reply.is_done() {
                     // A late commit refused: what is available instead.
                     let available = reply.int()?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::call::Invocation;
-use super::reply::{Facts, Tag, lock_end, malformed};
+use super::reply::{Facts, Tag, lock_end, malformed, moved_to};
 use super::{RedisStore, scripts};
 use crate::domain::{Error, LockId, LockView, RecordKey, UnitScale};
 
@@ -34,7 +34,8 @@ impl RedisStore {
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
                 let ended = lock_end(&reply.text()?)?;
-                Err(reply.tag.error(Facts { lock_id: lock_id.to_string(), ended, ..Facts::default() }))
+                let moved_to = moved_to(&mut reply, ended, &lock_id.nonce)?;
+                Err(reply.tag.error(Facts { lock_id: lock_id.to_string(), ended, moved_to, ..Facts::default() }))
             }
             _ => Err(reply.unexpected()),
         }

@@ -1,7 +1,7 @@
 //! `lua/release.lua`: gives the locks of one partition back, all or none.
 
 use super::lock::LockCall;
-use super::reply::{Facts, Tag, lock_end, malformed};
+use super::reply::{Facts, Tag, lock_end, malformed, moved_to};
 use super::{Partition, RedisStore, lock_args, scripts};
 use crate::domain::{BatchId, Error, LockId, ReleaseCommand, ReleaseItem, ReleaseKind};
 
@@ -53,9 +53,11 @@ impl RedisStore {
             Tag::Ok => {}
             Tag::IdempotencyKeyReused => return Err(reply.tag.error(facts)),
             Tag::LockNotFound | Tag::LockAlreadyCommitted | Tag::LockHolderMismatch => {
-                facts.lock_id = ids[reply.index(ids.len())?].to_string();
+                let id = &ids[reply.index(ids.len())?];
+                facts.lock_id = id.to_string();
                 if !reply.is_done() {
                     facts.ended = lock_end(&reply.text()?)?;
+                    facts.moved_to = moved_to(&mut reply, facts.ended, &id.nonce)?;
                 }
                 return Err(reply.tag.error(facts));
             }

@@ -126,6 +126,8 @@ pub(super) struct Facts {
     pub(super) lock_id: String,
     /// How a lock that is not found ended, if still known.
     pub(super) ended: Option<LockEnd>,
+    /// Where a lock moved whole went: the moved lock's id.
+    pub(super) moved_to: Option<String>,
     /// The record refused, and the request line that named it (BatchLock).
     pub(super) record: Option<(RecordKey, Option<usize>)>,
     /// The request field at fault, e.g. `lines[2].quantity` or `physical_delta`.
@@ -157,8 +159,18 @@ impl Tag {
     /// outcomes that are not errors have no error: asking is a bug, reported
     /// as one.
     pub(super) fn error(self, facts: Facts) -> Error {
-        let Facts { request_id, lock_id, ended, record, field, unit_scale, shortages, force_unlock_id: id, detail } =
-            facts;
+        let Facts {
+            request_id,
+            lock_id,
+            ended,
+            moved_to,
+            record,
+            field,
+            unit_scale,
+            shortages,
+            force_unlock_id: id,
+            detail,
+        } = facts;
         match self {
             Self::IdempotencyKeyReused => Error::IdempotencyKeyReused { request_id },
             Self::SkuNotAvailableInWarehouse => match record {
@@ -172,7 +184,7 @@ impl Tag {
             Self::QuantityOutOfRange if detail.is_empty() => Error::invalid(field, "is too large"),
             Self::QuantityOutOfRange => Error::invalid(field, detail),
             Self::InsufficientStock => Error::InsufficientStock { shortages },
-            Self::LockNotFound => Error::LockNotFound { lock_id, ended },
+            Self::LockNotFound => Error::LockNotFound { lock_id, ended, moved_to },
             Self::LockExpired => Error::LockExpired { lock_id, available: (!detail.is_empty()).then_some(detail) },
             Self::LockForceReleased => Error::LockForceReleased { lock_id },
             Self::LockHolderMismatch => Error::HolderMismatch { lock_id },
@@ -199,6 +211,16 @@ impl Tag {
             | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
+}
+
+/// Where a lock moved whole went, from the "sku|warehouse|token" a script
+/// answered after MOVED, and the lock's nonce (the moved lock keeps it).
+pub(super) fn moved_to(reply: &mut Reply, ended: Option<LockEnd>, nonce: &str) -> Result<Option<String>, Error> {
+    if ended != Some(LockEnd::Moved) || reply.is_done() {
+        return Ok(None);
+    }
+    let reference = reply.text()?;
+    Ok((!reference.is_empty()).then(|| format!("{reference}-{nonce}")))
 }
 
 /// How a lock ended, as find_lock in `lua/lib.lua` says it after LOCK_NOT_FOUND.
@@ -381,7 +403,7 @@ mod tests {
             ..Facts::default()
         });
         assert!(
-            matches!(error, Error::LockNotFound { ref lock_id, ended: Some(LockEnd::Committed) } if lock_id == "L")
+            matches!(error, Error::LockNotFound { ref lock_id, ended: Some(LockEnd::Committed), .. } if lock_id == "L")
         );
         let error = Tag::InvalidQuantityScale.error(Facts {
             field: "lines[1].quantity".into(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::call::fingerprint;
-use super::reply::{Facts, Reply, Tag, lock_end, malformed};
+use super::reply::{Facts, Reply, Tag, lock_end, malformed, moved_to};
 use super::{RedisStore, scripts, signed_args};
 use crate::domain::{
     BatchId, Error, LockId, LockView, RecordKey, Shortage, TransferLockCommand, TransferOutcome, format_scaled,
@@ -83,9 +83,9 @@ impl RedisStore {
                 // Nothing was written: call again.
                 reply = self.run_script("transfer_lock", &call(&batch, wide, &at, ended)).await?;
             }
-            Ok::<_, Error>(reply)
+            Ok::<_, Error>((reply, at))
         };
-        let mut reply = self.claimed("transfer_lock", &cmd.request_id, || fp.clone(), run).await?;
+        let (mut reply, lease) = self.claimed("transfer_lock", &cmd.request_id, || fp.clone(), run).await?;
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         match reply.tag {
             Tag::Ok => {}
@@ -125,11 +125,20 @@ impl RedisStore {
             }
             Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
                 facts.ended = lock_end(&reply.text()?)?;
+                facts.moved_to = moved_to(&mut reply, facts.ended, &id.nonce)?;
                 return Err(reply.tag.error(facts));
             }
             _ => return Err(reply.unexpected()),
         }
-        outcome(reply, id, to)
+        let mut outcome = outcome(reply, id, to)?;
+        // A lock in a session lives to its session's expiry (as Lock and
+        // GetLock report it); its own entry is its maximum hold.
+        if let Ok(lease) = lease.parse::<i64>() {
+            for view in std::iter::once(&mut outcome.moved).chain(outcome.remaining.as_mut()) {
+                view.expires_at_ms = view.expires_at_ms.min(lease);
+            }
+        }
+        Ok(outcome)
     }
 }
 
