@@ -44,7 +44,7 @@
 --   {'QUANTITY_EXCEEDS_LOCK', locked quantity, unit_scale}
 --
 -- lib.lua: partition_keys, now_ms, fmt, decimal, record_at, find_lock, record_reply, find_expired,
--- drop_expired, scale_qty, settle, stored_available, end_lock, lock_event, emit, session_of,
+-- drop_expired, part_of_lock, settle, stored_available, end_lock, lock_event, emit, session_of,
 -- unpack_lock, drop_expired_all, read_stock, available_of, tombstone_field, EPOCH_FACTOR
 
 local pk = partition_keys()
@@ -58,18 +58,7 @@ local now = now_ms()
 -- How much of the lock `l` to commit: the request's quantity (ARGV[3],
 -- ARGV[4]), not more than the lock's, or all of it; nil and the refusal.
 local function committed_qty(l)
-  local unit_scale = tonumber(redis.call('HGET', rec.stock, 'unit_scale'))
-  if ARGV[3] == '' then
-    return l.qty
-  end
-  local qty, err = scale_qty(tonumber(ARGV[3]), tonumber(ARGV[4]), unit_scale)
-  if not qty then
-    return nil, { err, fmt(unit_scale) }
-  end
-  if qty > l.qty then
-    return nil, { 'QUANTITY_EXCEEDS_LOCK', fmt(l.qty), fmt(unit_scale) }
-  end
-  return qty
+  return part_of_lock(l, ARGV[3], ARGV[4], tonumber(redis.call('HGET', rec.stock, 'unit_scale')))
 end
 
 local function already_committed(detail)

@@ -379,6 +379,23 @@ local function refresh_due(due_key, rec)
   return nil
 end
 
+-- How much of the lock `l` a call names: `mantissa` at `scale` (strings;
+-- '' for the whole lock) in its record's `unit_scale`, not more than the
+-- lock holds. Returns the scaled quantity, or nil and the refusal.
+local function part_of_lock(l, mantissa, scale, unit_scale)
+  if mantissa == '' then
+    return l.qty
+  end
+  local qty, err = scale_qty(tonumber(mantissa), tonumber(scale), unit_scale)
+  if not qty then
+    return nil, { err, fmt(unit_scale) }
+  end
+  if qty > l.qty then
+    return nil, { 'QUANTITY_EXCEEDS_LOCK', fmt(l.qty), fmt(unit_scale) }
+  end
+  return qty
+end
+
 -- Which way a lock that is no longer live ended: 'R', 'C', 'F', 'M' by its
 -- tombstone, and what the tombstone says besides (a commit's
 -- "committed|released"); else 'E' if its token is not above the record's

@@ -248,7 +248,7 @@ end
 
 -- Check every line, and choose where each locks, before the first write.
 local lines = {}
-local short = {}
+local short = false
 local unsettled = {}
 local any = false
 local key, slot, arg, k = 10, 0, 17, 0
@@ -313,16 +313,15 @@ while arg <= #ARGV do
   if not filled and policy == 'L' then
     taken = {}
   end
+  -- What each candidate had, when the line was not filled.
   local missed = {}
   if not filled then
     for _, c in ipairs(cands) do
       missed[#missed + 1] = { c.index, math.max(c.available, 0), c.scale, c.missing and 0 or 1 }
-      for _, v in ipairs({ k, c.index, math.max(c.available, 0), c.scale, c.missing and 0 or 1 }) do
-        short[#short + 1] = fmt(v)
-      end
     end
   end
   any = any or #taken > 0
+  short = short or not filled
   lines[#lines + 1] = { taken = taken, missed = missed }
   arg, k = arg + 3 + n, k + 1
 end
@@ -330,9 +329,17 @@ if #unsettled > 0 then
   table.insert(unsettled, 1, 'SETTLE')
   return unsettled
 end
-if #short > 0 and (policy == 'A' or (not any and not one_part)) then
-  table.insert(short, 1, 'INSUFFICIENT_STOCK')
-  return short
+if short and (policy == 'A' or (not any and not one_part)) then
+  local refusal = { 'INSUFFICIENT_STOCK' }
+  for line, l in ipairs(lines) do
+    for _, figures in ipairs(l.missed) do
+      refusal[#refusal + 1] = fmt(line - 1)
+      for _, v in ipairs(figures) do
+        refusal[#refusal + 1] = fmt(v)
+      end
+    end
+  end
+  return refusal
 end
 
 -- Tokens start at the partition's epoch floor: raised whenever its data may

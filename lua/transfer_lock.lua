@@ -51,7 +51,7 @@
 -- Nothing is written unless the answer is OK.
 --
 -- lib.lua: partition_keys, MAX_EXACT, now_ms, fmt, decimal, record_at, whole_record_at,
--- find_lock, drop_expired, scale_qty, read_stock, available_of, find_expired_all,
+-- find_lock, drop_expired, part_of_lock, read_stock, available_of, find_expired_all,
 -- drop_expired_all, end_lock, pack_lock, lock_member, lower_due, emit, lock_event,
 -- audit, session_of, split, idem_lookup, idem_store, LOCK_SHARDS, EPOCH_FACTOR
 
@@ -106,16 +106,9 @@ if not ds then
   return { 'SKU_NOT_AVAILABLE_IN_WAREHOUSE' }
 end
 -- How much moves, in the lock's scale and in the destination's.
-local qty = lock.qty
-if ARGV[8] ~= '' then
-  local err
-  qty, err = scale_qty(tonumber(ARGV[8]), tonumber(ARGV[9]), ss.unit_scale)
-  if not qty then
-    return { err, fmt(ss.unit_scale) }
-  end
-  if qty > lock.qty then
-    return { 'QUANTITY_EXCEEDS_LOCK', fmt(lock.qty), fmt(ss.unit_scale) }
-  end
+local qty, refusal = part_of_lock(lock, ARGV[8], ARGV[9], ss.unit_scale)
+if not qty then
+  return refusal
 end
 local moved
 if ds.unit_scale >= ss.unit_scale then

@@ -29,6 +29,11 @@ fn line_from(sku: &str, from: Option<pb::Candidates>, quantity: &str) -> pb::Bat
     pb::BatchLockLine { warehouse_id: String::new(), candidates: from, ..batch_line(sku, "", quantity) }
 }
 
+/// A BatchLock that must be granted, and its answer.
+async fn batch_locked(svc: &TestService, request: pb::BatchLockRequest) -> pb::BatchLockResponse {
+    svc.client.clone().batch_lock(request).await.expect("the batch is granted").into_inner()
+}
+
 fn policy_batch(lines: Vec<pb::BatchLockLine>, policy: pb::BatchLockPolicy, request_id: &str) -> pb::BatchLockRequest {
     pb::BatchLockRequest { policy: policy as i32, ..batch(lines, request_id) }
 }
@@ -153,13 +158,7 @@ async fn per_line_locks_the_lines_that_can_be_filled_and_reports_the_others() {
     let other = &elsewhere(&svc, "T");
     svc.stock(other, "W1", "1").await;
     let lines = vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "6"), batch_line(other, "W1", "2")];
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::PerLine, "b1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, policy_batch(lines, pb::BatchLockPolicy::PerLine, "b1")).await;
     assert_eq!(allocation(&response.locks), pairs(&[("W1", "2"), ("W2", "4")]));
     let [t, u] = &response.lines[..] else { panic!("{:?}", response.lines) };
     assert_eq!((t.requested.as_str(), t.locked.as_str(), t.short.as_str()), ("6", "6", "0"));
@@ -183,13 +182,7 @@ async fn partial_locks_what_there_is_up_to_each_line() {
         batch_line("U", "W1", "3"),
         batch_line("V", "W1", "4"),
     ];
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, policy_batch(lines, pb::BatchLockPolicy::Partial, "b1")).await;
     let figures: Vec<_> =
         response.lines.iter().map(|l| (l.locked.as_str(), l.short.as_str(), l.candidates.len())).collect();
     assert_eq!(figures, [("7", "3", 2), ("1", "2", 1), ("4", "0", 0)]);
@@ -202,13 +195,7 @@ async fn partial_locks_what_there_is_up_to_each_line() {
     svc.stock("X", "W1", "3").await;
     svc.stock("X", "W2", "4").await;
     let lines = vec![line_from("X", candidates(&["W1", "W2"], PRIORITY, false), "6")];
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b2"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, policy_batch(lines, pb::BatchLockPolicy::Partial, "b2")).await;
     assert_eq!(allocation(&response.locks), pairs(&[("W2", "4")]));
 }
 
@@ -244,8 +231,8 @@ async fn a_retry_replays_the_allocation() {
     svc.stock("U", "W1", "1").await;
     let lines = || vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, true), "2"), batch_line("U", "W1", "3")];
     let partial = pb::BatchLockPolicy::Partial;
-    let first = svc.client.clone().batch_lock(policy_batch(lines(), partial, "b1")).await.unwrap().into_inner();
-    let again = svc.client.clone().batch_lock(policy_batch(lines(), partial, "b1")).await.unwrap().into_inner();
+    let first = batch_locked(&svc, policy_batch(lines(), partial, "b1")).await;
+    let again = batch_locked(&svc, policy_batch(lines(), partial, "b1")).await;
     assert!(again.replayed);
     assert_eq!((first.batch_id.as_str(), &first.lines), (again.batch_id.as_str(), &again.lines));
     // A plain batch under another policy is another request too.
@@ -527,13 +514,7 @@ async fn a_batch_keeps_its_moved_locks_and_the_audit_trail_records_the_move() {
     svc.stock("T", "W1", "5").await;
     svc.stock("T", "W2", "5").await;
     svc.stock("U", "W1", "5").await;
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(batch(vec![batch_line("T", "W1", "2"), batch_line("U", "W1", "1")], "b1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, batch(vec![batch_line("T", "W1", "2"), batch_line("U", "W1", "1")], "b1")).await;
     let moved = svc
         .client
         .clone()
@@ -639,10 +620,10 @@ async fn a_retried_per_line_batch_replays_its_short_lines_even_after_a_restock()
     svc.stock(other, "W1", "1").await;
     let lines = || vec![batch_line("T", "W1", "2"), batch_line(other, "W1", "2")];
     let per_line = pb::BatchLockPolicy::PerLine;
-    let first = svc.client.clone().batch_lock(policy_batch(lines(), per_line, "b1")).await.unwrap().into_inner();
+    let first = batch_locked(&svc, policy_batch(lines(), per_line, "b1")).await;
     assert_eq!(first.lines[1].locked, "0");
     svc.stock(other, "W1", "10").await;
-    let again = svc.client.clone().batch_lock(policy_batch(lines(), per_line, "b1")).await.unwrap().into_inner();
+    let again = batch_locked(&svc, policy_batch(lines(), per_line, "b1")).await;
     assert!(again.replayed);
     assert_eq!((&first.batch_id, &first.locks, &first.lines), (&again.batch_id, &again.locks, &again.lines));
     assert_eq!(svc.record(other, "W1").await.live_locks, 0);
@@ -671,13 +652,7 @@ async fn candidates_are_ranked_after_their_expired_locks_are_settled() {
 async fn a_single_candidate_without_a_record_is_a_short_line() {
     let svc = three_warehouses().await;
     let lines = vec![line_from("T", candidates(&["W9"], PRIORITY, false), "1"), batch_line("T", "W1", "1")];
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::PerLine, "b1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, policy_batch(lines, pb::BatchLockPolicy::PerLine, "b1")).await;
     let had: Vec<_> = response.lines[0]
         .candidates
         .iter()
@@ -700,13 +675,7 @@ async fn a_candidate_whose_unit_scale_cannot_hold_the_quantity_is_passed_over() 
     // Partial, without a split: the coarse candidate gives whole units only.
     svc.stock_scaled("T", "W2", "0", 1).await;
     let lines = vec![line_from("T", candidates(&["W1", "W2"], PRIORITY, false), "2.5")];
-    let response = svc
-        .client
-        .clone()
-        .batch_lock(policy_batch(lines, pb::BatchLockPolicy::Partial, "b1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = batch_locked(&svc, policy_batch(lines, pb::BatchLockPolicy::Partial, "b1")).await;
     assert_eq!(allocation(&response.locks), pairs(&[("W1", "2")]));
     // A line of one warehouse is still refused: the request is wrong for it.
     expect_error(svc.lock("T", "W1", "1.5", "r2").await, Code::InvalidArgument, "INVALID_ARGUMENT");

@@ -1,8 +1,8 @@
 //! `lua/commit.lua`: turns a lock into a deduction.
 
-use super::reply::{Facts, Tag, lock_end, moved_to};
+use super::reply::{Facts, Tag, lock_refusal};
 use super::{RedisStore, scripts, signed_args};
-use crate::domain::{CommitCommand, CommitOutcome, Error, format_scaled};
+use crate::domain::{CommitCommand, CommitOutcome, Error};
 
 impl RedisStore {
     /// Commits the lock `cmd` names (all of it, or `cmd.quantity`). Commit is
@@ -53,43 +53,13 @@ impl RedisStore {
             }
             reply = self.run_script("commit", &call(&at, ended)).await?;
         }
-        let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
+        let facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         let (committed, released, committed_now) = match reply.tag {
             Tag::Ok => (Some(reply.int()?), Some(reply.int()?), true),
             // What the earlier commit did, from its tombstone (none from
             // a tombstone written before tombstones kept it).
             Tag::AlreadyCommitted => (reply.optional_int()?, reply.optional_int()?, false),
-
-            Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
-                facts.field = "quantity".into();
-                return Err(reply.tag.error(facts));
-            }
-            Tag::InvalidQuantityScale => {
-                facts.field = "quantity".into();
-                facts.unit_scale = reply.unit_scale()?.get();
-                return Err(reply.tag.error(facts));
-            }
-            Tag::QuantityExceedsLock => {
-                let locked = reply.int()?;
-                facts.detail = format_scaled(locked, reply.unit_scale()?.get());
-                return Err(reply.tag.error(facts));
-            }
-            Tag::SessionEnded => {
-                facts.force_unlock_id = id.session().map_or_else(String::new, |s| s.to_string());
-                facts.detail = reply.text()?;
-                return Err(reply.tag.error(facts));
-            }
-            Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
-                facts.ended = lock_end(&reply.text()?)?;
-                facts.moved_to = moved_to(&mut reply, facts.ended, &id.nonce)?;
-                if reply.tag == Tag::LockExpired && !reply.is_done() {
-                    // A late commit refused: what is available instead.
-                    let available = reply.int()?;
-                    facts.detail = format_scaled(available, reply.unit_scale()?.get());
-                }
-                return Err(reply.tag.error(facts));
-            }
-            _ => return Err(reply.unexpected()),
+            _ => return Err(lock_refusal(&mut reply, id, facts)?),
         };
         let late_token = reply.optional_int()?.map(|t| u64::try_from(t).unwrap_or_default());
         let replayed = reply.replayed;

@@ -7,7 +7,7 @@
 //! to the domain error. Each `<op>.rs` reads the figures its script puts
 //! after a tag into [`Facts`], then asks the table.
 
-use crate::domain::{Error, LockEnd, RecordKey, Shortage, StockView, UnitScale, reason};
+use crate::domain::{Error, LockEnd, LockId, RecordKey, Shortage, StockView, UnitScale, format_scaled, reason};
 
 /// The first element of every script reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +211,41 @@ impl Tag {
             | Self::Epoch => malformed(&format!("{} taken for a refusal", self.as_str())),
         }
     }
+}
+
+/// The error of a refusal about one lock, as the scripts that act on a
+/// lock by its id (commit.lua, transfer_lock.lua) answer it; `facts`
+/// carries the request's and the lock's ids. A tag these scripts do not
+/// refuse with is a bug, reported as one.
+pub(super) fn lock_refusal(reply: &mut Reply, lock: &LockId, mut facts: Facts) -> Result<Error, Error> {
+    match reply.tag {
+        Tag::IdempotencyKeyReused | Tag::QuantityOutOfRange | Tag::LockHolderMismatch => {
+            facts.field = "quantity".into();
+        }
+        Tag::InvalidQuantityScale => {
+            facts.field = "quantity".into();
+            facts.unit_scale = reply.unit_scale()?.get();
+        }
+        Tag::QuantityExceedsLock => {
+            let locked = reply.int()?;
+            facts.detail = format_scaled(locked, reply.unit_scale()?.get());
+        }
+        Tag::SessionEnded => {
+            facts.force_unlock_id = lock.session().map_or_else(String::new, |s| s.to_string());
+            facts.detail = reply.text()?;
+        }
+        Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
+            facts.ended = lock_end(&reply.text()?)?;
+            facts.moved_to = moved_to(reply, facts.ended, &lock.nonce)?;
+            if reply.tag == Tag::LockExpired && !reply.is_done() {
+                // A late commit refused: what is available instead.
+                let available = reply.int()?;
+                facts.detail = format_scaled(available, reply.unit_scale()?.get());
+            }
+        }
+        _ => return Err(reply.unexpected()),
+    }
+    Ok(reply.tag.error(facts))
 }
 
 /// Where a lock moved whole went, from the "sku|warehouse|token" a script

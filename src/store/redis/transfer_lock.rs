@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::call::fingerprint;
-use super::reply::{Facts, Reply, Tag, lock_end, malformed, moved_to};
+use super::reply::{Facts, Reply, Tag, lock_refusal, malformed};
 use super::{RedisStore, scripts, signed_args};
 use crate::domain::{
     BatchId, Error, LockId, LockView, RecordKey, Shortage, TransferLockCommand, TransferOutcome, format_scaled,
@@ -89,20 +89,6 @@ impl RedisStore {
         let mut facts = Facts { request_id: cmd.request_id.to_string(), lock_id, ..Facts::default() };
         match reply.tag {
             Tag::Ok => {}
-            Tag::IdempotencyKeyReused | Tag::LockHolderMismatch | Tag::QuantityOutOfRange => {
-                facts.field = "quantity".into();
-                return Err(reply.tag.error(facts));
-            }
-            Tag::InvalidQuantityScale => {
-                facts.field = "quantity".into();
-                facts.unit_scale = reply.unit_scale()?.get();
-                return Err(reply.tag.error(facts));
-            }
-            Tag::QuantityExceedsLock => {
-                let locked = reply.int()?;
-                facts.detail = format_scaled(locked, reply.unit_scale()?.get());
-                return Err(reply.tag.error(facts));
-            }
             Tag::SkuNotAvailableInWarehouse => {
                 facts.record = Some((to, None));
                 return Err(reply.tag.error(facts));
@@ -118,17 +104,7 @@ impl RedisStore {
                 facts.shortages.push(Shortage { line: 0, record: to, requested, available, exists: true });
                 return Err(reply.tag.error(facts));
             }
-            Tag::SessionEnded => {
-                facts.force_unlock_id = id.session().map_or_else(String::new, |s| s.to_string());
-                facts.detail = reply.text()?;
-                return Err(reply.tag.error(facts));
-            }
-            Tag::LockNotFound | Tag::LockExpired | Tag::LockForceReleased => {
-                facts.ended = lock_end(&reply.text()?)?;
-                facts.moved_to = moved_to(&mut reply, facts.ended, &id.nonce)?;
-                return Err(reply.tag.error(facts));
-            }
-            _ => return Err(reply.unexpected()),
+            _ => return Err(lock_refusal(&mut reply, id, facts)?),
         }
         let mut outcome = outcome(reply, id, to)?;
         // A lock in a session lives to its session's expiry (as Lock and
