@@ -2,7 +2,8 @@
 -- consumer group of the ingestion stream. One reader applies the entries in
 -- stream order (snapshots count the deltas before them, a release follows
 -- its reservation); the lease makes another replica the reader when this one
--- stops renewing it.
+-- stops renewing it. The binlog follower's leader holds the same kind of
+-- lease (see save_checkpoint.lua).
 --
 -- KEYS[1]  the group's lease, in the stream's slot
 -- ARGV[1]  this consumer's name

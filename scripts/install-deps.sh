@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what stocklock needs on Debian/Ubuntu and is missing:
 #   run:  redis-server (the embedded default and the tests start their own)
-#   test: the same, redis-cli (redis-tools) to make the test clusters, and
-#         promtool (Debian's prometheus package) for the alert rules, and
+#   test: the same, redis-cli (redis-tools) to make the test clusters,
+#         promtool (Debian's prometheus package) for the alert rules,
+#         MariaDB (mariadb-server: mariadbd and mariadb-install-db) for the
+#         binlog follower's tests, which start their own servers, and
 #         python3 with venv for the Kubernetes manifest check and the Python
 #         example (its gRPC packages come from PyPI, into a private venv)
 # Rust itself comes from rustup; the proto is compiled in Rust (protox), so
@@ -15,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "$purpose" = test ]; then
   command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi

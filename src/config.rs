@@ -284,6 +284,58 @@ pub struct ServeConfig {
     /// Most audit events kept in each partition's audit stream; older ones are trimmed.
     #[arg(long, env = "STOCKLOCK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
     pub audit_max_events: u64,
+
+    /// Follow the binlog of this MySQL or MariaDB server
+    /// (`mysql://user:password@host:3306/database`; the table is in that
+    /// database): its row changes of `--cdc-table` become stock writes.
+    #[arg(long, env = "STOCKLOCK_CDC_MYSQL_URL", hide_env_values = true)]
+    pub cdc_mysql_url: Option<String>,
+
+    /// The table the binlog follower turns into stock writes.
+    #[arg(long, env = "STOCKLOCK_CDC_TABLE", default_value = "stock")]
+    pub cdc_table: String,
+
+    /// What a row of `--cdc-table` is: a record's stock (`snapshot`) or one
+    /// movement of stock, applied once as a delta (`movement`).
+    #[arg(long, env = "STOCKLOCK_CDC_MODE", value_enum, default_value = "snapshot")]
+    pub cdc_mode: crate::cdc::Mode,
+
+    /// Which column plays which role, as `role=column,...`. Roles: sku,
+    /// warehouse_id, physical (default: the columns of those names),
+    /// reserved, in_transit, unit_scale; version (snapshot mode); id (movement
+    /// mode, default `id`) and reason (movement mode).
+    #[arg(long, env = "STOCKLOCK_CDC_COLUMNS", default_value = "")]
+    pub cdc_columns: String,
+
+    /// The unit scale (fractional digits) of the figures, unless a
+    /// unit_scale column gives it per row.
+    #[arg(long, env = "STOCKLOCK_CDC_UNIT_SCALE", default_value_t = 0)]
+    pub cdc_unit_scale: u32,
+
+    /// What a DELETE of a stock row does (snapshot mode): zero the record's
+    /// figures, or ignore it.
+    #[arg(long, env = "STOCKLOCK_CDC_ON_DELETE", value_enum, default_value = "zero")]
+    pub cdc_on_delete: crate::cdc::OnDelete,
+
+    /// The server id the follower registers with, unique among the
+    /// database's replicas (and different from the server's own).
+    #[arg(long, env = "STOCKLOCK_CDC_SERVER_ID", default_value_t = 1_394_112)]
+    pub cdc_server_id: u32,
+
+    /// The follower's name in Redis (its lease, checkpoint and status);
+    /// default: `database.table`.
+    #[arg(long, env = "STOCKLOCK_CDC_NAME")]
+    pub cdc_name: Option<String>,
+
+    /// One replica follows the binlog at a time; one that stops renewing
+    /// this lease is replaced by another, which resumes at the checkpoint.
+    #[arg(long, env = "STOCKLOCK_CDC_LEASE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cdc_lease: Duration,
+
+    /// The heartbeat asked of the server on an idle binlog stream; a stream
+    /// silent for five is reopened.
+    #[arg(long, env = "STOCKLOCK_CDC_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cdc_heartbeat: Duration,
 }
 
 impl ServeConfig {
@@ -380,7 +432,53 @@ impl ServeConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        self.cdc()?;
         Ok(())
+    }
+
+    /// The binlog follower's settings, when `--cdc-mysql-url` asks for one.
+    pub fn cdc(&self) -> Result<Option<crate::cdc::Settings>, String> {
+        let Some(url) = &self.cdc_mysql_url else {
+            return Ok(None);
+        };
+        let opts = mysql_async::Opts::from_url(url).map_err(|e| format!("--cdc-mysql-url: {e}"))?;
+        let (database, table) = match self.cdc_table.split_once('.') {
+            Some((database, table)) => (database.to_owned(), table.to_owned()),
+            None => (
+                opts.db_name()
+                    .ok_or("--cdc-mysql-url names no database; add it (mysql://.../shop) or qualify --cdc-table")?
+                    .to_owned(),
+                self.cdc_table.clone(),
+            ),
+        };
+        if [&database, &table].iter().any(|name| name.is_empty() || name.contains('`')) {
+            return Err(format!("--cdc-table {:?} is not a usable table name", self.cdc_table));
+        }
+        let unit_scale =
+            crate::domain::UnitScale::new(self.cdc_unit_scale, "--cdc-unit-scale").map_err(|e| e.to_string())?;
+        if self.cdc_lease < Duration::from_millis(300) || self.cdc_heartbeat.is_zero() {
+            return Err("--cdc-lease must be at least 300ms and --cdc-heartbeat greater than zero".into());
+        }
+        if self.cdc_server_id == 0 {
+            return Err("--cdc-server-id must not be 0: a server refuses a replica without an id".into());
+        }
+        let mapping = crate::cdc::Mapping {
+            mode: self.cdc_mode,
+            columns: crate::cdc::Columns::parse(&self.cdc_columns, self.cdc_mode)?,
+            database,
+            table,
+            unit_scale,
+            on_delete: self.cdc_on_delete,
+        };
+        Ok(Some(crate::cdc::Settings {
+            opts,
+            name: self.cdc_name.clone().unwrap_or_else(|| mapping.qualified()),
+            mapping,
+            server_id: self.cdc_server_id,
+            lease: self.cdc_lease,
+            heartbeat: self.cdc_heartbeat,
+            status_every: Duration::from_secs(1),
+        }))
     }
 
     /// The limits the gRPC edge validates requests against.

@@ -21,7 +21,9 @@ pub use admin::{
 };
 pub use error::{Error, LockEnd, Shortage, reason};
 pub use events::{Coverage, EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};
-pub use feeds::{EventRetention, EventStream, IngestConsumer, IngestEntry, IngestStream};
+pub use feeds::{
+    BinlogCheckpoint, BinlogState, BinlogStatus, EventRetention, EventStream, IngestConsumer, IngestEntry, IngestStream,
+};
 pub use health::{LockHealthCell, SUCCESS_TARGET, breaking_rule, is_service_failure};
 pub use ids::{
     BatchId, Holder, LockId, MAX_ID_LEN, MAX_LOCK_ID_LEN, OrderId, RecordKey, RequestId, SessionId, Sku, WarehouseId,

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::domain::{AdminStore, Error, RecordKey, Sku, StockView, WarehouseId};
+use crate::domain::{AdminStore, BinlogState, BinlogStatus, Error, RecordKey, Sku, StockView, WarehouseId};
 use crate::edge::auth::{Access, Principal};
 use crate::grpc::{InventoryApi, convert};
 use crate::pb;
@@ -44,6 +44,8 @@ pub struct HttpState<S> {
     pub max_skus: usize,
     /// The ingestion consumer group, for its statistics.
     pub ingest_group: String,
+    /// The binlog follower's name, when one is configured, for its status.
+    pub binlog: Option<String>,
     /// The gRPC inventory service, which the lock routes call in process.
     pub inventory: Arc<InventoryApi<S>>,
     /// The gRPC server's admission (concurrency limit and queue), which the
@@ -65,12 +67,13 @@ impl<S> Clone for HttpState<S> {
             ready: self.ready.clone(),
             max_skus: self.max_skus,
             ingest_group: self.ingest_group.clone(),
+            binlog: self.binlog.clone(),
         }
     }
 }
 
 /// The routes.
-pub fn router<S: AdminStore>(state: HttpState<S>) -> axum::Router {
+pub fn router<S: AdminStore + BinlogState>(state: HttpState<S>) -> axum::Router {
     axum::Router::new()
         .route("/stock/available", get(available::<S>))
         .route("/stock/lock", post(locks::lock::<S>))
@@ -173,15 +176,21 @@ pub struct SkuAvailability {
     total_available: String,
 }
 
-/// The stock-change ingestion's backlog.
+/// The stock-change ingestion's backlog: the stream's, and the binlog
+/// follower's when one is configured.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct IngestBacklog {
     /// Entries not yet delivered to the group (None when Redis cannot say).
     lag: Option<u64>,
     /// Entries delivered but not acknowledged.
     pending: u64,
-    /// Entries in the dead-letter stream.
+    /// Entries in the dead-letter stream (the binlog follower's rows too).
     dead_letters: u64,
+    /// The binlog follower, as its leader last reported it: absent when no
+    /// follower is configured, null when no replica has reported for a few
+    /// seconds (none follows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binlog: Option<Option<BinlogStatus>>,
 }
 
 /// An error as JSON, with the HTTP code conventional for its gRPC code.
@@ -355,12 +364,16 @@ async fn readyz<S: AdminStore>(State(state): State<HttpState<S>>) -> Response {
     summary = "Backlog of the stock-change ingestion (operator role)",
     responses((status = 200, body = IngestBacklog), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody))
 )]
-async fn ingest_stats<S: AdminStore>(
+async fn ingest_stats<S: AdminStore + BinlogState>(
     State(state): State<HttpState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<IngestBacklog>, ApiError> {
     admit(&state, STATS_PERMISSION, &headers, peer)?;
     let stats = state.store.ingest_stats(&state.ingest_group).await?;
-    Ok(Json(IngestBacklog { lag: stats.lag, pending: stats.pending, dead_letters: stats.dead_letters }))
+    let binlog = match &state.binlog {
+        Some(name) => Some(state.store.binlog_status(name).await?),
+        None => None,
+    };
+    Ok(Json(IngestBacklog { lag: stats.lag, pending: stats.pending, dead_letters: stats.dead_letters, binlog }))
 }

@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cdc;
 pub mod cli;
 pub mod config;
 pub mod domain;

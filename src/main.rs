@@ -35,8 +35,14 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let _telemetry = stocklock::edge::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         let listeners = stocklock::server::Listeners::bind(&config).await.context("binding the listeners")?;
-        stocklock::server::run(config, listeners, shutdown_signal()).await?;
-        Ok(())
+        match stocklock::server::run(config, listeners, shutdown_signal()).await {
+            Err(stocklock::server::RunError::Config(message)) => {
+                tracing::error!("invalid configuration: {message}");
+                eprintln!("stocklock: invalid configuration: {message}");
+                std::process::exit(2);
+            }
+            ended => Ok(ended?),
+        }
     })
 }
 

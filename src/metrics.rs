@@ -111,6 +111,18 @@ pub struct Metrics {
     pub ingest_pending: Gauge,
     /// Entries in the dead-letter stream.
     pub ingest_dead_letters: Gauge,
+    /// 1 on the replica that follows the warehouse database's binlog.
+    pub cdc_leader: Gauge,
+    /// Seconds since the server wrote the binlog event the follower is at, while it is behind.
+    pub cdc_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Binlog bytes the server wrote that the follower has not applied.
+    pub cdc_lag_bytes: Gauge,
+    /// Binlog rows applied as stock writes.
+    pub cdc_rows_applied: Counter,
+    /// Binlog rows that could not be applied, sent to the dead-letter stream.
+    pub cdc_dead_letters: Counter,
+    /// Times the follower restarted at its checkpoint after a fault.
+    pub cdc_restarts: Counter,
     /// Calls refused by the rate limit.
     pub rate_limited: Counter,
     /// 1 while a warehouse breaks the lock-health rule.
@@ -162,6 +174,12 @@ impl Metrics {
             ingest_lag: Gauge::default(),
             ingest_pending: Gauge::default(),
             ingest_dead_letters: Gauge::default(),
+            cdc_leader: Gauge::default(),
+            cdc_lag_seconds: Gauge::default(),
+            cdc_lag_bytes: Gauge::default(),
+            cdc_rows_applied: Counter::default(),
+            cdc_dead_letters: Counter::default(),
+            cdc_restarts: Counter::default(),
             rate_limited: Counter::default(),
             warehouse_unhealthy: Family::default(),
             failovers: Counter::default(),
@@ -204,6 +222,32 @@ impl Metrics {
             "ingest_dead_letters",
             "Entries in the ingestion dead-letter stream",
             metrics.ingest_dead_letters.clone(),
+        );
+        registry.register(
+            "cdc_leader",
+            "1 on the replica that follows the warehouse database's binlog",
+            metrics.cdc_leader.clone(),
+        );
+        registry.register(
+            "cdc_lag_seconds",
+            "Seconds since the server wrote the binlog event the follower is at, while it is behind (0 when caught up)",
+            metrics.cdc_lag_seconds.clone(),
+        );
+        registry.register(
+            "cdc_lag_bytes",
+            "Binlog bytes the server wrote that the follower has not applied",
+            metrics.cdc_lag_bytes.clone(),
+        );
+        registry.register("cdc_rows_applied", "Binlog rows applied as stock writes", metrics.cdc_rows_applied.clone());
+        registry.register(
+            "cdc_dead_letters",
+            "Binlog rows that could not be applied, sent to the dead-letter stream",
+            metrics.cdc_dead_letters.clone(),
+        );
+        registry.register(
+            "cdc_restarts",
+            "Times the binlog follower restarted at its checkpoint after a fault",
+            metrics.cdc_restarts.clone(),
         );
         registry.register("rate_limited", "Calls refused by the query rate limit", metrics.rate_limited.clone());
         registry.register(

@@ -31,7 +31,7 @@ use crate::workers::{auditor, events, gauges, health, ingest, lock_health, sweep
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A configuration error, with what to change.
+    /// A configuration error, with what to change: the binary exits with 2.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The embedded redis-server did not start.
@@ -81,6 +81,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     config.validate().map_err(RunError::Config)?;
+    let cdc = config.cdc().map_err(RunError::Config)?;
+    if let Some(cdc) = &cdc {
+        crate::cdc::check_at_start(cdc).await.map_err(RunError::Config)?;
+    }
     let access = Arc::new(access(&config)?);
     let tls = tls_config(&config)?;
     // Kept alive until run returns; dropping it stops the child.
@@ -95,7 +99,8 @@ pub async fn run(
     health.set_serving::<InventoryServiceServer<InventoryApi<RedisStore>>>().await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let events = EventHub::new(4096);
-    let mut background = spawn_workers(&config, &store, &access, health, &ready, &events, &stop_rx);
+    let binlog = cdc.as_ref().map(|cdc| cdc.name.clone());
+    let mut background = spawn_workers(&config, cdc, &store, &access, health, &ready, &events, &stop_rx);
     let inventory = Arc::new(InventoryApi::new(store.clone(), config.limits(), events.clone()));
     // One admission for gRPC calls and the HTTP lock routes, which run the same handlers.
     let admission = Admission::new(crate::edge::admission::Limits {
@@ -112,6 +117,7 @@ pub async fn run(
         ready,
         max_skus: config.max_ids_per_call,
         ingest_group: config.ingest_group.clone(),
+        binlog,
     };
     let http_addr = listeners.http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     background.push(tokio::spawn(serve_http(listeners.http, http_state, stop_rx.clone())));
@@ -265,8 +271,10 @@ fn redis_settings(config: &ServeConfig, urls: Vec<String>) -> RedisSettings {
 }
 
 /// Starts every background loop; each ends when `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 fn spawn_workers(
     config: &ServeConfig,
+    cdc: Option<crate::cdc::Settings>,
     store: &Arc<RedisStore>,
     access: &Arc<Access>,
     health: HealthReporter,
@@ -303,6 +311,9 @@ fn spawn_workers(
         };
         let (store, stop) = (store.clone(), stop.clone());
         tasks.push(tokio::spawn(async move { ingest::run(store.as_ref(), consumer, stop).await }));
+    }
+    if let Some(cdc) = cdc {
+        tasks.push(tokio::spawn(crate::cdc::run(store.clone(), cdc, stop.clone())));
     }
     let keep = EventRetention { max_age: config.events_retention, max_len: config.events_max_len };
     tasks.push(tokio::spawn(events::run(store.clone(), events.clone(), keep, stop.clone())));

@@ -121,3 +121,85 @@ pub struct EventRetention {
     /// A cap on the count, whatever their age.
     pub max_len: u64,
 }
+
+/// Where the binlog follower keeps what must outlive it: the lease of the
+/// one replica that follows a table's binlog, the position it applied up
+/// to, and the status every replica reports (see `crate::cdc`).
+pub trait BinlogState: StockStore {
+    /// Takes or keeps the lease of follower `name` for `lease`; true when
+    /// `me` holds it.
+    fn lead_binlog(&self, name: &str, me: &str, lease: Duration) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Gives the lease up if `me` holds it, so another replica follows at once.
+    fn resign_binlog(&self, name: &str, me: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Where follower `name` stopped, if it ever started.
+    fn binlog_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<BinlogCheckpoint>, Error>> + Send;
+
+    /// Records `checkpoint` if `me` still holds the lease, in one atomic
+    /// step; false (and nothing written) if it does not.
+    fn save_binlog_checkpoint(
+        &self,
+        name: &str,
+        me: &str,
+        checkpoint: &BinlogCheckpoint,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Appends a row that cannot be applied to the dead-letter stream the
+    /// ingestion stream's entries go to, with `error`'s reason.
+    fn dead_letter_row(
+        &self,
+        fields: &[(&str, String)],
+        error: &Error,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Publishes the follower's status for `ttl` (the leader renews it).
+    fn publish_binlog_status(
+        &self,
+        name: &str,
+        status: &BinlogStatus,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The status the leader published last, unless it lapsed.
+    fn binlog_status(&self, name: &str) -> impl Future<Output = Result<Option<BinlogStatus>, Error>> + Send;
+}
+
+/// Where a binlog follower applied up to: a transaction boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BinlogCheckpoint {
+    /// `file:offset` in the server's binlog.
+    pub position: String,
+    /// When the server committed the last transaction applied, unix seconds
+    /// (0 before the first).
+    pub committed_at: u64,
+}
+
+/// What the follower's leader reports of itself.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BinlogStatus {
+    /// The table followed, `database.table`.
+    pub table: String,
+    /// The replica that follows it.
+    pub leader: String,
+    /// `following`, `loading` (the initial read of the table), or what
+    /// stopped it, such as `error: ...`.
+    pub state: String,
+    /// The position applied up to (`file:offset`).
+    pub position: String,
+    /// The server's current position.
+    pub server_position: String,
+    /// Binlog bytes written by the server and not yet applied.
+    pub lag_bytes: u64,
+    /// How long ago the server committed the oldest change not yet applied
+    /// (0 when nothing is behind).
+    pub lag_seconds: f64,
+    /// Rows applied by this leader since it took over.
+    pub rows_applied: u64,
+    /// Rows applied per second, over the last status period.
+    pub rows_per_second: f64,
+    /// Rows dead-lettered by this leader since it took over.
+    pub dead_letters: u64,
+    /// When this was published, unix ms.
+    pub updated_ms: u64,
+}

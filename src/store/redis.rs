@@ -22,6 +22,7 @@
 
 mod adjust_stock;
 mod admin;
+mod binlog;
 mod call;
 mod check_record;
 mod commit;

@@ -248,7 +248,7 @@ fn parse(fields: &HashMap<String, String>) -> Result<Change, Error> {
 }
 
 /// Whether an error is the entry's fault (dead-letter it) or the store's (retry).
-fn is_transient(e: &Error) -> bool {
+pub(crate) fn is_transient(e: &Error) -> bool {
     matches!(e, Error::StoreTimeout | Error::StoreUnavailable { .. } | Error::StoreOutOfMemory | Error::Internal { .. })
 }
 

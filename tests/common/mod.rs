@@ -27,7 +27,9 @@ mod admin;
 mod auth;
 mod cluster;
 mod faults;
+mod mariadb;
 mod metrics;
+mod openapi;
 mod plain_http;
 mod raw;
 mod requests;
@@ -44,7 +46,11 @@ pub use cluster::*;
 #[allow(unused_imports)]
 pub use faults::*;
 #[allow(unused_imports)]
+pub use mariadb::*;
+#[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use openapi::*;
 #[allow(unused_imports)]
 pub use plain_http::*;
 #[allow(unused_imports)]

@@ -377,6 +377,22 @@ impl Keys {
         format!("{{{}:ingest}}:dead", self.prefix)
     }
 
+    /// The lease of binlog follower `name`'s one leader. The follower's keys
+    /// share a slot, so its checkpoint is saved under the lease in one script.
+    pub fn binlog_lease(&self, name: &str) -> String {
+        format!("{{{}:binlog}}:lease:{name}", self.prefix)
+    }
+
+    /// Where binlog follower `name` applied up to.
+    pub fn binlog_checkpoint(&self, name: &str) -> String {
+        format!("{{{}:binlog}}:checkpoint:{name}", self.prefix)
+    }
+
+    /// The status binlog follower `name`'s leader publishes.
+    pub fn binlog_status(&self, name: &str) -> String {
+        format!("{{{}:binlog}}:status:{name}", self.prefix)
+    }
+
     /// Lock-health counters of the hour starting at `hour_start_ms`. Every
     /// hour shares one tag, so a report's hours are read in one round trip.
     pub fn lock_health(&self, hour_start_ms: i64) -> String {

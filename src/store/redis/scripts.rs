@@ -118,6 +118,8 @@ pub(super) static EXPIRE_LOCKS: Lua = script!("expire_locks.lua");
 pub(super) static RAISE_EPOCH: Lua = script!("raise_epoch.lua");
 /// The ingestion reader's lease.
 pub(super) static LEAD_INGEST: Lua = script!("lead_ingest.lua");
+/// The binlog follower's checkpoint, saved by the lease holder only.
+pub(super) static SAVE_CHECKPOINT: Lua = script!("save_checkpoint.lua");
 /// A hold given up by its holder only.
 pub(super) static DROP_HOLD: Lua = script!("drop_hold.lua");
 /// The sweeper's look-up of records with expired locks.
@@ -150,7 +152,7 @@ pub(super) static REPAIR_RECORD: Lua = script!("repair_record.lua");
 
 /// Every script by its file name, for loading at start-up and for naming
 /// an EVALSHA in Redis's slow log.
-pub(super) fn all() -> [(&'static str, &'static Lua); 25] {
+pub(super) fn all() -> [(&'static str, &'static Lua); 26] {
     [
         ("raise_epoch.lua", &RAISE_EPOCH),
         ("read_lock.lua", &READ_LOCK),
@@ -171,6 +173,7 @@ pub(super) fn all() -> [(&'static str, &'static Lua); 25] {
         ("expire_locks.lua", &EXPIRE_LOCKS),
         ("due_records.lua", &DUE_RECORDS),
         ("lead_ingest.lua", &LEAD_INGEST),
+        ("save_checkpoint.lua", &SAVE_CHECKPOINT),
         ("drop_hold.lua", &DROP_HOLD),
         ("open_session.lua", &OPEN_SESSION),
         ("keep_alive.lua", &KEEP_ALIVE),
