@@ -111,6 +111,8 @@ pub struct Metrics {
     pub ingest_pending: Gauge,
     /// Entries in the dead-letter stream.
     pub ingest_dead_letters: Gauge,
+    /// 1 on every replica configured to follow a warehouse database's binlog.
+    pub cdc_enabled: Gauge,
     /// 1 on the replica that follows the warehouse database's binlog.
     pub cdc_leader: Gauge,
     /// Seconds since the server wrote the binlog event the follower is at, while it is behind.
@@ -174,6 +176,7 @@ impl Metrics {
             ingest_lag: Gauge::default(),
             ingest_pending: Gauge::default(),
             ingest_dead_letters: Gauge::default(),
+            cdc_enabled: Gauge::default(),
             cdc_leader: Gauge::default(),
             cdc_lag_seconds: Gauge::default(),
             cdc_lag_bytes: Gauge::default(),
@@ -222,6 +225,11 @@ impl Metrics {
             "ingest_dead_letters",
             "Entries in the ingestion dead-letter stream",
             metrics.ingest_dead_letters.clone(),
+        );
+        registry.register(
+            "cdc_enabled",
+            "1 on every replica configured to follow a warehouse database's binlog",
+            metrics.cdc_enabled.clone(),
         );
         registry.register(
             "cdc_leader",

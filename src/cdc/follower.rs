@@ -48,6 +48,7 @@ enum Fault {
 
 pub(super) async fn run<S: BinlogState>(store: Arc<S>, settings: Settings, mut stop: watch::Receiver<bool>) {
     let me = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+    METRICS.cdc_enabled.set(1);
     let mut pause = FIRST_PAUSE;
     let mut held = false;
     loop {
