@@ -388,3 +388,44 @@ async fn a_table_or_setting_the_follower_cannot_use_stops_the_service_with_exit_
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("table shop.nowhere does not exist"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_checkpoint_in_a_purged_binlog_file_is_reported_never_skipped() {
+    let db = MariaDb::start().await;
+    db.sql(MOVEMENTS_TABLE).await;
+    let columns = ["--cdc-mode", "movement", "--cdc-columns", "physical=quantity"];
+    let mut svc = follow(&db, "movements", &columns).await;
+    caught_up(&svc, &db, "movements").await;
+    let saved = checkpoint(&svc, "movements").await.unwrap();
+    let redis = svc.redis.take();
+    svc.stop().await.unwrap();
+    // While it is stopped, a movement, and the file it is in purged.
+    db.sql("INSERT INTO movements VALUES (1, 'S', 'W', 5, NULL); FLUSH BINARY LOGS").await;
+    let current = server_position(&db).await;
+    let current_file = current.split(':').next().unwrap();
+    // The server purges a file only once nothing uses it (its dump
+    // thread gone, InnoDB's binlog checkpoint past it): until then, again.
+    let first_file = saved.split(':').next().unwrap().to_owned();
+    let purged = eventually(Duration::from_secs(20), || async {
+        let mut root = db.root().await;
+        root.query_drop(format!("PURGE BINARY LOGS TO '{current_file}'")).await.unwrap();
+        let files: Vec<mysql_async::Row> = root.query("SHOW BINARY LOGS").await.unwrap();
+        root.disconnect().await.unwrap();
+        files.iter().all(|row| row.get::<String, _>(0).unwrap() != first_file)
+    })
+    .await;
+    assert!(purged, "{first_file} was not purged");
+
+    let svc = follow_on(&redis.as_ref().unwrap().url(), &db, "movements", &columns).await;
+    let stats = || async { binlog_stats(&svc).await["state"].as_str().unwrap_or_default().to_owned() };
+    let reported = eventually(Duration::from_secs(10), || async { stats().await.contains("was purged") }).await;
+    assert!(reported, "state: {}", stats().await);
+    assert_eq!(checkpoint(&svc, "movements").await.as_deref(), Some(saved.as_str()), "the checkpoint moved");
+    assert_eq!(scrape(&svc).await.get("stocklock_cdc_leader"), Some(&0.0));
+
+    // A binlog that started over, its positions below the checkpoint's.
+    db.sql("RESET MASTER").await;
+    let reported = eventually(Duration::from_secs(40), || async { stats().await.contains("started over") }).await;
+    assert!(reported, "state: {}", stats().await);
+    assert_eq!(checkpoint(&svc, "movements").await.as_deref(), Some(saved.as_str()), "the checkpoint moved");
+}

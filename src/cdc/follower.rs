@@ -170,6 +170,7 @@ impl<'a, S: BinlogState> Term<'a, S> {
                     Problem::Setup(format!("the saved checkpoint {:?} is not a binlog position", checkpoint.position))
                 })?;
                 self.boundary = checkpoint;
+                check_resumable(&mut side, &position).await?;
                 position
             }
             None => {
@@ -468,6 +469,32 @@ impl<'a, S: BinlogState> Term<'a, S> {
             tracing::debug!(error = %e, "binlog follower: cannot publish the status now");
         }
     }
+}
+
+/// Refuses to resume at a checkpoint the server can no longer serve in
+/// order: its file purged (the changes in it are lost to the follower), or
+/// the server's binlog behind it (it started over, so its positions would
+/// read as stale versions). Both need an operator; neither is skipped.
+async fn check_resumable(side: &mut Conn, checkpoint: &Position) -> Result<(), Problem> {
+    let files = source::binlog_files(side).await?;
+    let Some((last, size)) = files.last() else {
+        return Ok(());
+    };
+    let server = Position::new(last.clone(), *size);
+    if server < *checkpoint {
+        return Err(Problem::Setup(format!(
+            "the server's binlog ends at {server}, before the checkpoint {checkpoint}: it started over (RESET MASTER, or \
+             another server); its snapshots would read as stale. Map a version column, or follow it under a new --cdc-name \
+             with the records set afresh"
+        )));
+    }
+    if !files.iter().any(|(file, _)| *file == checkpoint.file) {
+        return Err(Problem::Setup(format!(
+            "the binlog file of the checkpoint {checkpoint} was purged before the follower read it; the changes in it are \
+             lost to the follower. Delete the checkpoint ({{sl:binlog}}:checkpoint:<name>) to read the table afresh"
+        )));
+    }
+    Ok(())
 }
 
 fn unix_ms() -> u64 {
