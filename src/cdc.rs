@@ -27,6 +27,7 @@ mod follower;
 pub mod mapping;
 pub mod position;
 pub mod source;
+mod transactions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,11 +66,16 @@ pub async fn check_at_start(settings: &Settings) -> Result<(), String> {
     let checked = async {
         let mut conn = source::connect(&settings.opts).await?;
         let checked = source::check(&mut conn, &settings.mapping).await;
-        let _ = conn.disconnect().await;
+        let _ = tokio::time::timeout(source::QUERY_TIMEOUT, conn.disconnect()).await;
         checked
     };
-    match checked.await {
-        Ok(()) => Ok(()),
+    // Each step is bounded; so is the whole, so that a server that answers
+    // slowly delays the start by this much at most.
+    let checked = tokio::time::timeout(source::QUERY_TIMEOUT * 2, checked)
+        .await
+        .unwrap_or_else(|_| Err(source::Problem::Connection("no answer in time".into())));
+    match checked {
+        Ok(_) => Ok(()),
         Err(source::Problem::Setup(problem)) => {
             Err(format!("binlog follower of {}: {problem}", settings.mapping.qualified()))
         }
@@ -78,6 +84,14 @@ pub async fn check_at_start(settings: &Settings) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The default server id of follower `name`: stable (FNV-1a of the name),
+/// and in the upper half of the id space, away from the small ids servers
+/// are usually given.
+pub fn server_id_of(name: &str) -> u32 {
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    0x8000_0000 | (hash & 0x7fff_ffff)
 }
 
 /// Follows the binlog while this replica holds the lease, until `stop`.

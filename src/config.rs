@@ -318,9 +318,12 @@ pub struct ServeConfig {
     pub cdc_on_delete: crate::cdc::OnDelete,
 
     /// The server id the follower registers with, unique among the
-    /// database's replicas (and different from the server's own).
-    #[arg(long, env = "STOCKLOCK_CDC_SERVER_ID", default_value_t = 1_394_112)]
-    pub cdc_server_id: u32,
+    /// database's replicas (and different from the server's own); default:
+    /// one derived from the follower's name, so followers of different
+    /// tables or deployments differ, and a leader's replacement takes its
+    /// place (the server drops a replica's older connection under its id).
+    #[arg(long, env = "STOCKLOCK_CDC_SERVER_ID")]
+    pub cdc_server_id: Option<u32>,
 
     /// The follower's name in Redis (its lease, checkpoint and status);
     /// default: `database.table`.
@@ -459,7 +462,7 @@ impl ServeConfig {
         if self.cdc_lease < Duration::from_millis(300) || self.cdc_heartbeat.is_zero() {
             return Err("--cdc-lease must be at least 300ms and --cdc-heartbeat greater than zero".into());
         }
-        if self.cdc_server_id == 0 {
+        if self.cdc_server_id == Some(0) {
             return Err("--cdc-server-id must not be 0: a server refuses a replica without an id".into());
         }
         let mapping = crate::cdc::Mapping {
@@ -470,11 +473,12 @@ impl ServeConfig {
             unit_scale,
             on_delete: self.cdc_on_delete,
         };
+        let name = self.cdc_name.clone().unwrap_or_else(|| mapping.qualified());
         Ok(Some(crate::cdc::Settings {
             opts,
-            name: self.cdc_name.clone().unwrap_or_else(|| mapping.qualified()),
+            server_id: self.cdc_server_id.unwrap_or_else(|| crate::cdc::server_id_of(&name)),
+            name,
             mapping,
-            server_id: self.cdc_server_id,
             lease: self.cdc_lease,
             heartbeat: self.cdc_heartbeat,
             status_every: Duration::from_secs(1),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use mysql_async::prelude::Queryable;
+use stocklock::cdc::position::Position;
 
 const STOCK_TABLE: &str = "CREATE TABLE stock (
     id INT AUTO_INCREMENT PRIMARY KEY,
@@ -90,14 +91,21 @@ async fn checkpoint(svc: &TestService, table: &str) -> Option<String> {
     saved.map(|text| text.rsplit_once('@').unwrap().0.to_owned())
 }
 
-/// Waits until the follower's checkpoint is the server's position: every
-/// committed change of the binlog is applied.
+/// Waits until the follower's checkpoint reaches the server's position:
+/// every change committed so far is applied.
 async fn caught_up(svc: &TestService, db: &MariaDb, table: &str) {
-    let target = server_position(db).await;
-    let reached =
-        eventually(Duration::from_secs(20), || async { checkpoint(svc, table).await.as_deref() == Some(&target) })
-            .await;
+    let target = Position::parse(&server_position(db).await).unwrap();
+    let reached = eventually(Duration::from_secs(20), || async {
+        checkpoint(svc, table).await.and_then(|saved| Position::parse(&saved)).is_some_and(|saved| saved >= target)
+    })
+    .await;
     assert!(reached, "the checkpoint {:?} did not reach {target}", checkpoint(svc, table).await);
+}
+
+/// Waits until the follower's published status satisfies `check`.
+async fn status_shows(svc: &TestService, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let shown = eventually(Duration::from_secs(30), || async { check(&binlog_stats(svc).await) }).await;
+    assert!(shown, "the status did not show {what}: {}", binlog_stats(svc).await);
 }
 
 async fn dead_letters(svc: &TestService) -> Vec<HashMap<String, String>> {
@@ -140,7 +148,7 @@ async fn snapshot_mode_reads_the_table_then_follows_it_in_commit_order() {
     assert_eq!(figures(&svc, "OLD", "W1").await.unwrap().1, "2");
 
     db.sql("INSERT INTO stock (item, warehouse_id, on_hand) VALUES ('NEW', 'W1', 12.5)").await;
-    wait_physical(&svc, "NEW", "W1", "12.5", Duration::from_secs(1)).await;
+    wait_physical(&svc, "NEW", "W1", "12.5", Duration::from_secs(5)).await;
 
     // Order across many records: each of 40 records updated five times in
     // one transaction and again in later ones, interleaved.
@@ -173,12 +181,17 @@ async fn snapshot_mode_reads_the_table_then_follows_it_in_commit_order() {
     assert_eq!(figures(&svc, "OLD", "W1").await.unwrap().0, "0");
     assert_eq!(figures(&svc, "S39", "W0").await.unwrap().0, "0");
 
+    // The initial row, 200 upserts (collapsed per event), 20 updates, the
+    // move and the delete: at least one write per record and statement.
+    status_shows(&svc, "the rows applied", |s| s["rows_applied"].as_u64() >= Some(63)).await;
     let stats = binlog_stats(&svc).await;
-    assert_eq!(stats["table"], "shop.stock", "{stats}");
-    assert!(stats["leader"].as_str().is_some_and(|leader| !leader.is_empty()), "{stats}");
+    assert_eq!((stats["table"].as_str(), stats["state"].as_str()), (Some("shop.stock"), Some("following")));
+    assert_eq!(stats["leader"].as_str(), leader(&svc, "stock").await.as_deref(), "{stats}");
+    // The metrics are the process's, shared by the tests running in it: here, only that they are served.
     let metrics = scrape(&svc).await;
-    assert_eq!(metrics.get("stocklock_cdc_leader"), Some(&1.0));
-    assert!(metrics["stocklock_cdc_rows_applied_total"] >= 41.0, "{metrics:?}");
+    assert!(
+        metrics.contains_key("stocklock_cdc_rows_applied_total") && metrics.contains_key("stocklock_cdc_lag_seconds")
+    );
     assert!(dead_letters(&svc).await.is_empty());
 }
 
@@ -250,6 +263,8 @@ async fn a_leader_killed_mid_transaction_is_replaced_and_nothing_is_lost_or_doub
     })
     .await;
     assert!(a_leads, "A did not take the lease: {:?}", leader(&reader, "movements").await);
+    // A follows: its first checkpoint is saved.
+    caught_up(&reader, &db, "movements").await;
     let b = follow_on(&reader.redis_url, &db, "movements", &columns).await;
 
     // One transaction of 20,000 movements of +1; A is killed in its middle.
@@ -266,7 +281,9 @@ async fn a_leader_killed_mid_transaction_is_replaced_and_nothing_is_lost_or_doub
     wait_physical(&reader, "S", "W", "20000", Duration::from_secs(60)).await;
     caught_up(&reader, &db, "movements").await;
     assert_eq!(physical(&reader, "S", "W").await.as_deref(), Some("20000"));
-    assert_eq!(scrape(&b).await.get("stocklock_cdc_leader"), Some(&1.0));
+    let b_leads =
+        leader(&reader, "movements").await.is_some_and(|l| l.starts_with(&format!("{}-", std::process::id())));
+    assert!(b_leads, "B does not lead: {:?}", leader(&reader, "movements").await);
     let stats = binlog_stats(&b).await;
     assert_eq!(stats["leader"].as_str(), leader(&reader, "movements").await.as_deref(), "{stats}");
 }
@@ -299,7 +316,7 @@ async fn rows_that_cannot_be_applied_are_dead_lettered_and_the_follower_goes_on(
     // The follower went on: a later row applies.
     db.sql("UPDATE counts SET on_hand = 3 WHERE item = 'GOOD'").await;
     wait_physical(&svc, "GOOD", "W", "3", Duration::from_secs(5)).await;
-    assert_eq!(scrape(&svc).await.get("stocklock_cdc_dead_letters_total"), Some(&4.0));
+    status_shows(&svc, "four dead letters", |s| s["dead_letters"] == 4).await;
     let (_, stats, _) = http_get(svc.http_addr, "/ingest/stats", None).await;
     assert_eq!(stats["dead_letters"], 4);
 }
@@ -343,8 +360,16 @@ async fn rotation_a_schema_change_a_dropped_connection_and_a_database_restart_ar
     wait_physical(&svc, "S", "W", "6", Duration::from_secs(30)).await;
     caught_up(&svc, &db, "stock").await;
     assert_eq!(figures(&svc, "S", "W").await.unwrap(), ("6".into(), "1".into(), "0".into()));
-    assert!(scrape(&svc).await["stocklock_cdc_restarts_total"] >= 2.0);
     assert!(dead_letters(&svc).await.is_empty());
+
+    // A server that goes silent without closing the connection (frozen, as
+    // behind a network that dropped it): taken for dead within five
+    // heartbeats, and followed again once it answers.
+    db.freeze();
+    status_shows(&svc, "a silent stream", |s| s["state"].as_str().is_some_and(|state| state.contains("silent"))).await;
+    db.thaw();
+    db.sql("UPDATE stock SET on_hand = 7").await;
+    wait_physical(&svc, "S", "W", "7", Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -375,7 +400,10 @@ async fn a_table_or_setting_the_follower_cannot_use_stops_the_service_with_exit_
     db.sql("SET GLOBAL binlog_format = 'STATEMENT'").await;
     let statement = run(vec!["--cdc-columns".into(), STOCK_COLUMNS.into()]).await;
     assert!(statement.contains("binlog_format is STATEMENT, not ROW"), "{statement}");
-    db.sql("SET GLOBAL binlog_format = 'ROW'").await;
+    db.sql("SET GLOBAL binlog_format = 'ROW'; SET GLOBAL log_bin_compress = ON").await;
+    let compressed = run(vec!["--cdc-columns".into(), STOCK_COLUMNS.into()]).await;
+    assert!(compressed.contains("log_bin_compress is ON"), "{compressed}");
+    db.sql("SET GLOBAL log_bin_compress = OFF").await;
 
     // The binary: exit code 2 and the reason.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"))
@@ -421,7 +449,6 @@ async fn a_checkpoint_in_a_purged_binlog_file_is_reported_never_skipped() {
     let reported = eventually(Duration::from_secs(10), || async { stats().await.contains("was purged") }).await;
     assert!(reported, "state: {}", stats().await);
     assert_eq!(checkpoint(&svc, "movements").await.as_deref(), Some(saved.as_str()), "the checkpoint moved");
-    assert_eq!(scrape(&svc).await.get("stocklock_cdc_leader"), Some(&0.0));
 
     // A binlog that started over, its positions below the checkpoint's.
     db.sql("RESET MASTER").await;

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use super::Settings;
 use super::mapping::{Change, Mode, RowChange};
 use super::position::Position;
-use super::source::{self, Problem};
+use super::source::{self, Followed, Problem};
+use super::transactions::{Mark, Transactions};
 use crate::domain::{BinlogCheckpoint, BinlogState, BinlogStatus, Error, RecordKey};
 use crate::metrics::METRICS;
 use crate::workers::ingest::is_transient;
@@ -28,6 +29,16 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// How often a checkpoint is saved when only other tables' transactions
 /// move the position.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+
+/// The heartbeat event's type: the server's "nothing to send".
+const HEARTBEAT: u8 = 27;
+
+/// How often the leader asks the server where its binlog ends, for the lag.
+const MEASURE_EVERY: Duration = Duration::from_secs(5);
+
+/// The longest the lag measurement may hold the loop up: it runs between
+/// events, and the lease must be renewed meanwhile.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a term as leader ended.
 enum Ended {
@@ -77,12 +88,13 @@ pub(super) async fn run<S: BinlogState>(store: Arc<S>, settings: Settings, mut s
                     }
                     Err(fault) => {
                         METRICS.cdc_restarts.inc();
-                        // A term that went well for a while starts the backoff over.
-                        if began.elapsed() > MAX_PAUSE * 2 {
+                        // A term that got as far as the stream, or went well for
+                        // a while, starts the backoff over: the setup works.
+                        if term.streamed || began.elapsed() > MAX_PAUSE * 2 {
                             pause = FIRST_PAUSE;
                         }
                         tracing::warn!(error = %fault, retry_in = ?pause, "binlog follower: restarting at the checkpoint");
-                        term.publish(&format!("error: {fault}"), None).await;
+                        term.publish(&format!("error: {fault}"), &mut None).await;
                         let wait = pause;
                         pause = (pause * 2).min(MAX_PAUSE);
                         wait
@@ -120,12 +132,26 @@ struct Term<'a, S> {
     saved_at: Instant,
     /// Rows of the followed table applied since the last saved boundary.
     dirty: bool,
+    /// The followed table as the server names it.
+    followed: Followed,
     /// The binlog file events are read from.
     file: String,
     /// True until the stream's first event.
     opening: bool,
-    /// When the server wrote the event read last, unix seconds.
+    /// Whether the stream is inside a transaction.
+    transactions: Transactions,
+    /// The end of the last event handled: the follower is behind the
+    /// server by what the server wrote after it.
+    read_at: Option<Position>,
+    /// When the server wrote the last event handled, unix seconds (0 while
+    /// unknown).
     event_time: u64,
+    /// The stream gave an event: the setup works, so a fault later starts
+    /// the backoff over.
+    streamed: bool,
+    /// The lag as last measured (bytes, seconds, server position), and when.
+    lag: (u64, f64, String),
+    measured_at: Option<Instant>,
     rows_applied: u64,
     dead_letters: u64,
     /// Rows applied at the last status, and when.
@@ -151,9 +177,15 @@ impl<'a, S: BinlogState> Term<'a, S> {
             saved: true,
             saved_at: Instant::now(),
             dirty: false,
+            followed: Followed::default(),
             file: String::new(),
             opening: true,
+            transactions: Transactions::default(),
+            read_at: None,
             event_time: 0,
+            streamed: false,
+            lag: (0, 0.0, String::new()),
+            measured_at: None,
             rows_applied: 0,
             dead_letters: 0,
             reported: (0, Instant::now()),
@@ -163,20 +195,24 @@ impl<'a, S: BinlogState> Term<'a, S> {
     async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Ended, Fault> {
         let mapping = &self.settings.mapping;
         let mut side = source::connect(&self.settings.opts).await?;
-        source::check(&mut side, mapping).await?;
+        self.followed = source::check(&mut side, mapping).await?;
         let start = match self.store.binlog_checkpoint(&self.settings.name).await.map_err(Fault::Store)? {
             Some(checkpoint) => {
                 let position = Position::parse(&checkpoint.position).ok_or_else(|| {
                     Problem::Setup(format!("the saved checkpoint {:?} is not a binlog position", checkpoint.position))
                 })?;
+                self.event_time = checkpoint.committed_at;
                 self.boundary = checkpoint;
                 check_resumable(&mut side, &position).await?;
                 position
             }
             None => {
-                let at = source::current_position(&mut side).await?;
-                if mapping.mode == Mode::Snapshot && !self.load(&mut side, &at).await? {
-                    return Ok(Ended::LostLease);
+                let mut at = source::current_position(&mut side).await?;
+                if mapping.mode == Mode::Snapshot {
+                    match self.load(&mut side, at).await? {
+                        Some(read_at) => at = read_at,
+                        None => return Ok(Ended::LostLease),
+                    }
                 }
                 self.boundary = BinlogCheckpoint { position: at.to_string(), committed_at: 0 };
                 self.saved = false;
@@ -188,17 +224,26 @@ impl<'a, S: BinlogState> Term<'a, S> {
         };
         tracing::info!(position = %start, table = %mapping.qualified(), "binlog follower: following");
         self.file = start.file.clone();
+        self.read_at = Some(start.clone());
         let mut stream = self.open(&start).await?;
-        self.publish("following", Some(&mut side)).await;
+        let mut side = Some(side);
+        self.publish("following", &mut side).await;
         let mut tick = tokio::time::interval(self.settings.status_every);
+        // Measured from the last event, not per wait: the tick ends waits
+        // more often than a heartbeat comes.
         let silence = self.settings.heartbeat * 5;
+        let mut heard = Instant::now();
         loop {
             let step = tokio::select! {
                 biased;
                 _ = stop.changed() => Step::Stop,
-                _ = tick.tick() => Step::Tick,
-                event = tokio::time::timeout(silence, stream.next()) => event.map_or(Step::Silent, Step::Event),
+                event = stream.next() => Step::Event(event),
+                _ = tick.tick() => if heard.elapsed() > silence { Step::Silent } else { Step::Tick },
             };
+            if let Step::Event(event) = &step {
+                heard = Instant::now();
+                self.streamed |= matches!(event, Some(Ok(_)));
+            }
             match step {
                 Step::Stop => {
                     self.save().await?;
@@ -210,7 +255,7 @@ impl<'a, S: BinlogState> Term<'a, S> {
                     {
                         return Ok(Ended::LostLease);
                     }
-                    self.publish("following", Some(&mut side)).await;
+                    self.publish("following", &mut side).await;
                 }
                 Step::Silent => {
                     return Err(Problem::Connection(format!("the binlog stream was silent for {silence:?}")).into());
@@ -245,19 +290,22 @@ impl<'a, S: BinlogState> Term<'a, S> {
     /// Handles one event; false if the lease was lost.
     async fn handle(&mut self, event: &Event, stream: &BinlogStream) -> Result<bool, Fault> {
         let header = event.header();
+        let kind = header.event_type_raw();
+        if kind == HEARTBEAT {
+            return Ok(true);
+        }
         if header.timestamp() > 0 {
             self.event_time = u64::from(header.timestamp());
         }
         let end = Position::new(self.file.clone(), u64::from(header.log_pos()));
-        let data = event.read_data().map_err(|e| Problem::Connection(format!("an undecodable event: {e}")))?;
-        match data {
+        let data = event.read_data().map_err(|e| Problem::Connection(format!("an undecodable event at {end}: {e}")))?;
+        let held = match data {
             Some(EventData::RotateEvent(rotate)) => {
                 // The first event of a stream names the file asked for, read
                 // before the stream's checksum setting is known, so with the
                 // checksum's bytes on its name: the file is the one asked for.
                 // Later ones name the next file: after a server's stop (log_pos
-                // 0) or a rotation (a boundary: the next file starts with a
-                // transaction).
+                // 0) or a rotation (between transactions: a place to resume).
                 let first = std::mem::replace(&mut self.opening, false);
                 if !first {
                     let name = rotate.name();
@@ -268,28 +316,41 @@ impl<'a, S: BinlogState> Term<'a, S> {
                     }
                     self.file = name.into_owned();
                 }
-                if header.log_pos() != 0 {
-                    let next = Position::new(self.file.clone(), rotate.position());
-                    return self.at_boundary(next).await;
-                }
+                let next = Position::new(self.file.clone(), rotate.position());
+                self.read_at = Some(next.clone());
+                return if header.log_pos() != 0 { self.at_boundary(next).await } else { Ok(true) };
             }
             Some(EventData::RowsEvent(rows)) => {
-                let changes = match stream.get_tme(rows.table_id()) {
-                    Some(tme) if source::is_followed(tme, &self.settings.mapping) => {
-                        source::row_changes(&rows, tme, &self.settings.mapping)?
-                    }
-                    _ => return Ok(true),
+                let Some(tme) = stream.get_tme(rows.table_id()) else {
+                    // Only a stream resumed inside a transaction lacks it,
+                    // and the checkpoint is never there.
+                    return Err(Problem::Connection(format!("a row event at {end} without its table map")).into());
                 };
-                if !self.keep_lease().await? {
-                    return Ok(false);
+                if !source::is_followed(tme, &self.followed) {
+                    Ok(true)
+                } else {
+                    let changes = source::row_changes(&rows, tme, &self.settings.mapping)?;
+                    if !self.keep_lease().await? {
+                        return Ok(false);
+                    }
+                    self.apply(changes, &end).await.map(|()| true)
                 }
-                self.apply(changes, &end).await?;
             }
-            Some(EventData::XidEvent(_)) => return self.at_boundary(end).await,
-            Some(EventData::QueryEvent(query)) if query.query() != "BEGIN" => return self.at_boundary(end).await,
-            _ => {}
+            Some(EventData::QueryEvent(query)) => {
+                match self.transactions.on(kind, Some(&query.query()), event.data()) {
+                    Mark::Inside => Ok(true),
+                    Mark::End | Mark::Between => self.at_boundary(end.clone()).await,
+                }
+            }
+            _ => match self.transactions.on(kind, None, event.data()) {
+                Mark::End | Mark::Between if header.log_pos() != 0 => self.at_boundary(end.clone()).await,
+                _ => Ok(true),
+            },
+        };
+        if header.log_pos() != 0 {
+            self.read_at = Some(end);
         }
-        Ok(true)
+        held
     }
 
     /// A transaction ended at `position`: saved at once when it wrote the
@@ -298,7 +359,8 @@ impl<'a, S: BinlogState> Term<'a, S> {
     async fn at_boundary(&mut self, position: Position) -> Result<bool, Fault> {
         self.boundary = BinlogCheckpoint { position: position.to_string(), committed_at: self.event_time };
         self.saved = false;
-        if self.dirty || self.saved_at.elapsed() >= IDLE_CHECKPOINT { self.save().await } else { Ok(true) }
+        let wrote = std::mem::take(&mut self.dirty);
+        if wrote || self.saved_at.elapsed() >= IDLE_CHECKPOINT { self.save().await } else { Ok(true) }
     }
 
     /// Saves the last boundary under the lease; false if the lease was lost.
@@ -313,7 +375,6 @@ impl<'a, S: BinlogState> Term<'a, S> {
             .map_err(Fault::Store)?;
         self.saved = held;
         self.saved_at = Instant::now();
-        self.dirty = false;
         Ok(held)
     }
 
@@ -331,13 +392,17 @@ impl<'a, S: BinlogState> Term<'a, S> {
     /// Applies the rows of one event at `at`, in order. In snapshot mode a
     /// record's rows in one event share its position, so only its last is
     /// applied (it is the record's state after the event).
-    async fn apply(&mut self, rows: Vec<RowChange>, at: &Position) -> Result<(), Fault> {
+    async fn apply(&mut self, rows: Vec<Result<RowChange, String>>, at: &Position) -> Result<(), Fault> {
         let mapping = &self.settings.mapping;
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
-            match mapping.changes(row, at) {
-                Ok(mut more) => changes.append(&mut more),
-                Err(e) => self.dead_letter(row, at, &e).await?,
+            match row.as_ref().map(|row| (row, mapping.changes(row, at))) {
+                Ok((_, Ok(mut more))) => changes.append(&mut more),
+                Ok((row, Err(e))) => self.dead_letter(row, at, &e).await?,
+                Err(undecodable) => {
+                    let error = Error::invalid("row", undecodable.clone());
+                    self.write_dead_letter(&[("kind", "undecodable".to_owned())], at, &error).await?;
+                }
             }
         }
         if mapping.mode == Mode::Snapshot {
@@ -401,69 +466,88 @@ impl<'a, S: BinlogState> Term<'a, S> {
         Ok(())
     }
 
-    /// The initial read of a stock table, every row a snapshot at `at` (the
-    /// server's position before the read): a change committed during the
-    /// read is in the binlog after `at` too, so following from `at` ends at
-    /// the table's state. False if the lease was lost.
-    async fn load(&mut self, conn: &mut Conn, at: &Position) -> Result<bool, Fault> {
-        tracing::info!(table = %self.settings.mapping.qualified(), position = %at, "binlog follower: reading the table");
-        self.publish("loading", None).await;
+    /// The initial read of a stock table, every row a snapshot at the
+    /// position the read saw the table at; that position, or None if the
+    /// lease was lost. MariaDB names the binlog position of a consistent
+    /// snapshot (`binlog_snapshot_file`, `_position`): every transaction
+    /// before it is in the snapshot, every one after it follows. Elsewhere
+    /// it is `before`, the server's position before the read: a change
+    /// committed during the read is in the binlog after it too, so following
+    /// from there ends at the table's state.
+    async fn load(&mut self, conn: &mut Conn, before: Position) -> Result<Option<Position>, Fault> {
+        self.publish("loading", &mut None).await;
         source::bounded("starting the read", conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")).await?;
+        let at = source::snapshot_position(conn).await?.unwrap_or(before);
+        tracing::info!(table = %self.settings.mapping.qualified(), position = %at, "binlog follower: reading the table");
         let mut rows =
             source::bounded("reading the table", conn.query_iter(source::select_all(&self.settings.mapping))).await?;
         let mut count = 0u64;
         while let Some(row) = source::bounded("reading the table", rows.next()).await? {
             if !self.keep_lease().await? {
-                return Ok(false);
+                return Ok(None);
             }
             let image = source::loaded_image(&row, &self.settings.mapping);
-            let row = RowChange::Insert(image);
-            self.apply(vec![row], at).await?;
+            self.apply(vec![Ok(RowChange::Insert(image))], &at).await?;
             count += 1;
         }
         drop(rows);
         source::bounded("ending the read", conn.query_drop("COMMIT")).await?;
         tracing::info!(rows = count, "binlog follower: read the table");
-        Ok(true)
+        Ok(Some(at))
     }
 
-    /// Measures the lag (with `side`, a connection of its own) and
-    /// publishes the status. Failures only leave the figures as they were:
-    /// the stream notices a lost server by itself.
-    async fn publish(&mut self, state: &str, side: Option<&mut Conn>) {
-        let mut status = BinlogStatus {
+    /// Publishes the status, measuring the lag first when it is due (with
+    /// `side`, a connection of its own, reopened when it failed). A failed
+    /// measurement keeps the last figures: the stream notices a lost server
+    /// by itself.
+    async fn publish(&mut self, state: &str, side: &mut Option<Conn>) {
+        if self.measured_at.is_none_or(|at| at.elapsed() >= MEASURE_EVERY)
+            && let Some(read_at) = self.read_at.clone()
+        {
+            self.measured_at = Some(Instant::now());
+            if side.is_none() {
+                *side = source::connect(&self.settings.opts).await.ok();
+            }
+            if let Some(conn) = side.as_mut() {
+                let measured = tokio::time::timeout(MEASURE_TIMEOUT, source::binlog_files(conn)).await;
+                match measured.unwrap_or_else(|_| Err(Problem::Connection("no answer in time".into()))) {
+                    Ok(files) => {
+                        let bytes = source::bytes_behind(&files, &read_at);
+                        // Since the server wrote the event the follower is
+                        // at; unknown (0) before it read one.
+                        let seconds = if bytes == 0 || self.event_time == 0 {
+                            0.0
+                        } else {
+                            (unix_ms() as f64 / 1000.0 - self.event_time as f64).max(0.0)
+                        };
+                        let server = files.last().map(|(file, size)| Position::new(file.clone(), *size).to_string());
+                        self.lag = (bytes, seconds, server.unwrap_or_default());
+                        METRICS.cdc_lag_bytes.set(bytes as i64);
+                        METRICS.cdc_lag_seconds.set(seconds);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "binlog follower: cannot measure the lag now");
+                        *side = None;
+                    }
+                }
+            }
+        }
+        let elapsed = self.reported.1.elapsed().as_secs_f64();
+        let rows_per_second = if elapsed > 0.0 { (self.rows_applied - self.reported.0) as f64 / elapsed } else { 0.0 };
+        self.reported = (self.rows_applied, Instant::now());
+        let status = BinlogStatus {
             table: self.settings.mapping.qualified(),
             leader: self.me.to_owned(),
             state: state.to_owned(),
             position: self.boundary.position.clone(),
+            server_position: self.lag.2.clone(),
+            lag_bytes: self.lag.0,
+            lag_seconds: self.lag.1,
             rows_applied: self.rows_applied,
+            rows_per_second,
             dead_letters: self.dead_letters,
             updated_ms: unix_ms(),
-            ..BinlogStatus::default()
         };
-        let elapsed = self.reported.1.elapsed().as_secs_f64();
-        if elapsed > 0.0 {
-            status.rows_per_second = (self.rows_applied - self.reported.0) as f64 / elapsed;
-        }
-        self.reported = (self.rows_applied, Instant::now());
-        if let (Some(side), Some(applied)) = (side, Position::parse(&self.boundary.position)) {
-            match source::binlog_files(side).await {
-                Ok(files) => {
-                    status.lag_bytes = source::bytes_behind(&files, &applied);
-                    if let Some((file, size)) = files.last() {
-                        status.server_position = Position::new(file.clone(), *size).to_string();
-                    }
-                    status.lag_seconds = if status.lag_bytes == 0 {
-                        0.0
-                    } else {
-                        (unix_ms() as f64 / 1000.0 - self.event_time as f64).max(0.0)
-                    };
-                    METRICS.cdc_lag_bytes.set(status.lag_bytes as i64);
-                    METRICS.cdc_lag_seconds.set(status.lag_seconds);
-                }
-                Err(e) => tracing::debug!(error = %e, "binlog follower: cannot measure the lag now"),
-            }
-        }
         let ttl = (self.settings.status_every * 3).max(Duration::from_secs(3));
         if let Err(e) = self.store.publish_binlog_status(&self.settings.name, &status, ttl).await {
             tracing::debug!(error = %e, "binlog follower: cannot publish the status now");

@@ -165,6 +165,8 @@ impl Mapping {
             }
             (Mode::Snapshot, RowChange::Delete(before)) => Ok(self.deleted(before, at)?.into_iter().collect()),
             (Mode::Movement, RowChange::Insert(after)) => Ok(vec![self.movement(after)?]),
+            // A note or a timestamp changed: no stock did.
+            (Mode::Movement, RowChange::Update(before, after)) if self.same_movement(before, after) => Ok(Vec::new()),
             (Mode::Movement, RowChange::Update(before, _)) => Err(Error::invalid(
                 self.column("id"),
                 format!(
@@ -175,6 +177,13 @@ impl Mapping {
             // Purging old movements changes no stock.
             (Mode::Movement, RowChange::Delete(_)) => Ok(Vec::new()),
         }
+    }
+
+    /// Whether an update left everything a movement applies as it was.
+    fn same_movement(&self, before: &Image, after: &Image) -> bool {
+        ["sku", "warehouse_id", "physical", "reserved", "in_transit", "unit_scale", "id"]
+            .iter()
+            .all(|role| before.get(role) == after.get(role))
     }
 
     /// A snapshot from a row of the initial load, read at `at`.
@@ -377,7 +386,11 @@ mod tests {
         let [Change::Delta(cmd)] = &changes[..] else { panic!("{changes:?}") };
         assert_eq!(cmd.request_id.as_str(), "binlog:shop.stock:77");
         assert_eq!(cmd.physical, Signed::parse("-3", "q").unwrap());
-        let error = mapping.changes(&RowChange::Update(row.clone(), row), &at(10)).unwrap_err();
+        // An update that leaves the movement's figures alone changes no stock.
+        assert!(mapping.changes(&RowChange::Update(row.clone(), row.clone()), &at(10)).unwrap().is_empty());
+        let mut corrected = row.clone();
+        corrected.insert("physical", Some("-4".to_owned()));
+        let error = mapping.changes(&RowChange::Update(row, corrected), &at(10)).unwrap_err();
         assert!(error.to_string().contains("append-only"), "{error}");
     }
 

@@ -32,6 +32,41 @@ impl From<mysql_async::Error> for Problem {
     }
 }
 
+/// The followed table as the server names it (its case may differ from
+/// the configuration's where names are case-insensitive), as row events
+/// name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// The database.
+    pub database: String,
+    /// The table.
+    pub table: String,
+}
+
+/// The server's error code, when the server answered with an error.
+fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// ER_UNKNOWN_SYSTEM_VARIABLE.
+const UNKNOWN_VARIABLE: u16 = 1193;
+/// ER_SPECIFIC_ACCESS_DENIED_ERROR and ER_ACCESS_DENIED_ERROR.
+const ACCESS_DENIED: [u16; 2] = [1227, 1045];
+
+/// A server variable, `None` if the server does not know it; an error of
+/// the connection is an error.
+async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, Problem> {
+    match tokio::time::timeout(QUERY_TIMEOUT, conn.query_first::<Option<String>, _>(format!("SELECT @@{name}"))).await {
+        Ok(Ok(value)) => Ok(Some(value.flatten().unwrap_or_default())),
+        Ok(Err(e)) if server_code(&e) == Some(UNKNOWN_VARIABLE) => Ok(None),
+        Ok(Err(e)) => Err(Problem::Connection(format!("reading @@{name}: {e}"))),
+        Err(_) => Err(Problem::Connection(format!("reading @@{name}: no answer within {QUERY_TIMEOUT:?}"))),
+    }
+}
+
 /// Figure columns of these types are refused: stock must be exact.
 const INEXACT: [&str; 3] = ["float", "double", "real"];
 
@@ -55,58 +90,50 @@ pub async fn connect(opts: &Opts) -> Result<Conn, Problem> {
 /// format, full row images with column names), that the table and every
 /// mapped column exist, and that figures are exact types. Every problem
 /// found is named, with what to change.
-pub async fn check(conn: &mut Conn, mapping: &Mapping) -> Result<(), Problem> {
-    let settings: Option<(Option<String>, Option<String>, Option<String>)> = bounded(
-        "reading the binlog settings",
-        conn.query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image"),
-    )
-    .await?;
-    let (log_bin, format, image) = settings.unwrap_or_default();
-    let is = |value: &Option<String>, wanted: &[&str]| {
-        value.as_deref().is_some_and(|v| wanted.iter().any(|w| v.eq_ignore_ascii_case(w)))
-    };
+pub async fn check(conn: &mut Conn, mapping: &Mapping) -> Result<Followed, Problem> {
     let mut wrong = Vec::new();
-    if !is(&log_bin, &["1", "ON"]) {
+    let on = |value: &Option<String>| value.as_deref().is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON"));
+    if !on(&variable(conn, "log_bin").await?) {
         wrong.push("the binary log is off (start the server with log_bin)".to_owned());
     }
-    if !is(&format, &["ROW"]) {
-        wrong.push(format!("binlog_format is {}, not ROW", format.as_deref().unwrap_or("unset")));
+    for (name, wanted) in [("binlog_format", "ROW"), ("binlog_row_image", "FULL"), ("binlog_row_metadata", "FULL")] {
+        match variable(conn, name).await? {
+            Some(value) if value.eq_ignore_ascii_case(wanted) => {}
+            Some(value) => wrong.push(format!("{name} is {value}, not {wanted}")),
+            // Column names in the binlog: a row is read by name, so a column
+            // added or dropped elsewhere in the table moves nothing.
+            None => wrong.push(format!("the server has no {name} (MySQL 8.0.1+ or MariaDB 10.5+ has)")),
+        }
     }
-    if !is(&image, &["FULL"]) {
-        wrong.push(format!("binlog_row_image is {}, not FULL", image.as_deref().unwrap_or("unset")));
-    }
-    // Column names in the binlog: a row is read by name, so a column added
-    // or dropped elsewhere in the table moves nothing.
-    match conn.query_first::<Option<String>, _>("SELECT @@binlog_row_metadata").await {
-        Ok(Some(Some(metadata))) if metadata.eq_ignore_ascii_case("FULL") => {}
-        Ok(value) => wrong.push(format!(
-            "binlog_row_metadata is {}, not FULL",
-            value.flatten().unwrap_or_else(|| "unset".to_owned())
-        )),
-        Err(_) => wrong.push("the server has no binlog_row_metadata (MySQL 8.0.1+ or MariaDB 10.5+ has)".to_owned()),
+    // Compressed row events are not decoded here: their rows would be lost.
+    for name in ["log_bin_compress", "binlog_transaction_compression"] {
+        if on(&variable(conn, name).await?) {
+            wrong.push(format!("{name} is ON; the follower reads uncompressed row events only"));
+        }
     }
     if !wrong.is_empty() {
         return Err(Problem::Setup(format!("the server's binlog cannot be followed: {}", wrong.join("; "))));
     }
 
-    let columns: Vec<(String, String)> = bounded(
+    let columns: Vec<(String, String, String, String)> = bounded(
         "reading the table's columns",
         conn.exec(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (&mapping.database, &mapping.table),
         ),
     )
     .await?;
     let table = mapping.qualified();
-    if columns.is_empty() {
+    let Some((database, name, _, _)) = columns.first() else {
         return Err(Problem::Setup(format!(
             "table {table} does not exist, or the follower's user cannot see it (GRANT SELECT ON {table})"
         )));
-    }
+    };
+    let followed = Followed { database: database.clone(), table: name.clone() };
     for (role, column) in mapping.columns.iter() {
-        let Some((_, kind)) = columns.iter().find(|(name, _)| name.eq_ignore_ascii_case(column)) else {
-            let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        let Some((_, _, _, kind)) = columns.iter().find(|(_, _, name, _)| name.eq_ignore_ascii_case(column)) else {
+            let names: Vec<&str> = columns.iter().map(|(_, _, name, _)| name.as_str()).collect();
             return Err(Problem::Setup(format!(
                 "--cdc-columns: {role}={column}: {table} has no column {column:?}; its columns are {}",
                 names.join(", ")
@@ -120,23 +147,37 @@ pub async fn check(conn: &mut Conn, mapping: &Mapping) -> Result<(), Problem> {
             )));
         }
     }
-    current_position(conn).await.map_err(|e| match e {
-        Problem::Connection(detail) => Problem::Setup(format!(
-            "cannot read the server's binlog position ({detail}); grant the follower's user REPLICATION CLIENT \
-             (BINLOG MONITOR on MariaDB)"
-        )),
-        setup => setup,
-    })?;
-    Ok(())
+    current_position(conn).await?;
+    Ok(followed)
 }
 
 /// The server's current binlog position: where the next commit goes.
 pub async fn current_position(conn: &mut Conn) -> Result<Position, Problem> {
-    // MySQL 8.4 renamed the statement; MariaDB and older MySQL know the first.
-    let row: Option<Row> = match conn.query_first("SHOW MASTER STATUS").await {
-        Ok(row) => row,
-        Err(_) => bounded("reading the binlog position", conn.query_first("SHOW BINARY LOG STATUS")).await?,
+    let denied = |e: &mysql_async::Error| {
+        Problem::Setup(format!(
+            "cannot read the server's binlog position ({e}); grant the follower's user REPLICATION CLIENT \
+             (BINLOG MONITOR on MariaDB)"
+        ))
     };
+    let mut row: Option<Row> = None;
+    // MySQL 8.4 renamed the statement; MariaDB and older MySQL know the first.
+    for statement in ["SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"] {
+        match tokio::time::timeout(QUERY_TIMEOUT, conn.query_first(statement)).await {
+            Ok(Ok(found)) => {
+                row = found;
+                break;
+            }
+            Ok(Err(e)) if server_code(&e).is_some_and(|code| ACCESS_DENIED.contains(&code)) => return Err(denied(&e)),
+            // A syntax error: the other statement.
+            Ok(Err(e)) if server_code(&e).is_some() => continue,
+            Ok(Err(e)) => return Err(Problem::Connection(format!("reading the binlog position: {e}"))),
+            Err(_) => {
+                return Err(Problem::Connection(format!(
+                    "reading the binlog position: no answer within {QUERY_TIMEOUT:?}"
+                )));
+            }
+        }
+    }
     let row = row.ok_or_else(|| Problem::Setup("the server reports no binlog position: is log_bin on?".into()))?;
     let file = row.get::<Option<String>, _>(0).flatten();
     let offset = row.get::<Option<u64>, _>(1).flatten();
@@ -144,6 +185,19 @@ pub async fn current_position(conn: &mut Conn) -> Result<Position, Problem> {
         (Some(file), Some(offset)) => Ok(Position::new(file, offset)),
         _ => Err(Problem::Connection("the server's binlog position is unreadable".into())),
     }
+}
+
+/// The binlog position of the consistent snapshot this connection's
+/// transaction reads (MariaDB's `binlog_snapshot_file` and `_position`);
+/// None where the server does not tell.
+pub async fn snapshot_position(conn: &mut Conn) -> Result<Option<Position>, Problem> {
+    let rows: Vec<(String, String)> =
+        bounded("reading the snapshot's position", conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'")).await?;
+    let value = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    Ok(match (value("binlog_snapshot_file"), value("binlog_snapshot_position")) {
+        (Some(file), Some(offset)) if !file.is_empty() => offset.parse().ok().map(|offset| Position::new(file, offset)),
+        _ => None,
+    })
 }
 
 /// The server's binlog files and their sizes, oldest first.
@@ -176,26 +230,35 @@ pub fn loaded_image(row: &Row, mapping: &Mapping) -> Image {
 }
 
 /// Whether a table map event is of the followed table.
-pub fn is_followed(tme: &TableMapEvent<'_>, mapping: &Mapping) -> bool {
-    tme.database_name() == mapping.database.as_str() && tme.table_name() == mapping.table.as_str()
+pub fn is_followed(tme: &TableMapEvent<'_>, followed: &Followed) -> bool {
+    tme.database_name() == followed.database.as_str() && tme.table_name() == followed.table.as_str()
 }
 
 /// The rows of a row event of the followed table, as images of the mapped
-/// columns. A mapped column missing from the event is a problem of the
-/// setup (dropped or renamed, or no column names in the binlog), not of a
-/// row: the follower stops rather than dead-letter every row after it.
+/// columns; a row that cannot be decoded is an error of its own (the
+/// follower dead-letters it). A mapped column missing from the event is a
+/// problem of the setup (dropped or renamed, or no column names in the
+/// binlog), not of a row: the follower stops rather than dead-letter every
+/// row after it.
 pub fn row_changes(
     event: &RowsEventData<'_>,
     tme: &TableMapEvent<'_>,
     mapping: &Mapping,
-) -> Result<Vec<RowChange>, Problem> {
+) -> Result<Vec<Result<RowChange, String>>, Problem> {
     let mut changes = Vec::new();
     for row in event.rows(tme) {
-        let (before, after) = row.map_err(|e| Problem::Connection(format!("an undecodable row event: {e}")))?;
+        let (before, after) = match row {
+            Ok(images) => images,
+            Err(e) => {
+                // The rest of the event cannot be told apart from this row.
+                changes.push(Err(format!("an undecodable row: {e}")));
+                break;
+            }
+        };
         let image = |row: Option<BinlogRow>| row.map(|row| binlog_image(&row, mapping)).transpose();
         let change = match (event, image(before)?, image(after)?) {
             (RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_), _, Some(after)) => {
-                RowChange::Insert(after)
+                Ok(RowChange::Insert(after))
             }
             (
                 RowsEventData::UpdateRowsEvent(_)
@@ -203,11 +266,11 @@ pub fn row_changes(
                 | RowsEventData::PartialUpdateRowsEvent(_),
                 Some(before),
                 Some(after),
-            ) => RowChange::Update(before, after),
+            ) => Ok(RowChange::Update(before, after)),
             (RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_), Some(before), _) => {
-                RowChange::Delete(before)
+                Ok(RowChange::Delete(before))
             }
-            _ => return Err(Problem::Connection("a row event without the images its kind has".into())),
+            _ => Err("a row without the images its event's kind has".to_owned()),
         };
         changes.push(change);
     }
@@ -228,7 +291,8 @@ fn binlog_image(row: &BinlogRow, mapping: &Mapping) -> Result<Image, Problem> {
         })?;
         let value = match value {
             BinlogValue::Value(value) => text(value),
-            _ => Some(String::new()),
+            // JSON: no role takes it; a figure or id of it fails to parse.
+            _ => Some("(json)".to_owned()),
         };
         image.insert(role, value);
     }

@@ -127,6 +127,23 @@ impl MariaDb {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and silent,
+    /// as behind a network that dropped them without a word.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(|child| child.id()).expect("the server runs");
+        let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again, on the same port and data.
     pub async fn restart(&mut self) {
         self.launch().await;
@@ -148,6 +165,10 @@ fn free_port() -> u16 {
 impl Drop for MariaDb {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
+            // A frozen server dies only once it runs again.
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            }
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
