@@ -12,6 +12,10 @@
 -- ARGV[1]  'closed' (CloseSession) or 'expired' (the sweeper)
 -- ARGV[2]  holder, or '' to skip the check
 -- ARGV[3]  session id
+-- ARGV[4]  ms until the sweeper may take the end over: 0 for the sweeper's
+--          own call; a grace for CloseSession, which ends the locks itself
+--          (a sweeper beside it would end some of them and the close would
+--          answer only its share); a close cut short is finished after it
 --
 -- Returns
 --   {'OK', state, ended_now ('1' or '0'), parts, holder, ttl}   state 'closed' or 'expired'
@@ -41,6 +45,7 @@ if s.state == 'open' then
   redis.call('HSET', key, 'state', s.state)
   emit_session(events, s.state == 'closed' and 'session.close' or 'session.expire', s.holder, id)
 end
--- Due at once, until every partition is done.
-redis.call('ZADD', index, 0, id)
+-- Due (at once, or after the closer's grace), until every partition is done.
+local grace = tonumber(ARGV[4]) or 0
+redis.call('ZADD', index, grace > 0 and now + grace or 0, id)
 return { 'OK', s.state, ended_now, s.parts, s.holder, fmt(s.ttl) }

@@ -505,3 +505,22 @@ async fn sessions_end_while_a_stream_of_lock_expiries_keeps_the_sweeper_busy() {
     }
     assert!(back, "the session's lock outlived it while other locks kept expiring");
 }
+
+#[tokio::test]
+async fn a_close_counts_every_lock_it_ends_while_the_sweeper_runs_flat_out() {
+    // The sweeper's session loop runs every millisecond: a close that made
+    // its session due at once had the sweeper end part of its locks beside
+    // it, and answered only its own share.
+    let svc = start_with(&["--sweep-interval", "1ms"]).await;
+    svc.stock("SKU-1", "WH-A", "1000").await;
+    for round in 0..5 {
+        let session = open(&svc, 30_000, &format!("s-{round}")).await;
+        for i in 0..130 {
+            let request = in_session("SKU-1", "WH-A", "1", &format!("l-{round}-{i}"), &session);
+            svc.client.clone().lock(request).await.unwrap();
+        }
+        let closed = close(&svc, &session).await;
+        assert_eq!((closed.released, closed.closed_now), (130, true), "round {round}");
+        assert_eq!(svc.available("SKU-1", "WH-A").await, "1000");
+    }
+}

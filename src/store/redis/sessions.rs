@@ -33,6 +33,11 @@ const PART_STEP: usize = 50;
 /// rest are ended by the next sweep.
 const SWEEP_BUDGET: usize = 2_000;
 
+/// How long a CloseSession has to end its session's locks before the
+/// sweeper may take over (a close cut short by a crash is finished then).
+/// Far beyond what SWEEP_BUDGET's steps take.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -201,7 +206,8 @@ impl RedisStore {
             .key(self.keys.events(home))
             .arg(how.as_str())
             .arg(holder.map_or("", Holder::as_str))
-            .arg(session.as_str());
+            .arg(session.as_str())
+            .arg(if how == End::Closed { CLOSE_GRACE.as_millis() as u64 } else { 0 });
         let mut reply = self.run_script("end_session", &inv).await?;
         let ending = match reply.tag {
             Tag::Ok => read_ending(&mut reply)?,
@@ -216,6 +222,9 @@ impl RedisStore {
             let (count, done) = self.end_part(partition, session, &ending, &mut budget).await?;
             ended += count;
             if !done {
+                // The budget ran out: the sweeper ends the rest, from now.
+                let () =
+                    self.query(redis::cmd("ZADD").arg(self.keys.sessions(home)).arg(0).arg(session.as_str())).await?;
                 return Ok((Some(ending), ended, false));
             }
         }
