@@ -36,6 +36,12 @@ const HEARTBEAT: u8 = 27;
 /// How often the leader asks the server where its binlog ends, for the lag.
 const MEASURE_EVERY: Duration = Duration::from_secs(5);
 
+/// How many records' changes of one event are applied at once.
+const RECORDS_AT_ONCE: usize = 32;
+
+/// Rows of the initial read applied together (side by side, as an event's).
+const LOAD_BATCH: usize = 256;
+
 /// The longest the lag measurement may hold the loop up: it runs between
 /// events, and the lease must be renewed meanwhile.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -411,22 +417,55 @@ impl<'a, S: BinlogState> Term<'a, S> {
             let mut keep = keep.into_iter();
             changes.retain(|_| keep.next().unwrap_or(true));
         }
+        // Records are independent: their changes run side by side (a bulk
+        // update is thousands of rows an event), each record's in order.
+        let mut chains: Vec<(String, Vec<Change>)> = Vec::new();
+        let mut chain_of: HashMap<String, usize> = HashMap::new();
         for change in changes {
-            let (record, applied) = match change {
-                Change::Snapshot(cmd) => (cmd.record.to_string(), self.store.set_stock(cmd).await.map(drop)),
-                Change::Delta(cmd) => (cmd.record.to_string(), self.store.adjust_stock(cmd).await.map(drop)),
-            };
+            let record = change.record().to_string();
+            let at = *chain_of.entry(record.clone()).or_insert_with(|| {
+                chains.push((record, Vec::new()));
+                chains.len() - 1
+            });
+            chains[at].1.push(change);
+        }
+        let store = self.store;
+        let outcomes: Vec<Vec<(String, Result<(), Error>)>> = futures_util::stream::iter(chains)
+            .map(|(record, chain)| async move {
+                let mut outcomes = Vec::with_capacity(chain.len());
+                for change in chain {
+                    let applied = match change {
+                        Change::Snapshot(cmd) => store.set_stock(cmd).await.map(drop),
+                        Change::Delta(cmd) => store.adjust_stock(cmd).await.map(drop),
+                    };
+                    // After a fault of the store the rest of the record waits
+                    // for the replay, in order.
+                    let stop = applied.as_ref().is_err_and(is_transient);
+                    outcomes.push((record.clone(), applied));
+                    if stop {
+                        break;
+                    }
+                }
+                outcomes
+            })
+            .buffer_unordered(RECORDS_AT_ONCE)
+            .collect()
+            .await;
+        let mut fault = None;
+        for (record, applied) in outcomes.into_iter().flatten() {
             match applied {
                 Ok(()) => {
                     self.rows_applied += 1;
                     METRICS.cdc_rows_applied.inc();
                 }
-                Err(e) if is_transient(&e) => return Err(Fault::Store(e)),
-                Err(e) => {
-                    let fields = [("record", record)];
-                    self.write_dead_letter(&fields, at, &e).await?;
-                }
+                Err(e) if is_transient(&e) => fault = Some(e),
+                Err(e) => self.write_dead_letter(&[("record", record)], at, &e).await?,
             }
+        }
+        if let Some(e) = fault {
+            // The checkpoint is before this event: the replay applies what
+            // is missing and ignores what is not.
+            return Err(Fault::Store(e));
         }
         self.dirty = true;
         Ok(())
@@ -482,13 +521,22 @@ impl<'a, S: BinlogState> Term<'a, S> {
         let mut rows =
             source::bounded("reading the table", conn.query_iter(source::select_all(&self.settings.mapping))).await?;
         let mut count = 0u64;
-        while let Some(row) = source::bounded("reading the table", rows.next()).await? {
-            if !self.keep_lease().await? {
-                return Ok(None);
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        loop {
+            let row = source::bounded("reading the table", rows.next()).await?;
+            if let Some(row) = &row {
+                batch.push(Ok(RowChange::Insert(source::loaded_image(row, &self.settings.mapping))));
             }
-            let image = source::loaded_image(&row, &self.settings.mapping);
-            self.apply(vec![Ok(RowChange::Insert(image))], &at).await?;
-            count += 1;
+            if batch.len() == LOAD_BATCH || (row.is_none() && !batch.is_empty()) {
+                if !self.keep_lease().await? {
+                    return Ok(None);
+                }
+                count += batch.len() as u64;
+                self.apply(std::mem::take(&mut batch), &at).await?;
+            }
+            if row.is_none() {
+                break;
+            }
         }
         drop(rows);
         source::bounded("ending the read", conn.query_drop("COMMIT")).await?;
