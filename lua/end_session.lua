@@ -19,7 +19,8 @@
 --
 -- Returns
 --   {'OK', state, ended_now ('1' or '0'), parts, holder, ttl}   state 'closed' or 'expired'
---   {'ALIVE'}               (the sweeper) a keep-alive came first: nothing changed
+--   {'ALIVE'}               (the sweeper) a keep-alive came first, or a close is
+--                           ending the session in its grace: nothing changed
 --   {'SESSION_NOT_FOUND'}
 -- One session event ('session.close' or 'session.expire') marks the end.
 --
@@ -34,6 +35,13 @@ if not s then
 end
 local now = now_ms()
 local ended_now = '0'
+-- The sweeper keeps off an end another caller runs (a close in its grace).
+if how == 'expired' and s.state ~= 'open' then
+  local due = tonumber(redis.call('ZSCORE', index, id))
+  if due and due > now then
+    return { 'ALIVE' }
+  end
+end
 if s.state == 'open' then
   if how == 'expired' and s.expires > now then
     redis.call('ZADD', index, s.expires, id)

@@ -34,9 +34,10 @@ const PART_STEP: usize = 50;
 const SWEEP_BUDGET: usize = 2_000;
 
 /// How long a CloseSession has to end its session's locks before the
-/// sweeper may take over (a close cut short by a crash is finished then).
-/// Far beyond what SWEEP_BUDGET's steps take.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// sweeper may take over: a close that failed makes its session due at once,
+/// and one cut off (the replica died, the call was dropped) is finished
+/// after this. SWEEP_BUDGET's steps take well under a second.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +153,16 @@ impl RedisStore {
         session: &SessionId,
         holder: Option<&Holder>,
     ) -> Result<CloseSessionOutcome, Error> {
-        let (ending, released, _) = self.end_session(session, End::Closed, holder, SWEEP_BUDGET).await?;
+        let ended = self.end_session(session, End::Closed, holder, SWEEP_BUDGET).await;
+        if ended.is_err() {
+            // The sweeper need not wait out the grace to finish a close that
+            // failed half way (best effort: if this fails too, it waits).
+            let home = self.keys.session_home(session);
+            let due_now =
+                redis::cmd("ZADD").arg(self.keys.sessions(home)).arg("XX").arg(0).arg(session.as_str()).clone();
+            let _: Result<(), Error> = self.query(&due_now).await;
+        }
+        let (ending, released, _) = ended?;
         let ending = ending.expect("a close is never answered ALIVE");
         Ok(CloseSessionOutcome { released: released as u64, closed_now: ending.ended_now && ending.how == End::Closed })
     }
