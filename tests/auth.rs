@@ -279,3 +279,35 @@ async fn an_oversized_request_is_refused() {
     let status = svc.client.clone().lock(request).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_token_file_with_placeholder_tokens_stops_the_service_with_exit_code_2() {
+    // The manifests once shipped such a file; a token of 16 characters and
+    // more was taken for a real one, and anyone who read the repository
+    // could call with it.
+    for (line, says) in [
+        ("REPLACE-ME-operator-0123456789  ops-oncall  operator", "REPLACE-ME"),
+        ("changeme-changeme-changeme  checkout  service", "CHANGEME"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaa  checkout  service", "distinct characters"),
+    ] {
+        let path = token_file(&format!("{line}\nchecker-token-8f3a91c2d7  checker  service\n"));
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--redis-url",
+                "redis://127.0.0.1:1",
+            ])
+            .arg("--auth-tokens")
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {stderr}");
+        assert!(stderr.contains("line 1") && stderr.contains(says), "{line}: {stderr}");
+    }
+}

@@ -110,6 +110,23 @@ fn is_query(path: &str) -> bool {
     )
 }
 
+/// Words that mark an example token, not a secret.
+const PLACEHOLDERS: [&str; 8] =
+    ["REPLACE-ME", "REPLACE_ME", "REPLACEME", "CHANGE-ME", "CHANGE_ME", "CHANGEME", "PLACEHOLDER", "EXAMPLE"];
+
+/// Fewest distinct characters a token must have.
+const MIN_DISTINCT: usize = 8;
+
+/// Why `token` looks like a placeholder rather than a secret, if it does.
+fn placeholder(token: &str) -> Option<String> {
+    let upper = token.to_ascii_uppercase();
+    if let Some(word) = PLACEHOLDERS.iter().find(|word| upper.contains(**word)) {
+        return Some(format!("it contains {word}"));
+    }
+    let distinct = token.chars().collect::<HashSet<_>>().len();
+    (distinct < MIN_DISTINCT).then(|| format!("it has {distinct} distinct characters, fewer than {MIN_DISTINCT}"))
+}
+
 /// The tokens of a token file, as SHA-256 digests.
 struct Tokens {
     entries: Vec<([u8; 32], Principal)>,
@@ -131,6 +148,12 @@ impl Tokens {
             };
             if token.len() < MIN_TOKEN_LEN {
                 return Err(at(format!("the token is shorter than {MIN_TOKEN_LEN} characters")));
+            }
+            if let Some(why) = placeholder(token) {
+                return Err(at(format!(
+                    "the token is a placeholder ({why}), which anyone who read the example could call with; \
+                     put a secret there, for example from `openssl rand -hex 24`"
+                )));
             }
             let name = Holder::parse(name, "principal").map_err(|e| at(e.to_string()))?;
             let role = Role::parse(role)
