@@ -92,3 +92,37 @@ async fn dashboards_and_alerts_use_only_exported_metrics() {
     }
     assert!(missing.is_empty(), "used but not exported: {missing:?}\nexported: {exported:?}");
 }
+
+/// Every alert links a runbook, and every link lands on a heading of
+/// docs/runbooks.md (GitHub's anchors: the heading in lower case, spaces as
+/// dashes, other punctuation dropped).
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("monitoring/alerts.yaml")).unwrap();
+    let runbooks = std::fs::read_to_string(root.join("docs/runbooks.md")).unwrap();
+    let anchors: BTreeSet<String> = runbooks
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .map(|heading| {
+            heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let alerts = rules.matches("- alert: ").count();
+    let links: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("runbook_url: \""))
+        .map(|url| url.trim_end_matches('"'))
+        .collect();
+    assert_eq!(links.len(), alerts, "an alert without a runbook_url");
+    for link in links {
+        let (page, anchor) = link.split_once('#').unwrap();
+        assert!(page.ends_with("/docs/runbooks.md"), "{link}");
+        assert!(anchors.contains(anchor), "{link}: no such heading in docs/runbooks.md");
+    }
+}
