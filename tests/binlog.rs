@@ -108,13 +108,6 @@ async fn status_shows(svc: &TestService, what: &str, check: impl Fn(&serde_json:
     assert!(shown, "the status did not show {what}: {}", binlog_stats(svc).await);
 }
 
-async fn dead_letters(svc: &TestService) -> Vec<HashMap<String, String>> {
-    let mut conn = svc.redis_conn().await;
-    let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("{sl:ingest}:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
-}
-
 /// The follower's status in `/ingest/stats`, which matches its OpenAPI schema.
 async fn binlog_stats(svc: &TestService) -> serde_json::Value {
     let (status, body, _) = http_get(svc.http_addr, "/ingest/stats", None).await;

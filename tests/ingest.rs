@@ -14,13 +14,6 @@ async fn physical(svc: &TestService, sku: &str) -> Option<String> {
     (status == 200).then(|| body["results"][0]["records"][0]["physical"].as_str().unwrap().to_owned())
 }
 
-async fn dead_letters(svc: &TestService) -> Vec<std::collections::HashMap<String, String>> {
-    let mut conn = svc.redis_conn().await;
-    let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg("{sl:ingest}:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
-}
-
 #[tokio::test]
 async fn a_pushed_snapshot_shows_up_over_http_within_a_second() {
     let svc = start().await;

@@ -13,6 +13,15 @@ pub async fn xadd(svc: &TestService, stream: &str, fields: &[(&str, &str)]) -> S
     cmd.query_async(&mut conn).await.unwrap()
 }
 
+/// The entries of the ingestion dead-letter stream (the stream channel's
+/// and the binlog follower's), as field maps, oldest first.
+pub async fn dead_letters(svc: &TestService) -> Vec<std::collections::HashMap<String, String>> {
+    let mut conn = svc.redis_conn().await;
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg("{sl:ingest}:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
+}
+
 /// A raw connection to one Redis or to a cluster.
 #[derive(Clone)]
 pub enum RawConn {
