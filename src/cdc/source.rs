@@ -43,14 +43,6 @@ pub struct Followed {
     pub table: String,
 }
 
-/// The server's error code, when the server answered with an error.
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
-    match e {
-        mysql_async::Error::Server(e) => Some(e.code),
-        _ => None,
-    }
-}
-
 /// ER_UNKNOWN_SYSTEM_VARIABLE.
 const UNKNOWN_VARIABLE: u16 = 1193;
 /// ER_SPECIFIC_ACCESS_DENIED_ERROR and ER_ACCESS_DENIED_ERROR.
@@ -59,11 +51,11 @@ const ACCESS_DENIED: [u16; 2] = [1227, 1045];
 /// A server variable, `None` if the server does not know it; an error of
 /// the connection is an error.
 async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, Problem> {
-    match tokio::time::timeout(QUERY_TIMEOUT, conn.query_first::<Option<String>, _>(format!("SELECT @@{name}"))).await {
-        Ok(Ok(value)) => Ok(Some(value.flatten().unwrap_or_default())),
-        Ok(Err(e)) if server_code(&e) == Some(UNKNOWN_VARIABLE) => Ok(None),
-        Ok(Err(e)) => Err(Problem::Connection(format!("reading @@{name}: {e}"))),
-        Err(_) => Err(Problem::Connection(format!("reading @@{name}: no answer within {QUERY_TIMEOUT:?}"))),
+    let what = format!("reading @@{name}");
+    match answered(&what, conn.query_first::<Option<String>, _>(format!("SELECT @@{name}"))).await? {
+        Ok(value) => Ok(Some(value.flatten().unwrap_or_default())),
+        Err(e) if e.code == UNKNOWN_VARIABLE => Ok(None),
+        Err(e) => Err(Problem::Connection(format!("{what}: {e}"))),
     }
 }
 
@@ -75,8 +67,20 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `fut`, or fails after [`QUERY_TIMEOUT`].
 pub async fn bounded<T>(what: &str, fut: impl Future<Output = Result<T, mysql_async::Error>>) -> Result<T, Problem> {
+    answered(what, fut).await?.map_err(|e| Problem::Connection(format!("{what}: {e}")))
+}
+
+/// Runs `fut` for at most [`QUERY_TIMEOUT`]: what the server answered, its
+/// own error included (for the caller to tell a setup problem by its code),
+/// or a [`Problem::Connection`] when it did not answer.
+async fn answered<T>(
+    what: &str,
+    fut: impl Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<Result<T, mysql_async::ServerError>, Problem> {
     match tokio::time::timeout(QUERY_TIMEOUT, fut).await {
-        Ok(result) => result.map_err(|e| Problem::Connection(format!("{what}: {e}"))),
+        Ok(Ok(value)) => Ok(Ok(value)),
+        Ok(Err(mysql_async::Error::Server(e))) => Ok(Err(e)),
+        Ok(Err(e)) => Err(Problem::Connection(format!("{what}: {e}"))),
         Err(_) => Err(Problem::Connection(format!("{what}: no answer within {QUERY_TIMEOUT:?}"))),
     }
 }
@@ -153,7 +157,7 @@ pub async fn check(conn: &mut Conn, mapping: &Mapping) -> Result<Followed, Probl
 
 /// The server's current binlog position: where the next commit goes.
 pub async fn current_position(conn: &mut Conn) -> Result<Position, Problem> {
-    let denied = |e: &mysql_async::Error| {
+    let denied = |e: &mysql_async::ServerError| {
         Problem::Setup(format!(
             "cannot read the server's binlog position ({e}); grant the follower's user REPLICATION CLIENT \
              (BINLOG MONITOR on MariaDB)"
@@ -162,20 +166,14 @@ pub async fn current_position(conn: &mut Conn) -> Result<Position, Problem> {
     let mut row: Option<Row> = None;
     // MySQL 8.4 renamed the statement; MariaDB and older MySQL know the first.
     for statement in ["SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"] {
-        match tokio::time::timeout(QUERY_TIMEOUT, conn.query_first(statement)).await {
-            Ok(Ok(found)) => {
+        match answered("reading the binlog position", conn.query_first(statement)).await? {
+            Ok(found) => {
                 row = found;
                 break;
             }
-            Ok(Err(e)) if server_code(&e).is_some_and(|code| ACCESS_DENIED.contains(&code)) => return Err(denied(&e)),
+            Err(e) if ACCESS_DENIED.contains(&e.code) => return Err(denied(&e)),
             // A syntax error: the other statement.
-            Ok(Err(e)) if server_code(&e).is_some() => continue,
-            Ok(Err(e)) => return Err(Problem::Connection(format!("reading the binlog position: {e}"))),
-            Err(_) => {
-                return Err(Problem::Connection(format!(
-                    "reading the binlog position: no answer within {QUERY_TIMEOUT:?}"
-                )));
-            }
+            Err(_) => continue,
         }
     }
     let row = row.ok_or_else(|| Problem::Setup("the server reports no binlog position: is log_bin on?".into()))?;
