@@ -411,23 +411,21 @@ impl<'a, S: BinlogState> Term<'a, S> {
                 }
             }
         }
-        if mapping.mode == Mode::Snapshot {
-            let last: HashMap<&RecordKey, usize> = changes.iter().enumerate().map(|(i, c)| (c.record(), i)).collect();
-            let keep: Vec<bool> = (0..changes.len()).map(|i| last.get(changes[i].record()) == Some(&i)).collect();
-            let mut keep = keep.into_iter();
-            changes.retain(|_| keep.next().unwrap_or(true));
-        }
         // Records are independent: their changes run side by side (a bulk
         // update is thousands of rows an event), each record's in order.
         let mut chains: Vec<(String, Vec<Change>)> = Vec::new();
-        let mut chain_of: HashMap<String, usize> = HashMap::new();
+        let mut chain_of: HashMap<RecordKey, usize> = HashMap::new();
         for change in changes {
-            let record = change.record().to_string();
-            let at = *chain_of.entry(record.clone()).or_insert_with(|| {
-                chains.push((record, Vec::new()));
+            let at = *chain_of.entry(change.record().clone()).or_insert_with(|| {
+                chains.push((change.record().to_string(), Vec::new()));
                 chains.len() - 1
             });
             chains[at].1.push(change);
+        }
+        if mapping.mode == Mode::Snapshot {
+            for (_, chain) in &mut chains {
+                chain.drain(..chain.len() - 1);
+            }
         }
         let store = self.store;
         let outcomes: Vec<Vec<(String, Result<(), Error>)>> = futures_util::stream::iter(chains)
