@@ -7,17 +7,18 @@
 use std::time::Duration;
 
 use super::call::Invocation;
+use super::ingest::millis;
 use super::reply::malformed;
 use super::{RedisStore, scripts};
 use crate::domain::{BinlogCheckpoint, BinlogState, BinlogStatus, Error};
 
 impl BinlogState for RedisStore {
     async fn lead_binlog(&self, name: &str, me: &str, lease: Duration) -> Result<bool, Error> {
-        Ok(self.binlog_lease(name, me, (lease.as_millis() as u64).max(1)).await? == me)
+        Ok(self.lease(self.keys.binlog_lease(name), me, millis(lease).max(1)).await? == me)
     }
 
     async fn resign_binlog(&self, name: &str, me: &str) -> Result<(), Error> {
-        self.binlog_lease(name, me, 0).await.map(drop)
+        self.lease(self.keys.binlog_lease(name), me, 0).await.map(drop)
     }
 
     async fn binlog_checkpoint(&self, name: &str) -> Result<Option<BinlogCheckpoint>, Error> {
@@ -63,14 +64,5 @@ impl BinlogState for RedisStore {
     async fn binlog_status(&self, name: &str) -> Result<Option<BinlogStatus>, Error> {
         let json: Option<String> = self.query(redis::cmd("GET").arg(self.keys.binlog_status(name))).await?;
         json.map(|json| serde_json::from_str(&json).map_err(|_| malformed("a binlog follower status"))).transpose()
-    }
-}
-
-impl RedisStore {
-    /// Takes, keeps (`lease_ms` > 0) or gives up (0) `name`'s lease; who holds it after.
-    async fn binlog_lease(&self, name: &str, me: &str, lease_ms: u64) -> Result<String, Error> {
-        let mut inv = Invocation::new(&scripts::LEAD_INGEST);
-        inv.key(self.keys.binlog_lease(name)).arg(me).arg(lease_ms);
-        self.eval(&inv).await?.text()
     }
 }

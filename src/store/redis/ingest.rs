@@ -171,7 +171,7 @@ struct Group {
     last_delivered: StreamId,
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -203,8 +203,15 @@ impl RedisStore {
     /// Takes, keeps (`lease_ms` > 0) or gives up (0) `consumer`'s reader
     /// lease; who holds it after.
     async fn ingest_lease(&self, consumer: &IngestConsumer, lease_ms: u64) -> Result<String, Error> {
+        self.lease(self.keys.ingest_lease(&consumer.group), &consumer.consumer, lease_ms).await
+    }
+
+    /// Takes, keeps (`lease_ms` > 0) or gives up (0) the one-holder lease
+    /// at `key` for `holder` (`lead_ingest.lua`: the ingestion reader's, the
+    /// binlog follower's); who holds it after.
+    pub(super) async fn lease(&self, key: String, holder: &str, lease_ms: u64) -> Result<String, Error> {
         let mut inv = Invocation::new(&scripts::LEAD_INGEST);
-        inv.key(self.keys.ingest_lease(&consumer.group)).arg(&consumer.consumer).arg(lease_ms);
+        inv.key(key).arg(holder).arg(lease_ms);
         self.eval(&inv).await?.text()
     }
 
