@@ -101,13 +101,13 @@ pub async fn run(
     let events = EventHub::new(4096);
     let binlog = cdc.as_ref().map(|cdc| cdc.name.clone());
     let mut background = spawn_workers(&config, cdc, &store, &access, health, &ready, &events, &stop_rx);
-    let inventory = Arc::new(InventoryApi::new(store.clone(), config.limits(), events.clone()));
     // One admission for gRPC calls and the HTTP lock routes, which run the same handlers.
     let admission = Admission::new(crate::edge::admission::Limits {
         max_in_flight: config.max_in_flight,
         max_queued: config.max_queued,
         max_wait: config.max_queue_wait,
     });
+    let inventory = Arc::new(InventoryApi::new(store.clone(), config.limits(), events.clone(), admission.clone()));
     let http_state = HttpState {
         inventory: inventory.clone(),
         admission: admission.clone(),

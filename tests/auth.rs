@@ -56,7 +56,7 @@ async fn call(svc: &TestService, token: Option<&str>, method: &str) -> Result<()
         "GetLock" => inv.get_lock(pb::GetLockRequest::default()).await.map(drop),
         "ListLocks" => inv.list_locks(pb::ListLocksRequest::default()).await.map(drop),
         "OpenSession" => inv.open_session(pb::OpenSessionRequest::default()).await.map(drop),
-        "KeepAliveOnce" => inv.keep_alive_once(pb::KeepAliveRequest::default()).await.map(drop),
+        "KeepAliveOnce" => inv.keep_alive_once(pb::KeepAliveOnceRequest::default()).await.map(drop),
         "CloseSession" => inv.close_session(pb::CloseSessionRequest::default()).await.map(drop),
         "WatchHolder" => inv.watch_holder(pb::WatchHolderRequest::default()).await.map(drop),
         "RequestForceUnlock" => admin.request_force_unlock(pb::RequestForceUnlockRequest::default()).await.map(drop),
@@ -199,7 +199,7 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     assert_eq!(session.holder, "checkout");
 
     // Another principal, even naming the holder, cannot use it.
-    let ping = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
+    let ping = pb::KeepAliveOnceRequest { session_id: session.session_id.clone(), holder: "checkout".into() };
     expect_error(other.keep_alive_once(ping.clone()).await, Code::NotFound, "SESSION_NOT_FOUND");
     let lock = pb::LockRequest {
         candidates: None,
@@ -213,7 +213,7 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
 
     // Its own principal can, with no holder field at all.
     checkout
-        .keep_alive_once(pb::KeepAliveRequest { session_id: session.session_id.clone(), ..Default::default() })
+        .keep_alive_once(pb::KeepAliveOnceRequest { session_id: session.session_id.clone(), ..Default::default() })
         .await
         .unwrap();
     let mut own = lock;

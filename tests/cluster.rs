@@ -318,10 +318,12 @@ async fn a_failing_batch_across_shards_gives_back_what_it_took() {
     let mut actions = Vec::new();
     while actions.len() < 3 {
         let event = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        let event = event.event.unwrap();
         assert!(event.event_id.starts_with(&format!("{partition}/")), "{}", event.event_id);
-        actions.push(event.action);
+        actions.push(event.action());
     }
-    assert_eq!(actions, ["stock.set", "lock", "release"]);
+    use pb::AvailabilityAction as A;
+    assert_eq!(actions, [A::StockSet, A::Lock, A::Release]);
     // A retry with the same request_id after a restock locks afresh: the
     // undone partitions' idempotency records were deleted, not replayed.
     svc.stock(&skus[2], "W", "5").await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use stocklock::pb;
+use stocklock::pb::AvailabilityAction as Action;
 
 /// The fields every event has, in this order (a fixed schema: a stream
 /// stores the names once per node).
@@ -210,15 +211,16 @@ async fn a_watcher_resumes_after_a_disconnect_without_missing_a_change() {
         .await
         .unwrap()
         .into_inner();
-    let snapshot = stream.next().await.unwrap().unwrap();
-    assert_eq!((snapshot.action.as_str(), snapshot.available.as_str()), ("snapshot", "10"));
+    let snapshot = stream.next().await.unwrap().unwrap().event.unwrap();
+    assert_eq!((snapshot.action(), snapshot.available.as_str()), (Action::Snapshot, "10"));
 
     svc.lock("OTHER", "W", "1", "x").await.unwrap();
     let lock = svc.lock("S", "W", "3", "r1").await.unwrap().lock.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let event = event.event.unwrap();
     assert_eq!(
-        (event.action.as_str(), event.lock_id.as_str(), event.available.as_str()),
-        ("lock", lock.lock_id.as_str(), "7")
+        (event.action(), event.lock_id.as_str(), event.available.as_str()),
+        (Action::Lock, lock.lock_id.as_str(), "7")
     );
     drop(stream);
 
@@ -235,13 +237,15 @@ async fn a_watcher_resumes_after_a_disconnect_without_missing_a_change() {
     let mut seen = Vec::new();
     for _ in 0..2 {
         let e = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.unwrap().unwrap().unwrap();
-        seen.push((e.action, e.available));
+        let e = e.event.unwrap();
+        seen.push((e.action(), e.available));
     }
-    assert_eq!(seen, [("release".to_owned(), "10".to_owned()), ("lock".to_owned(), "5".to_owned())]);
+    assert_eq!(seen, [(Action::Release, "10".to_owned()), (Action::Lock, "5".to_owned())]);
     // And then live again.
     svc.stock("S", "W", "20").await;
     let e = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!((e.action.as_str(), e.available.as_str()), ("stock.set", "15"));
+    let e = e.event.unwrap();
+    assert_eq!((e.action(), e.available.as_str()), (Action::StockSet, "15"));
 }
 
 #[tokio::test]
@@ -339,7 +343,7 @@ async fn idle_watchers_read_nothing_from_redis() {
     for _ in 0..20 {
         let request = pb::WatchAvailabilityRequest { keys: keys.clone(), after_event_id: String::new() };
         let mut stream = svc.client.clone().watch_availability(request).await.unwrap().into_inner();
-        assert_eq!(stream.next().await.unwrap().unwrap().action, "snapshot");
+        assert_eq!(stream.next().await.unwrap().unwrap().event.unwrap().action(), Action::Snapshot);
         streams.push(stream);
     }
     // Settled: the count stops moving for a whole second (four quiet periods).
@@ -355,6 +359,7 @@ async fn idle_watchers_read_nothing_from_redis() {
     svc.lock("S", "W", "3", "r1").await.unwrap();
     for stream in &mut streams {
         let event = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
-        assert_eq!((event.action.as_str(), event.available.as_str()), ("lock", "7"));
+        let event = event.event.unwrap();
+        assert_eq!((event.action(), event.available.as_str()), (Action::Lock, "7"));
     }
 }

@@ -50,7 +50,8 @@ async fn an_unrenewed_lock_returns_its_stock_within_ttl_plus_sweep() {
     let released = svc.release(&lock.lock_id, "rel").await.unwrap();
     assert_eq!(released.results[0].outcome(), pb::ReleaseOutcome::AlreadyExpired);
     let get = svc.client.clone().get_lock(pb::GetLockRequest { lock_id: lock.lock_id }).await;
-    expect_error(get, Code::FailedPrecondition, "LOCK_EXPIRED");
+    let status = expect_error(get, Code::FailedPrecondition, "LOCK_EXPIRED");
+    assert_eq!(status.get_details_error_info().unwrap().metadata["state"], "EXPIRED");
     assert_eq!(svc.available("SKU-1", "WH-A").await, "10");
 }
 
@@ -150,7 +151,7 @@ async fn renew_many_reports_per_lock_and_renew_can_change_the_ttl() {
     assert!(response.results[0].renewed);
     let expiry = response.results[0].expires_at.unwrap().seconds;
     assert!(expiry - a.expires_at.unwrap().seconds >= 59, "ttl 120 s should extend past the 60 s lock");
-    assert_eq!((response.results[1].renewed, response.results[1].reason.as_str()), (false, "LOCK_NOT_FOUND"));
+    assert_eq!((response.results[1].renewed, response.results[1].reason().as_str_name()), (false, "LOCK_NOT_FOUND"));
 }
 
 fn late_commit(lock_id: &str, quantity: &str, request_id: &str) -> pb::CommitRequest {

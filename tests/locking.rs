@@ -410,7 +410,10 @@ async fn get_lock_and_list_locks() {
     // A released lock is gone from the list and GetLock says how it ended.
     svc.release(&ids[0], "rel").await.unwrap();
     let gone = client.get_lock(pb::GetLockRequest { lock_id: ids[0].clone() }).await;
-    expect_error(gone, tonic::Code::NotFound, "LOCK_NOT_FOUND");
+    let status = expect_error(gone, tonic::Code::NotFound, "LOCK_NOT_FOUND");
+    // `state` names a LockState, as the proto says.
+    let state = &tonic_types::StatusExt::get_details_error_info(&status).unwrap().metadata["state"];
+    assert_eq!(pb::LockState::from_str_name(&format!("LOCK_STATE_{state}")), Some(pb::LockState::Released));
     let bad = client.list_locks(pb::ListLocksRequest { page_token: "garbage".into(), ..Default::default() }).await;
     expect_error(bad, tonic::Code::InvalidArgument, "INVALID_ARGUMENT");
 }

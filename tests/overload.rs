@@ -72,6 +72,11 @@ async fn calls_past_the_limit_and_the_queue_are_shed_at_once_and_not_started() {
     let metrics = scrape(&svc).await;
     assert_eq!(metrics["stocklock_shed_calls_total{reason=\"queue_full\"}"], 6.0);
     assert_eq!(metrics["stocklock_shed_calls_total{reason=\"queue_wait\"}"], 2.0);
+    // Every shed Lock is a failed lock attempt of its warehouse, in the
+    // metrics and in the hourly counts of the health rule: an overload
+    // lowers the success rate.
+    assert_eq!(metrics["stocklock_lock_outcomes_total{warehouse=\"WH-A\",reason=\"OVERLOADED\"}"], 8.0);
+    assert!(hourly_counts_reach(&svc, &[("WH-A|OVERLOADED", 8)]).await, "the hourly counts never showed the sheds");
     // And the service is at once back to normal.
     svc.lock("SKU-O", "WH-A", "1", "after").await.unwrap();
 }
@@ -103,4 +108,7 @@ async fn a_call_whose_deadline_passes_in_the_queue_is_not_started() {
     assert!(locked <= 1, "{record:?}");
     let metrics = scrape(&svc).await;
     assert_eq!(metrics.get("stocklock_shed_calls_total{reason=\"deadline\"}").copied(), Some(1.0), "{status:?}");
+    let outcome = "stocklock_lock_outcomes_total{warehouse=\"WH-A\",reason=\"DEADLINE_PASSED\"}";
+    assert_eq!(metrics.get(outcome).copied(), Some(1.0));
+    assert!(hourly_counts_reach(&svc, &[("WH-A|DEADLINE_PASSED", 1)]).await, "the hourly counts never showed it");
 }

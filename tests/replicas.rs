@@ -233,7 +233,7 @@ async fn a_session_kept_alive_through_either_replica_ends_once_when_both_stop_ke
     b.client.clone().lock(in_session("l-b")).await.unwrap();
 
     // Kept alive through one replica, then the other, past several ttls.
-    let ping = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "order-service".into() };
+    let ping = pb::KeepAliveOnceRequest { session_id: session.session_id.clone(), holder: "order-service".into() };
     for i in 0..8 {
         let replica = if i % 2 == 0 { &a } else { &b };
         replica.client.clone().keep_alive_once(ping.clone()).await.unwrap();

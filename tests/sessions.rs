@@ -29,7 +29,7 @@ fn in_session(sku: &str, warehouse: &str, quantity: &str, request_id: &str, sess
 }
 
 async fn keep_alive(svc: &TestService, session: &pb::Session) -> Result<pb::Session, tonic::Status> {
-    let request = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: HOLDER.into() };
+    let request = pb::KeepAliveOnceRequest { session_id: session.session_id.clone(), holder: HOLDER.into() };
     svc.client.clone().keep_alive_once(request).await.map(|r| r.into_inner().session.unwrap())
 }
 
@@ -207,7 +207,7 @@ async fn a_session_belongs_to_its_holder() {
     let svc = start().await;
     svc.stock("SKU-1", "WH-A", "10").await;
     let session = open(&svc, 30_000, "s-1").await;
-    let stranger = pb::KeepAliveRequest { session_id: session.session_id.clone(), holder: "someone-else".into() };
+    let stranger = pb::KeepAliveOnceRequest { session_id: session.session_id.clone(), holder: "someone-else".into() };
     expect_error(svc.client.clone().keep_alive_once(stranger).await, Code::NotFound, "SESSION_NOT_FOUND");
     let mut request = in_session("SKU-1", "WH-A", "1", "l-1", &session);
     request.holder = "someone-else".into();
@@ -230,7 +230,7 @@ async fn open_session_is_idempotent_by_request_id() {
     let other = pb::OpenSessionRequest { ttl: millis(20_000), holder: HOLDER.into(), request_id: "s-1".into() };
     expect_error(svc.client.clone().open_session(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
-    let bad = pb::KeepAliveRequest { session_id: "not-a-session".into(), holder: HOLDER.into() };
+    let bad = pb::KeepAliveOnceRequest { session_id: "not-a-session".into(), holder: HOLDER.into() };
     let status = expect_error(svc.client.clone().keep_alive_once(bad).await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&status), ["session_id"]);
     let mut with_ttl = in_session("SKU-1", "WH-A", "1", "l-1", &first);
@@ -318,7 +318,7 @@ async fn a_keep_alive_writes_the_same_whatever_the_session_holds() {
 }
 
 /// A WatchHolder of HOLDER, from now or after `after`.
-async fn watch_holder(svc: &TestService, after: &str) -> tonic::Streaming<pb::HolderEvent> {
+async fn watch_holder(svc: &TestService, after: &str) -> tonic::Streaming<pb::WatchHolderResponse> {
     let request = pb::WatchHolderRequest {
         holder: HOLDER.into(),
         after_event_id: after.into(),
@@ -328,8 +328,9 @@ async fn watch_holder(svc: &TestService, after: &str) -> tonic::Streaming<pb::Ho
     svc.client.clone().watch_holder(request).await.unwrap().into_inner()
 }
 
-async fn next(stream: &mut tonic::Streaming<pb::HolderEvent>) -> pb::HolderEvent {
-    tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("no notice in time").unwrap().unwrap()
+async fn next(stream: &mut tonic::Streaming<pb::WatchHolderResponse>) -> pb::HolderEvent {
+    let response = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("no notice in time");
+    response.unwrap().unwrap().event.expect("a response without an event")
 }
 
 #[tokio::test]

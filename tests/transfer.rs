@@ -695,13 +695,6 @@ async fn lock_health_counts_the_warehouses_that_gave_and_the_candidates_that_wer
     svc.client.clone().transfer_lock(transfer(&lock.lock_id, "W1", "", "t1")).await.unwrap_err();
     // Counts reach Redis in the next flush (about a second): wait for them.
     let expected = [("W1|OK", 1), ("W2|INSUFFICIENT_STOCK", 1), ("W3|OK", 1), ("W1|INSUFFICIENT_STOCK", 1)];
-    let flushed = eventually(std::time::Duration::from_secs(5), || async {
-        let mut conn = svc.redis_conn().await;
-        let key = format!("sl:{{lockhealth}}:{}", hour_start(0));
-        let counts: std::collections::HashMap<String, u64> =
-            redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.unwrap();
-        expected.iter().all(|(field, n)| counts.get(*field) == Some(n))
-    })
-    .await;
+    let flushed = hourly_counts_reach(&svc, &expected).await;
     assert!(flushed, "the hourly counts never showed {expected:?}");
 }

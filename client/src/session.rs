@@ -341,7 +341,7 @@ async fn keep_alive(
 async fn watch_losses(
     client: Client,
     session: pb::Session,
-    mut first: Option<tonic::Streaming<pb::HolderEvent>>,
+    mut first: Option<tonic::Streaming<pb::WatchHolderResponse>>,
     guards: Guards,
     lost: Arc<watch::Sender<Option<Lost>>>,
 ) {
@@ -360,7 +360,9 @@ async fn watch_losses(
             _ => {}
         }
         if let Ok(mut stream) = stream {
-            while let Ok(Some(event)) = stream.message().await {
+            while let Ok(Some(response)) = stream.message().await {
+                // A response without an event (a later heartbeat) says nothing.
+                let Some(event) = response.event else { continue };
                 backoff = Duration::from_millis(50);
                 after.clone_from(&event.event_id);
                 let loss = match event.kind() {
@@ -389,7 +391,7 @@ async fn subscribe(
     client: &Client,
     session: &pb::Session,
     after: &str,
-) -> Result<tonic::Streaming<pb::HolderEvent>, Status> {
+) -> Result<tonic::Streaming<pb::WatchHolderResponse>, Status> {
     let mut request = tonic::Request::new(pb::WatchHolderRequest {
         holder: session.holder.clone(),
         session_id: session.session_id.clone(),

@@ -143,7 +143,7 @@ pub async fn run(channels: &[Channel], target: &str, redis_port: u16, args: &Run
     for session in &sessions {
         let (client, stop, done, failed) =
             (client.clone(), stop.clone(), keep_alives.clone(), keep_alive_failures.clone());
-        let request = pb::KeepAliveRequest { session_id: session.clone(), holder: "lt-holder".into() };
+        let request = pb::KeepAliveOnceRequest { session_id: session.clone(), holder: "lt-holder".into() };
         keepers.push(tokio::spawn(async move {
             // Spread the sessions over the interval.
             tokio::time::sleep(ttl.mul_f64(rand::random::<f64>() / 3.0)).await;
@@ -339,7 +339,8 @@ async fn notices(channels: &[Channel], target: &str, args: &RunArgs) -> anyhow::
     let listener = {
         let (delays, expiries) = (delays.clone(), expiries.clone());
         tokio::spawn(async move {
-            while let Ok(Some(notice)) = stream.message().await {
+            while let Ok(Some(response)) = stream.message().await {
+                let Some(notice) = response.event else { continue };
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 let now = now.as_millis() as u64;
                 let mut delays = delays.lock().expect("lock");

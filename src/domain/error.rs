@@ -8,39 +8,50 @@ use super::RecordKey;
 /// tags use them, and clients such as the CLI match on them.
 #[allow(missing_docs)]
 pub mod reason {
-    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
-    pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
-    pub const SKU_NOT_AVAILABLE_IN_WAREHOUSE: &str = "SKU_NOT_AVAILABLE_IN_WAREHOUSE";
-    pub const LOCK_NOT_FOUND: &str = "LOCK_NOT_FOUND";
-    pub const LOCK_EXPIRED: &str = "LOCK_EXPIRED";
-    pub const LOCK_HOLDER_MISMATCH: &str = "LOCK_HOLDER_MISMATCH";
-    pub const LOCK_FORCE_RELEASED: &str = "LOCK_FORCE_RELEASED";
-    pub const FORCE_UNLOCK_NOT_FOUND: &str = "FORCE_UNLOCK_NOT_FOUND";
-    pub const FORCE_UNLOCK_NOT_PENDING: &str = "FORCE_UNLOCK_NOT_PENDING";
-    pub const FORCE_UNLOCK_EXPIRED: &str = "FORCE_UNLOCK_EXPIRED";
-    pub const TWO_PERSON_RULE: &str = "TWO_PERSON_RULE";
-    pub const NO_LOCKS_MATCHED: &str = "NO_LOCKS_MATCHED";
-    pub const RECORD_BUSY: &str = "RECORD_BUSY";
-    pub const REQUEST_IN_PROGRESS: &str = "REQUEST_IN_PROGRESS";
-    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
-    pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
-    pub const RATE_LIMITED: &str = "RATE_LIMITED";
-    pub const OVERLOADED: &str = "OVERLOADED";
-    pub const DEADLINE_PASSED: &str = "DEADLINE_PASSED";
-    pub const LOCK_ALREADY_COMMITTED: &str = "LOCK_ALREADY_COMMITTED";
-    pub const BATCH_NOT_FOUND: &str = "BATCH_NOT_FOUND";
-    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
-    pub const UNIT_SCALE_IN_USE: &str = "UNIT_SCALE_IN_USE";
-    pub const NEGATIVE_STOCK: &str = "NEGATIVE_STOCK";
-    pub const QUANTITY_EXCEEDS_LOCK: &str = "QUANTITY_EXCEEDS_LOCK";
-    pub const INV_LOCK_TIMEOUT: &str = "INV_LOCK_TIMEOUT";
-    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
-    pub const STORE_OUT_OF_MEMORY: &str = "STORE_OUT_OF_MEMORY";
-    pub const INTERNAL: &str = "INTERNAL";
-    pub const SESSION_NOT_FOUND: &str = "SESSION_NOT_FOUND";
-    pub const SESSION_EXPIRED: &str = "SESSION_EXPIRED";
-    pub const SESSION_CLOSED: &str = "SESSION_CLOSED";
-    pub const LOCK_IN_SESSION: &str = "LOCK_IN_SESSION";
+    macro_rules! reasons {
+        ($($name:ident),* $(,)?) => {
+            $(pub const $name: &str = stringify!($name);)*
+            /// Every reason, for the test that the contract's `ErrorReason`
+            /// enum publishes each of them.
+            pub const ALL: &[&str] = &[$($name),*];
+        };
+    }
+
+    reasons![
+        INVALID_ARGUMENT,
+        INSUFFICIENT_STOCK,
+        SKU_NOT_AVAILABLE_IN_WAREHOUSE,
+        LOCK_NOT_FOUND,
+        LOCK_EXPIRED,
+        LOCK_HOLDER_MISMATCH,
+        LOCK_FORCE_RELEASED,
+        FORCE_UNLOCK_NOT_FOUND,
+        FORCE_UNLOCK_NOT_PENDING,
+        FORCE_UNLOCK_EXPIRED,
+        TWO_PERSON_RULE,
+        NO_LOCKS_MATCHED,
+        RECORD_BUSY,
+        REQUEST_IN_PROGRESS,
+        UNAUTHENTICATED,
+        ROLE_NOT_ALLOWED,
+        RATE_LIMITED,
+        OVERLOADED,
+        DEADLINE_PASSED,
+        LOCK_ALREADY_COMMITTED,
+        BATCH_NOT_FOUND,
+        IDEMPOTENCY_KEY_REUSED,
+        UNIT_SCALE_IN_USE,
+        NEGATIVE_STOCK,
+        QUANTITY_EXCEEDS_LOCK,
+        INV_LOCK_TIMEOUT,
+        STORE_UNAVAILABLE,
+        STORE_OUT_OF_MEMORY,
+        INTERNAL,
+        SESSION_NOT_FOUND,
+        SESSION_EXPIRED,
+        SESSION_CLOSED,
+        LOCK_IN_SESSION,
+    ];
 }
 
 /// A line of a lock request that there is not enough stock for.

@@ -6,13 +6,19 @@ use super::reason;
 
 /// Whether `reason` counts against the service: the caller did nothing
 /// wrong and there was stock, yet the lock failed (the store timed out, was
-/// unreachable or out of memory, or an internal error). Refusals on the
+/// unreachable or out of memory, the service was overloaded and refused to
+/// start the call, or an internal error). Refusals on the
 /// merits (no stock, bad input, ...) are counted by reason but are the
 /// service working.
 pub fn is_service_failure(text: &str) -> bool {
     matches!(
         text,
-        reason::INV_LOCK_TIMEOUT | reason::STORE_UNAVAILABLE | reason::STORE_OUT_OF_MEMORY | reason::INTERNAL
+        reason::INV_LOCK_TIMEOUT
+            | reason::STORE_UNAVAILABLE
+            | reason::STORE_OUT_OF_MEMORY
+            | reason::INTERNAL
+            | reason::OVERLOADED
+            | reason::DEADLINE_PASSED
     )
 }
 

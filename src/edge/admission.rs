@@ -93,7 +93,7 @@ impl Admission {
 }
 
 /// The caller's deadline from the `grpc-timeout` header ("250m" is 250 ms).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;
@@ -108,9 +108,12 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Streams live as long as their client, so they would hold a slot for
-/// good: the watches, and KeepAlive (one write a session every third of
-/// its ttl).
+/// Calls this layer does not admit. Streams live as long as their client,
+/// so they would hold a slot for good: the watches, and KeepAlive (one
+/// write a session every third of its ttl). Lock and BatchLock are
+/// admitted by their handlers, once the request is read, so that a refusal
+/// is counted against the warehouses it names like any other lock outcome
+/// (the success rate must show an overload).
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.")
         || matches!(
@@ -119,6 +122,12 @@ fn exempt(path: &str) -> bool {
                 | "/stocklock.v1.InventoryService/KeepAlive"
                 | "/stocklock.v1.InventoryService/WatchHolder"
         )
+        || admitted_by_handler(path)
+}
+
+/// Calls whose handler admits them itself (see [`exempt`]).
+pub fn admitted_by_handler(path: &str) -> bool {
+    matches!(path, "/stocklock.v1.InventoryService/Lock" | "/stocklock.v1.InventoryService/BatchLock")
 }
 
 /// The tower layer applying an [`Admission`] to every call.

@@ -92,12 +92,37 @@ pub(super) fn scaled(value: i64, scale: u32) -> String {
     format_scaled(value, scale)
 }
 
+/// The action of a lifecycle event as the contract names it.
+fn availability_action(action: &str) -> pb::AvailabilityAction {
+    use pb::AvailabilityAction as A;
+    match action {
+        "lock" => A::Lock,
+        "renew" => A::Renew,
+        "release" => A::Release,
+        "commit" => A::Commit,
+        "expire" => A::Expire,
+        "force_release" => A::ForceRelease,
+        "stock.set" => A::StockSet,
+        "stock.adjust" => A::StockAdjust,
+        "transfer.out" => A::TransferOut,
+        "transfer.in" => A::TransferIn,
+        "record.repair" => A::RecordRepair,
+        _ => A::Unspecified,
+    }
+}
+
+/// A reason as the contract's enum (every reason the service gives is one
+/// of its values; a test checks that).
+pub(super) fn error_reason(reason: &str) -> pb::ErrorReason {
+    pb::ErrorReason::from_str_name(reason).unwrap_or(pb::ErrorReason::Internal)
+}
+
 /// An event as a watcher sees it.
 pub(super) fn availability_event(event: &LifecycleEvent, position: &WatchPosition) -> pb::AvailabilityEvent {
     pb::AvailabilityEvent {
         event_id: position.to_string(),
         at: Some(timestamp(event.id.ms as i64)),
-        action: event.field("action").to_owned(),
+        action: availability_action(event.field("action")).into(),
         sku: event.record().0.to_owned(),
         warehouse_id: event.record().1.to_owned(),
         available: event.available(),
@@ -120,7 +145,7 @@ pub(super) fn snapshot_event(view: &StockView, position: &WatchPosition) -> pb::
     let record = record(view);
     pb::AvailabilityEvent {
         event_id: position.to_string(),
-        action: "snapshot".into(),
+        action: pb::AvailabilityAction::Snapshot.into(),
         sku: record.sku,
         warehouse_id: record.warehouse_id,
         available: record.available.clone(),
@@ -180,5 +205,33 @@ mod tests {
         assert!(std_duration(&pbjson_types::Duration { seconds: -1, nanos: 0 }, "ttl").is_err());
         assert!(std_duration(&pbjson_types::Duration { seconds: 0, nanos: -5 }, "ttl").is_err());
         assert_eq!(std_duration(&pbjson_types::Duration { seconds: 2, nanos: 5 }, "ttl").unwrap(), Duration::new(2, 5));
+    }
+
+    /// The contract publishes exactly the reasons the service gives, by the
+    /// names ErrorInfo carries on the wire.
+    #[test]
+    fn error_reason_enum_publishes_every_reason() {
+        for name in crate::domain::reason::ALL {
+            let value = pb::ErrorReason::from_str_name(name);
+            assert!(value.is_some(), "ErrorReason lacks {name}");
+            assert_eq!(value.unwrap().as_str_name(), *name);
+        }
+        let published = (1..200).filter_map(|n| pb::ErrorReason::try_from(n).ok()).count();
+        assert_eq!(published, crate::domain::reason::ALL.len(), "ErrorReason has values the service never gives");
+    }
+
+    /// Every action the scripts write has its value in the contract.
+    #[test]
+    fn availability_actions_are_named() {
+        let scripts: String =
+            std::fs::read_dir("lua").unwrap().map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap()).collect();
+        let mut emitted = 0;
+        for (i, _) in scripts.match_indices("emit(pk.events, '") {
+            let rest = &scripts[i + "emit(pk.events, '".len()..];
+            let action = &rest[..rest.find('\'').unwrap()];
+            assert_ne!(availability_action(action), pb::AvailabilityAction::Unspecified, "{action} has no value");
+            emitted += 1;
+        }
+        assert!(emitted >= 11, "found {emitted} emits: has emit() changed its shape?");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use super::{Limits, convert, holder, validate, watch};
@@ -12,6 +13,7 @@ use crate::domain::{
     OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
     SetStockCommand, Sku, StockStore, TransferLockCommand, UnitScale, WarehouseId, is_service_failure, reason,
 };
+use crate::edge::admission::{Admission, grpc_timeout};
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
 
@@ -20,13 +22,15 @@ pub struct InventoryApi<S> {
     store: Arc<S>,
     limits: Limits,
     events: EventHub,
+    admission: Arc<Admission>,
 }
 
 impl<S> InventoryApi<S> {
     /// The service over `store`, validating requests against `limits`;
-    /// watchers follow `events`.
-    pub fn new(store: Arc<S>, limits: Limits, events: EventHub) -> Self {
-        Self { store, limits, events }
+    /// watchers follow `events`. Lock and BatchLock take a slot of
+    /// `admission` themselves (the others are admitted by its layer).
+    pub fn new(store: Arc<S>, limits: Limits, events: EventHub, admission: Arc<Admission>) -> Self {
+        Self { store, limits, events, admission }
     }
 }
 
@@ -37,13 +41,7 @@ impl<S: StockStore> InventoryApi<S> {
     /// line that was not filled by each candidate that gave nothing.
     fn count_lock_outcomes(&self, cmd: &LockCommand, result: Result<LockOutcome, Error>) -> Result<LockOutcome, Error> {
         let outcomes: Vec<(&str, &'static str)> = match &result {
-            Err(e) => {
-                let reason = e.reason();
-                cmd.lines
-                    .iter()
-                    .flat_map(|l| l.candidates().iter().map(move |r| (r.warehouse.as_str(), reason)))
-                    .collect()
-            }
+            Err(e) => refused(cmd, e.reason()),
             Ok(outcome) => {
                 let mut outcomes: Vec<(&str, &'static str)> =
                     outcome.granted.iter().map(|g| (g.lock.lock_id.record.warehouse.as_str(), "OK")).collect();
@@ -69,6 +67,21 @@ impl<S: StockStore> InventoryApi<S> {
         result
     }
 
+    /// A slot for `cmd` within the caller's `deadline`. A refusal
+    /// (OVERLOADED, DEADLINE_PASSED) is a lock outcome of every warehouse
+    /// the command names: an overload lowers the success rate.
+    async fn admit(
+        &self,
+        cmd: &LockCommand,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let admitted = self.admission.admit(deadline).await;
+        if let Err(e) = &admitted {
+            self.count_outcomes(&refused(cmd, e.reason()));
+        }
+        admitted
+    }
+
     fn count_outcomes(&self, outcomes: &[(&str, &'static str)]) {
         for (warehouse, reason) in outcomes {
             crate::metrics::METRICS.lock_outcome(warehouse, reason);
@@ -89,9 +102,9 @@ impl<S: StockStore> InventoryApi<S> {
 
 #[tonic::async_trait]
 impl<S: StockStore> InventoryService for InventoryApi<S> {
-    type WatchAvailabilityStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AvailabilityEvent, Status>>;
+    type WatchAvailabilityStream = Responses<pb::AvailabilityEvent, pb::WatchAvailabilityResponse>;
     type KeepAliveStream = tokio_stream::wrappers::ReceiverStream<Result<pb::KeepAliveResponse, Status>>;
-    type WatchHolderStream = tokio_stream::wrappers::ReceiverStream<Result<pb::HolderEvent, Status>>;
+    type WatchHolderStream = Responses<pb::HolderEvent, pb::WatchHolderResponse>;
 
     async fn watch_holder(
         &self,
@@ -99,7 +112,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
     ) -> Result<Response<Self::WatchHolderStream>, Status> {
         let principal = validate::principal(&request);
         let stream = holder::watch_holder(&self.store, &self.events, &principal, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(stream.map(|item| item.map(|event| pb::WatchHolderResponse { event: Some(event) }))))
     }
 
     async fn open_session(
@@ -135,7 +148,9 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             let answering = async {
                 while let Some(next) = inbound.message().await.transpose() {
                     let answer = match next {
-                        Ok(r) => keep_alive_once(&*store, &principal, &r).await,
+                        Ok(r) => keep_alive_once(&*store, &principal, &r.session_id, &r.holder)
+                            .await
+                            .map(|session| pb::KeepAliveResponse { session: Some(session) }),
                         Err(status) => Err(status),
                     };
                     let failed = answer.is_err();
@@ -158,10 +173,12 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
 
     async fn keep_alive_once(
         &self,
-        request: Request<pb::KeepAliveRequest>,
-    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        request: Request<pb::KeepAliveOnceRequest>,
+    ) -> Result<Response<pb::KeepAliveOnceResponse>, Status> {
         let principal = validate::principal(&request);
-        Ok(Response::new(keep_alive_once(&*self.store, &principal, request.get_ref()).await?))
+        let r = request.get_ref();
+        let session = keep_alive_once(&*self.store, &principal, &r.session_id, &r.holder).await?;
+        Ok(Response::new(pb::KeepAliveOnceResponse { session: Some(session) }))
     }
 
     async fn close_session(
@@ -181,7 +198,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         request: Request<pb::WatchAvailabilityRequest>,
     ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
         let stream = watch::watch(&self.store, &self.events, &self.limits, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(stream.map(|item| item.map(|event| pb::WatchAvailabilityResponse { event: Some(event) }))))
     }
 
     async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::SetStockResponse>, Status> {
@@ -281,6 +298,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
 
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         let principal = validate::principal(&request);
+        let deadline = grpc_timeout(request.metadata().as_ref());
         let r = request.into_inner();
         let cmd = LockCommand {
             lines: vec![validate::lock_line(&r.sku, &r.warehouse_id, &r.quantity, r.candidates.as_ref(), "")?],
@@ -293,6 +311,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             policy: BatchPolicy::AllOrNothing,
         };
         crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
+        let _slot = self.admit(&cmd, deadline).await?;
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         let granted =
@@ -311,6 +330,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         request: Request<pb::BatchLockRequest>,
     ) -> Result<Response<pb::BatchLockResponse>, Status> {
         let principal = validate::principal(&request);
+        let deadline = grpc_timeout(request.metadata().as_ref());
         let r = request.into_inner();
         let cmd = LockCommand {
             lines: validate::batch_lines(&self.limits, &r.lines)?,
@@ -323,6 +343,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             policy: validate::batch_policy(r.policy)?,
         };
         crate::edge::telemetry::record_request("", "", &r.request_id);
+        let _slot = self.admit(&cmd, deadline).await?;
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
@@ -364,9 +385,13 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
                         renewed: true,
                         expires_at: Some(convert::timestamp(renewed.expires_at_ms)),
                         max_hold_reached: renewed.max_hold_reached,
-                        reason: String::new(),
+                        reason: pb::ErrorReason::Unspecified.into(),
                     },
-                    Err(e) => pb::RenewResult { lock_id, reason: e.reason().to_owned(), ..Default::default() },
+                    Err(e) => pb::RenewResult {
+                        lock_id,
+                        reason: convert::error_reason(e.reason()).into(),
+                        ..Default::default()
+                    },
                 }
             })
             .collect();
@@ -500,15 +525,29 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
     }
 }
 
-/// One keep-alive of the session `r` names, by `principal`'s holder (or
-/// the request's, without authentication).
+/// The outcomes of a lock command refused whole with `reason`: one for
+/// each warehouse its lines named (their candidates).
+fn refused<'a>(cmd: &'a LockCommand, reason: &'static str) -> Vec<(&'a str, &'static str)> {
+    cmd.lines.iter().flat_map(|l| l.candidates().iter().map(move |r| (r.warehouse.as_str(), reason))).collect()
+}
+
+/// One keep-alive of `session_id`, by `principal`'s holder (or `holder`,
+/// without authentication): the session with its new expiry.
 async fn keep_alive_once<S: StockStore>(
     store: &S,
     principal: &Option<crate::edge::auth::Principal>,
-    r: &pb::KeepAliveRequest,
-) -> Result<pb::KeepAliveResponse, Status> {
-    let session = SessionId::parse(&r.session_id, "session_id")?;
-    let holder = validate::optional_holder(principal, &r.holder)?;
+    session_id: &str,
+    holder: &str,
+) -> Result<pb::Session, Status> {
+    let session = SessionId::parse(session_id, "session_id")?;
+    let holder = validate::optional_holder(principal, holder)?;
     let view = store.keep_alive(&session, holder.as_ref()).await?;
-    Ok(pb::KeepAliveResponse { session: Some(convert::session(&view)) })
+    Ok(convert::session(&view))
 }
+
+/// A server stream of `T`s sent to the client wrapped in `R`, the RPC's
+/// response message (which leaves room for more than the event).
+type Responses<T, R> = tokio_stream::adapters::Map<
+    tokio_stream::wrappers::ReceiverStream<Result<T, Status>>,
+    fn(Result<T, Status>) -> Result<R, Status>,
+>;

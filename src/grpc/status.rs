@@ -92,10 +92,16 @@ impl From<Error> for Status {
                 Code::NotFound
             }
             Error::LockExpired { lock_id, available: Some(available) } => {
-                info(&mut details, reason, &[("lock_id", lock_id.clone()), ("available", available.clone())]);
+                let metadata =
+                    [("lock_id", lock_id.clone()), ("state", "EXPIRED".into()), ("available", available.clone())];
+                info(&mut details, reason, &metadata);
                 Code::FailedPrecondition
             }
-            Error::LockExpired { lock_id, available: None } | Error::LockAlreadyCommitted { lock_id } => {
+            Error::LockExpired { lock_id, available: None } => {
+                info(&mut details, reason, &[("lock_id", lock_id.clone()), ("state", "EXPIRED".into())]);
+                Code::FailedPrecondition
+            }
+            Error::LockAlreadyCommitted { lock_id } => {
                 info(&mut details, reason, &[("lock_id", lock_id.clone())]);
                 Code::FailedPrecondition
             }

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ApiError, HttpState};
 use crate::domain::{AdminStore, Error};
+use crate::edge::admission::admitted_by_handler;
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
 
@@ -81,10 +82,15 @@ async fn grpc<S, Req, Resp, Fut>(
 where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
-    let principal = super::admit(state, &format!("/stocklock.v1.InventoryService/{method}"), headers, peer)?;
+    let path = format!("/stocklock.v1.InventoryService/{method}");
+    let principal = super::admit(state, &path, headers, peer)?;
     // A slot of the gRPC server's own concurrency limit: HTTP callers are
     // shed as gRPC callers are (429, OVERLOADED), not let through to Redis.
-    let _slot = state.admission.admit(None).await?;
+    // Lock and BatchLock take theirs in the handler, as over gRPC.
+    let _slot = match admitted_by_handler(&path) {
+        true => None,
+        false => Some(state.admission.admit(None).await?),
+    };
     let mut request = Request::new(message);
     if let Some(principal) = principal {
         request.extensions_mut().insert(principal);
