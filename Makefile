@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps test-deps run test lint monitoring k8s fuzz python-example build bench loadtest
+.PHONY: deps test-deps run test lint contract monitoring k8s fuzz python-example build bench loadtest
 
 deps:
 	./scripts/install-deps.sh run
@@ -23,12 +23,12 @@ run: deps
 # keeps the features of the first run, so nothing is built twice.
 CLUSTER_SUITES = locking batch admin idempotency expiry events concurrency errors ingest invariants linearizability model sessions transfer
 
-## Formatting, lints, docs, the alert rules, the Kubernetes manifests, every
+## Formatting, lints, docs, the contract's linters, the alert rules, the Kubernetes manifests, every
 ## test against real redis-servers (once on one Redis, and the core suites
 ## again on Redis Cluster), and the Python example against the real service.
 ## The fuzz targets run apart (`make fuzz`): their build is a second build of
 ## the whole crate, over three minutes of CI's twenty.
-test: test-deps lint monitoring k8s
+test: test-deps lint contract monitoring k8s
 	$(CARGO) test --workspace --all-targets
 	STOCKLOCK_TEST_REDIS=cluster $(CARGO) test --workspace $(addprefix --test ,$(CLUSTER_SUITES))
 	./scripts/python-example.sh
@@ -37,6 +37,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps
+
+## The proto (buf lint, buf format) and the OpenAPI document (Redocly).
+contract:
+	./scripts/lint-contract.sh
 
 monitoring:
 	promtool check rules monitoring/alerts.yaml

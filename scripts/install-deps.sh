@@ -6,7 +6,10 @@
 #         MariaDB (mariadb-server: mariadbd and mariadb-install-db) for the
 #         binlog follower's tests, which start their own servers, and
 #         python3 with venv for the Kubernetes manifest check and the Python
-#         example (its gRPC packages come from PyPI, into a private venv)
+#         example (its gRPC packages come from PyPI, into a private venv), and
+#         Node.js with npm for the contract's linters (buf and Redocly CLI,
+#         pinned in scripts/tools, from the npm registry; Redocly needs
+#         Node.js 20.19 or later, which Debian 13 and Ubuntu 24.04 ship)
 # Rust itself comes from rustup; the proto is compiled in Rust (protox), so
 # no protoc. Safe to run again.
 set -euo pipefail
@@ -20,6 +23,7 @@ if [ "$purpose" = test ]; then
   command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -26,6 +26,9 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Operator commands against a running service.
     Admin(Box<crate::cli::AdminArgs>),
+    /// Print the OpenAPI document of the HTTP API (as served at
+    /// /openapi.json), for client generators and linters.
+    Openapi,
 }
 
 /// How the service reaches Redis.
@@ -507,7 +510,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(config) => *config,
-            Command::Admin(_) => unreachable!("parsed serve"),
+            _ => unreachable!("parsed serve"),
         }
     }
 

@@ -123,9 +123,106 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ingest_stats,
         healthz,
         readyz
-    )
+    ),
+    servers(
+        (url = "http://127.0.0.1:8080", description = "The default --http-listen (`make run`)"),
+        (url = "{scheme}://{host}:{port}", description = "A deployment",
+            variables(
+                ("scheme" = (default = "https", enum_values("https", "http"))),
+                ("host" = (default = "stocklock")),
+                ("port" = (default = "8080"))
+            )
+        )
+    ),
+    components(schemas(ErrorDetail)),
+    security(("bearer" = [])),
+    modifiers(&BearerTokens)
 )]
 struct ApiDoc;
+
+/// The failures of the lock routes, each HTTP code with the gRPC codes it
+/// stands for (see `http_code`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum LockErrors {
+    /// INVALID_ARGUMENT: a field is malformed or out of bounds (`field` names it). Nothing changed.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// UNAUTHENTICATED: the bearer token is missing or unknown.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// PERMISSION_DENIED: the caller's role may not call this, or the lock is another holder's.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// NOT_FOUND: no such record, lock, batch or session.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+    /// FAILED_PRECONDITION, ALREADY_EXISTS, ABORTED: e.g. INSUFFICIENT_STOCK, LOCK_EXPIRED,
+    /// IDEMPOTENCY_KEY_REUSED, REQUEST_IN_PROGRESS (`reason` says which). Nothing changed.
+    #[response(status = 409)]
+    Conflict(#[to_schema] ErrorBody),
+    /// RESOURCE_EXHAUSTED: OVERLOADED or RATE_LIMITED (retry after the Retry-After header),
+    /// or STORE_OUT_OF_MEMORY. Not started.
+    #[response(status = 429)]
+    TooManyRequests(#[to_schema] ErrorBody),
+    /// INTERNAL: a bug; the detail is in the service's log.
+    #[response(status = 500)]
+    Internal(#[to_schema] ErrorBody),
+    /// UNAVAILABLE: Redis is unreachable, loading or failing over. Retry with the same request_id.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+    /// DEADLINE_EXCEEDED: INV_LOCK_TIMEOUT (Redis did not answer in time; the change may or may
+    /// not have happened: retry with the same request_id) or DEADLINE_PASSED (not started).
+    #[response(status = 504)]
+    Timeout(#[to_schema] ErrorBody),
+}
+
+/// The failures of the read routes (availability, statistics).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// INVALID_ARGUMENT: a parameter is malformed or out of bounds (`field` names it).
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// UNAUTHENTICATED: the bearer token is missing or unknown.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// PERMISSION_DENIED: the caller's role may not call this.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// NOT_FOUND: SKU_NOT_AVAILABLE_IN_WAREHOUSE, the SKU has no record in the warehouse asked for.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+    /// RESOURCE_EXHAUSTED: RATE_LIMITED (retry after the Retry-After header).
+    #[response(status = 429)]
+    TooManyRequests(#[to_schema] ErrorBody),
+    /// INTERNAL: a bug; the detail is in the service's log.
+    #[response(status = 500)]
+    Internal(#[to_schema] ErrorBody),
+    /// UNAVAILABLE: Redis is unreachable, loading or failing over.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+    /// DEADLINE_EXCEEDED: Redis did not answer within --store-timeout.
+    #[response(status = 504)]
+    Timeout(#[to_schema] ErrorBody),
+}
+
+/// Adds the bearer-token scheme the routes are secured with.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token from the service's --auth-tokens file, as `Authorization: Bearer <token>`. \
+                 Required when the service runs with --auth-tokens; without it authentication is off.",
+            ))
+            .build();
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// Every failed call: the gRPC status as JSON, with the HTTP code
 /// conventional for its gRPC code.
@@ -269,8 +366,7 @@ fn admit<S>(
     ),
     responses(
         (status = 200, body = Availability),
-        (status = "4XX", body = ErrorBody, description = "Refused; nothing changed"),
-        (status = "5XX", body = ErrorBody, description = "Redis unavailable or too slow"),
+        ReadErrors,
     )
 )]
 async fn available<S: AdminStore>(
@@ -339,7 +435,13 @@ async fn available<S: AdminStore>(
 }
 
 /// `GET /healthz`: 200 while the process runs.
-#[utoipa::path(get, path = "/healthz", summary = "The process is alive", responses((status = 200, body = Probe)))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "The process is alive",
+    responses((status = 200, body = Probe)),
+    security(())
+)]
 async fn healthz() -> Json<Probe> {
     Json(Probe { status: "ok".into() })
 }
@@ -349,7 +451,8 @@ async fn healthz() -> Json<Probe> {
     get,
     path = "/readyz",
     summary = "Redis answers and the scripts are loaded",
-    responses((status = 200, body = Probe, description = "Ready"), (status = 503, body = Probe, description = "Not ready"))
+    responses((status = 200, body = Probe, description = "Ready"), (status = 503, body = Probe, description = "Not ready")),
+    security(())
 )]
 async fn readyz<S: AdminStore>(State(state): State<HttpState<S>>) -> Response {
     let ready = state.ready.load(Ordering::Relaxed) && state.store.ping().await.is_ok();
@@ -362,7 +465,7 @@ async fn readyz<S: AdminStore>(State(state): State<HttpState<S>>) -> Response {
     get,
     path = "/ingest/stats",
     summary = "Backlog of the stock-change ingestion (operator role)",
-    responses((status = 200, body = IngestBacklog), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody))
+    responses((status = 200, body = IngestBacklog), ReadErrors)
 )]
 async fn ingest_stats<S: AdminStore + BinlogState>(
     State(state): State<HttpState<S>>,

@@ -19,6 +19,10 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::process::exit(runtime.block_on(stocklock::cli::run(*args)));
         }
+        Command::Openapi => {
+            println!("{}", stocklock::http::openapi().to_pretty_json()?);
+            Ok(())
+        }
     }
 }
 

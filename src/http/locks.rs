@@ -111,8 +111,7 @@ macro_rules! route {
             params(("Idempotency-Key" = Option<String>, Header, description = "The request_id, when the body has none")),
             responses(
                 (status = 200, body = $response),
-                (status = "4XX", body = super::ErrorBody, description = "Refused; nothing changed"),
-                (status = "5XX", body = super::ErrorBody, description = "Redis unavailable or too slow: retry with the same request_id"),
+                super::LockErrors,
             )
         )]
         pub(super) async fn $name<S: AdminStore>(
@@ -161,8 +160,7 @@ route!(
     params(("lock_id" = String, Path, description = "The lock id, URL-encoded (| is %7C)")),
     responses(
         (status = 200, body = pb::GetLockResponse),
-        (status = "4XX", body = super::ErrorBody, description = "Not found, or how it ended"),
-        (status = "5XX", body = super::ErrorBody),
+        super::LockErrors,
     )
 )]
 pub(super) async fn get_lock<S: AdminStore>(
