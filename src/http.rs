@@ -84,10 +84,7 @@ pub fn router<S: AdminStore + BinlogState>(state: HttpState<S>) -> axum::Router 
         .route("/stock/lock/transfer", post(locks::transfer_lock::<S>))
         .route("/stock/locks/{lock_id}", get(locks::get_lock::<S>))
         .route("/ingest/stats", get(ingest_stats::<S>))
-        .route(
-            "/metrics",
-            get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.encode()) }),
-        )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
@@ -444,6 +441,23 @@ async fn available<S: AdminStore>(
 )]
 async fn healthz() -> Json<Probe> {
     Json(Probe { status: "ok".into() })
+}
+
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
+/// does, in its Accept header), the classic text format's content type to
+/// others. The body is the same: the classic parser reads OpenMetrics'
+/// text, `# EOF` and all.
+async fn metrics(headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let content_type = match openmetrics {
+        true => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        false => "text/plain; version=0.0.4; charset=utf-8",
+    };
+    ([(header::CONTENT_TYPE, content_type)], crate::metrics::METRICS.encode()).into_response()
 }
 
 /// `GET /readyz`: 200 while Redis answers and the scripts are loaded.

@@ -194,6 +194,15 @@ impl Metrics {
             invariant_passes: Counter::default(),
             self_check_violations: Family::default(),
         };
+        registry.register(
+            "build",
+            "The running build: its version, and the git revision it was built from when the build said so",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                // `docker build --build-arg REVISION=...` (k8s/Dockerfile) sets it.
+                ("revision", option_env!("STOCKLOCK_REVISION").unwrap_or("unknown")),
+            ]),
+        );
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(
             "lock_outcomes",
@@ -313,7 +322,8 @@ impl Metrics {
         Self { registry, ..metrics }
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format, which Prometheus's
+    /// classic text parser also reads.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -369,5 +379,7 @@ mod tests {
         );
         assert!(text.contains("stocklock_lock_outcomes_total{warehouse=\"WH-A\",reason=\"OK\"}"), "{text}");
         assert!(text.contains("# TYPE stocklock_rpc_duration_seconds histogram"), "{text}");
+        let build = format!("stocklock_build_info{{version=\"{}\",revision=", env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&build), "{text}");
     }
 }

@@ -44,4 +44,23 @@ async fn counters_and_histograms_move_with_the_calls() {
         eventually(Duration::from_secs(3), || async { scrape(&svc).await.get("stocklock_live_locks") == Some(&3.0) })
             .await
     );
+
+    // A scraper that asks for OpenMetrics gets it, labelled as such; others
+    // get the classic content type. Both name the build.
+    let scrape_as = |accept: &'static str| {
+        let url = format!("http://{}/metrics", svc.http_addr);
+        async move {
+            let response = reqwest::Client::new().get(url).header("accept", accept).send().await.unwrap();
+            let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+            (content_type, response.text().await.unwrap())
+        }
+    };
+    let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, body) = scrape_as(prometheus).await;
+    assert_eq!(content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let build = format!("stocklock_build_info{{version=\"{}\",revision=", env!("CARGO_PKG_VERSION"));
+    assert!(body.contains(&build), "{body}");
+    let (content_type, _) = scrape_as("text/plain").await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
 }
