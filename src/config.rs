@@ -501,8 +501,80 @@ impl ServeConfig {
     }
 }
 
+/// The reference tables of `stocklock serve`'s options, in Markdown, made
+/// from their clap definitions (flag, variable, default, doc comment): the
+/// options of the service, then those of the binlog follower (`--cdc-*`).
+/// docs/configuration.md holds them between markers, and a test fails when
+/// they differ, so the documentation cannot drift from the flags.
+pub fn reference_tables() -> [String; 2] {
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("serve is a subcommand");
+    let mut tables = [String::new(), String::new()];
+    for table in &mut tables {
+        table.push_str("| Flag | Variable | Default | Meaning |\n|---|---|---|---|\n");
+    }
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" {
+            continue;
+        }
+        let env = arg.get_env().map_or_else(String::new, |e| format!("`{}`", e.to_string_lossy()));
+        let defaults: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let default = match defaults.join(",").as_str() {
+            _ if matches!(arg.get_action(), clap::ArgAction::SetTrue) => "off".to_owned(),
+            "" => "none".to_owned(),
+            d => format!("`{d}`"),
+        };
+        let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+        let mut meaning = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !meaning.is_empty() && !meaning.ends_with('.') {
+            meaning.push('.');
+        }
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect();
+        if arg.get_value_parser().type_id() != clap::builder::ValueParser::bool().type_id() && !values.is_empty() {
+            meaning.push_str(&format!(" One of {}.", values.join(", ")));
+        }
+        let table = &mut tables[usize::from(long.starts_with("cdc-"))];
+        table.push_str(&format!("| `--{long}` | {env} | {default} | {} |\n", meaning.replace('|', "\\|")));
+    }
+    tables
+}
+
 #[cfg(test)]
 mod tests {
+    /// docs/configuration.md's tables are `reference_tables()`, as the
+    /// flags define them. `STOCKLOCK_BLESS=1 cargo test --lib config`
+    /// rewrites them after a flag changed.
+    #[test]
+    fn the_configuration_reference_is_the_flags() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let mut doc = std::fs::read_to_string(path).unwrap();
+        for (n, table) in reference_tables().iter().enumerate() {
+            let (begin, end) =
+                (format!("<!-- BEGIN GENERATED TABLE {n} -->\n"), format!("<!-- END GENERATED TABLE {n} -->"));
+            let from = doc.find(&begin).unwrap_or_else(|| panic!("{path} lacks {begin}")) + begin.len();
+            let to = from + doc[from..].find(&end).unwrap_or_else(|| panic!("{path} lacks {end}"));
+            if std::env::var_os("STOCKLOCK_BLESS").is_some() {
+                doc.replace_range(from..to, table);
+            } else {
+                assert_eq!(
+                    doc[from..to],
+                    **table,
+                    "{path} differs from the flags: STOCKLOCK_BLESS=1 cargo test --lib config"
+                );
+            }
+        }
+        if std::env::var_os("STOCKLOCK_BLESS").is_some() {
+            std::fs::write(path, doc).unwrap();
+        }
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> ServeConfig {
