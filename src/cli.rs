@@ -72,7 +72,8 @@ impl From<Status> for Failure {
         let code = match status.code() {
             Code::NotFound => exit::NOT_FOUND,
             Code::Unauthenticated | Code::PermissionDenied if reason != reason::TWO_PERSON_RULE => exit::DENIED,
-            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => exit::UNAVAILABLE,
+            // Cancelled: the client's own --timeout passed.
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => exit::UNAVAILABLE,
             _ => exit::REFUSED,
         };
         let hint = match reason.as_str() {
@@ -85,6 +86,9 @@ impl From<Status> for Failure {
             reason::FORCE_UNLOCK_NOT_PENDING => Some("see its state with `stocklock admin unlock list`"),
             reason::NO_LOCKS_MATCHED => Some("check what the filter selects with `stocklock admin locks ...`"),
             _ if status.code() == Code::Unavailable => Some("is the service running at --addr, and its Redis up?"),
+            _ if status.code() == Code::Cancelled => {
+                Some("no answer within --timeout: is the service or its Redis slow?")
+            }
             _ => None,
         };
         let message = if reason.is_empty() {
@@ -116,7 +120,7 @@ async fn connect(args: &AdminArgs) -> Result<Channel, Failure> {
     let mut endpoint = Channel::from_shared(args.addr.clone())
         .map_err(|e| Failure::usage(format!("--addr {:?}: {e}", args.addr)))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+        .timeout(args.timeout);
     if args.tls_ca.is_some() || args.tls_client_cert.is_some() || args.addr.starts_with("https://") {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))
@@ -172,6 +176,12 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
             let locks = list_locks(&mut inventory, filter.into_request(), limit).await?;
             out.show(&locks, &["lock_id", "quantity", "holder", "order", "age", "expires_in", "batch"], || {
                 locks.iter().map(lock_row).collect()
+            });
+        }
+        AdminCommand::GetLock { lock_id } => {
+            let lock = inventory.get_lock(pb::GetLockRequest { lock_id }).await?.into_inner().lock.unwrap_or_default();
+            out.show(&lock, &["lock_id", "quantity", "holder", "order", "age", "expires_in", "batch"], || {
+                vec![lock_row(&lock)]
             });
         }
         AdminCommand::LockStats => {
@@ -358,7 +368,12 @@ async fn audit_events(admin: &mut AdminServiceClient<Authed>, args: AuditArgs, o
         if let Some(event) = page.events.last() {
             last_id = event.id.clone();
         }
-        if !events.is_empty() || !args.follow {
+        if args.follow && out.json {
+            // A stream, for `| jq` or a log shipper: one event per line.
+            for event in events {
+                out.show(event, &[], Vec::new);
+            }
+        } else if !events.is_empty() || !args.follow {
             out.show(events, &columns, || events.iter().map(event_row).collect());
         }
         if shown >= args.limit {

@@ -29,6 +29,14 @@ pub enum Command {
     /// Print the OpenAPI document of the HTTP API (as served at
     /// /openapi.json), for client generators and linters.
     Openapi,
+    /// Print a completion script for a shell, e.g.
+    /// `stocklock completions bash > /etc/bash_completion.d/stocklock`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, e.g. `stocklock man | man -l -`.
+    Man,
 }
 
 /// How the service reaches Redis.

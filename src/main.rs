@@ -2,7 +2,7 @@
 //! hands over to [`stocklock::server::run`].
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use stocklock::config::{Cli, Command, ServeConfig};
 
 /// mimalloc rather than the system's malloc: under load glibc's malloc and
@@ -19,10 +19,30 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::process::exit(runtime.block_on(stocklock::cli::run(*args)));
         }
-        Command::Openapi => {
-            println!("{}", stocklock::http::openapi().to_pretty_json()?);
-            Ok(())
+        Command::Openapi => print(stocklock::http::openapi().to_pretty_json()?.into_bytes()),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "stocklock", &mut script);
+            print(script)
         }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print(page)
+        }
+    }
+}
+
+/// Writes a generated document to stdout; a reader that stops early (`| head`)
+/// is not an error.
+fn print(mut document: Vec<u8>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if !document.ends_with(b"\n") {
+        document.push(b'\n');
+    }
+    match std::io::stdout().write_all(&document) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
     }
 }
 

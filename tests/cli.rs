@@ -106,3 +106,64 @@ async fn exit_codes_tell_scripts_what_went_wrong() {
         .unwrap();
     assert_eq!(output.status.code(), Some(5), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_lock_the_audit_stream_and_the_timeout() {
+    // Redis calls may take 5 s here, so that only --timeout can end the last call early.
+    let svc = start_with(&["--store-timeout", "5s"]).await;
+    svc.stock("SKU-G", "WH-A", "5").await;
+    let lock = svc.lock("SKU-G", "WH-A", "2", "g1").await.unwrap().lock.unwrap();
+
+    // A live lock, as the API's JSON mapping writes it (u64 as a string).
+    let live = admin(&svc, None, &["get-lock", &lock.lock_id, "--json"]).await;
+    assert_eq!(live.code, 0, "{}", live.stderr);
+    let json: Value = serde_json::from_str(&live.stdout).unwrap();
+    assert_eq!((json["lock_id"].as_str(), json["quantity"].as_str()), (Some(lock.lock_id.as_str()), Some("2")));
+    assert_eq!(json["fencing_token"], lock.fencing_token.to_string());
+    assert_eq!(json["state"], "LOCK_STATE_ACTIVE");
+    // An ended one: not found, and how it ended.
+    svc.release(&lock.lock_id, "rel").await.unwrap();
+    let ended = admin(&svc, None, &["get-lock", &lock.lock_id]).await;
+    assert_eq!(ended.code, 3, "{}", ended.stderr);
+    assert!(ended.stderr.contains("LOCK_NOT_FOUND"), "{}", ended.stderr);
+
+    // `audit --follow --json` is a stream of events, one JSON object a line.
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocklock"))
+        .args(["admin", "audit", "--follow", "--json"])
+        .env("STOCKLOCK_ADDR", format!("http://{}", svc.addr))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let ten_seconds = std::time::Duration::from_secs(10);
+    let line = tokio::time::timeout(ten_seconds, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(first["action"], "stock.set", "{first}");
+    svc.stock("SKU-G", "WH-A", "7").await;
+    let line = tokio::time::timeout(ten_seconds, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let next: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((next["action"].as_str(), next["sku"].as_str()), (Some("stock.set"), Some("SKU-G")), "{next}");
+    follow.kill().await.unwrap();
+
+    // A service that does not answer: the command gives up after --timeout.
+    let pid = svc.redis.as_ref().unwrap().pid().unwrap();
+    signal(pid, "-STOP");
+    let started = std::time::Instant::now();
+    let slow = admin(&svc, None, &["--timeout", "300ms", "get-lock", "SKU-G|WH-A|1-ab"]).await;
+    signal(pid, "-CONT");
+    assert_eq!(slow.code, 5, "{}", slow.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "gave up after {:?}", started.elapsed());
+    assert!(slow.stderr.contains("hint: no answer within --timeout"), "{}", slow.stderr);
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_stocklock")).args(args).output().unwrap();
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.status.success());
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("get-lock"), "the admin commands complete");
+    let man = run(&["man"]);
+    assert!(man.status.success());
+    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".ie"), "a roff page");
+}

@@ -27,9 +27,14 @@ pub struct AdminArgs {
     /// Client key (PEM), for mutual TLS.
     #[arg(long, env = "STOCKLOCK_TLS_CLIENT_KEY", global = true)]
     pub tls_client_key: Option<std::path::PathBuf>,
-    /// Print JSON instead of tables.
+    /// Print the service's answers as JSON (the protobuf JSON mapping, as
+    /// the HTTP API writes them) instead of tables; `audit --follow` prints
+    /// one event per line (NDJSON).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long a call may take before the command gives up (exit code 5).
+    #[arg(long, env = "STOCKLOCK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -48,6 +53,11 @@ pub enum AdminCommand {
     },
     /// Live locks, filtered.
     Locks(LockFilterArgs),
+    /// One lock by id; for an ended one, how it ended.
+    GetLock {
+        /// The lock id, as Lock returned it.
+        lock_id: String,
+    },
     /// How many live and stale locks there are.
     LockStats,
     /// Forced unlocks: request, approve, reject, list.
