@@ -125,7 +125,8 @@ fn exempt(path: &str) -> bool {
         || admitted_by_handler(path)
 }
 
-/// Calls whose handler admits them itself (see [`exempt`]).
+/// Calls whose handler admits them itself, once the request is read, so
+/// that a refusal is counted against the warehouses it names.
 pub fn admitted_by_handler(path: &str) -> bool {
     matches!(path, "/stocklock.v1.InventoryService/Lock" | "/stocklock.v1.InventoryService/BatchLock")
 }
