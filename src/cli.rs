@@ -230,6 +230,20 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
             );
         }
         AdminCommand::Audit(audit) => audit_events(&mut admin, audit, &out).await?,
+        AdminCommand::DeadLetters { limit } => {
+            let mut request = pb::ListDeadLettersRequest::default();
+            let mut letters = Vec::new();
+            while letters.len() < limit {
+                request.page_size = (limit - letters.len()).min(1000) as u32;
+                let page = admin.list_dead_letters(request.clone()).await?.into_inner();
+                letters.extend(page.letters);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                request.page_token = page.next_page_token;
+            }
+            out.show(&letters, &["at", "reason", "error", "change"], || letters.iter().map(letter_row).collect());
+        }
         AdminCommand::LockHealth(args) => {
             let request = pb::LockHealthRequest {
                 since: Some(instant(&args.since, "--since")?),

@@ -16,8 +16,8 @@ mod quantity;
 mod store;
 
 pub use admin::{
-    AdminStore, Approval, AuditEvent, AuditFilter, ForceUnlockItem, ForceUnlockState, ForceUnlockView, IngestStats,
-    LockStats,
+    AdminStore, Approval, AuditEvent, AuditFilter, DeadLetter, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
+    IngestStats, LockStats,
 };
 pub use error::{Error, LockEnd, Shortage, reason};
 pub use events::{Coverage, EventHub, EventId, LifecycleEvent, StreamPosition, WatchPosition};

@@ -27,13 +27,14 @@ const INVENTORY: [&str; 16] = [
     "CloseSession",
     "WatchHolder",
 ];
-const ADMIN: [&str; 6] = [
+const ADMIN: [&str; 7] = [
     "RequestForceUnlock",
     "ApproveForceUnlock",
     "RejectForceUnlock",
     "ListForceUnlockRequests",
     "ListAuditEvents",
     "GetLockStats",
+    "ListDeadLetters",
 ];
 
 /// Calls `method` with an empty request; only whether it is admitted matters.
@@ -67,6 +68,7 @@ async fn call(svc: &TestService, token: Option<&str>, method: &str) -> Result<()
         }
         "ListAuditEvents" => admin.list_audit_events(pb::ListAuditEventsRequest::default()).await.map(drop),
         "GetLockStats" => admin.get_lock_stats(pb::GetLockStatsRequest::default()).await.map(drop),
+        "ListDeadLetters" => admin.list_dead_letters(pb::ListDeadLettersRequest::default()).await.map(drop),
         other => panic!("unknown method {other}"),
     }
 }

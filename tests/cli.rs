@@ -146,6 +146,21 @@ async fn get_lock_the_audit_stream_and_the_timeout() {
     assert_eq!((next["action"].as_str(), next["sku"].as_str()), (Some("stock.set"), Some("SKU-G")), "{next}");
     follow.kill().await.unwrap();
 
+    // A change the ingestion could not apply, as the operator sees it.
+    xadd(&svc, "sl:ingest", &[("type", "teleport"), ("sku", "SKU-G"), ("warehouse_id", "WH-A")]).await;
+    let dead = eventually(std::time::Duration::from_secs(5), || async {
+        admin(&svc, None, &["dead-letters", "--json"]).await.stdout.contains("teleport")
+    })
+    .await;
+    assert!(dead, "the dead letter never showed");
+    let letters: Value = serde_json::from_str(&admin(&svc, None, &["dead-letters", "--json"]).await.stdout).unwrap();
+    assert_eq!(
+        (letters[0]["reason"].as_str(), letters[0]["fields"]["type"].as_str()),
+        (Some("INVALID_ARGUMENT"), Some("teleport"))
+    );
+    let table = admin(&svc, None, &["dead-letters"]).await;
+    assert!(table.stdout.starts_with("AT") && table.stdout.contains("type=teleport"), "{}", table.stdout);
+
     // A service that does not answer: the command gives up after --timeout.
     let pid = svc.redis.as_ref().unwrap().pid().unwrap();
     signal(pid, "-STOP");

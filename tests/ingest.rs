@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use stocklock::pb;
 
 const STREAM: &str = "sl:ingest";
 
@@ -117,6 +118,25 @@ async fn malformed_entries_are_dead_lettered_and_never_block_the_stream() {
     // The original payload travels with the reason.
     assert_eq!((dead[0]["type"].as_str(), dead[2]["physical"].as_str()), ("teleport", "ten"));
     assert!(dead[1]["dead.error"].contains("physical"), "{:?}", dead[1]);
+    // Operators read them through ListDeadLetters: newest first, in pages.
+    let mut admin = svc.admin().await;
+    let list = |page_size, page_token: &str| pb::ListDeadLettersRequest { page_size, page_token: page_token.into() };
+    let first = admin.list_dead_letters(list(3, "")).await.unwrap().into_inner();
+    let rest = admin.list_dead_letters(list(3, &first.next_page_token)).await.unwrap().into_inner();
+    assert!(rest.next_page_token.is_empty(), "two entries were left: {rest:?}");
+    let listed: Vec<(pb::ErrorReason, String)> =
+        first.letters.iter().chain(&rest.letters).map(|l| (l.reason(), l.fields["dead.entry_id"].clone())).collect();
+    let mut expected: Vec<(pb::ErrorReason, String)> = dead
+        .iter()
+        .map(|d| (pb::ErrorReason::from_str_name(&d["dead.reason"]).unwrap(), d["dead.entry_id"].clone()))
+        .collect();
+    expected.reverse();
+    assert_eq!(listed, expected);
+    let newest = &first.letters[0];
+    assert_eq!((newest.fields["sku"].as_str(), newest.error.is_empty()), ("NOPE", false));
+    assert!(newest.at.is_some_and(|at| at.seconds > 0), "{newest:?}");
+    let bad = admin.list_dead_letters(list(3, "not-a-token")).await;
+    assert_eq!(bad_fields(&expect_error(bad, tonic::Code::InvalidArgument, "INVALID_ARGUMENT")), ["page_token"]);
     let (status, stats, _) = http_get(svc.http_addr, "/ingest/stats", None).await;
     assert_eq!(status, 200);
     assert_eq!(

@@ -67,6 +67,13 @@ pub enum AdminCommand {
     Audit(AuditArgs),
     /// Lock success rate per warehouse and hour, as a heatmap.
     LockHealth(HealthArgs),
+    /// Stock changes that could not be applied (the dead-letter stream),
+    /// newest first, with why.
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Mend a record the invariant auditor reports: `locked` from its live
     /// locks, and its expiry index (audited as record.repair).
     Repair {

@@ -70,6 +70,12 @@ pub(super) fn unlock_row(r: &pb::ForceUnlockRequest) -> Vec<String> {
     ]
 }
 
+pub(super) fn letter_row(l: &pb::DeadLetter) -> Vec<String> {
+    let mut fields: Vec<_> = l.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    fields.sort();
+    vec![time(&l.at), l.reason().as_str_name().to_owned(), l.error.clone(), fields.join(" ")]
+}
+
 pub(super) fn event_row(e: &pb::AuditEvent) -> Vec<String> {
     let mut details: Vec<_> =
         e.details.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();

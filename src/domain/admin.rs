@@ -149,10 +149,33 @@ pub struct IngestStats {
     pub dead_letters: u64,
 }
 
+/// A stock change that could not be applied, set aside in the dead-letter
+/// stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its entry id in the dead-letter stream.
+    pub id: String,
+    /// Why: the reason of the error that refused it.
+    pub reason: String,
+    /// The error, for people.
+    pub error: String,
+    /// The change as it came (and where it came from).
+    pub fields: Vec<(String, String)>,
+}
+
 /// The storage port of the operations.
 pub trait AdminStore: StockStore {
     /// The backlog of the ingestion stream's consumer `group`.
     fn ingest_stats(&self, group: &str) -> impl Future<Output = Result<IngestStats, Error>> + Send;
+
+    /// Up to `limit` dead letters, newest first, older than the entry
+    /// `before` when given (a previous page's last id); and the id to pass
+    /// as `before` for the next page, if there may be one. One bounded call.
+    fn dead_letters(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<DeadLetter>, Option<String>), Error>> + Send;
 
     /// Records a pending request for `items` under `id`; returns the id of
     /// the request (the first call's, when this retries it).

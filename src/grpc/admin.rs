@@ -115,6 +115,17 @@ fn request_to_proto(view: ForceUnlockView) -> pb::ForceUnlockRequest {
     }
 }
 
+fn letter_to_proto(letter: crate::domain::DeadLetter) -> pb::DeadLetter {
+    let at_ms = crate::domain::EventId::parse(&letter.id).map_or(0, |id| id.ms as i64);
+    pb::DeadLetter {
+        at: Some(convert::timestamp(at_ms)),
+        reason: convert::error_reason(&letter.reason).into(),
+        error: letter.error,
+        fields: letter.fields.into_iter().collect(),
+        id: letter.id,
+    }
+}
+
 fn event_to_proto(event: AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         id: event.id,
@@ -234,6 +245,19 @@ impl<S: AdminStore> AdminService for AdminApi<S> {
         crate::metrics::METRICS.force_unlocks.get_or_create(&ForceUnlockLabels { mode: "approved".into() }).inc();
         let view = self.store.get_force_unlock(&id).await?;
         Ok(Response::new(pb::ApproveForceUnlockResponse { request: Some(request_to_proto(view)) }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let r = request.into_inner();
+        let before = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let (letters, next) = self.store.dead_letters(page_size(r.page_size), before).await?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            letters: letters.into_iter().map(letter_to_proto).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 
     async fn repair_record(

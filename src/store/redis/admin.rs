@@ -15,8 +15,9 @@ use super::reply::malformed;
 use super::request_force_unlock::Part;
 use super::{Partition, RedisStore};
 use crate::domain::{
-    AdminStore, Approval, AuditEvent, AuditFilter, Error, EventId, ForceUnlockItem, ForceUnlockState, ForceUnlockView,
-    IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId, StockStore, WarehouseId,
+    AdminStore, Approval, AuditEvent, AuditFilter, DeadLetter, Error, EventId, ForceUnlockItem, ForceUnlockState,
+    ForceUnlockView, IngestStats, LockId, LockStats, LockView, RecordCheck, RecordKey, Repair, RequestId, StockStore,
+    WarehouseId,
 };
 
 /// How many index entries or stream events one round trip reads.
@@ -485,6 +486,48 @@ impl AdminStore for RedisStore {
 
     async fn ingest_stats(&self, group: &str) -> Result<IngestStats, Error> {
         self.read_ingest_stats(group).await
+    }
+
+    async fn dead_letters(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<DeadLetter>, Option<String>), Error> {
+        let end = match before {
+            None => "+".to_owned(),
+            Some(id) => match EventId::parse(id) {
+                Some(id) => format!("({id}"),
+                None => return Err(Error::invalid("page_token", "is not a next_page_token received before")),
+            },
+        };
+        let mut conn = self.link.conn();
+        let entries: Vec<(String, Vec<(String, String)>)> = self
+            .bounded(
+                redis::cmd("XREVRANGE")
+                    .arg(self.keys.dead_letters())
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let next = (entries.len() == limit).then(|| entries.last().map(|(id, _)| id.clone())).flatten();
+        let letters = entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let mut letter = DeadLetter { id, ..DeadLetter::default() };
+                for (name, value) in fields {
+                    match name.as_str() {
+                        "dead.reason" => letter.reason = value,
+                        "dead.error" => letter.error = value,
+                        _ => letter.fields.push((name, value)),
+                    }
+                }
+                letter
+            })
+            .collect();
+        Ok((letters, next))
     }
 
     async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, Error> {
