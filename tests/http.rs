@@ -302,9 +302,46 @@ async fn http_lock_calls_past_the_limit_are_shed_like_grpc_calls() {
     signal(pid, "-CONT");
     let shed: Vec<_> = results.iter().filter(|(status, ..)| *status == 429).collect();
     assert!(shed.len() >= 2, "one call runs, one waits, the rest are shed: {results:?}");
+    let shed_count = shed.len();
     for (_, answer, head, took) in shed {
         assert_eq!(answer["error"]["reason"], "OVERLOADED");
         assert!(head.contains("retry-after"), "{head}");
         assert!(*took < std::time::Duration::from_millis(1500), "shed at once, not after the stall: {took:?}");
-    }
+    } // Counted as failed lock attempts of their warehouse, as over gRPC.
+    let metrics = scrape(&svc).await;
+    let refused = metrics.get("stocklock_lock_outcomes_total{warehouse=\"WH-A\",reason=\"OVERLOADED\"}");
+    assert!(refused.is_some_and(|n| *n >= shed_count as f64), "{refused:?} for {shed_count} shed");
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_gets_the_documented_413() {
+    let svc = start_with(&["--max-request-bytes", "1024"]).await;
+    let doc = openapi(&svc).await;
+    let body = json!({ "sku": "S", "warehouse_id": "W", "quantity": "1", "order_id": "x".repeat(2000), "holder": "h", "request_id": "r" });
+    let (status, _, _) = http_post(svc.http_addr, "/stock/lock", None, &[], &body).await;
+    assert_eq!(status, 413);
+    assert!(!doc["paths"]["/stock/lock"]["post"]["responses"]["413"].is_null(), "413 is not documented");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_transfer_counts_against_its_destination() {
+    let svc = start_with(&["--max-in-flight", "1", "--max-queued", "0", "--store-timeout", "1s"]).await;
+    svc.stock("SKU-T", "WH-A", "10").await;
+    svc.stock("SKU-T", "WH-SHED", "10").await;
+    let lock = svc.lock("SKU-T", "WH-A", "2", "t1").await.unwrap().lock.unwrap();
+    // A stalled Redis holds the one slot; the transfer finds no room at all.
+    let pid = svc.redis.as_ref().unwrap().pid().unwrap();
+    signal(pid, "-STOP");
+    let mut holder = svc.client.clone();
+    let hold = tokio::spawn(async move { holder.lock(lock_request("SKU-T", "WH-A", "1", "holder")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let body = json!({ "lock_id": lock.lock_id, "to_warehouse_id": "WH-SHED", "holder": "h", "request_id": "move" });
+    let (status, answer, _) = http_post(svc.http_addr, "/stock/lock/transfer", None, &[], &body).await;
+    signal(pid, "-CONT");
+    let _ = hold.await.unwrap();
+    assert_eq!((status, answer["error"]["reason"].as_str()), (429, Some("OVERLOADED")), "{answer}");
+    // A move is a lock at its destination: its refusal is counted there.
+    let metrics = scrape(&svc).await;
+    let refused = "stocklock_lock_outcomes_total{warehouse=\"WH-SHED\",reason=\"OVERLOADED\"}";
+    assert_eq!(metrics.get(refused).copied(), Some(1.0));
 }

@@ -66,12 +66,14 @@ impl Admission {
             METRICS.shed.get_or_create(&ShedLabels { reason: "queue_full" }).inc();
             return Err(overloaded);
         }
+        // Leaves the queue however the wait ends, also when the caller goes
+        // away and this future is dropped mid-wait.
+        let _queued = Queued(&self.queued);
         // A caller's deadline shortens the wait, and leaves time for the
         // refusal to reach the caller before it gives up by itself.
         let budget = deadline.map(|d| d.saturating_sub((d / 4).min(ANSWER_MARGIN)));
         let wait = budget.map_or(self.limits.max_wait, |b| b.min(self.limits.max_wait));
         let acquired = tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
         match acquired {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(overloaded),
@@ -92,8 +94,30 @@ impl Admission {
     }
 }
 
+/// A place in the queue: given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When the caller's deadline (`grpc-timeout`) passes, as of the request's
+/// arrival. The layer puts it in the request's extensions for the calls
+/// admitted by their handlers, which read the body first.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub std::time::Instant);
+
+impl Deadline {
+    /// What is left of the caller's deadline now, if it sent one.
+    pub fn remaining<T>(request: &tonic::Request<T>) -> Option<Duration> {
+        request.extensions().get::<Deadline>().map(|d| d.0.saturating_duration_since(std::time::Instant::now()))
+    }
+}
+
 /// The caller's deadline from the `grpc-timeout` header ("250m" is 250 ms).
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;
@@ -110,10 +134,10 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// Calls this layer does not admit. Streams live as long as their client,
 /// so they would hold a slot for good: the watches, and KeepAlive (one
-/// write a session every third of its ttl). Lock and BatchLock are
-/// admitted by their handlers, once the request is read, so that a refusal
-/// is counted against the warehouses it names like any other lock outcome
-/// (the success rate must show an overload).
+/// write a session every third of its ttl). Lock, BatchLock and
+/// TransferLock are admitted by their handlers, once the request is read,
+/// so that a refusal is counted against the warehouses it names like any
+/// other lock outcome (the success rate must show an overload).
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.")
         || matches!(
@@ -128,7 +152,12 @@ fn exempt(path: &str) -> bool {
 /// Calls whose handler admits them itself, once the request is read, so
 /// that a refusal is counted against the warehouses it names.
 pub fn admitted_by_handler(path: &str) -> bool {
-    matches!(path, "/stocklock.v1.InventoryService/Lock" | "/stocklock.v1.InventoryService/BatchLock")
+    matches!(
+        path,
+        "/stocklock.v1.InventoryService/Lock"
+            | "/stocklock.v1.InventoryService/BatchLock"
+            | "/stocklock.v1.InventoryService/TransferLock"
+    )
 }
 
 /// The tower layer applying an [`Admission`] to every call.
@@ -173,8 +202,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
+        if admitted_by_handler(request.uri().path())
+            && let Some(timeout) = grpc_timeout(request.headers())
+        {
+            request.extensions_mut().insert(Deadline(std::time::Instant::now() + timeout));
+        }
         if exempt(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
@@ -235,5 +269,24 @@ mod tests {
         let _held = admission.admit(None).await.unwrap();
         let result = admission.admit(Some(Duration::from_millis(30))).await;
         assert!(matches!(result, Err(Error::DeadlinePassed)));
+    }
+
+    /// A caller that goes away while queued gives its place back: the
+    /// queue must not shrink for good with every cancelled call.
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_the_queue() {
+        let admission = Admission::new(Limits { max_in_flight: 1, max_queued: 1, max_wait: Duration::from_secs(5) });
+        let held = admission.admit(None).await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), admission.admit(None)).await;
+        assert!(gave_up.is_err(), "it was still waiting");
+        assert_eq!(admission.queued.load(Ordering::Acquire), 0);
+        // So the next caller may queue, and gets the slot when it frees.
+        let next = tokio::spawn({
+            let admission = Arc::clone(&admission);
+            async move { admission.admit(None).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        next.await.unwrap().unwrap();
     }
 }

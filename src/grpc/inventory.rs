@@ -13,7 +13,7 @@ use crate::domain::{
     OpenSessionCommand, OrderId, Quantity, RecordKey, ReleaseCommand, RenewCommand, RequestId, ScaledStock, SessionId,
     SetStockCommand, Sku, StockStore, TransferLockCommand, UnitScale, WarehouseId, is_service_failure, reason,
 };
-use crate::edge::admission::{Admission, grpc_timeout};
+use crate::edge::admission::{Admission, Deadline};
 use crate::pb;
 use crate::pb::inventory_service_server::InventoryService;
 
@@ -67,17 +67,18 @@ impl<S: StockStore> InventoryApi<S> {
         result
     }
 
-    /// A slot for `cmd` within the caller's `deadline`. A refusal
-    /// (OVERLOADED, DEADLINE_PASSED) is a lock outcome of every warehouse
-    /// the command names: an overload lowers the success rate.
-    async fn admit(
+    /// A slot within the caller's `deadline` for a call that locks. A
+    /// refusal (OVERLOADED, DEADLINE_PASSED) is a lock outcome of every
+    /// warehouse `named` gives for its reason: an overload lowers the
+    /// success rate.
+    async fn admit<'a>(
         &self,
-        cmd: &LockCommand,
         deadline: Option<std::time::Duration>,
+        named: impl FnOnce(&'static str) -> Vec<(&'a str, &'static str)>,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         let admitted = self.admission.admit(deadline).await;
         if let Err(e) = &admitted {
-            self.count_outcomes(&refused(cmd, e.reason()));
+            self.count_outcomes(&named(e.reason()));
         }
         admitted
     }
@@ -298,7 +299,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
 
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         let principal = validate::principal(&request);
-        let deadline = grpc_timeout(request.metadata().as_ref());
+        let deadline = Deadline::remaining(&request);
         let r = request.into_inner();
         let cmd = LockCommand {
             lines: vec![validate::lock_line(&r.sku, &r.warehouse_id, &r.quantity, r.candidates.as_ref(), "")?],
@@ -311,7 +312,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             policy: BatchPolicy::AllOrNothing,
         };
         crate::edge::telemetry::record_request(&r.sku, &r.warehouse_id, &r.request_id);
-        let _slot = self.admit(&cmd, deadline).await?;
+        let _slot = self.admit(deadline, |reason| refused(&cmd, reason)).await?;
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         let granted =
@@ -330,7 +331,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         request: Request<pb::BatchLockRequest>,
     ) -> Result<Response<pb::BatchLockResponse>, Status> {
         let principal = validate::principal(&request);
-        let deadline = grpc_timeout(request.metadata().as_ref());
+        let deadline = Deadline::remaining(&request);
         let r = request.into_inner();
         let cmd = LockCommand {
             lines: validate::batch_lines(&self.limits, &r.lines)?,
@@ -343,7 +344,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             policy: validate::batch_policy(r.policy)?,
         };
         crate::edge::telemetry::record_request("", "", &r.request_id);
-        let _slot = self.admit(&cmd, deadline).await?;
+        let _slot = self.admit(deadline, |reason| refused(&cmd, reason)).await?;
         let mark = self.store.durability_mark();
         let outcome = self.count_lock_outcomes(&cmd, self.store.lock(&cmd).await)?;
         Ok(Response::new(pb::BatchLockResponse {
@@ -460,6 +461,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
         request: Request<pb::TransferLockRequest>,
     ) -> Result<Response<pb::TransferLockResponse>, Status> {
         let principal = validate::principal(&request);
+        let deadline = Deadline::remaining(&request);
         let r = request.into_inner();
         let lock_id = LockId::parse(&r.lock_id, "lock_id")?;
         let to = WarehouseId::parse(&r.to_warehouse_id, "to_warehouse_id")?;
@@ -475,6 +477,7 @@ impl<S: StockStore> InventoryService for InventoryApi<S> {
             holder,
             request_id: RequestId::parse(&r.request_id, "request_id")?,
         };
+        let _slot = self.admit(deadline, |reason| vec![(cmd.to.as_str(), reason)]).await?;
         let mark = self.store.durability_mark();
         // A move is a lock at its destination, counted there: what the
         // destination or the service answered, not refusals about the lock
