@@ -158,6 +158,9 @@ pub enum LockErrors {
     /// IDEMPOTENCY_KEY_REUSED, REQUEST_IN_PROGRESS (`reason` says which). Nothing changed.
     #[response(status = 409)]
     Conflict(#[to_schema] ErrorBody),
+    /// The body is larger than --max-request-bytes (a plain-text answer). Nothing changed.
+    #[response(status = 413, content_type = "text/plain")]
+    PayloadTooLarge(#[to_schema] String),
     /// RESOURCE_EXHAUSTED: OVERLOADED or RATE_LIMITED (retry after the Retry-After header),
     /// or STORE_OUT_OF_MEMORY. Not started.
     #[response(status = 429)]
@@ -168,8 +171,8 @@ pub enum LockErrors {
     /// UNAVAILABLE: Redis is unreachable, loading or failing over. Retry with the same request_id.
     #[response(status = 503)]
     Unavailable(#[to_schema] ErrorBody),
-    /// DEADLINE_EXCEEDED: INV_LOCK_TIMEOUT (Redis did not answer in time; the change may or may
-    /// not have happened: retry with the same request_id) or DEADLINE_PASSED (not started).
+    /// DEADLINE_EXCEEDED: INV_LOCK_TIMEOUT, Redis did not answer in time; the change may or may
+    /// not have happened: retry with the same request_id.
     #[response(status = 504)]
     Timeout(#[to_schema] ErrorBody),
 }
@@ -445,8 +448,9 @@ async fn healthz() -> Json<Probe> {
 
 /// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
 /// does, in its Accept header), the classic text format's content type to
-/// others. The body is the same: the classic parser reads OpenMetrics'
-/// text, `# EOF` and all.
+/// others. The body is the same: it uses only the types the classic format
+/// has (counter, gauge, histogram), which its parsers read, `# EOF` and all
+/// (a test checks the types).
 async fn metrics(headers: HeaderMap) -> Response {
     let openmetrics = headers
         .get_all(header::ACCEPT)

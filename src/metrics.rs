@@ -194,14 +194,20 @@ impl Metrics {
             invariant_passes: Counter::default(),
             self_check_violations: Family::default(),
         };
-        registry.register(
-            "build",
-            "The running build: its version, and the git revision it was built from when the build said so",
-            prometheus_client::metrics::info::Info::new(vec![
+        // A gauge of 1 rather than an OpenMetrics info metric: the classic
+        // text format, which many scrapers still ask for, has no info type.
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build
+            .get_or_create(&vec![
                 ("version", env!("CARGO_PKG_VERSION")),
                 // `docker build --build-arg REVISION=...` (k8s/Dockerfile) sets it.
                 ("revision", option_env!("STOCKLOCK_REVISION").unwrap_or("unknown")),
-            ]),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: its version, and the git revision it was built from when the build said so",
+            build,
         );
         registry.register("rpc_duration_seconds", "gRPC call latency by method and status code", rpc_duration);
         registry.register(

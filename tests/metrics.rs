@@ -61,6 +61,11 @@ async fn counters_and_histograms_move_with_the_calls() {
     assert!(body.ends_with("# EOF\n"), "{body}");
     let build = format!("stocklock_build_info{{version=\"{}\",revision=", env!("CARGO_PKG_VERSION"));
     assert!(body.contains(&build), "{body}");
-    let (content_type, _) = scrape_as("text/plain").await;
+    let (content_type, body) = scrape_as("text/plain").await;
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    // Only types the classic format knows, or its parsers drop the scrape.
+    for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let kind = line.rsplit(' ').next().unwrap();
+        assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+    }
 }
