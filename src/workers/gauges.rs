@@ -65,8 +65,17 @@ pub async fn run<S: AdminStore>(store: Arc<S>, settings: Settings, mut stop: wat
             METRICS.sweeper_lag_seconds.set(lag as f64 / 1000.0);
         }
         if let Some(breaking) = apply_rule(store.as_ref(), settings.rule, &unhealthy).await {
-            for warehouse in breaking.difference(&unhealthy).filter(|_| settings.self_check) {
-                tokio::spawn(self_check(store.clone(), settings.sweep_bound, warehouse.clone()));
+            // One warehouse after the other: an outage or an overload breaks
+            // the rule for every busy warehouse in the same hour, and each
+            // check scans the records, which Redis can least afford then.
+            let new: Vec<String> = breaking.difference(&unhealthy).cloned().collect();
+            if settings.self_check && !new.is_empty() {
+                let (store, sweep_bound) = (store.clone(), settings.sweep_bound);
+                tokio::spawn(async move {
+                    for warehouse in new {
+                        self_check(store.clone(), sweep_bound, warehouse).await;
+                    }
+                });
             }
             unhealthy = breaking;
         }
