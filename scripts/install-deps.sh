@@ -8,8 +8,10 @@
 #         python3 with venv for the Kubernetes manifest check and the Python
 #         example (its gRPC packages come from PyPI, into a private venv), and
 #         Node.js with npm for the contract's linters (buf and Redocly CLI,
-#         pinned in scripts/tools, from the npm registry; Redocly needs
-#         Node.js 20.19 or later, which Debian 13 and Ubuntu 24.04 ship)
+#         pinned in scripts/tools, from the npm registry). Redocly needs
+#         Node.js 20.19 or later: Debian 12's and Ubuntu 24.04's packaged
+#         nodejs (18) is too old, so on those install Node.js 20 or 22 from
+#         nodejs.org or NodeSource first; Debian 13 ships 20.19
 # Rust itself comes from rustup; the proto is compiled in Rust (protox), so
 # no protoc. Safe to run again.
 set -euo pipefail

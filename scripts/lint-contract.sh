@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools="${STOCKLOCK_TOOLS:-target/tools}/node"
-if ! cmp -s scripts/tools/package-lock.json "$tools/package-lock.json" || [ ! -x "$tools/node_modules/.bin/buf" ]; then
+if ! cmp -s scripts/tools/package-lock.json "$tools/package-lock.json" \
+  || [ ! -x "$tools/node_modules/.bin/buf" ] || [ ! -x "$tools/node_modules/.bin/redocly" ]; then
   mkdir -p "$tools"
   cp scripts/tools/package.json scripts/tools/package-lock.json "$tools/"
   # --ignore-scripts: buf's binary comes as an optional dependency for the
@@ -31,12 +32,11 @@ else
   echo "lint-contract: no release tag (v*) yet, so no breaking-change check"
 fi
 
-${CARGO:-cargo} build -q --bin stocklock
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-target/debug/stocklock openapi >"$work/openapi.json"
+${CARGO:-cargo} run -q --bin stocklock -- openapi >"$work/openapi.json"
 # Redocly prints a banner about Node.js releases; only its findings matter.
-if ! report=$("$bin/redocly" lint --config redocly.yaml --format=stylish "$work/openapi.json" 2>&1); then
+if ! report=$(REDOCLY_TELEMETRY=off "$bin/redocly" lint --config redocly.yaml --format=stylish "$work/openapi.json" 2>&1); then
   grep -v '[║╔╚]' <<<"$report" >&2
   echo "lint-contract: the OpenAPI document fails redocly lint (above)" >&2
   exit 1

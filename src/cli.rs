@@ -234,7 +234,9 @@ async fn execute(args: AdminArgs) -> Result<(), Failure> {
             let mut request = pb::ListDeadLettersRequest::default();
             let mut letters = Vec::new();
             while letters.len() < limit {
-                request.page_size = (limit - letters.len()).min(1000) as u32;
+                // Pages of 200: a letter carries a whole row, and a page must
+                // stay under the client's 4 MiB message limit.
+                request.page_size = (limit - letters.len()).min(200) as u32;
                 let page = admin.list_dead_letters(request.clone()).await?.into_inner();
                 letters.extend(page.letters);
                 if page.next_page_token.is_empty() {
