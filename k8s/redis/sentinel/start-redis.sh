@@ -12,35 +12,13 @@
 set -eu
 cli=$(command -v redis-cli || command -v valkey-cli)   # redis:7.4 or valkey/valkey:8
 server=$(command -v redis-server || command -v valkey-server)
-replicas=3              # spec.replicas of the StatefulSet
 port=6379
 domain="stocklock-redis-headless.$POD_NAMESPACE.svc"
 self="$POD_NAME.$domain"
 ordinal=${POD_NAME##*-}
 
-role_of() { REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 "$cli" -h "$1" -p "$port" role 2>/dev/null | head -n 1; }
-
-master=$(timeout 3 "$cli" -h stocklock-redis-sentinel -p 26379 \
-  sentinel get-master-addr-by-name mymaster 2>/dev/null | head -n 1) || master=""
-case "$master" in *" "*) master="" ;; esac   # an error message, not a name
-if [ -n "$master" ]; then
-  echo "start-redis: the sentinels name $master as the primary"
-else
-  i=0
-  while [ "$i" -lt "$replicas" ]; do
-    peer="stocklock-redis-$i.$domain"
-    if [ "$i" != "$ordinal" ] && [ "$(role_of "$peer")" = master ]; then
-      master=$peer
-      echo "start-redis: no sentinel answers; $peer is a primary"
-      break
-    fi
-    i=$((i + 1))
-  done
-fi
-if [ -z "$master" ]; then
-  master="stocklock-redis-0.$domain"
-  echo "start-redis: nobody answers (a fresh install): $master is the primary"
-fi
+. /etc/redis/primary.sh
+find_primary start-redis "$ordinal"
 
 # The password goes in the file (mode 600, an emptyDir), not on the command
 # line where ps shows it. Sentinel rewrites this file (CONFIG REWRITE) when

@@ -10,32 +10,10 @@
 set -eu
 cli=$(command -v redis-cli || command -v valkey-cli)   # redis:7.4 or valkey/valkey:8
 server=$(command -v redis-server || command -v valkey-server)
-replicas=3              # spec.replicas of the StatefulSet stocklock-redis
-redis_domain="stocklock-redis-headless.$POD_NAMESPACE.svc"
 self="$POD_NAME.stocklock-redis-sentinel-headless.$POD_NAMESPACE.svc"
 
-role_of() { REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 "$cli" -h "$1" -p 6379 role 2>/dev/null | head -n 1; }
-
-master=$(timeout 3 "$cli" -h stocklock-redis-sentinel -p 26379 \
-  sentinel get-master-addr-by-name mymaster 2>/dev/null | head -n 1) || master=""
-case "$master" in *" "*) master="" ;; esac   # an error message, not a name
-if [ -n "$master" ]; then
-  echo "start-sentinel: the other sentinels name $master as the primary"
-else
-  i=0
-  while [ "$i" -lt "$replicas" ]; do
-    if [ "$(role_of "stocklock-redis-$i.$redis_domain")" = master ]; then
-      master="stocklock-redis-$i.$redis_domain"
-      echo "start-sentinel: no sentinel answers; $master is a primary"
-      break
-    fi
-    i=$((i + 1))
-  done
-fi
-if [ -z "$master" ]; then
-  master="stocklock-redis-0.$redis_domain"
-  echo "start-sentinel: nobody answers (a fresh install): $master is the primary"
-fi
+. /etc/redis/primary.sh
+find_primary start-sentinel ""
 # With resolve-hostnames, a sentinel refuses to start on a name that does not
 # resolve yet (the redis pod is not scheduled): wait for it rather than crash.
 until getent hosts "$master" >/dev/null; do
