@@ -158,9 +158,6 @@ pub enum LockErrors {
     /// IDEMPOTENCY_KEY_REUSED, REQUEST_IN_PROGRESS (`reason` says which). Nothing changed.
     #[response(status = 409)]
     Conflict(#[to_schema] ErrorBody),
-    /// The body is larger than --max-request-bytes (a plain-text answer). Nothing changed.
-    #[response(status = 413, content_type = "text/plain")]
-    PayloadTooLarge(#[to_schema] String),
     /// RESOURCE_EXHAUSTED: OVERLOADED or RATE_LIMITED (retry after the Retry-After header),
     /// or STORE_OUT_OF_MEMORY. Not started.
     #[response(status = 429)]
@@ -190,9 +187,6 @@ pub enum ReadErrors {
     /// PERMISSION_DENIED: the caller's role may not call this.
     #[response(status = 403)]
     Forbidden(#[to_schema] ErrorBody),
-    /// NOT_FOUND: SKU_NOT_AVAILABLE_IN_WAREHOUSE, the SKU has no record in the warehouse asked for.
-    #[response(status = 404)]
-    NotFound(#[to_schema] ErrorBody),
     /// RESOURCE_EXHAUSTED: RATE_LIMITED (retry after the Retry-After header).
     #[response(status = 429)]
     TooManyRequests(#[to_schema] ErrorBody),
@@ -366,6 +360,7 @@ fn admit<S>(
     ),
     responses(
         (status = 200, body = Availability),
+        (status = 404, body = ErrorBody, description = "SKU_NOT_AVAILABLE_IN_WAREHOUSE: the SKU has no record in the warehouse asked for"),
         ReadErrors,
     )
 )]

@@ -27,8 +27,8 @@ pub struct InventoryApi<S> {
 
 impl<S> InventoryApi<S> {
     /// The service over `store`, validating requests against `limits`;
-    /// watchers follow `events`. Lock and BatchLock take a slot of
-    /// `admission` themselves (the others are admitted by its layer).
+    /// watchers follow `events`. Lock, BatchLock and TransferLock take a
+    /// slot of `admission` themselves (the others are admitted by its layer).
     pub fn new(store: Arc<S>, limits: Limits, events: EventHub, admission: Arc<Admission>) -> Self {
         Self { store, limits, events, admission }
     }

@@ -86,7 +86,8 @@ where
     let principal = super::admit(state, &path, headers, peer)?;
     // A slot of the gRPC server's own concurrency limit: HTTP callers are
     // shed as gRPC callers are (429, OVERLOADED), not let through to Redis.
-    // Lock and BatchLock take theirs in the handler, as over gRPC.
+    // Lock, BatchLock and TransferLock take theirs in the handler, as over
+    // gRPC (see `admitted_by_handler`).
     let _slot = match admitted_by_handler(&path) {
         true => None,
         false => Some(state.admission.admit(None).await?),
@@ -111,6 +112,7 @@ macro_rules! route {
             params(("Idempotency-Key" = Option<String>, Header, description = "The request_id, when the body has none")),
             responses(
                 (status = 200, body = $response),
+                (status = 413, content_type = "text/plain", description = "The body is larger than --max-request-bytes (a plain-text answer). Nothing changed."),
                 super::LockErrors,
             )
         )]
