@@ -519,8 +519,8 @@ impl AdminStore for RedisStore {
                 let mut letter = DeadLetter { id, ..DeadLetter::default() };
                 for (name, value) in fields {
                     match name.as_str() {
-                        "dead.reason" => letter.reason = value,
-                        "dead.error" => letter.error = value,
+                        super::ingest::DEAD_REASON => letter.reason = value,
+                        super::ingest::DEAD_ERROR => letter.error = value,
                         _ => letter.fields.push((name, value)),
                     }
                 }

@@ -42,13 +42,7 @@ impl BinlogState for RedisStore {
     }
 
     async fn dead_letter_row(&self, fields: &[(&str, String)], error: &Error) -> Result<(), Error> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.keys.dead_letters())
-            .arg("*")
-            .arg("dead.reason")
-            .arg(error.reason())
-            .arg("dead.error")
-            .arg(error.to_string());
+        let mut cmd = self.dead_letter(error);
         for (name, value) in fields {
             cmd.arg(*name).arg(value);
         }

@@ -106,17 +106,9 @@ impl IngestStream for RedisStore {
         pipe.atomic();
         if let Some(e) = dead {
             let flat: Vec<&str> = entry.fields.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]).collect();
-            pipe.cmd("XADD")
-                .arg(self.keys.dead_letters())
-                .arg("*")
-                .arg("dead.reason")
-                .arg(e.reason())
-                .arg("dead.error")
-                .arg(e.to_string())
-                .arg("dead.entry_id")
-                .arg(&entry.id)
-                .arg(&flat[..])
-                .ignore();
+            let mut letter = self.dead_letter(e);
+            letter.arg("dead.entry_id").arg(&entry.id).arg(&flat[..]);
+            pipe.add_command(letter).ignore();
         }
         pipe.cmd("XACK").arg(self.keys.ingest()).arg(&consumer.group).arg(&entry.id).ignore();
         self.query_pipe(&pipe).await
@@ -269,5 +261,26 @@ impl RedisStore {
             stats.lag = number(ours, "lag");
         }
         Ok(stats)
+    }
+}
+
+/// The fields of a dead letter that say why it was set aside; the rest are
+/// the change's own (see [`RedisStore::dead_letter`]).
+pub(super) const DEAD_REASON: &str = "dead.reason";
+/// See [`DEAD_REASON`].
+pub(super) const DEAD_ERROR: &str = "dead.error";
+
+impl RedisStore {
+    /// The XADD of a dead letter for `error`: why it was refused, to which
+    /// the caller appends the change as it came.
+    pub(super) fn dead_letter(&self, error: &Error) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.dead_letters())
+            .arg("*")
+            .arg(DEAD_REASON)
+            .arg(error.reason())
+            .arg(DEAD_ERROR)
+            .arg(error.to_string());
+        cmd
     }
 }
