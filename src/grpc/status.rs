@@ -91,14 +91,12 @@ impl From<Error> for Status {
                 info(&mut details, reason, &metadata);
                 Code::NotFound
             }
-            Error::LockExpired { lock_id, available: Some(available) } => {
-                let metadata =
-                    [("lock_id", lock_id.clone()), ("state", "EXPIRED".into()), ("available", available.clone())];
+            Error::LockExpired { lock_id, available } => {
+                let mut metadata = vec![("lock_id", lock_id.clone()), ("state", "EXPIRED".into())];
+                if let Some(available) = available {
+                    metadata.push(("available", available.clone()));
+                }
                 info(&mut details, reason, &metadata);
-                Code::FailedPrecondition
-            }
-            Error::LockExpired { lock_id, available: None } => {
-                info(&mut details, reason, &[("lock_id", lock_id.clone()), ("state", "EXPIRED".into())]);
                 Code::FailedPrecondition
             }
             Error::LockAlreadyCommitted { lock_id } => {
